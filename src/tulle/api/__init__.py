@@ -1,0 +1,1 @@
+"""Control-plane API: .proto files, generated code and thin client/server helpers."""

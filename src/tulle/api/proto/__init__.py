@@ -1,0 +1,1 @@
+"""Protocol buffer definitions of the control-plane API and their generated code."""

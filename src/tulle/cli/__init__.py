@@ -1,0 +1,1 @@
+"""The `tulle` command line: one module per command group."""

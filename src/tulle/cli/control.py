@@ -1,0 +1,113 @@
+"""`tulle control` (run a control-plane replica) and `tulle manifest validate`."""
+
+from __future__ import annotations
+
+import logging
+import sys
+from pathlib import Path
+
+import typer
+
+from tulle.cli.main import app
+from tulle.control.destination.translator import DEFAULT_QUEUE_CAPACITY
+from tulle.control.manifest import ManifestError, load_manifest
+from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S
+from tulle.control.server import ControlConfig, run
+from tulle.core.discovery import Address, parse_address
+
+manifest_app = typer.Typer(
+    name="manifest",
+    help="Work with the local manifest (mesh.yaml).",
+    no_args_is_help=True,
+)
+app.add_typer(manifest_app, name="manifest")
+
+
+def _address(text: str, option: str) -> Address:
+    try:
+        return parse_address(text)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=option) from None
+
+
+@app.command("control")
+def control(
+    manifest: str = typer.Option(
+        "mesh.yaml",
+        "--manifest",
+        "-m",
+        envvar="TULLE_CONTROL_MANIFEST",
+        help="The manifest to serve; watched for changes while running.",
+    ),
+    grpc_addr: str = typer.Option(
+        "127.0.0.1:8086",
+        "--grpc-addr",
+        envvar="TULLE_CONTROL_GRPC_ADDR",
+        help="HOST:PORT of the gRPC API that proxies call (port 0: pick a free port).",
+    ),
+    admin_addr: str = typer.Option(
+        "127.0.0.1:9990",
+        "--admin-addr",
+        envvar="TULLE_CONTROL_ADMIN_ADDR",
+        help="HOST:PORT of the admin listener: /metrics, /ready, /live.",
+    ),
+    poll_interval: float = typer.Option(
+        DEFAULT_POLL_INTERVAL_S,
+        "--poll-interval",
+        envvar="TULLE_CONTROL_POLL_INTERVAL",
+        min=0.01,
+        max=60.0,
+        help="Seconds between looks at the manifest file.",
+    ),
+    queue_capacity: int = typer.Option(
+        DEFAULT_QUEUE_CAPACITY,
+        "--queue-capacity",
+        envvar="TULLE_CONTROL_QUEUE_CAPACITY",
+        min=1,
+        help="Messages buffered per stream; a stream whose client falls further behind "
+        "is ended and the client resubscribes.",
+    ),
+    log_level: str = typer.Option(
+        "info",
+        "--log-level",
+        envvar="TULLE_CONTROL_LOG_LEVEL",
+        help="debug, info, warning or error.",
+    ),
+) -> None:
+    """Run a control-plane replica serving the Destination API from a manifest."""
+    level = logging.getLevelName(log_level.upper())
+    if not isinstance(level, int):
+        raise typer.BadParameter(f"unknown level {log_level!r}", param_hint="--log-level")
+    logging.basicConfig(
+        level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
+    )
+    config = ControlConfig(
+        manifest=Path(manifest),
+        grpc_addr=_address(grpc_addr, "--grpc-addr"),
+        admin_addr=_address(admin_addr, "--admin-addr"),
+        poll_interval_s=poll_interval,
+        queue_capacity=queue_capacity,
+    )
+    try:
+        run(config)
+    except ManifestError as exc:
+        typer.echo(f"tulle control: cannot start, the manifest is not valid:\n{exc}", err=True)
+        raise typer.Exit(1) from None
+    except OSError as exc:
+        typer.echo(f"tulle control: cannot start: {exc}", err=True)
+        raise typer.Exit(1) from None
+
+
+@manifest_app.command("validate")
+def validate(
+    file: str = typer.Argument(..., help="The manifest file to check (mesh.yaml)."),
+    quiet: bool = typer.Option(False, "--quiet", "-q", help="Print nothing when it is valid."),
+) -> None:
+    """Check a manifest; prints every problem with its line and exits 1 if any."""
+    try:
+        manifest = load_manifest(file)
+    except ManifestError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    if not quiet:
+        typer.echo(f"{file}: valid, {len(manifest.services)} services")

@@ -1,0 +1,136 @@
+"""`tulle proxy`: run the sidecar proxy."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+import typer
+
+from tulle.cli.main import app
+from tulle.core.discovery import Address, Endpoint, parse_address, parse_static_dst
+from tulle.proxy.config import Limits, ProxyConfig, Timeouts
+
+
+def _addr(value: str, flag: str) -> Address:
+    try:
+        return parse_address(value)
+    except ValueError as exc:
+        raise typer.BadParameter(str(exc), param_hint=flag) from None
+
+
+@app.command(
+    "proxy",
+    help=(
+        "Run the sidecar proxy beside one workload instance: outbound for the app's "
+        "calls, inbound for calls to the app, admin for metrics and health."
+    ),
+)
+def proxy(
+    inbound_addr: str = typer.Option(
+        "0.0.0.0:4143", envvar="TULLE_PROXY_INBOUND_ADDR", help="Where calls to the app arrive."
+    ),
+    outbound_addr: str = typer.Option(
+        "127.0.0.1:4140",
+        envvar="TULLE_PROXY_OUTBOUND_ADDR",
+        help="Where the app's calls arrive (http_proxy, CONNECT, or Host-routed).",
+    ),
+    admin_addr: str = typer.Option(
+        "127.0.0.1:4191",
+        envvar="TULLE_PROXY_ADMIN_ADDR",
+        help="Admin listener: /metrics, /ready, /live, POST /shutdown, /config.",
+    ),
+    app_addr: str = typer.Option(
+        "127.0.0.1:8080",
+        envvar="TULLE_PROXY_APP_ADDR",
+        help="The local app that inbound traffic goes to.",
+    ),
+    static_dst: list[str] = typer.Option(
+        [],
+        "--static-dst",
+        envvar="TULLE_PROXY_STATIC_DST",
+        help="A service's endpoints, NAME=HOST:PORT[,HOST:PORT...]; repeatable.",
+    ),
+    control_addr: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_CONTROL_ADDR",
+        help="Control-plane gRPC addresses HOST:PORT[,HOST:PORT...]; overrides --static-dst.",
+    ),
+    workers: int = typer.Option(
+        1, min=1, max=64, envvar="TULLE_PROXY_WORKERS", help="Processes sharing the listeners."
+    ),
+    detect_timeout: float = typer.Option(
+        0.3,
+        envvar="TULLE_PROXY_DETECT_TIMEOUT",
+        help="Seconds to wait for a client's first bytes before forwarding it as opaque TCP.",
+    ),
+    header_timeout: float = typer.Option(
+        10.0,
+        envvar="TULLE_PROXY_HEADER_TIMEOUT",
+        help="Seconds a client may take to send a request head (then 408).",
+    ),
+    idle_timeout: float = typer.Option(
+        120.0, envvar="TULLE_PROXY_IDLE_TIMEOUT", help="Seconds before idle keep-alive closes."
+    ),
+    connect_timeout: float = typer.Option(
+        2.0, envvar="TULLE_PROXY_CONNECT_TIMEOUT", help="Seconds to connect upstream (then 504)."
+    ),
+    response_timeout: float = typer.Option(
+        0.0,
+        envvar="TULLE_PROXY_RESPONSE_TIMEOUT",
+        help="Default seconds for an upstream response when no route sets one (0: none).",
+    ),
+    shutdown_grace: float = typer.Option(
+        30.0,
+        envvar="TULLE_PROXY_SHUTDOWN_GRACE",
+        help="Seconds in-flight requests get to finish on SIGTERM or POST /shutdown.",
+    ),
+    max_head_bytes: int = typer.Option(
+        65536, envvar="TULLE_PROXY_MAX_HEAD_BYTES", help="Largest request head (then 431)."
+    ),
+    log_level: str = typer.Option(
+        "info", envvar="TULLE_PROXY_LOG_LEVEL", help="debug, info, warning or error."
+    ),
+) -> None:
+    logging.basicConfig(
+        level=getattr(logging, log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    services: dict[str, list[Endpoint]] = {}
+    for spec in static_dst:
+        for one in spec.split(";"):
+            if not one.strip():
+                continue
+            try:
+                name, endpoints = parse_static_dst(one)
+            except ValueError as exc:
+                raise typer.BadParameter(str(exc), param_hint="--static-dst") from None
+            services[name] = endpoints
+    controls: tuple[Address, ...] = ()
+    if control_addr:
+        controls = tuple(
+            _addr(a, "--control-addr") for a in control_addr.split(",") if a.strip()
+        )
+    config = ProxyConfig(
+        inbound_addr=_addr(inbound_addr, "--inbound-addr"),
+        outbound_addr=_addr(outbound_addr, "--outbound-addr"),
+        admin_addr=_addr(admin_addr, "--admin-addr"),
+        app_addr=_addr(app_addr, "--app-addr"),
+        static_dst=services,
+        control_addrs=controls,
+        workers=workers,
+        timeouts=Timeouts(
+            detect_s=detect_timeout,
+            header_read_s=header_timeout,
+            idle_s=idle_timeout,
+            connect_s=connect_timeout,
+            response_s=response_timeout,
+            shutdown_grace_s=shutdown_grace,
+        ),
+        limits=Limits(max_head_bytes=max_head_bytes),
+        log_level=log_level,
+    )
+    from tulle.proxy.app import run
+
+    raise typer.Exit(run(config))

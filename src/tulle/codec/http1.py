@@ -1,0 +1,480 @@
+"""HTTP/1.x codec over `httptools` (llhttp): bytes in, head/body/end callbacks out.
+
+Sans-IO: the decoders never touch a socket; the proxy feeds them what it read
+and they call a handler. They enforce the proxy's input rules (RFC 9112):
+
+* a request line or header section over the limit is a 431;
+* malformed syntax is a 400;
+* `Content-Length` together with `Transfer-Encoding`, or two `Content-Length`
+  headers, is a 400 and the connection must close (request smuggling, RFC 9112
+  6.3) -- llhttp refuses these in its strict mode, which is what we run;
+* hop-by-hop headers (RFC 9110 7.6.1: `Connection` and the fields it names,
+  `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade` unless upgrading,
+  `Transfer-Encoding`/`Content-Length` which the proxy re-frames) are removed
+  when a head is re-encoded; `Host` and end-to-end headers pass untouched.
+
+Bodies are re-framed, never buffered: a Content-Length body keeps its length,
+a chunked body is re-chunked piece by piece as it arrives (trailers kept), and
+a close-delimited response body is sent chunked to HTTP/1.1 clients.
+"""
+
+from __future__ import annotations
+
+from typing import Protocol
+
+import httptools
+
+MAX_HEAD_BYTES = 64 * 1024
+
+# Lower-case names the proxy consumes or re-frames instead of forwarding.
+HOP_BY_HOP = frozenset(
+    {
+        b"connection",
+        b"keep-alive",
+        b"proxy-connection",
+        b"te",
+        b"transfer-encoding",
+        b"content-length",
+        b"upgrade",
+        b"trailer",
+    }
+)
+
+REASONS: dict[int, bytes] = {
+    100: b"Continue",
+    101: b"Switching Protocols",
+    200: b"OK",
+    204: b"No Content",
+    304: b"Not Modified",
+    400: b"Bad Request",
+    403: b"Forbidden",
+    404: b"Not Found",
+    408: b"Request Timeout",
+    413: b"Content Too Large",
+    431: b"Request Header Fields Too Large",
+    500: b"Internal Server Error",
+    502: b"Bad Gateway",
+    503: b"Service Unavailable",
+    504: b"Gateway Timeout",
+}
+
+
+class Http1Error(Exception):
+    """Input the proxy must refuse: `status` is the answer, `reason` goes in
+    `tulle-proxy-error`, and `close` says the connection cannot be reused."""
+
+    def __init__(self, status: int, reason: str, detail: str = "", close: bool = True) -> None:
+        super().__init__(f"{status} {reason}: {detail}" if detail else f"{status} {reason}")
+        self.status = status
+        self.reason = reason
+        self.detail = detail
+        self.close = close
+
+
+class MessageHead:
+    """Fields shared by request and response heads."""
+
+    __slots__ = (
+        "chunked",
+        "connection_tokens",
+        "content_length",
+        "encoded",
+        "headers",
+        "keep_alive",
+        "trailers",
+        "transfer_encoding",
+        "upgrade",
+        "version",
+    )
+
+    def __init__(self) -> None:
+        # Original-case (name, value) pairs in arrival order, hop-by-hop included.
+        self.headers: list[tuple[bytes, bytes]] = []
+        # The end-to-end headers, already encoded as b"Name: value\r\n" lines,
+        # built while parsing so that forwarding a head costs one join.
+        self.encoded: list[bytes] = []
+        self.content_length: int | None = None
+        self.chunked = False
+        self.transfer_encoding: bytes | None = None
+        self.connection_tokens: tuple[bytes, ...] = ()
+        self.upgrade: bytes | None = None
+        self.keep_alive = True
+        self.version = b"1.1"
+        self.trailers: list[tuple[bytes, bytes]] | None = None
+
+    def header(self, lower_name: bytes) -> bytes | None:
+        for name, value in self.headers:
+            if name.lower() == lower_name:
+                return value
+        return None
+
+    def encoded_end_to_end(self) -> list[bytes]:
+        """`encoded`, minus the fields a Connection header names (rare)."""
+        named = self.connection_tokens
+        if not named:
+            return self.encoded
+        drop = frozenset(named)
+        return [line for line in self.encoded if line.split(b":", 1)[0].lower() not in drop]
+
+    def end_to_end(self) -> list[tuple[bytes, bytes]]:
+        """Headers to forward: everything but hop-by-hop and Connection-named ones."""
+        drop = HOP_BY_HOP
+        named = self.connection_tokens
+        if named:
+            drop = drop | frozenset(named)
+        return [(n, v) for n, v in self.headers if n.lower() not in drop]
+
+
+class RequestHead(MessageHead):
+    __slots__ = ("expect_continue", "host", "method", "target")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.method = b"GET"
+        self.target = b""
+        self.host: bytes | None = None
+        self.expect_continue = False
+
+
+class ResponseHead(MessageHead):
+    __slots__ = ("reason", "status")
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.status = 0
+        self.reason = b""
+
+
+class RequestHandler(Protocol):
+    def on_request_head(self, head: RequestHead) -> None: ...
+    def on_request_body(self, data: bytes) -> None: ...
+    def on_request_end(self, head: RequestHead) -> None: ...
+
+
+class ResponseHandler(Protocol):
+    def on_response_head(self, head: ResponseHead) -> None: ...
+    def on_response_body(self, data: bytes) -> None: ...
+    def on_response_end(self, head: ResponseHead) -> None: ...
+
+
+def _note_special(head: MessageHead, lname: bytes, value: bytes) -> None:
+    if lname == b"connection":
+        low = value.lower()
+        if low not in _PLAIN_CONNECTION:
+            # Only names other than the hop-by-hop ones matter: they are extra
+            # fields the sender wants removed.
+            tokens = [t.strip() for t in low.split(b",")]
+            head.connection_tokens = head.connection_tokens + tuple(
+                t for t in tokens if t and t not in _PLAIN_CONNECTION
+            )
+    elif lname == b"transfer-encoding":
+        head.transfer_encoding = value
+        head.chunked = value.rstrip().lower().endswith(b"chunked")
+    elif lname == b"content-length":
+        head.content_length = int(value)  # llhttp already refused a bad value
+    elif lname == b"upgrade":
+        head.upgrade = value
+
+
+_PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+# Names whose presence changes framing or routing; everything else is only stored.
+_SPECIAL_REQ = frozenset(
+    {b"host", b"connection", b"transfer-encoding", b"content-length", b"upgrade", b"expect"}
+)
+_SPECIAL_RESP = frozenset({b"connection", b"transfer-encoding", b"content-length", b"upgrade"})
+
+
+class RequestDecoder:
+    """Parses a stream of HTTP/1 requests and calls `handler` for each part.
+
+    `feed()` returns None, or, after a CONNECT or Upgrade request head, the
+    offset in `data` where the tunnelled bytes start (the caller owns them).
+    """
+
+    __slots__ = (
+        "_handler",
+        "_head",
+        "_head_bytes",
+        "_in_body",
+        "_max_head",
+        "_parser",
+        "_url_parts",
+        "messages_begun",
+    )
+
+    def __init__(self, handler: RequestHandler, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
+        self._handler = handler
+        self._max_head = max_head_bytes
+        self._parser = httptools.HttpRequestParser(self)
+        self._head = RequestHead()
+        self._head_bytes = 0
+        self._in_body = False
+        self._url_parts: list[bytes] = []
+        self.messages_begun = 0
+
+    @property
+    def in_head(self) -> bool:
+        """True while a request has begun but its head is not complete."""
+        return self.messages_begun > 0 and not self._in_body and self._head_bytes > 0
+
+    def reset(self) -> None:
+        """Start afresh after a refused upgrade (llhttp stays paused after one)."""
+        self._parser = httptools.HttpRequestParser(self)
+        self._head_bytes = 0
+        self._in_body = False
+
+    def feed(self, data: bytes) -> int | None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            return int(upgrade.args[0])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Http1Error):
+                raise cause from None
+            raise
+        except httptools.HttpParserInvalidMethodError:
+            raise Http1Error(400, "bad-request", "invalid method") from None
+        except httptools.HttpParserError as exc:
+            detail = str(exc.args[0]) if exc.args else "malformed request"
+            raise Http1Error(400, "bad-request", detail) from None
+        if not self._in_body and self._head_bytes > self._max_head:
+            raise Http1Error(431, "header-too-large", "request header section too large")
+        return None
+
+    # -- httptools callbacks ------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._head = RequestHead()
+        self._head_bytes = 1
+        self._in_body = False
+        self._url_parts = []
+        self.messages_begun += 1
+
+    def on_url(self, url: bytes) -> None:
+        self._url_parts.append(url)
+        self._head_bytes += len(url)
+        if self._head_bytes > self._max_head:
+            raise Http1Error(431, "header-too-large", "request line too long")
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self._head
+        if head.trailers is not None or self._in_body:
+            if head.trailers is None:
+                head.trailers = []
+            head.trailers.append((name, value))
+            return
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_head:
+            raise Http1Error(431, "header-too-large", "request header section too large")
+        head.headers.append((name, value))
+        lname = name.lower()
+        if lname not in HOP_BY_HOP:
+            head.encoded.append(name + b": " + value + b"\r\n")
+        if lname in _SPECIAL_REQ:
+            if lname == b"host":
+                if head.host is not None:
+                    raise Http1Error(400, "bad-request", "more than one Host header")
+                head.host = value
+            elif lname == b"expect":
+                head.expect_continue = value.lower() == b"100-continue"
+            else:
+                _note_special(head, lname, value)
+
+    def on_headers_complete(self) -> None:
+        head = self._head
+        parser = self._parser
+        head.method = parser.get_method()
+        head.version = b"1.1" if parser.get_http_version() == "1.1" else b"1.0"
+        head.keep_alive = parser.should_keep_alive()
+        parts = self._url_parts
+        head.target = parts[0] if len(parts) == 1 else b"".join(parts)
+        self._in_body = True
+        self._handler.on_request_head(head)
+
+    def on_body(self, body: bytes) -> None:
+        self._handler.on_request_body(body)
+
+    def on_message_complete(self) -> None:
+        self._head_bytes = 0
+        self._in_body = False
+        self._handler.on_request_end(self._head)
+
+
+class ResponseDecoder:
+    """Parses the responses of one upstream connection.
+
+    Call `expect(head_request=...)` before each request is sent: a response to
+    HEAD has no body whatever its Content-Length says, which llhttp cannot know.
+    """
+
+    __slots__ = (
+        "_handler",
+        "_head",
+        "_head_bytes",
+        "_head_request",
+        "_in_body",
+        "_max_head",
+        "_parser",
+        "_replace_parser",
+        "done_early",
+    )
+
+    def __init__(self, handler: ResponseHandler, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
+        self._handler = handler
+        self._max_head = max_head_bytes
+        self._parser = httptools.HttpResponseParser(self)
+        self._head = ResponseHead()
+        self._head_bytes = 0
+        self._in_body = False
+        self._head_request = False
+        self._replace_parser = False
+        self.done_early = False
+
+    def expect(self, handler: ResponseHandler, head_request: bool) -> None:
+        """Route the next response's events to `handler` (the exchange)."""
+        self._handler = handler
+        self._head_request = head_request
+
+    @property
+    def in_close_delimited_body(self) -> bool:
+        h = self._head
+        return self._in_body and not h.chunked and h.content_length is None
+
+    def feed(self, data: bytes) -> int | None:
+        try:
+            self._parser.feed_data(data)
+        except httptools.HttpParserUpgrade as upgrade:
+            return int(upgrade.args[0])
+        except httptools.HttpParserCallbackError as exc:
+            cause = exc.__context__
+            if isinstance(cause, Http1Error):
+                raise cause from None
+            raise
+        except httptools.HttpParserError as exc:
+            if self._replace_parser:
+                # A HEAD response ended at its head; bytes llhttp took as body
+                # would be a protocol violation by the upstream anyway.
+                pass
+            else:
+                detail = str(exc.args[0]) if exc.args else "malformed response"
+                raise Http1Error(502, "upstream-protocol-error", detail) from None
+        finally:
+            if self._replace_parser:
+                self._replace_parser = False
+                self._parser = httptools.HttpResponseParser(self)
+        if not self._in_body and self._head_bytes > self._max_head:
+            raise Http1Error(502, "upstream-header-too-large", "response header section too large")
+        return None
+
+    def finish_close_delimited(self) -> bool:
+        """The upstream closed: end a close-delimited body. False if none was open."""
+        if self.in_close_delimited_body:
+            self._in_body = False
+            self._handler.on_response_end(self._head)
+            return True
+        return False
+
+    # -- httptools callbacks ------------------------------------------------
+    def on_message_begin(self) -> None:
+        self._head = ResponseHead()
+        self._head_bytes = 1
+        self._in_body = False
+
+    def on_status(self, status: bytes) -> None:
+        self._head.reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        head = self._head
+        if self._in_body:
+            if head.trailers is None:
+                head.trailers = []
+            head.trailers.append((name, value))
+            return
+        self._head_bytes += len(name) + len(value) + 4
+        if self._head_bytes > self._max_head:
+            raise Http1Error(502, "upstream-header-too-large", "response header section too large")
+        lname = name.lower()
+        if lname in HOP_BY_HOP:
+            if lname in _SPECIAL_RESP:
+                _note_special(head, lname, value)
+        else:
+            head.encoded.append(name + b": " + value + b"\r\n")
+        head.headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        head = self._head
+        parser = self._parser
+        head.status = parser.get_status_code()
+        head.version = b"1.1" if parser.get_http_version() == "1.1" else b"1.0"
+        head.keep_alive = parser.should_keep_alive()
+        self._in_body = True
+        self._handler.on_response_head(head)
+        if self._head_request and head.status >= 200:
+            # No body follows a response to HEAD; end it here and start a new
+            # parser for the next response on this connection.
+            self._in_body = False
+            self._replace_parser = True
+            self._head_request = False
+            self._handler.on_response_end(head)
+
+    def on_body(self, body: bytes) -> None:
+        if not self._replace_parser:
+            self._handler.on_response_body(body)
+
+    def on_message_complete(self) -> None:
+        if self._replace_parser:
+            return
+        self._in_body = False
+        self._head_bytes = 0
+        self._handler.on_response_end(self._head)
+
+
+# -- encoding ---------------------------------------------------------------
+
+
+def encode_headers(out: list[bytes], headers: list[tuple[bytes, bytes]]) -> None:
+    for name, value in headers:
+        out.append(name)
+        out.append(b": ")
+        out.append(value)
+        out.append(b"\r\n")
+
+
+def encode_chunk(out: list[bytes], data: bytes) -> None:
+    if data:
+        out.append(b"%x\r\n" % len(data))
+        out.append(data)
+        out.append(b"\r\n")
+
+
+def encode_last_chunk(out: list[bytes], trailers: list[tuple[bytes, bytes]] | None) -> None:
+    if trailers:
+        out.append(b"0\r\n")
+        encode_headers(out, trailers)
+        out.append(b"\r\n")
+    else:
+        out.append(b"0\r\n\r\n")
+
+
+def status_has_no_body(status: int) -> bool:
+    return status < 200 or status == 204 or status == 304
+
+
+def error_response(
+    status: int, reason: str, message: str, *, close: bool, grpc: bool = False
+) -> bytes:
+    """A proxy-made response: `tulle-proxy-error` names the cause."""
+    body = message.encode("utf-8", "replace") + b"\n"
+    phrase = REASONS.get(status, b"Error")
+    head = [
+        b"HTTP/1.1 %d %s\r\n" % (status, phrase),
+        b"tulle-proxy-error: " + reason.encode("ascii", "replace") + b"\r\n",
+        b"content-type: text/plain; charset=utf-8\r\n",
+        b"content-length: %d\r\n" % len(body),
+    ]
+    if close:
+        head.append(b"connection: close\r\n")
+    head.append(b"\r\n")
+    head.append(body)
+    return b"".join(head)

@@ -1,0 +1,1 @@
+"""The control plane: destination, identity and policy services over sources of truth."""

@@ -1,0 +1,75 @@
+"""The control plane's admin HTTP listener: `/metrics`, `/ready`, `/live`.
+
+Scraped every few seconds, never on a request path, so it is a deliberately
+small HTTP/1.1 server on asyncio streams: one request per connection, answers
+closed after writing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+
+from tulle.control.metrics import ControlMetrics
+
+_MAX_HEAD = 8192
+_READ_TIMEOUT_S = 5.0
+
+
+class AdminServer:
+    def __init__(self, metrics: ControlMetrics, ready: Callable[[], bool]) -> None:
+        self._metrics = metrics
+        self._ready = ready
+        self._server: asyncio.Server | None = None
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    def _answer(self, method: str, target: str) -> tuple[str, str, str]:
+        path = target.split("?", 1)[0]
+        if method not in ("GET", "HEAD"):
+            return "405 Method Not Allowed", "text/plain", "method not allowed\n"
+        if path == "/metrics":
+            return "200 OK", "text/plain; version=0.0.4", self._metrics.render()
+        if path == "/live":
+            return "200 OK", "text/plain", "live\n"
+        if path == "/ready":
+            if self._ready():
+                return "200 OK", "text/plain", "ready\n"
+            return "503 Service Unavailable", "text/plain", "not ready\n"
+        return "404 Not Found", "text/plain", "not found: try /metrics, /ready or /live\n"
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT_S)
+            if len(head) > _MAX_HEAD:
+                return
+            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
+            if len(parts) != 3:
+                status, ctype, body = "400 Bad Request", "text/plain", "bad request\n"
+                method = "GET"
+            else:
+                method = parts[0]
+                status, ctype, body = self._answer(method, parts[1])
+            payload = body.encode()
+            response = (
+                f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
+                f"Content-Length: {len(payload)}\r\nConnection: close\r\n\r\n"
+            ).encode()
+            writer.write(response if method == "HEAD" else response + payload)
+            await writer.drain()
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()

@@ -1,0 +1,150 @@
+"""`tulle control`: wires the manifest source, the Destination service and the admin listener.
+
+One process, one event loop (uvloop when available), `grpc.aio`. Replicas share
+nothing but the manifest file, so any number can run side by side. SIGTERM and
+SIGINT stop the process cleanly: listeners close, open streams end, and the
+proxies move to another replica.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import signal
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+
+from tulle.api.proto import destination_pb2_grpc as pb_grpc
+from tulle.control.admin import AdminServer
+from tulle.control.destination.service import DestinationService
+from tulle.control.destination.translator import DEFAULT_QUEUE_CAPACITY
+from tulle.control.destination.watcher import DestinationWatcher
+from tulle.control.manifest import Manifest
+from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S, ManifestFileSource
+from tulle.control.metrics import ControlMetrics
+from tulle.core.discovery import Address
+
+log = logging.getLogger("tulle.control")
+
+# Streams live for hours: keepalives find dead proxies (and let proxies find a
+# dead replica) without waiting for TCP to time out. Proxies ping every 10 s,
+# so the server must tolerate pings that often, even on idle connections.
+SERVER_OPTIONS: list[tuple[str, int]] = [
+    ("grpc.keepalive_time_ms", 30_000),
+    ("grpc.keepalive_timeout_ms", 10_000),
+    ("grpc.keepalive_permit_without_calls", 1),
+    ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
+    ("grpc.http2.max_ping_strikes", 0),
+]
+STOP_GRACE_S = 0.5
+
+
+@dataclass(frozen=True, slots=True)
+class ControlConfig:
+    manifest: Path
+    grpc_addr: Address = ("127.0.0.1", 8086)
+    admin_addr: Address = ("127.0.0.1", 9990)
+    poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
+    queue_capacity: int = DEFAULT_QUEUE_CAPACITY
+
+
+def format_address(address: Address) -> str:
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
+class ControlPlane:
+    """One control-plane replica. `start()`, then `wait()` or `stop()`."""
+
+    def __init__(self, config: ControlConfig) -> None:
+        self.config = config
+        self.metrics = ControlMetrics()
+        self._source = ManifestFileSource(
+            config.manifest,
+            self._on_manifest,
+            self.metrics,
+            poll_interval_s=config.poll_interval_s,
+        )
+        # Raises ManifestError: a replica refuses to start on a broken manifest.
+        self.watcher = DestinationWatcher(self._source.load_initial())
+        self.metrics.publishers = lambda: self.watcher.publisher_count
+        self._server: grpc.aio.Server | None = None
+        self._admin = AdminServer(self.metrics, self.ready)
+        self._poller: asyncio.Task[None] | None = None
+        self._stopped = asyncio.Event()
+        self.grpc_address: Address | None = None
+        self.admin_address: Address | None = None
+
+    def ready(self) -> bool:
+        return self._server is not None and not self._stopped.is_set()
+
+    def _on_manifest(self, manifest: Manifest) -> None:
+        changed = self.watcher.update_manifest(manifest)
+        log.info("manifest change sent to %d watched authorities", changed)
+
+    async def start(self) -> None:
+        server = grpc.aio.server(options=SERVER_OPTIONS)
+        service = DestinationService(
+            self.watcher, self.metrics, queue_capacity=self.config.queue_capacity
+        )
+        pb_grpc.add_DestinationServicer_to_server(service, server)
+        host, port = self.config.grpc_addr
+        bound = server.add_insecure_port(format_address((host, port)))
+        if bound == 0:
+            raise OSError(f"cannot listen for gRPC on {format_address((host, port))}")
+        await server.start()
+        self._server = server
+        self.grpc_address = (host, bound)
+        self.admin_address = await self._admin.start(*self.config.admin_addr)
+        self._poller = asyncio.create_task(self._source.run(), name="manifest-poller")
+
+    async def stop(self) -> None:
+        if self._stopped.is_set():
+            return
+        self._stopped.set()
+        if self._poller is not None:
+            self._poller.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._poller
+        if self._server is not None:
+            await self._server.stop(STOP_GRACE_S)
+        await self._admin.close()
+
+    async def wait(self) -> None:
+        await self._stopped.wait()
+
+
+async def serve(config: ControlConfig) -> None:
+    """Run a replica until SIGTERM or SIGINT."""
+    plane = ControlPlane(config)
+    loop = asyncio.get_running_loop()
+    stop_requested = asyncio.Event()
+    for signum in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(signum, stop_requested.set)
+    await plane.start()
+    assert plane.grpc_address is not None and plane.admin_address is not None
+    # One parseable line on stdout: tests and `tulle up` read the bound ports
+    # from it when they asked for port 0.
+    print(
+        f"tulle control ready grpc={format_address(plane.grpc_address)} "
+        f"admin={format_address(plane.admin_address)}",
+        flush=True,
+    )
+    try:
+        await stop_requested.wait()
+    finally:
+        log.info("stopping")
+        await plane.stop()
+
+
+def run(config: ControlConfig) -> None:
+    """Run `serve` on uvloop when it is installed (plain asyncio otherwise)."""
+    try:
+        import uvloop
+    except ImportError:
+        asyncio.run(serve(config))
+        return
+    uvloop.run(serve(config))

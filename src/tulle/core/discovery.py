@@ -1,0 +1,229 @@
+"""The discovery model the proxy consumes: endpoints, profiles, and a live view per service.
+
+Sources (static flags, the control plane's Destination API) write into a
+`ServiceView`; the proxy reads it on the request path without awaiting. Views
+are plain objects with listeners so that a balancer can follow endpoint changes
+without polling. Nothing here touches a socket.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+Address = tuple[str, int]
+
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    """One instance of a service, as discovery names it."""
+
+    address: Address
+    weight: int = 10_000
+    # The SPIFFE ID the endpoint's proxy must present; None when it is not meshed.
+    identity: str | None = None
+    # "http/1.1", "h2" or "opaque": what the endpoint's proxy expects, when known.
+    protocol_hint: str | None = None
+    labels: Mapping[str, str] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatch:
+    name: str  # lower-case
+    value: str
+    regex: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    """Gateway API HTTPRoute-style match; every set field must match."""
+
+    path_exact: str | None = None
+    path_prefix: str | None = None
+    path_regex: str | None = None
+    method: str | None = None
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    name: str
+    matches: tuple[RouteMatch, ...] = ()  # empty: matches every request
+    timeout_s: float | None = None
+    # None: the default rule (idempotent methods on 5xx or connection failure).
+    retryable: bool | None = None
+    retry_statuses: tuple[int, ...] = ()  # empty: 5xx
+
+
+@dataclass(frozen=True, slots=True)
+class RetryBudgetSpec:
+    ratio: float = 0.2
+    min_retries_per_second: float = 10.0
+    ttl_s: float = 10.0
+
+
+@dataclass(frozen=True, slots=True)
+class Backend:
+    """A weighted traffic-split target: another service's name."""
+
+    service: str
+    weight: int
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    routes: tuple[Route, ...] = ()
+    retry_budget: RetryBudgetSpec = RetryBudgetSpec()
+    backends: tuple[Backend, ...] = ()  # empty: the service itself
+    timeout_s: float | None = None  # default for routes without their own
+
+
+EMPTY_PROFILE = Profile()
+
+
+class ServiceView:
+    """What the proxy currently knows of one logical service.
+
+    `exists` is None until the first answer, then True or False. Sources call
+    the `apply_*` methods; they are idempotent so that repeated or reordered
+    updates converge (a Remove of an unknown address is ignored; an Add of a
+    known address replaces it).
+    """
+
+    __slots__ = ("_listeners", "_ready", "endpoints", "exists", "name", "profile")
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.endpoints: dict[Address, Endpoint] = {}
+        self.exists: bool | None = None
+        self.profile: Profile = EMPTY_PROFILE
+        self._listeners: list[Callable[[ServiceView], None]] = []
+        self._ready: asyncio.Event | None = None
+
+    # -- written by sources ------------------------------------------------
+    def apply_add(self, endpoints: Iterable[Endpoint]) -> None:
+        for ep in endpoints:
+            self.endpoints[ep.address] = ep
+        self.exists = True
+        self._changed()
+
+    def apply_remove(self, addresses: Iterable[Address]) -> None:
+        for addr in addresses:
+            self.endpoints.pop(addr, None)
+        self._changed()
+
+    def apply_reset(self, endpoints: Iterable[Endpoint]) -> None:
+        self.endpoints = {ep.address: ep for ep in endpoints}
+        self.exists = True
+        self._changed()
+
+    def apply_no_endpoints(self, exists: bool) -> None:
+        self.endpoints = {}
+        self.exists = exists
+        self._changed()
+
+    def apply_profile(self, profile: Profile) -> None:
+        self.profile = profile
+        self._changed()
+
+    # -- read by the proxy -------------------------------------------------
+    @property
+    def known(self) -> bool:
+        return self.exists is not None
+
+    def subscribe(self, listener: Callable[[ServiceView], None]) -> None:
+        self._listeners.append(listener)
+
+    def unsubscribe(self, listener: Callable[[ServiceView], None]) -> None:
+        if listener in self._listeners:
+            self._listeners.remove(listener)
+
+    async def wait_known(self, timeout_s: float) -> bool:
+        """Wait until discovery has answered once; False on timeout."""
+        if self.exists is not None:
+            return True
+        if self._ready is None:
+            self._ready = asyncio.Event()
+        try:
+            await asyncio.wait_for(self._ready.wait(), timeout_s)
+        except TimeoutError:
+            return False
+        return True
+
+    def _changed(self) -> None:
+        if self._ready is not None and self.exists is not None:
+            self._ready.set()
+        for listener in tuple(self._listeners):
+            listener(self)
+
+
+class Resolver(Protocol):
+    """Gives the live view of a logical service. Cheap, synchronous, never fails:
+    an unknown name returns a view whose `exists` becomes False."""
+
+    def resolve(self, name: str) -> ServiceView: ...
+
+    async def close(self) -> None: ...
+
+
+class StaticResolver:
+    """Endpoints given on the command line (`--static-dst NAME=HOST:PORT,...`)."""
+
+    def __init__(self, services: Mapping[str, Sequence[Endpoint]]) -> None:
+        self._views: dict[str, ServiceView] = {}
+        for name, eps in services.items():
+            view = ServiceView(name)
+            view.apply_reset(eps)
+            self._views[name] = view
+
+    def resolve(self, name: str) -> ServiceView:
+        view = self._views.get(name)
+        if view is None:
+            view = ServiceView(name)
+            view.apply_no_endpoints(exists=False)
+            self._views[name] = view
+        return view
+
+    def names(self) -> list[str]:
+        return sorted(n for n, v in self._views.items() if v.exists)
+
+    async def close(self) -> None:
+        return None
+
+
+def parse_address(text: str, *, default_host: str | None = None) -> Address:
+    """Parse HOST:PORT ([v6]:PORT too); raises ValueError naming what is wrong."""
+    text = text.strip()
+    if text.startswith("["):
+        host, sep, port = text[1:].partition("]:")
+        if not sep:
+            raise ValueError(f"bad address {text!r}: expected [IPv6]:PORT")
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep:
+            raise ValueError(f"bad address {text!r}: expected HOST:PORT")
+    if not host:
+        if default_host is None:
+            raise ValueError(f"bad address {text!r}: missing host")
+        host = default_host
+    try:
+        port_num = int(port)
+    except ValueError:
+        raise ValueError(f"bad address {text!r}: port {port!r} is not a number") from None
+    if not 0 <= port_num <= 65535:
+        raise ValueError(f"bad address {text!r}: port {port_num} out of range")
+    return host, port_num
+
+
+def parse_static_dst(spec: str) -> tuple[str, list[Endpoint]]:
+    """Parse NAME=HOST:PORT[,HOST:PORT...]."""
+    name, sep, addrs = spec.partition("=")
+    name = name.strip().lower()
+    if not sep or not name:
+        raise ValueError(f"bad --static-dst {spec!r}: expected NAME=HOST:PORT[,HOST:PORT...]")
+    endpoints = [Endpoint(parse_address(a)) for a in addrs.split(",") if a.strip()]
+    if not endpoints:
+        raise ValueError(f"bad --static-dst {spec!r}: no endpoints after '='")
+    return name, endpoints

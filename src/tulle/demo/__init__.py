@@ -1,0 +1,1 @@
+"""Demo services for trying the mesh and for tests and benchmarks."""

@@ -1,0 +1,1 @@
+"""Workload identity: CA, CSRs, certificate store and rotation."""

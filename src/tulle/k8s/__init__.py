@@ -1,0 +1,1 @@
+"""Kubernetes: install manifests, injection, admission webhook."""

@@ -1,0 +1,1 @@
+"""The local mesh on one machine (`tulle up`)."""

@@ -1,0 +1,1 @@
+"""The only socket and TLS code: listeners, connectors, original destination."""

@@ -1,0 +1,210 @@
+"""Listening sockets, accepting, and protocol detection by peeking.
+
+Detection peeks (`MSG_PEEK`) at the first bytes instead of reading them, so
+that the connection can then be handed to a plain transport, to a TLS
+transport (`ssl=` on `connect_accepted_socket`) or to an opaque forwarder with
+no bytes consumed and none to replay. The cost is a per-connection one (an
+epoll registration and a peek), never a per-request one.
+
+Server-speaks-first protocols: a client that sends nothing within the detect
+timeout is handed over as opaque (see `tulle.codec.detect`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import errno
+import logging
+import socket
+import struct
+from collections.abc import Callable
+
+from tulle.codec.detect import Kind, detect
+from tulle.core.discovery import Address
+
+log = logging.getLogger(__name__)
+
+SO_ORIGINAL_DST = 80
+PEEK_BYTES = 1024
+# While a peek shows only a prefix (e.g. b"GE"), poll again this often.
+REPEEK_INTERVAL_S = 0.005
+
+OnDetected = Callable[[socket.socket, Address, Kind, bytes], None]
+
+
+def bind(addr: Address, *, reuse_port: bool, backlog: int = 1024) -> socket.socket:
+    """A non-blocking listening socket; SO_REUSEPORT lets worker processes share it."""
+    host, port = addr
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        if reuse_port:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEPORT, 1)
+        sock.bind((host, port))
+        sock.listen(backlog)
+        sock.setblocking(False)
+    except OSError:
+        sock.close()
+        raise
+    return sock
+
+
+def original_dst(sock: socket.socket) -> Address | None:
+    """Where an iptables-REDIRECTed connection was going; None if not redirected."""
+    try:
+        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+    except OSError:
+        return None
+    port, packed = struct.unpack_from("!2xH4s", raw)
+    dst = (socket.inet_ntoa(packed), port)
+    local = sock.getsockname()
+    if dst[0] == local[0] and dst[1] == local[1]:
+        return None
+    return dst
+
+
+class Acceptor:
+    """Accepts on one listening socket and calls `on_detected` once the first
+    bytes of each connection are known (or the detect timeout passed)."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        sock: socket.socket,
+        on_detected: OnDetected,
+        *,
+        detect_timeout_s: float,
+        on_accept: Callable[[], None] | None = None,
+    ) -> None:
+        self._loop = loop
+        self._sock = sock
+        self._on_detected = on_detected
+        self._on_accept = on_accept
+        self._detect_timeout = detect_timeout_s
+        self._pending: dict[int, tuple[socket.socket, Address, asyncio.TimerHandle]] = {}
+        self.closed = False
+        loop.add_reader(sock.fileno(), self._accept_ready)
+
+    @property
+    def address(self) -> Address:
+        name = self._sock.getsockname()
+        return name[0], name[1]
+
+    def close(self) -> None:
+        """Stop accepting (connections already accepted carry on)."""
+        if self.closed:
+            return
+        self.closed = True
+        self._loop.remove_reader(self._sock.fileno())
+        self._sock.close()
+
+    def _accept_ready(self) -> None:
+        for _ in range(64):  # bounded so one busy listener cannot starve the loop
+            try:
+                conn, peer = self._sock.accept()
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
+                    log.warning("accept failed: %s; pausing accepts for 100 ms", exc)
+                    self._loop.remove_reader(self._sock.fileno())
+                    self._loop.call_later(0.1, self._resume_accept)
+                    return
+                if exc.errno == errno.EBADF:
+                    return
+                continue
+            conn.setblocking(False)
+            if conn.family != socket.AF_UNIX:
+                conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+            if self._on_accept is not None:
+                self._on_accept()
+            self._start_detect(conn, (peer[0], peer[1]))
+
+    def _resume_accept(self) -> None:
+        if not self.closed:
+            self._loop.add_reader(self._sock.fileno(), self._accept_ready)
+
+    def _start_detect(self, conn: socket.socket, peer: Address) -> None:
+        fd = conn.fileno()
+        timer = self._loop.call_later(self._detect_timeout, self._detect_timed_out, fd)
+        self._pending[fd] = (conn, peer, timer)
+        self._loop.add_reader(fd, self._peek, fd)
+
+    def _peek(self, fd: int) -> None:
+        entry = self._pending.get(fd)
+        if entry is None:
+            return
+        conn, peer, timer = entry
+        try:
+            data = conn.recv(PEEK_BYTES, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            return
+        except OSError:
+            self._drop(fd)
+            conn.close()
+            return
+        if not data:  # closed before sending anything
+            self._drop(fd)
+            conn.close()
+            return
+        kind = detect(data)
+        if kind is Kind.NEED_MORE:
+            # Level-triggered readiness would spin on unread bytes: poll instead.
+            self._loop.remove_reader(fd)
+            self._loop.call_later(REPEEK_INTERVAL_S, self._repeek, fd, len(data))
+            return
+        self._drop(fd)
+        self._on_detected(conn, peer, kind, data)
+
+    def _repeek(self, fd: int, seen: int) -> None:
+        entry = self._pending.get(fd)
+        if entry is None:
+            return
+        conn = entry[0]
+        try:
+            data = conn.recv(PEEK_BYTES, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            data = b""
+        except OSError:
+            self._drop(fd)
+            conn.close()
+            return
+        if len(data) > seen or (data == b"" and seen == 0):
+            self._loop.add_reader(fd, self._peek, fd)
+        else:
+            self._loop.call_later(REPEEK_INTERVAL_S, self._repeek, fd, seen)
+
+    def _detect_timed_out(self, fd: int) -> None:
+        entry = self._pending.get(fd)
+        if entry is None:
+            return
+        conn, peer, _ = entry
+        try:
+            data = conn.recv(PEEK_BYTES, socket.MSG_PEEK)
+        except OSError:
+            data = b""
+        self._drop(fd, cancel_timer=False)
+        kind = detect(data) if data else Kind.OPAQUE
+        if kind is Kind.NEED_MORE:
+            kind = Kind.OPAQUE
+        self._on_detected(conn, peer, kind, data)
+
+    def _drop(self, fd: int, cancel_timer: bool = True) -> None:
+        entry = self._pending.pop(fd, None)
+        if entry is None:
+            return
+        self._loop.remove_reader(fd)
+        if cancel_timer:
+            entry[2].cancel()
+
+    def close_pending(self) -> None:
+        for fd in list(self._pending):
+            conn = self._pending[fd][0]
+            self._drop(fd)
+            conn.close()
+
+
+def set_nodelay(sock: socket.socket | None) -> None:
+    if sock is not None and sock.family in (socket.AF_INET, socket.AF_INET6):
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)

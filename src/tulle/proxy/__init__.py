@@ -1,0 +1,1 @@
+"""The sidecar proxy: layers and their wiring into inbound, outbound and admin."""

@@ -1,0 +1,136 @@
+"""The admin listener: `/metrics`, `/ready`, `/live`, `POST /shutdown`, `/config`.
+
+Served with the same sans-IO HTTP/1 codec as the data path. Handlers may be
+asynchronous (with several workers, `/metrics` gathers every worker's
+snapshot), so each request is answered from a task, in order.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from typing import Any, cast
+
+from tulle.codec.http1 import REASONS, Http1Error, RequestDecoder, RequestHead
+from tulle.core.discovery import Address
+from tulle.proxy.metrics import Snapshot, merge, render
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class AdminState:
+    snapshot: Callable[[], Awaitable[list[Snapshot]]]
+    describe: Callable[[], Awaitable[list[dict[str, Any]]]]
+    ready: Callable[[], bool]
+    shutdown: Callable[[], object]
+    # Extra text appended to /metrics (e.g. identity gauges).
+    extra_metrics: Callable[[], str] | None = None
+
+
+class _AdminConnection(asyncio.Protocol):
+    def __init__(self, state: AdminState) -> None:
+        self.state = state
+        self.decoder = RequestDecoder(self)
+        self.transport: asyncio.Transport | None = None
+        self.queue: asyncio.Queue[RequestHead | None] = asyncio.Queue()
+        self.task: asyncio.Task[None] | None = None
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.task = asyncio.get_running_loop().create_task(self._serve())
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            self.decoder.feed(data)
+        except Http1Error as err:
+            self._write(err.status, b"text/plain", err.detail.encode() + b"\n", close=True)
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.queue.put_nowait(None)
+
+    def on_request_head(self, head: RequestHead) -> None:
+        return None
+
+    def on_request_body(self, data: bytes) -> None:
+        return None
+
+    def on_request_end(self, head: RequestHead) -> None:
+        self.queue.put_nowait(head)
+
+    async def _serve(self) -> None:
+        while True:
+            head = await self.queue.get()
+            if head is None or self.transport is None or self.transport.is_closing():
+                return
+            try:
+                await self._handle(head)
+            except Exception:
+                log.exception("admin request failed")
+                self._write(500, b"text/plain", b"internal error\n", close=True)
+
+    async def _handle(self, head: RequestHead) -> None:
+        path = head.target.split(b"?", 1)[0]
+        close = not head.keep_alive
+        method = head.method
+        state = self.state
+        if path == b"/metrics" and method in (b"GET", b"HEAD"):
+            snaps = await state.snapshot()
+            text = render(merge(snaps))
+            if state.extra_metrics is not None:
+                text += state.extra_metrics()
+            self._write(200, b"text/plain; version=0.0.4; charset=utf-8", text.encode(), close)
+        elif path == b"/live":
+            self._write(200, b"text/plain", b"live\n", close)
+        elif path == b"/ready":
+            if state.ready():
+                self._write(200, b"text/plain", b"ready\n", close)
+            else:
+                self._write(503, b"text/plain", b"not ready\n", close)
+        elif path == b"/shutdown":
+            if method != b"POST":
+                self._write(405, b"text/plain", b"use POST /shutdown\n", close)
+                return
+            self._write(200, b"text/plain", b"shutting down\n", close)
+            state.shutdown()
+        elif path == b"/config":
+            described = await state.describe()
+            body = json.dumps(described[0] if len(described) == 1 else described, indent=2)
+            self._write(200, b"application/json", body.encode() + b"\n", close)
+        else:
+            self._write(404, b"text/plain", b"not found: try /metrics /ready /live /config\n", close)
+
+    def _write(self, status: int, ctype: bytes, body: bytes, close: bool) -> None:
+        if self.transport is None or self.transport.is_closing():
+            return
+        head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
+            status,
+            REASONS.get(status, b"Method Not Allowed" if status == 405 else b""),
+            ctype,
+            len(body),
+        )
+        if close:
+            head += b"connection: close\r\n"
+        self.transport.write(head + b"\r\n" + body)
+        if close:
+            self.transport.close()
+
+
+class AdminServer:
+    def __init__(self, server: asyncio.AbstractServer) -> None:
+        self._server = server
+
+    @classmethod
+    async def start(
+        cls, loop: asyncio.AbstractEventLoop, addr: Address, state: AdminState
+    ) -> AdminServer:
+        server = await loop.create_server(
+            lambda: _AdminConnection(state), addr[0], addr[1], reuse_address=True
+        )
+        return cls(server)
+
+    def close(self) -> None:
+        self._server.close()

@@ -1,0 +1,464 @@
+"""Wires the proxy together: listeners, detection hand-off, sweeper, drain, workers.
+
+`run(config)` is what `tulle proxy` calls. With one worker everything runs in
+one process and one event loop. With `--workers N` the parent process keeps
+the admin listener and forks N workers that each bind the inbound and
+outbound listeners with SO_REUSEPORT (the kernel spreads connections over
+them); `/metrics` asks every worker for a snapshot over a socketpair and
+serves the sum, so there is one `/metrics` for all of them.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import os
+import pickle
+import signal
+import socket
+import struct
+import sys
+import time
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from tulle.codec.detect import Kind
+from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
+from tulle.net.listen import Acceptor, bind, original_dst
+from tulle.proxy.admin import AdminServer, AdminState
+from tulle.proxy.config import ProxyConfig
+from tulle.proxy.context import ProxyContext
+from tulle.proxy.http1 import EndpointPool, Http1Server
+from tulle.proxy.metrics import Metrics, Snapshot
+from tulle.proxy.router import PoolHandle, Router
+from tulle.proxy.tcp import Tunnel
+
+log = logging.getLogger("tulle.proxy")
+
+SWEEP_INTERVAL_S = 0.25
+
+
+def install_loop() -> None:
+    """uvloop when available (the default); the asyncio loop otherwise."""
+    try:
+        import uvloop
+    except ImportError:  # pragma: no cover - uvloop is a dependency
+        return
+    asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
+
+
+def make_resolver(config: ProxyConfig) -> Resolver:
+    if config.control_addrs:
+        from tulle.api.destination_client import ControlResolver
+
+        return ControlResolver(list(config.control_addrs))
+    return StaticResolver(config.static_dst)
+
+
+class Worker:
+    """One event loop's worth of proxy: both directions' listeners and state."""
+
+    def __init__(self, config: ProxyConfig, loop: asyncio.AbstractEventLoop) -> None:
+        self.config = config
+        self.loop = loop
+        self.metrics = Metrics()
+        self.resolver = make_resolver(config)
+        self.contexts: list[ProxyContext] = []
+        self.acceptors: list[Acceptor] = []
+        self._sweeper: asyncio.Task[None] | None = None
+        self.stopped = asyncio.Event()
+        self.draining = False
+        self.outbound = self._context("outbound", None)
+        self.inbound = self._context("inbound", config.app_addr)
+
+    def _context(self, direction: str, fixed: Address | None) -> ProxyContext:
+        holder: list[ProxyContext] = []
+
+        def make_pool(ep: Endpoint) -> PoolHandle:
+            return EndpointPool(holder[0], ep.address, ep.identity)
+
+        router = Router(
+            self.resolver,
+            make_pool,
+            self.metrics,
+            max_pending=self.config.limits.max_pending_per_service,
+            fixed_target=fixed,
+        )
+        ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics)
+        holder.append(ctx)
+        self.contexts.append(ctx)
+        return ctx
+
+    def listen(self, reuse_port: bool) -> None:
+        cfg = self.config
+        timeout = cfg.timeouts.detect_s
+        for ctx, addr in ((self.outbound, cfg.outbound_addr), (self.inbound, cfg.inbound_addr)):
+            sock = bind(addr, reuse_port=reuse_port)
+            self.acceptors.append(
+                Acceptor(
+                    self.loop,
+                    sock,
+                    self._detected_handler(ctx),
+                    detect_timeout_s=timeout,
+                )
+            )
+        self._sweeper = self.loop.create_task(self._sweep())
+
+    def _detected_handler(
+        self, ctx: ProxyContext
+    ) -> Callable[[socket.socket, Address, Kind, bytes], None]:
+        loop = self.loop
+
+        def on_detected(sock: socket.socket, peer: Address, kind: Kind, data: bytes) -> None:
+            if self.draining:
+                sock.close()
+                return
+            orig = original_dst(sock) if ctx.direction == "outbound" else None
+            if kind is Kind.HTTP1:
+                loop.create_task(
+                    self._attach(sock, lambda: Http1Server(ctx, peer, orig))
+                )
+                return
+            # TLS that is not the mesh's, HTTP/2 until its path is wired, and
+            # unknown bytes: opaque TCP to where the connection was going.
+            dst = ctx.config.app_addr if ctx.direction == "inbound" else orig
+            if dst is None:
+                ctx.metrics.proxy_error(ctx.direction, "opaque-no-destination")
+                sock.close()
+                return
+            loop.create_task(self._opaque(ctx, sock, dst))
+
+        return on_detected
+
+    async def _attach(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+        try:
+            await self.loop.connect_accepted_socket(factory, sock)
+        except OSError:
+            sock.close()
+
+    async def _opaque(self, ctx: ProxyContext, sock: socket.socket, dst: Address) -> None:
+        label = f"{dst[0]}:{dst[1]}"
+        tunnel = Tunnel(
+            ctx.metrics.tcp(ctx.direction, "src", label), ctx.metrics.tcp(ctx.direction, "dst", label)
+        )
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: tunnel.upstream, dst[0], dst[1]),
+                ctx.config.timeouts.connect_s,
+            )
+        except (OSError, TimeoutError) as exc:
+            ctx.metrics.proxy_error(ctx.direction, "opaque-connect-failed")
+            log.debug("opaque connect to %s failed: %s", label, exc)
+            sock.close()
+            return
+        try:
+            await self.loop.connect_accepted_socket(lambda: tunnel.downstream, sock)
+        except OSError:
+            tunnel.close(abort=True)
+            return
+        tunnel.start()
+
+    async def _sweep(self) -> None:
+        timeouts = self.config.timeouts
+        while True:
+            await asyncio.sleep(SWEEP_INTERVAL_S)
+            now = self.loop.time()
+            for ctx in self.contexts:
+                for conn in list(ctx.connections):
+                    if conn.current is not None or conn.closed:
+                        continue
+                    if conn.head_started:
+                        if now - conn.head_started > timeouts.header_read_s:
+                            conn.timeout_head()
+                    elif self.draining or now - conn.last_active > timeouts.idle_s:
+                        conn.close()
+
+    async def drain(self) -> None:
+        """Stop accepting, let in-flight requests finish (bounded), then stop."""
+        if self.draining:
+            return
+        self.draining = True
+        for acceptor in self.acceptors:
+            acceptor.close()
+            acceptor.close_pending()
+        for ctx in self.contexts:
+            ctx.draining = True
+            for conn in list(ctx.connections):
+                if conn.current is None and not conn.head_started:
+                    conn.close()
+        deadline = self.loop.time() + self.config.timeouts.shutdown_grace_s
+        while self.loop.time() < deadline:
+            if not any(ctx.connections for ctx in self.contexts):
+                break
+            await asyncio.sleep(0.05)
+        for ctx in self.contexts:
+            for conn in list(ctx.connections):
+                conn.abort()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+        await self.resolver.close()
+        self.stopped.set()
+
+    def describe(self) -> dict[str, Any]:
+        services: dict[str, Any] = {}
+        for ctx in self.contexts:
+            for target in ctx.router.targets():
+                services[f"{ctx.direction}/{target.name}"] = {
+                    "exists": target.view.exists,
+                    "endpoints": [
+                        {
+                            "address": f"{s.endpoint.address[0]}:{s.endpoint.address[1]}",
+                            "pending": s.pending,
+                            "state": s.accrual.state,
+                        }
+                        for s in target.balancer.states()
+                    ],
+                }
+        return {"services": services}
+
+    def snapshot(self) -> Snapshot:
+        for ctx in self.contexts:
+            for target in ctx.router.targets():
+                labels = (("direction", ctx.direction), ("dst_service", target.name))
+                states = target.balancer.states()
+                self.metrics.counters[("endpoints", labels)] = len(states)
+                open_states = sum(1 for s in states if s.accrual.state != "closed")
+                self.metrics.counters[("endpoints_ejected", labels)] = open_states
+        snap = self.metrics.snapshot()
+        for name in ("endpoints", "endpoints_ejected"):
+            if name in snap:
+                kind, help_text, values = snap[name]
+                snap[name] = ("gauge", "Endpoints known per service, and those circuit-broken.", values)
+        return snap
+
+
+def _serve_snapshots(loop: asyncio.AbstractEventLoop, sock: socket.socket, worker: Worker) -> None:
+    """Answer the parent's snapshot requests on a socketpair (one byte in, a frame out)."""
+    sock.setblocking(False)
+
+    def ready() -> None:
+        try:
+            cmd = sock.recv(1)
+        except BlockingIOError:
+            return
+        except OSError:
+            cmd = b""
+        if not cmd:
+            loop.remove_reader(sock.fileno())
+            return
+        payload = pickle.dumps((worker.snapshot(), worker.describe()))
+        sock.setblocking(True)
+        try:
+            sock.sendall(struct.pack("!I", len(payload)) + payload)
+        finally:
+            sock.setblocking(False)
+
+    loop.add_reader(sock.fileno(), ready)
+
+
+def _install_signals(
+    loop: asyncio.AbstractEventLoop, on_stop: Callable[[], Coroutine[Any, Any, None]]
+) -> None:
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        loop.add_signal_handler(sig, lambda: loop.create_task(on_stop()))
+
+
+async def _run_single(config: ProxyConfig) -> int:
+    loop = asyncio.get_running_loop()
+    worker = Worker(config, loop)
+    try:
+        worker.listen(reuse_port=False)
+    except OSError as exc:
+        print(f"tulle proxy: cannot listen: {exc}", file=sys.stderr)
+        return 2
+    state = AdminState(
+        snapshot=lambda: _async_value([worker.snapshot()]),
+        describe=lambda: _async_value([worker.describe()]),
+        ready=lambda: True,
+        shutdown=lambda: loop.create_task(worker.drain()),
+    )
+    try:
+        admin = await AdminServer.start(loop, config.admin_addr, state)
+    except OSError as exc:
+        print(f"tulle proxy: cannot listen on admin {config.admin_addr}: {exc}", file=sys.stderr)
+        return 2
+    _install_signals(loop, worker.drain)
+    log.info(
+        "tulle proxy ready: outbound %s, inbound %s, admin %s",
+        _fmt(config.outbound_addr),
+        _fmt(config.inbound_addr),
+        _fmt(config.admin_addr),
+    )
+    await worker.stopped.wait()
+    admin.close()
+    return 0
+
+
+async def _async_value(value: Any) -> Any:
+    return value
+
+
+def _fmt(addr: Address) -> str:
+    return f"{addr[0]}:{addr[1]}"
+
+
+def _worker_main(config: ProxyConfig, sock: socket.socket) -> None:
+    install_loop()
+    loop = asyncio.new_event_loop()
+    asyncio.set_event_loop(loop)
+
+    async def main() -> int:
+        worker = Worker(config, asyncio.get_running_loop())
+        try:
+            worker.listen(reuse_port=True)
+        except OSError as exc:
+            print(f"tulle proxy worker: cannot listen: {exc}", file=sys.stderr)
+            return 2
+        _serve_snapshots(asyncio.get_running_loop(), sock, worker)
+        _install_signals(asyncio.get_running_loop(), worker.drain)
+        await worker.stopped.wait()
+        return 0
+
+    code = loop.run_until_complete(main())
+    os._exit(code)
+
+
+class _WorkerHandle:
+    def __init__(self, index: int) -> None:
+        self.index = index
+        self.pid = 0
+        self.sock: socket.socket | None = None
+        self.lock = asyncio.Lock()
+        self.last_describe: dict[str, Any] = {}
+
+
+async def _run_workers(config: ProxyConfig) -> int:
+    # Check the addresses are free before forking so the error is one clear line.
+    for addr in (config.outbound_addr, config.inbound_addr):
+        try:
+            bind(addr, reuse_port=True).close()
+        except OSError as exc:
+            print(f"tulle proxy: cannot listen on {_fmt(addr)}: {exc}", file=sys.stderr)
+            return 2
+    loop = asyncio.get_running_loop()
+    handles = [_WorkerHandle(i) for i in range(config.workers)]
+    stopping = False
+
+    def spawn(h: _WorkerHandle) -> None:
+        parent_sock, child_sock = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:  # child
+            parent_sock.close()
+            for signum in (signal.SIGTERM, signal.SIGINT):
+                signal.signal(signum, signal.SIG_DFL)
+            _worker_main(config, child_sock)
+        child_sock.close()
+        parent_sock.setblocking(False)
+        h.pid = pid
+        h.sock = parent_sock
+
+    for h in handles:
+        spawn(h)
+
+    async def ask(h: _WorkerHandle) -> tuple[Snapshot, dict[str, Any]] | None:
+        if h.sock is None:
+            return None
+        async with h.lock:
+            try:
+                await loop.sock_sendall(h.sock, b"s")
+                header = await _recv_exact(loop, h.sock, 4)
+                (size,) = struct.unpack("!I", header)
+                payload = await _recv_exact(loop, h.sock, size)
+            except (OSError, EOFError):
+                return None
+        result: tuple[Snapshot, dict[str, Any]] = pickle.loads(payload)
+        return result
+
+    async def snapshots() -> list[Snapshot]:
+        results = await asyncio.gather(*(ask(h) for h in handles))
+        return [r[0] for r in results if r is not None]
+
+    async def describes() -> list[dict[str, Any]]:
+        results = await asyncio.gather(*(ask(h) for h in handles))
+        return [r[1] for r in results if r is not None]
+
+    stopped = asyncio.Event()
+
+    async def stop() -> None:
+        nonlocal stopping
+        if stopping:
+            return
+        stopping = True
+        for h in handles:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(h.pid, signal.SIGTERM)
+        stopped.set()
+
+    state = AdminState(
+        snapshot=snapshots,
+        describe=describes,
+        ready=lambda: not stopping,
+        shutdown=lambda: loop.create_task(stop()),
+    )
+    try:
+        admin = await AdminServer.start(loop, config.admin_addr, state)
+    except OSError as exc:
+        print(f"tulle proxy: cannot listen on admin {config.admin_addr}: {exc}", file=sys.stderr)
+        await stop()
+        return 2
+    _install_signals(loop, stop)
+    restarts: dict[int, float] = {}
+    while not stopped.is_set():
+        with contextlib.suppress(TimeoutError):
+            await asyncio.wait_for(stopped.wait(), 0.2)
+        for h in handles:
+            if stopping:
+                break
+            try:
+                pid, status = os.waitpid(h.pid, os.WNOHANG)
+            except ChildProcessError:
+                pid, status = h.pid, 0
+            if pid:
+                # A worker died: start another, at most once a second per slot.
+                log.warning("worker %d (pid %d) exited with %d; restarting", h.index, h.pid, status)
+                wait = max(0.0, restarts.get(h.index, 0.0) + 1.0 - time.monotonic())
+                await asyncio.sleep(wait)
+                restarts[h.index] = time.monotonic()
+                if h.sock is not None:
+                    h.sock.close()
+                spawn(h)
+    deadline = time.monotonic() + config.timeouts.shutdown_grace_s + 2
+    alive = {h.pid for h in handles}
+    while alive and time.monotonic() < deadline:
+        for pid in list(alive):
+            try:
+                done, _ = os.waitpid(pid, os.WNOHANG)
+            except ChildProcessError:
+                done = pid
+            if done:
+                alive.discard(pid)
+        await asyncio.sleep(0.05)
+    for pid in alive:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    admin.close()
+    return 0
+
+
+async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: int) -> bytes:
+    buf = bytearray()
+    while len(buf) < n:
+        chunk = await loop.sock_recv(sock, n - len(buf))
+        if not chunk:
+            raise EOFError("worker closed its snapshot socket")
+        buf += chunk
+    return bytes(buf)
+
+
+def run(config: ProxyConfig) -> int:
+    """Run the proxy until SIGTERM/SIGINT or POST /shutdown; returns the exit code."""
+    install_loop()
+    if config.workers > 1:
+        return asyncio.run(_run_workers(config))
+    return asyncio.run(_run_single(config))

@@ -1,0 +1,55 @@
+"""The proxy's settings, as typed frozen dataclasses built once from flags/env."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from tulle.core.discovery import Address, Endpoint
+
+
+@dataclass(frozen=True, slots=True)
+class Timeouts:
+    # Bound on the first bytes of a connection before it is treated as opaque.
+    detect_s: float = 0.3
+    # A client that has begun a request head must finish it within this (408).
+    header_read_s: float = 10.0
+    # Keep-alive connections with no request in flight close after this.
+    idle_s: float = 120.0
+    connect_s: float = 2.0
+    # Upstream response head deadline when no route sets one; 0 disables (504).
+    response_s: float = 0.0
+    # How long a draining proxy waits for in-flight requests.
+    shutdown_grace_s: float = 30.0
+    # First answer from discovery for a never-seen service name.
+    discovery_s: float = 5.0
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    max_head_bytes: int = 64 * 1024
+    # Request bodies up to this size are kept so that a request can be retried.
+    max_replay_bytes: int = 64 * 1024
+    # Idle pooled upstream connections kept per endpoint.
+    max_idle_per_endpoint: int = 256
+    # Requests waiting or in flight per logical service before a 503.
+    max_pending_per_service: int = 10_000
+    # Pipelined requests queued behind the one in flight before reading pauses.
+    max_pipelined: int = 16
+
+
+@dataclass(frozen=True, slots=True)
+class ProxyConfig:
+    inbound_addr: Address = ("0.0.0.0", 4143)
+    outbound_addr: Address = ("127.0.0.1", 4140)
+    admin_addr: Address = ("127.0.0.1", 4191)
+    app_addr: Address | None = None
+    static_dst: dict[str, list[Endpoint]] = field(default_factory=dict)
+    control_addrs: tuple[Address, ...] = ()
+    workers: int = 1
+    timeouts: Timeouts = Timeouts()
+    limits: Limits = Limits()
+    # Identity, for mTLS; empty when the proxy runs without it.
+    identity: str = ""
+    identity_token: str = ""
+    identity_dir: str = ""
+    log_level: str = "info"

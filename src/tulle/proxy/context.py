@@ -1,0 +1,41 @@
+"""Per-direction state shared by every connection of one worker: the context a
+connection is built with (config, router, metrics, open connections, drain flag)."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING
+
+from tulle.proxy.config import ProxyConfig
+from tulle.proxy.metrics import Metrics, TcpStats
+from tulle.proxy.router import Router
+
+if TYPE_CHECKING:
+    from tulle.proxy.http1 import Http1Server
+
+
+class ProxyContext:
+    """Everything one direction (inbound or outbound) of a worker shares."""
+
+    def __init__(
+        self,
+        loop: asyncio.AbstractEventLoop,
+        direction: str,
+        config: ProxyConfig,
+        router: Router,
+        metrics: Metrics,
+    ) -> None:
+        self.loop = loop
+        self.direction = direction
+        self.config = config
+        self.router = router
+        self.metrics = metrics
+        self.connections: set[Http1Server] = set()
+        self.draining = False
+        self.downstream_tcp: TcpStats = metrics.tcp(direction, "src", "")
+
+    def record_rejected(self, status: int, reason: str) -> None:
+        """A request refused before it had an authority (bad input)."""
+        stats = self.metrics.http(self.direction, "", "", "", "")
+        stats.requests += 1
+        stats.record_response(status, False, 0.0, reason)

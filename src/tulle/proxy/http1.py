@@ -1,0 +1,1096 @@
+"""The HTTP/1.x path: downstream server connections, exchanges, upstream pooled clients.
+
+One `Http1Server` per accepted connection parses requests with the sans-IO
+codec and runs one `Exchange` per request, in order (pipelined requests wait
+in a queue, so responses go back in request order). An exchange routes the
+request (`tulle.proxy.router`), picks an endpoint (P2C + peak EWMA), takes a
+pooled keep-alive `UpstreamConn` or opens one, and streams bytes both ways.
+
+The path is callback-driven rather than a coroutine per request: on this
+machine class a task and its awaits per request cost more than the rest of
+the proxy's work, and callbacks let each side coalesce everything produced by
+one `data_received` into one `write` (one syscall per direction for a small
+request, as nginx does). Backpressure is transport-level: a full write buffer
+on one side pauses reading on the other.
+
+Layering, innermost first (each step says why it sits where it does):
+
+1. connect/pool: per endpoint, so a retry can land on another endpoint;
+2. balancer (P2C over peak EWMA) with failure accrual: per attempt, so a
+   retry re-picks and avoids the endpoint that just failed;
+3. retry with budget: above the balancer, below the timeout, so the route's
+   timeout bounds the whole request including its retries;
+4. route timeout: covers every attempt;
+5. traffic split and route match: per request, before any attempt;
+6. metrics: outermost, so they record what the client saw.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections import deque
+from typing import TYPE_CHECKING, cast
+
+from tulle.codec.http1 import (
+    REASONS,
+    Http1Error,
+    RequestDecoder,
+    RequestHead,
+    ResponseDecoder,
+    ResponseHead,
+    encode_chunk,
+    encode_last_chunk,
+    error_response,
+    status_has_no_body,
+)
+from tulle.proxy.router import IDEMPOTENT_METHODS, PoolHandle, RoutePolicy, ServiceTarget
+from tulle.proxy.tcp import Tunnel
+
+if TYPE_CHECKING:
+    from tulle.proxy.balance import EndpointState
+    from tulle.proxy.context import ProxyContext
+    from tulle.proxy.metrics import HttpStats, TcpStats
+
+log = logging.getLogger(__name__)
+
+_monotonic = time.monotonic
+
+
+class EndpointPool(PoolHandle):
+    """Idle keep-alive connections to one endpoint address."""
+
+    __slots__ = ("address", "closed", "ctx", "identity", "idle", "label", "max_idle", "tcp_stats")
+
+    def __init__(self, ctx: ProxyContext, address: tuple[str, int], identity: str | None) -> None:
+        self.ctx = ctx
+        self.address = address
+        self.identity = identity
+        self.label = f"{address[0]}:{address[1]}"
+        self.idle: list[UpstreamConn] = []
+        self.closed = False
+        self.max_idle = ctx.config.limits.max_idle_per_endpoint
+        self.tcp_stats = ctx.metrics.tcp(ctx.direction, "dst", self.label)
+
+    def take(self) -> UpstreamConn | None:
+        idle = self.idle
+        while idle:
+            conn = idle.pop()
+            if not conn.lost:
+                conn.idle = False
+                return conn
+        return None
+
+    def put(self, conn: UpstreamConn) -> None:
+        if self.closed or conn.lost or len(self.idle) >= self.max_idle or self.ctx.draining:
+            conn.close()
+            return
+        conn.idle = True
+        conn.exchange = None
+        self.idle.append(conn)
+
+    def discard(self, conn: UpstreamConn) -> None:
+        if conn in self.idle:
+            self.idle.remove(conn)
+
+    def close_idle(self) -> None:
+        """The endpoint left discovery: in-flight requests finish, idle ones go."""
+        self.closed = True
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+    def close_all_idle(self) -> None:
+        idle, self.idle = self.idle, []
+        for conn in idle:
+            conn.close()
+
+
+class UpstreamConn(asyncio.Protocol):
+    """One keep-alive connection to an endpoint, carrying one exchange at a time."""
+
+    __slots__ = ("decoder", "exchange", "got_bytes", "idle", "lost", "out", "pool", "transport")
+
+    def __init__(self, pool: EndpointPool) -> None:
+        self.pool = pool
+        self.transport: asyncio.Transport | None = None
+        self.decoder = ResponseDecoder(self, pool.ctx.config.limits.max_head_bytes)
+        self.exchange: Exchange | None = None
+        self.out: list[bytes] = []
+        self.lost = False
+        self.idle = False
+        self.got_bytes = False
+
+    # -- asyncio.Protocol ---------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.pool.tcp_stats.opens += 1
+
+    def data_received(self, data: bytes) -> None:
+        self.pool.tcp_stats.read_bytes += len(data)
+        ex = self.exchange
+        if ex is None:  # bytes on an idle connection: the server is confused
+            self.close()
+            return
+        self.got_bytes = True
+        try:
+            offset = self.decoder.feed(data)
+        except Http1Error as err:
+            self.abort()
+            ex.upstream_failed(err.status, err.reason, err.detail)
+            return
+        except Exception:
+            log.exception("unexpected error handling an upstream response")
+            self.abort()
+            ex.upstream_failed(502, "proxy-internal-error", "internal error")
+            return
+        if offset is not None:
+            ex.upstream_upgraded(self, data[offset:])
+            return
+        ex.server.flush()
+
+    def eof_received(self) -> bool:
+        return False
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.lost = True
+        self.pool.tcp_stats.closes += 1
+        if self.idle:
+            self.pool.discard(self)
+            return
+        ex = self.exchange
+        self.exchange = None
+        if ex is None:
+            return
+        if self.decoder.finish_close_delimited():
+            ex.server.flush()
+            return
+        ex.upstream_lost(self, exc)
+
+    def pause_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.server.pause_reading_for_upstream()
+
+    def resume_writing(self) -> None:
+        ex = self.exchange
+        if ex is not None:
+            ex.server.resume_reading_for_upstream()
+
+    # -- ResponseHandler: only until the first exchange takes the events ------
+    def on_response_head(self, head: ResponseHead) -> None:
+        return None
+
+    def on_response_body(self, data: bytes) -> None:
+        return None
+
+    def on_response_end(self, head: ResponseHead) -> None:
+        return None
+
+    # -- used by exchanges --------------------------------------------------
+    def send(self, data: bytes) -> None:
+        self.out.append(data)
+
+    def flush(self) -> None:
+        out = self.out
+        if out and self.transport is not None and not self.lost:
+            stats = self.pool.tcp_stats
+            if len(out) == 1:
+                data = out[0]
+            else:
+                data = b"".join(out)
+            stats.write_bytes += len(data)
+            self.transport.write(data)
+        out.clear()
+
+    def close(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.close()
+
+    def abort(self) -> None:
+        self.lost = True
+        if self.transport is not None:
+            self.transport.abort()
+
+
+# Exchange states
+_ROUTING, _WAITING, _SENT, _DONE = 0, 1, 2, 3
+
+
+class Exchange:
+    """One request/response through the proxy, across its attempts."""
+
+    __slots__ = (
+        "attempt_start",
+        "attempts",
+        "authority",
+        "backend",
+        "close_after",
+        "conn",
+        "discarding",
+        "endpoint_label",
+        "expect_continue",
+        "head",
+        "outq",
+        "outq_bytes",
+        "replay",
+        "replay_bytes",
+        "req_done",
+        "req_head",
+        "resp_chunked",
+        "resp_close_delimited",
+        "resp_started",
+        "resp_status",
+        "reused_conn",
+        "route",
+        "server",
+        "start",
+        "state",
+        "status",
+        "target",
+        "timer",
+        "tunnel_leftover",
+    )
+
+    def __init__(self, server: Http1Server, head: RequestHead) -> None:
+        self.server = server
+        self.head = head
+        self.start = self.attempt_start = _monotonic()
+        self.status = _ROUTING
+        self.target: ServiceTarget | None = None
+        self.backend: ServiceTarget | None = None
+        self.route: RoutePolicy | None = None
+        self.state: EndpointState | None = None
+        self.conn: UpstreamConn | None = None
+        self.authority = ""
+        self.req_head = b""
+        self.req_done = False
+        self.outq: list[bytes] = []
+        self.outq_bytes = 0
+        self.replay: list[bytes] | None = None
+        self.replay_bytes = 0
+        self.attempts = 0
+        self.resp_started = False
+        self.resp_status = 0
+        self.resp_chunked = False
+        self.resp_close_delimited = False
+        self.discarding = False
+        self.close_after = False
+        self.reused_conn = False
+        self.endpoint_label = ""
+        self.timer: asyncio.TimerHandle | None = None
+        self.expect_continue = head.expect_continue
+        self.tunnel_leftover: bytes | None = None
+
+    # -- request side -------------------------------------------------------
+    def begin(self) -> None:
+        """Route the request; called when it becomes the connection's current one."""
+        server = self.server
+        ctx = server.ctx
+        head = self.head
+        host = head.host
+        target_bytes = head.target
+        if ctx.router.fixed is not None:
+            target = ctx.router.fixed
+            self.authority = host.decode("latin-1") if host else ""
+            if head.method == b"CONNECT":
+                self.fail(400, "connect-not-allowed", "CONNECT is only accepted on outbound")
+                return
+        else:
+            if head.method == b"CONNECT":
+                authority = target_bytes
+            elif target_bytes[:7].lower() == b"http://":
+                authority, _, path = target_bytes[7:].partition(b"/")
+                head.target = b"/" + path
+                if host != authority:
+                    # RFC 9112 3.2.2: the absolute-form authority replaces Host.
+                    head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
+                    head.headers.insert(0, (b"Host", authority))
+                    head.encoded = [
+                        line for line in head.encoded if line[:5].lower() != b"host:"
+                    ]
+                    head.encoded.insert(0, b"Host: " + authority + b"\r\n")
+                    head.host = authority
+            elif host:
+                authority = host
+            elif server.orig_dst is not None:
+                authority = b"%s:%d" % (server.orig_dst[0].encode(), server.orig_dst[1])
+            else:
+                self.fail(400, "missing-host", "request has no Host header and no absolute URI")
+                return
+            target = ctx.router.for_authority(authority)
+            self.authority = target.authority_label
+        self.target = target
+        view = target.view
+        if view.exists is None:
+            self.status = _WAITING
+            ctx.loop.create_task(self._await_discovery(target))
+            return
+        self._routed(target)
+
+    async def _await_discovery(self, target: ServiceTarget) -> None:
+        known = await target.view.wait_known(self.server.ctx.config.timeouts.discovery_s)
+        if self.status == _DONE:
+            return
+        if not known:
+            self.fail(503, "discovery-timeout", f"no answer from discovery for {target.name!r}")
+            return
+        self._routed(target)
+        self.server.flush_all()
+
+    def _routed(self, target: ServiceTarget) -> None:
+        ctx = self.server.ctx
+        if target.view.exists is False:
+            self.fail(503, "unknown-service", f"no service named {target.name!r}")
+            return
+        head = self.head
+        if not target.pending.try_acquire():
+            self.fail(503, "overloaded", f"too many pending requests for {target.name!r}")
+            return
+        backend = target.backend()
+        self.backend = backend
+        route = target.route(head.method, head.target, head.header)
+        self.route = route
+        target.budget.deposit(self.start)
+        self.req_head = self._encode_request_head()
+        if head.method != b"CONNECT" and head.upgrade is None:
+            # Every request keeps its first bytes (bounded), retryable or not:
+            # a stale pooled connection that never saw the request can always
+            # be replaced transparently.
+            self.replay = [self.req_head]
+            self.replay_bytes = len(self.req_head)
+        timeout = route.timeout_s or ctx.config.timeouts.response_s
+        if timeout > 0:
+            self.timer = ctx.loop.call_later(timeout, self._timed_out)
+        if head.method == b"CONNECT":
+            self._connect_tunnel(backend)
+            return
+        self._dispatch()
+
+    def _encode_request_head(self) -> bytes:
+        head = self.head
+        out = [head.method, b" ", head.target, b" HTTP/1.1\r\n", *head.encoded_end_to_end()]
+        if head.host is None:
+            out.append(b"Host: ")
+            out.append(self.authority.encode("latin-1") or b"localhost")
+            out.append(b"\r\n")
+        if head.chunked:
+            out.append(b"Transfer-Encoding: ")
+            out.append(head.transfer_encoding or b"chunked")
+            out.append(b"\r\n")
+        elif head.content_length is not None:
+            out.append(b"Content-Length: %d\r\n" % head.content_length)
+        if head.upgrade is not None:
+            out.append(b"Connection: upgrade\r\nUpgrade: ")
+            out.append(head.upgrade)
+            out.append(b"\r\n")
+        out.append(b"\r\n")
+        return b"".join(out)
+
+    def _dispatch(self) -> None:
+        backend = self.backend
+        assert backend is not None
+        now = _monotonic()
+        state = backend.balancer.pick(now)
+        if state is None:
+            if backend.view.endpoints:
+                self.fail(503, "unavailable", f"every endpoint of {backend.name!r} is failing")
+            else:
+                self.fail(503, "no-endpoints", f"service {backend.name!r} has no endpoints")
+            return
+        self.state = state
+        state.on_start()
+        self.attempt_start = now
+        self.attempts += 1
+        self.status = _SENT
+        pool: EndpointPool = backend.pool_for(state)  # type: ignore[assignment]
+        self.endpoint_label = pool.label
+        conn = pool.take()
+        if conn is not None:
+            self.reused_conn = True
+            self._bind(conn)
+        else:
+            self.reused_conn = False
+            self.server.ctx.loop.create_task(self._connect(pool))
+
+    async def _connect(self, pool: EndpointPool) -> None:
+        ctx = self.server.ctx
+        try:
+            _, conn = await asyncio.wait_for(
+                ctx.loop.create_connection(
+                    lambda: UpstreamConn(pool), pool.address[0], pool.address[1]
+                ),
+                ctx.config.timeouts.connect_s,
+            )
+        except TimeoutError:
+            self._attempt_failed(504, "connect-timeout", f"connecting to {pool.label} timed out")
+            return
+        except ConnectionRefusedError:
+            self._attempt_failed(502, "connect-refused", f"{pool.label} refused the connection")
+            return
+        except OSError as exc:
+            self._attempt_failed(502, "connect-error", f"connecting to {pool.label}: {exc}")
+            return
+        if self.status != _SENT or self.conn is not None:
+            pool.put(conn)
+            return
+        self._bind(conn)
+        self.server.flush_all()
+
+    def _bind(self, conn: UpstreamConn) -> None:
+        self.conn = conn
+        conn.exchange = self
+        conn.got_bytes = False
+        conn.decoder.expect(self, self.head.method == b"HEAD")
+        if self.attempts > 1 and self.replay is not None:
+            for chunk in self.replay:
+                conn.send(chunk)
+        else:
+            conn.send(self.req_head)
+            if self.outq:
+                for chunk in self.outq:
+                    conn.send(chunk)
+                self.outq = []
+                self.outq_bytes = 0
+                self.server.resume_reading_for_body()
+        conn.flush()
+
+    def on_request_body(self, data: bytes) -> None:
+        if self.status == _DONE:
+            return
+        if self.head.chunked:
+            parts: list[bytes] = []
+            encode_chunk(parts, data)
+            data = b"".join(parts)
+        self._send_body(data)
+
+    def on_request_end(self) -> None:
+        self.req_done = True
+        if self.status == _DONE:
+            return
+        if self.head.chunked:
+            parts: list[bytes] = []
+            encode_last_chunk(parts, self.head.trailers)
+            self._send_body(b"".join(parts))
+
+    def _send_body(self, data: bytes) -> None:
+        replay = self.replay
+        if replay is not None:
+            self.replay_bytes += len(data)
+            if self.replay_bytes <= self.server.ctx.config.limits.max_replay_bytes:
+                replay.append(data)
+            else:
+                self.replay = None
+        conn = self.conn
+        if conn is not None:
+            conn.send(data)
+            return
+        self.outq.append(data)
+        self.outq_bytes += len(data)
+        if self.outq_bytes > 65536:
+            self.server.pause_reading_for_body()
+
+    # -- response side --------------------------------------------------------
+    def on_response_head(self, head: ResponseHead) -> None:
+        status = head.status
+        if status < 200:
+            if status == 100 and self.expect_continue and not self.resp_started:
+                self.server.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
+            return
+        if status >= 500 and self._may_retry(status):
+            self.discarding = True
+            return
+        self.resp_started = True
+        self.resp_status = status
+        server = self.server
+        out = server.out
+        reason = head.reason or REASONS.get(status, b"")
+        out.append(b"HTTP/1.1 %d %s\r\n" % (status, reason))
+        client = self.head
+        out.extend(head.encoded_end_to_end())
+        if self.attempts > 1:
+            out.append(b"tulle-retry-attempts: %d\r\n" % (self.attempts - 1))
+        close = not client.keep_alive or server.ctx.draining
+        if status == 101:
+            out.append(b"Connection: upgrade\r\nUpgrade: ")
+            out.append(head.upgrade or b"")
+            out.append(b"\r\n\r\n")
+            return
+        if client.method == b"HEAD" or status < 200 or status == 204 or status == 304:
+            if head.content_length is not None and status != 204:
+                out.append(b"Content-Length: %d\r\n" % head.content_length)
+        elif head.content_length is not None:
+            out.append(b"Content-Length: %d\r\n" % head.content_length)
+        elif client.version == b"1.1":
+            self.resp_chunked = True
+            out.append(b"Transfer-Encoding: chunked\r\n")
+        else:
+            # An HTTP/1.0 client cannot take chunked: the body ends at close.
+            self.resp_close_delimited = True
+            close = True
+        if close:
+            self.close_after = True
+            out.append(b"Connection: close\r\n\r\n")
+        elif client.version != b"1.1":
+            out.append(b"Connection: keep-alive\r\n\r\n")
+        else:
+            out.append(b"\r\n")
+
+    def on_response_body(self, data: bytes) -> None:
+        if self.discarding or not self.resp_started:
+            return
+        if self.resp_chunked:
+            encode_chunk(self.server.out, data)
+        else:
+            self.server.out.append(data)
+
+    def on_response_end(self, head: ResponseHead) -> None:
+        status = head.status
+        conn = self.conn
+        if status < 200 or status == 101 or conn is None:
+            return
+        conn.exchange = None
+        self.conn = None
+        upstream_reusable = head.keep_alive and self.req_done and not conn.lost
+        if upstream_reusable:
+            conn.pool.put(conn)
+        else:
+            conn.close()
+        if self.discarding:
+            self.discarding = False
+            self._end_attempt(False)
+            self._retry_or_fail(status, "upstream-5xx", f"upstream answered {status}")
+            return
+        if self.resp_chunked:
+            encode_last_chunk(self.server.out, head.trailers)
+        if not self.req_done:
+            # Answered before the request body ended: the rest of that body
+            # would be read as a new request, so this connection ends here.
+            self.close_after = True
+        self._end_attempt(status < 500)
+        self._finish(status, status < 500, "")
+        if self.head.upgrade is not None:
+            self.server.refuse_upgrade()
+
+    def upstream_upgraded(self, conn: UpstreamConn, leftover: bytes) -> None:
+        """The upstream switched protocols (101): join the two connections."""
+        server = self.server
+        conn.exchange = None
+        self.conn = None
+        self._end_attempt(True)
+        self._finish(101, True, "", keep_connection=True)
+        server.flush()
+        down, up = server.transport, conn.transport
+        if down is None or up is None:
+            conn.abort()
+            server.abort()
+            return
+        tunnel = Tunnel(server.tcp_stats, conn.pool.tcp_stats)
+        tunnel.downstream.transport = down
+        tunnel.upstream.transport = up
+        server.become_tunnel()
+        down.set_protocol(tunnel.downstream)
+        up.set_protocol(tunnel.upstream)
+        if leftover:
+            down.write(leftover)
+        if server.stash:
+            up.write(server.stash)
+            server.stash = b""
+        tunnel.start()
+
+    # -- CONNECT --------------------------------------------------------------
+    def _connect_tunnel(self, backend: ServiceTarget) -> None:
+        state = backend.balancer.pick(_monotonic())
+        if state is None:
+            self.fail(503, "no-endpoints", f"service {backend.name!r} has no endpoints")
+            return
+        self.state = state
+        state.on_start()
+        self.status = _SENT
+        pool: EndpointPool = backend.pool_for(state)  # type: ignore[assignment]
+        self.endpoint_label = pool.label
+        self.server.ctx.loop.create_task(self._open_tunnel(pool))
+
+    async def _open_tunnel(self, pool: EndpointPool) -> None:
+        server = self.server
+        ctx = server.ctx
+        tunnel = Tunnel(server.tcp_stats, pool.tcp_stats)
+        try:
+            await asyncio.wait_for(
+                ctx.loop.create_connection(
+                    lambda: tunnel.upstream, pool.address[0], pool.address[1]
+                ),
+                ctx.config.timeouts.connect_s,
+            )
+        except TimeoutError:
+            self._attempt_failed(504, "connect-timeout", f"connecting to {pool.label} timed out")
+            server.flush()
+            return
+        except OSError as exc:
+            reason = "connect-refused" if isinstance(exc, ConnectionRefusedError) else "connect-error"
+            self._attempt_failed(502, reason, f"connecting to {pool.label}: {exc}")
+            server.flush()
+            return
+        if self.status == _DONE or server.transport is None or server.closed:
+            tunnel.close()
+            return
+        self._end_attempt(True)
+        self._finish(200, True, "", keep_connection=True)
+        server.out.append(b"HTTP/1.1 200 Connection established\r\n\r\n")
+        server.flush()
+        down = server.transport
+        tunnel.downstream.transport = down
+        server.become_tunnel()
+        down.set_protocol(tunnel.downstream)
+        if server.stash and tunnel.upstream.transport is not None:
+            tunnel.upstream.transport.write(server.stash)
+            server.stash = b""
+        tunnel.start()
+
+    # -- failures, retries, completion ---------------------------------------
+    def _may_retry(self, status: int) -> bool:
+        route = self.route
+        if route is None or self.replay is None or not self.req_done:
+            return False
+        if route.retryable is False:
+            return False
+        if route.retryable is None and self.head.method not in IDEMPOTENT_METHODS:
+            return False
+        if route.retry_statuses and status not in route.retry_statuses:
+            return False
+        target = self.target
+        if target is None:
+            return False
+        if self.attempts >= 1 + 3:  # at most three retries, whatever the budget
+            return False
+        return target.budget.try_withdraw(_monotonic())
+
+    def _retry_or_fail(self, status: int, reason: str, message: str) -> None:
+        if self.status == _DONE:
+            return
+        if self.attempts and self._may_retry(status):
+            self._count_retry()
+            self._dispatch()
+            return
+        self.fail(status if status >= 500 else 502, reason, message)
+
+    def _count_retry(self) -> None:
+        ctx = self.server.ctx
+        target = self.target
+        name = target.name if target is not None else ""
+        ctx.metrics.inc("retry_total", (("direction", ctx.direction), ("dst_service", name)))
+
+    def _attempt_failed(self, status: int, reason: str, message: str) -> None:
+        """A connection attempt failed before any byte of response."""
+        if self.status == _DONE:
+            return
+        self._end_attempt(False)
+        self._retry_or_fail(status, reason, message)
+
+    def upstream_lost(self, conn: UpstreamConn, exc: Exception | None) -> None:
+        self.conn = None
+        if self.status == _DONE:
+            return
+        if self.resp_started:
+            self._end_attempt(False)
+            self._finish(self.resp_status, False, "upstream-reset-mid-response")
+            self.server.abort()
+            return
+        if (
+            self.reused_conn
+            and not conn.got_bytes
+            and self.replay is not None
+            and self.req_done
+            and self.discarding is False
+        ):
+            # A pooled connection that the upstream had already closed: the
+            # request never reached it, so sending it again is always safe.
+            state = self.state
+            if state is not None:
+                state.pending -= 1
+                self.state = None
+            self.attempts -= 1
+            self._dispatch()
+            self.server.flush_all()
+            return
+        self.discarding = False
+        self._end_attempt(False)
+        detail = f"{conn.pool.label} closed the connection" + (f": {exc}" if exc else "")
+        self._retry_or_fail(502, "upstream-reset", detail)
+        self.server.flush()
+
+    def upstream_failed(self, status: int, reason: str, message: str) -> None:
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.exchange = None
+        if self.status == _DONE:
+            return
+        self._end_attempt(False)
+        if self.resp_started:
+            self._finish(self.resp_status, False, reason)
+            self.server.abort()
+            return
+        self.fail(status, reason, message)
+        self.server.flush()
+
+    def _timed_out(self) -> None:
+        self.timer = None
+        if self.status == _DONE:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.exchange = None
+            conn.abort()
+        self._end_attempt(False)
+        timeout = self.route.timeout_s if self.route else 0.0
+        timeout = timeout or self.server.ctx.config.timeouts.response_s
+        ctx = self.server.ctx
+        ctx.metrics.inc("timeout_total", (("direction", ctx.direction),))
+        if self.resp_started:
+            self._finish(self.resp_status, False, "response-timeout")
+            self.server.abort()
+            return
+        self.fail(504, "response-timeout", f"no response within {timeout:g}s")
+        self.server.flush()
+
+    def _end_attempt(self, success: bool) -> None:
+        state = self.state
+        if state is not None:
+            self.state = None
+            now = _monotonic()
+            state.on_end(now, now - self.attempt_start, success)
+
+    def fail(self, status: int, reason: str, message: str) -> None:
+        """Answer with a proxy-made error (or cut the connection if too late)."""
+        if self.status == _DONE:
+            return
+        conn = self.conn
+        if conn is not None:
+            self.conn = None
+            conn.exchange = None
+            conn.abort()
+        self._end_attempt(False)
+        server = self.server
+        server.ctx.metrics.proxy_error(server.ctx.direction, reason)
+        if self.resp_started:
+            self._finish(self.resp_status, False, reason)
+            server.abort()
+            return
+        close = not self.req_done or not self.head.keep_alive or server.ctx.draining
+        server.out.append(error_response(status, reason, message, close=close))
+        if close:
+            self.close_after = True
+        self._finish(status, False, reason)
+
+    def _finish(self, status: int, success: bool, error: str, keep_connection: bool = False) -> None:
+        self.status = _DONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        target = self.target
+        if target is not None and self.route is not None:
+            target.pending.release()
+        stats = self._stats()
+        stats.requests += 1
+        stats.record_response(status, success, _monotonic() - self.start, error)
+        self.server.exchange_done(self, keep_connection)
+
+    def client_gone(self) -> None:
+        """The client went away: abandon the request and its upstream connection."""
+        if self.status == _DONE:
+            return
+        conn = self.conn
+        self.conn = None
+        if conn is not None:
+            conn.exchange = None
+            conn.abort()
+        self._end_attempt(False)
+        self.status = _DONE
+        if self.timer is not None:
+            self.timer.cancel()
+            self.timer = None
+        target = self.target
+        if target is not None and self.route is not None:
+            target.pending.release()
+        # 499 after nginx: the client closed before the response was sent.
+        stats = self._stats()
+        stats.requests += 1
+        stats.record_response(499, False, _monotonic() - self.start, "client-gone")
+
+    def _stats(self) -> HttpStats:
+        ctx = self.server.ctx
+        backend = self.backend
+        route = self.route.name if self.route is not None else ""
+        service = backend.metrics_labels if backend is not None else ""
+        return ctx.metrics.http(ctx.direction, self.authority, self.endpoint_label, service, route)
+
+
+class Http1Server(asyncio.Protocol):
+    """One downstream connection speaking HTTP/1.x."""
+
+    __slots__ = (
+        "_paused_for_body",
+        "_paused_for_upstream",
+        "_paused_pipeline",
+        "closed",
+        "ctx",
+        "current",
+        "decoder",
+        "head_started",
+        "last_active",
+        "orig_dst",
+        "out",
+        "peer",
+        "queue",
+        "receiving",
+        "stash",
+        "tcp_stats",
+        "transport",
+        "tunnelled",
+        "upgrading",
+    )
+
+    def __init__(
+        self, ctx: ProxyContext, peer: tuple[str, int], orig_dst: tuple[str, int] | None
+    ) -> None:
+        self.ctx = ctx
+        self.peer = peer
+        self.orig_dst = orig_dst
+        self.transport: asyncio.Transport | None = None
+        self.decoder = RequestDecoder(self, ctx.config.limits.max_head_bytes)
+        self.out: list[bytes] = []
+        self.current: Exchange | None = None
+        self.receiving: Exchange | None = None
+        self.queue: deque[Exchange] = deque()
+        self.closed = False
+        self.tunnelled = False
+        self.upgrading = False
+        self.stash = b""
+        self.last_active = ctx.loop.time()
+        self.head_started = 0.0
+        self._paused_for_body = False
+        self._paused_for_upstream = False
+        self._paused_pipeline = False
+        self.tcp_stats: TcpStats = ctx.downstream_tcp
+
+    # -- asyncio.Protocol ---------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = cast(asyncio.Transport, transport)
+        self.tcp_stats.opens += 1
+        self.ctx.connections.add(self)
+
+    def data_received(self, data: bytes) -> None:
+        self.tcp_stats.read_bytes += len(data)
+        now = self.ctx.loop.time()
+        self.last_active = now
+        if self.upgrading:
+            self.stash += data
+            return
+        if self.current is None and not self.head_started:
+            self.head_started = now
+        try:
+            offset = self.decoder.feed(data)
+        except Http1Error as err:
+            self._bad_input(err)
+            return
+        except Exception:
+            log.exception("unexpected error handling a request")
+            self._bad_input(Http1Error(500, "proxy-internal-error", "internal error"))
+            return
+        if offset is not None:
+            self._begin_upgrade(data[offset:])
+        self.flush_all()
+
+    def eof_received(self) -> bool:
+        # A client that half-closes after its request still gets the response.
+        return self.current is not None
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.tcp_stats.closes += 1
+        self.ctx.connections.discard(self)
+        for ex in (self.current, *self.queue):
+            if ex is not None and ex.status != _DONE:
+                ex.client_gone()
+        self.queue.clear()
+        self.current = None
+
+    def pause_writing(self) -> None:
+        ex = self.current
+        if ex is not None and ex.conn is not None and ex.conn.transport is not None:
+            ex.conn.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        ex = self.current
+        if ex is not None and ex.conn is not None and ex.conn.transport is not None:
+            ex.conn.transport.resume_reading()
+
+    # -- RequestHandler -------------------------------------------------------
+    def on_request_head(self, head: RequestHead) -> None:
+        self.head_started = 0.0
+        ex = Exchange(self, head)
+        self.receiving = ex
+        if self.current is None:
+            self.current = ex
+            ex.begin()
+        else:
+            self.queue.append(ex)
+            if len(self.queue) >= self.ctx.config.limits.max_pipelined and not self._paused_pipeline:
+                self._paused_pipeline = True
+                self._pause()
+
+    def on_request_body(self, data: bytes) -> None:
+        ex = self.receiving
+        if ex is None:
+            return
+        if ex is self.current:
+            ex.on_request_body(data)
+        else:  # a pipelined request: keep its body until it runs
+            ex.outq.append(data if not ex.head.chunked else _chunk(data))
+            ex.outq_bytes += len(data)
+
+    def on_request_end(self, head: RequestHead) -> None:
+        ex = self.receiving
+        if ex is None:
+            return
+        if ex is self.current:
+            ex.on_request_end()
+        else:
+            ex.req_done = True
+            if ex.head.chunked:
+                parts: list[bytes] = []
+                encode_last_chunk(parts, head.trailers)
+                ex.outq.append(b"".join(parts))
+
+    # -- used by exchanges ----------------------------------------------------
+    def flush(self) -> None:
+        out = self.out
+        if out:
+            transport = self.transport
+            if transport is not None and not self.closed:
+                data = out[0] if len(out) == 1 else b"".join(out)
+                self.tcp_stats.write_bytes += len(data)
+                transport.write(data)
+            out.clear()
+
+    def flush_all(self) -> None:
+        ex = self.current
+        if ex is not None and ex.conn is not None:
+            ex.conn.flush()
+        self.flush()
+
+    def exchange_done(self, ex: Exchange, keep_connection: bool = False) -> None:
+        if ex is not self.current:
+            return
+        if keep_connection:
+            return
+        self.current = None
+        if ex.close_after or self.ctx.draining and not self.queue:
+            self.flush()
+            self.close()
+            return
+        if self.queue:
+            nxt = self.queue.popleft()
+            if self._paused_pipeline and len(self.queue) < self.ctx.config.limits.max_pipelined:
+                self._paused_pipeline = False
+                self._resume()
+            self.current = nxt
+            if nxt.outq:
+                # A pipelined request's body was buffered whole; keep it for replay.
+                nxt.replay = None
+            nxt.begin()
+            if nxt.conn is not None:
+                nxt.conn.flush()
+        elif self.ctx.draining:
+            self.flush()
+            self.close()
+        else:
+            self.head_started = 0.0
+
+    def pause_reading_for_body(self) -> None:
+        if not self._paused_for_body:
+            self._paused_for_body = True
+            self._pause()
+
+    def resume_reading_for_body(self) -> None:
+        if self._paused_for_body:
+            self._paused_for_body = False
+            self._resume()
+
+    def pause_reading_for_upstream(self) -> None:
+        if not self._paused_for_upstream:
+            self._paused_for_upstream = True
+            self._pause()
+
+    def resume_reading_for_upstream(self) -> None:
+        if self._paused_for_upstream:
+            self._paused_for_upstream = False
+            self._resume()
+
+    def _pause(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.transport.pause_reading()
+
+    def _resume(self) -> None:
+        if (
+            self.transport is not None
+            and not self.closed
+            and not (self._paused_for_body or self._paused_for_upstream or self._paused_pipeline)
+            and not self.upgrading
+        ):
+            self.transport.resume_reading()
+
+    def _begin_upgrade(self, rest: bytes) -> None:
+        """After a CONNECT or Upgrade head: hold further bytes until upstream answers."""
+        self.upgrading = True
+        self.stash = rest
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def refuse_upgrade(self) -> None:
+        """The upstream did not switch protocols: go on parsing HTTP."""
+        if not self.upgrading:
+            return
+        self.upgrading = False
+        self.decoder.reset()
+        rest, self.stash = self.stash, b""
+        self._resume()
+        if rest:
+            self.data_received(rest)
+
+    def become_tunnel(self) -> None:
+        self.tunnelled = True
+        self.upgrading = False
+        self.ctx.connections.discard(self)
+
+    def _bad_input(self, err: Http1Error) -> None:
+        self.ctx.metrics.proxy_error(self.ctx.direction, err.reason)
+        self.ctx.record_rejected(err.status, err.reason)
+        self.out.append(error_response(err.status, err.reason, err.detail or err.reason, close=True))
+        self.flush()
+        self.close()
+
+    def timeout_head(self) -> None:
+        """Called by the sweeper: the client is too slow sending a request head."""
+        self._bad_input(Http1Error(408, "request-header-timeout", "request head not received in time"))
+
+    def close(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.close()
+
+    def abort(self) -> None:
+        if self.transport is not None and not self.closed:
+            self.closed = True
+            self.transport.abort()
+
+
+def _chunk(data: bytes) -> bytes:
+    parts: list[bytes] = []
+    encode_chunk(parts, data)
+    return b"".join(parts)
+

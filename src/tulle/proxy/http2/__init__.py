@@ -1,0 +1,36 @@
+"""HTTP/2 and gRPC proxying at the stream level (over `h2`): each stream routed and balanced alone.
+
+Public surface: `H2ServerProtocol` (takes over a detected HTTP/2 connection),
+`H2ClientPool` (pooled upstream connections), the `Dispatcher` seam with
+`Routed`/`Refused`, `H2Counters`, `H2Limits`, and `StaticDispatcher` for tests.
+"""
+
+from .client import H2ClientConnection, H2ClientPool, PoolSettings
+from .connection import H2Limits
+from .dispatch import (
+    CompletionCallback,
+    Dispatcher,
+    H2Counters,
+    RefusalKind,
+    Refused,
+    Routed,
+    StaticDispatcher,
+)
+from .server import H2ServerProtocol
+from .stream import ProxyError
+
+__all__ = [
+    "CompletionCallback",
+    "Dispatcher",
+    "H2ClientConnection",
+    "H2ClientPool",
+    "H2Counters",
+    "H2Limits",
+    "H2ServerProtocol",
+    "PoolSettings",
+    "ProxyError",
+    "RefusalKind",
+    "Refused",
+    "Routed",
+    "StaticDispatcher",
+]

@@ -1,0 +1,360 @@
+"""Pooled, multiplexed HTTP/2 connections to upstream endpoints.
+
+`H2ClientPool` keeps a few `H2ClientConnection`s per (address, TLS) key. A
+new stream goes to the first connection with a free slot under the peer's
+SETTINGS_MAX_CONCURRENT_STREAMS; when every connection is full, another is
+opened (up to `max_connections_per_endpoint`), and past that the stream waits
+for a slot on the least loaded one. Streams queued on a connection that is
+still connecting start when its SETTINGS arrive.
+
+Server push is refused at the source (SETTINGS_ENABLE_PUSH=0, and h2 treats a
+PUSH_PROMISE after that as a connection error). A GOAWAY from upstream takes
+the connection out of the pool: streams it accepted finish, streams above its
+last-stream-id were never processed and get a proxy error (UNAVAILABLE).
+Idle connections close after `idle_timeout_s`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import ssl
+from collections import deque
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import cast
+
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from tulle.core.discovery import Address
+from tulle.proxy.http2.dispatch import H2Counters
+
+from .connection import H2Limits, H2Peer, Outbox, new_h2_connection
+from .stream import ProxyError, ProxyStream
+
+# Until the peer's SETTINGS arrive its stream limit is unknown; RFC 9113
+# recommends peers allow at least 100.
+_ASSUMED_PEER_STREAMS = 100
+_LAST_STREAM_ID = 2**31 - 1
+
+
+_UPSTREAM_LIMITS = H2Limits(max_concurrent_streams=100)
+
+
+@dataclass(frozen=True, slots=True)
+class PoolSettings:
+    limits: H2Limits = _UPSTREAM_LIMITS
+    max_connections_per_endpoint: int = 4
+    connect_timeout_s: float = 3.0
+    idle_timeout_s: float = 60.0
+
+
+PoolKey = tuple[Address, ssl.SSLContext | None, str | None]
+
+
+class H2ClientConnection(H2Peer):
+    """One upstream HTTP/2 connection carrying many proxied streams."""
+
+    def __init__(self, pool: H2ClientPool, key: PoolKey) -> None:
+        self.pool = pool
+        self.key = key
+        self.h2 = new_h2_connection(client_side=True, limits=pool.settings.limits)
+        self.transport: asyncio.Transport | None = None
+        self.dirty = False
+        self.streams: dict[int, ProxyStream] = {}
+        self.waiting: deque[ProxyStream] = deque()
+        self.settings_seen = False  # the peer's first SETTINGS (its stream limit) arrived
+        self.accepting = True  # may take new streams (no GOAWAY, ids left)
+        self.closed = False
+        self._idle_timer: asyncio.TimerHandle | None = None
+
+    # -- capacity ------------------------------------------------------------
+    @property
+    def capacity(self) -> int:
+        if not self.settings_seen:
+            return _ASSUMED_PEER_STREAMS
+        return min(self.h2.remote_settings.max_concurrent_streams, 1 << 16)
+
+    @property
+    def load(self) -> int:
+        return len(self.streams) + len(self.waiting)
+
+    def enqueue(self, stream: ProxyStream) -> None:
+        self._cancel_idle()
+        if self.transport is not None and len(self.streams) < self.capacity and not self.waiting:
+            self._start(stream)
+        else:
+            self.waiting.append(stream)
+
+    def _start_waiting(self) -> None:
+        waiting = self.waiting
+        while waiting and self.transport is not None and len(self.streams) < self.capacity:
+            stream = waiting.popleft()
+            if not stream.closed:
+                self._start(stream)
+
+    def _start(self, stream: ProxyStream) -> None:
+        headers = stream.request_headers
+        if headers is None:
+            return
+        stream_id = self.h2.get_next_available_stream_id()
+        end = stream.request.end and not stream.request.chunks and stream.request.trailers is None
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=end)
+        except h2.exceptions.TooManyStreamsError:
+            self.waiting.appendleft(stream)
+            return
+        if end:
+            stream.request.end_sent = True
+        if stream_id >= _LAST_STREAM_ID - 2:
+            self._stop_accepting()
+        self.streams[stream_id] = stream
+        self.pool.outbox.add(self)
+        stream.bind_upstream(self, stream_id)
+
+    # -- UpSide ----------------------------------------------------------------
+    def mark_dirty(self) -> None:
+        self.pool.outbox.add(self)
+
+    def release_stream(self, stream_id: int) -> None:
+        if self.streams.pop(stream_id, None) is None:
+            return
+        if self.waiting:
+            self._start_waiting()
+        elif not self.streams:
+            if not self.accepting:
+                self._close()
+            else:
+                self._arm_idle()
+
+    # -- asyncio.Protocol ------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.pool.counters.upstream_connections_open += 1
+        self.mark_dirty()
+        # Requests may go out before the peer's SETTINGS: that saves a round trip.
+        self._start_waiting()
+        self.pool.outbox.flush()
+
+    def data_received(self, data: bytes) -> None:
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError as exc:
+            self.pool.counters.protocol_errors += 1
+            self.flush_now()
+            self._fail_all(ProxyError.UPSTREAM_CLOSED, f"upstream protocol error: {exc}")
+            self._close()
+            self.pool.outbox.flush()
+            return
+        streams = self.streams
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_response_data(event.data, event.flow_controlled_length)
+                elif event.flow_controlled_length:
+                    # Late data for a stream already given up: free the window.
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.ResponseReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_response_headers(event.headers, event.stream_ended is not None)
+            elif isinstance(event, h2.events.StreamEnded):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_response_end(None)
+            elif isinstance(event, h2.events.TrailersReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_response_end(event.headers)
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._window_opened(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                stream = streams.pop(event.stream_id, None)
+                if stream is not None:
+                    stream.on_upstream_reset(event.error_code)
+            elif isinstance(event, h2.events.InformationalResponseReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_response_headers(event.headers, False)
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                self._settings_changed(event)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._goaway(event)
+        self.mark_dirty()
+        self.pool.outbox.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is not None:
+            self.pool.counters.upstream_connections_open -= 1
+        self.transport = None
+        self._cancel_idle()
+        self.pool.forget(self)
+        self.closed = True
+        self.accepting = False
+        self._fail_all(ProxyError.UPSTREAM_CLOSED, "upstream connection closed")
+        self.pool.outbox.flush()
+
+    # -- events ------------------------------------------------------------------
+    def _settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
+        self.settings_seen = True
+        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+            self._window_opened(0)
+        self._start_waiting()
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.pump_request()
+            return
+        for stream in list(self.streams.values()):
+            if stream.request.chunks or (stream.request.end and not stream.request.end_sent):
+                stream.pump_request()
+
+    def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
+        self._stop_accepting()
+        last = event.last_stream_id if event.last_stream_id is not None else 0
+        if event.error_code != ErrorCodes.NO_ERROR:
+            self._fail_all(ProxyError.UPSTREAM_CLOSED, f"upstream GOAWAY {event.error_code!r}")
+            self._close()
+            return
+        for stream_id in [sid for sid in self.streams if sid > last]:
+            stream = self.streams.pop(stream_id)
+            stream.on_upstream_failed(ProxyError.UPSTREAM_GOAWAY, "upstream is shutting down")
+        # Streams still waiting for a slot here were never sent: place them elsewhere.
+        waiting, self.waiting = self.waiting, deque()
+        for stream in waiting:
+            if not stream.closed:
+                self.pool.attach(stream)
+        if not self.streams:
+            self._close()
+
+    def _stop_accepting(self) -> None:
+        if self.accepting:
+            self.accepting = False
+            self.pool.forget(self)
+
+    def _fail_all(self, error: ProxyError, detail: str) -> None:
+        streams, self.streams = self.streams, {}
+        waiting, self.waiting = self.waiting, deque()
+        for stream in streams.values():
+            stream.on_upstream_failed(error, detail)
+        for stream in waiting:
+            stream.on_upstream_failed(error, detail)
+
+    def _close(self) -> None:
+        self._stop_accepting()
+        self.closed = True
+        self._cancel_idle()
+        if self.transport is not None:
+            with contextlib.suppress(h2.exceptions.ProtocolError):
+                self.h2.close_connection()
+            self.flush_now()
+            self.transport.close()
+
+    def _arm_idle(self) -> None:
+        self._cancel_idle()
+        loop = asyncio.get_running_loop()
+        self._idle_timer = loop.call_later(self.pool.settings.idle_timeout_s, self._idle_expired)
+
+    def _cancel_idle(self) -> None:
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if not self.streams and not self.waiting:
+            self._close()
+
+    # -- connecting ---------------------------------------------------------------
+    async def connect(self) -> None:
+        (host, port), ssl_context, server_hostname = self.key
+        loop = asyncio.get_running_loop()
+        try:
+            await asyncio.wait_for(
+                loop.create_connection(
+                    lambda: self,
+                    host,
+                    port,
+                    ssl=ssl_context,
+                    server_hostname=server_hostname if ssl_context is not None else None,
+                ),
+                self.pool.settings.connect_timeout_s,
+            )
+        except (OSError, TimeoutError, ssl.SSLError) as exc:
+            self._stop_accepting()
+            self.closed = True
+            detail = f"cannot connect to {host}:{port}: {exc or type(exc).__name__}"
+            self._fail_all(ProxyError.CONNECT_FAILED, detail)
+            self.pool.outbox.flush()
+            return
+        if ssl_context is not None and self.transport is not None:
+            ssl_object = self.transport.get_extra_info("ssl_object")
+            if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+                self._fail_all(ProxyError.CONNECT_FAILED, f"{host}:{port} did not agree to h2")
+                self._close()
+                self.pool.outbox.flush()
+
+
+class H2ClientPool:
+    """Upstream HTTP/2 connections by (address, TLS), shared by every client connection."""
+
+    def __init__(
+        self,
+        *,
+        settings: PoolSettings | None = None,
+        counters: H2Counters | None = None,
+        outbox: Outbox | None = None,
+    ) -> None:
+        self.settings = settings or PoolSettings()
+        self.counters = counters or H2Counters()
+        self.outbox = outbox or Outbox()
+        self._connections: dict[PoolKey, list[H2ClientConnection]] = {}
+        self._tasks: set[asyncio.Task[None]] = set()
+
+    def attach(self, stream: ProxyStream) -> None:
+        """Give `stream` an upstream stream now, or as soon as a connection has room."""
+        routed = stream.routed
+        key: PoolKey = (routed.address, routed.ssl_context, routed.server_hostname)
+        connections = self._connections.get(key)
+        if connections is None:
+            connections = self._connections[key] = []
+        for conn in connections:
+            if conn.load < conn.capacity:
+                conn.enqueue(stream)
+                return
+        if len(connections) < self.settings.max_connections_per_endpoint:
+            conn = H2ClientConnection(self, key)
+            connections.append(conn)
+            conn.enqueue(stream)
+            task = asyncio.get_running_loop().create_task(conn.connect())
+            self._tasks.add(task)
+            task.add_done_callback(self._tasks.discard)
+            return
+        min(connections, key=lambda c: c.load).enqueue(stream)
+
+    def forget(self, conn: H2ClientConnection) -> None:
+        """Take a connection out of rotation (GOAWAY, failure, close)."""
+        connections = self._connections.get(conn.key)
+        if connections is not None and conn in connections:
+            connections.remove(conn)
+            if not connections:
+                del self._connections[conn.key]
+
+    def connections(self) -> Sequence[H2ClientConnection]:
+        return [c for conns in self._connections.values() for c in conns]
+
+    async def close(self) -> None:
+        """Close every upstream connection (streams on them fail)."""
+        for conn in self.connections():
+            conn._close()
+        for task in list(self._tasks):
+            task.cancel()
+        self._connections.clear()
+        self.outbox.flush()

@@ -1,0 +1,134 @@
+"""The seam between the HTTP/2 stream proxy and the rest of the proxy: routing and counters.
+
+The HTTP/2 proxy asks a `Dispatcher` where each stream goes, once per stream,
+synchronously (it is on the hot path and must not await): the answer is a
+`Routed` (an upstream address, how to secure the connection, a deadline and a
+completion callback for the balancer and metrics) or a `Refused` (why there is
+nowhere to go; the proxy answers with a proper HTTP or gRPC error).
+
+`H2Counters` holds plain numbers the proxy bumps and the admin server renders
+only when scraped. `StaticDispatcher` is a fixed `{authority: [addresses]}`
+table with round-robin, for tests and the harness.
+"""
+
+from __future__ import annotations
+
+import enum
+import itertools
+import ssl
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+from typing import Protocol
+
+from tulle.codec.http2 import Header
+from tulle.core.discovery import Address
+
+# done(http_status, grpc_status or None, latency_s, success): called exactly once
+# per routed stream when its response has ended, failed or been reset.
+CompletionCallback = Callable[[int, int | None, float, bool], None]
+
+
+class RefusalKind(enum.Enum):
+    NO_ENDPOINTS = "no-endpoints"  # the service exists but has no endpoints now
+    UNKNOWN_SERVICE = "unknown-service"  # discovery does not know the authority
+    FORBIDDEN = "forbidden"  # policy does not allow the call
+    BAD_REQUEST = "bad-request"  # the request cannot be routed (e.g. no authority)
+
+
+@dataclass(frozen=True, slots=True)
+class Routed:
+    """Send the stream to `address`."""
+
+    address: Address
+    done: CompletionCallback | None = None
+    # TLS towards the endpoint (mTLS to a peer proxy); the context must offer
+    # ALPN "h2". None: plaintext prior-knowledge HTTP/2.
+    ssl_context: ssl.SSLContext | None = None
+    server_hostname: str | None = None
+    # The route's timeout; the proxy applies the smaller of this and grpc-timeout.
+    timeout_s: float | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    kind: RefusalKind
+    detail: str = ""
+
+
+class Dispatcher(Protocol):
+    def route(
+        self, authority: str, method: str, path: str, headers: Sequence[Header]
+    ) -> Routed | Refused:
+        """Where one stream goes. Synchronous and cheap; must not raise."""
+        ...
+
+
+class H2Counters:
+    """Plain counters shared by every HTTP/2 connection of a listener; read when scraped."""
+
+    __slots__ = (
+        "connections_open",
+        "connections_total",
+        "flood_goaways",
+        "protocol_errors",
+        "proxy_errors",
+        "streams_open",
+        "streams_reset_by_client",
+        "streams_reset_by_upstream",
+        "streams_total",
+        "upstream_connections_open",
+    )
+
+    def __init__(self) -> None:
+        self.connections_open = 0
+        self.connections_total = 0
+        self.streams_open = 0
+        self.streams_total = 0
+        self.streams_reset_by_client = 0
+        self.streams_reset_by_upstream = 0
+        self.proxy_errors = 0
+        self.flood_goaways = 0
+        self.protocol_errors = 0
+        self.upstream_connections_open = 0
+
+    def snapshot(self) -> dict[str, int]:
+        return {name: getattr(self, name) for name in self.__slots__}
+
+
+class StaticDispatcher:
+    """A fixed table `{authority: [addresses]}`, round-robin per authority.
+
+    The authority is looked up as given, then without its port, so a client
+    dialing `books:8080` and one dialing `books` reach the same service.
+    """
+
+    def __init__(
+        self,
+        table: Mapping[str, Sequence[Address]],
+        *,
+        done: CompletionCallback | None = None,
+        timeout_s: float | None = None,
+    ) -> None:
+        self._cycles: dict[str, Iterator[Address]] = {}
+        self._empty: set[str] = set()
+        for authority, addresses in table.items():
+            if addresses:
+                self._cycles[authority.lower()] = itertools.cycle(list(addresses))
+            else:
+                self._empty.add(authority.lower())
+        self._done = done
+        self._timeout_s = timeout_s
+
+    def route(
+        self, authority: str, method: str, path: str, headers: Sequence[Header]
+    ) -> Routed | Refused:
+        cycle = self._cycles.get(authority)
+        name = authority
+        if cycle is None:
+            name = authority.rsplit(":", 1)[0] if ":" in authority else authority
+            cycle = self._cycles.get(name)
+        if cycle is None:
+            if name in self._empty or authority in self._empty:
+                return Refused(RefusalKind.NO_ENDPOINTS, f"{name} has no endpoints")
+            return Refused(RefusalKind.UNKNOWN_SERVICE, f"no route for {authority!r}")
+        return Routed(next(cycle), done=self._done, timeout_s=self._timeout_s)

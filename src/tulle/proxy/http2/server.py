@@ -1,0 +1,305 @@
+"""The client-facing side of the HTTP/2 proxy: one `H2ServerProtocol` per accepted connection.
+
+Every stream is a request, routed by `:authority` through the `Dispatcher`
+and sent on its own to a pooled upstream HTTP/2 connection, so one long-lived
+client connection spreads over all endpoints.
+
+Handing a connection over after protocol detection (the listener has already
+read the first bytes, which hold the preface and maybe more)::
+
+    protocol = H2ServerProtocol(dispatcher, pool, initial_data=first_bytes)
+    transport.set_protocol(protocol)
+    protocol.connection_made(transport)
+
+`initial_data` must start with the client preface `PRI * HTTP/2.0...`; for
+TLS with ALPN "h2" pass the first decrypted bytes the same way. On drain,
+call `protocol.shutdown(grace_s)`: it sends GOAWAY, lets accepted streams
+finish, refuses new ones, and closes the connection when they are done or
+the grace period ends; `await protocol.wait_closed()` waits for that.
+
+Defences: the advertised limits (`H2Limits`: concurrent streams, header list
+size, frame size) are enforced by h2 as connection errors; rapid reset and
+SETTINGS, PING and empty-DATA floods are counted with `FloodGuard` and end
+the connection with GOAWAY(ENHANCE_YOUR_CALM). Any h2 protocol error ends the
+connection with a GOAWAY carrying h2's error code, never a traceback.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import cast
+
+import h2.events
+import h2.exceptions
+import h2.settings
+from h2.errors import ErrorCodes
+
+from tulle.codec.http2 import (
+    FloodGuard,
+    FloodKind,
+    FloodLimit,
+    MalformedRequest,
+    parse_request_head,
+    without_hop_by_hop,
+)
+
+from .client import H2ClientPool
+from .connection import H2Limits, H2Peer, goaway_frame, new_h2_connection
+from .dispatch import Dispatcher, H2Counters, RefusalKind, Refused
+from .stream import ProxyError, ProxyStream, error_response
+
+_REFUSAL_ERRORS = {
+    RefusalKind.NO_ENDPOINTS: ProxyError.NO_ENDPOINTS,
+    RefusalKind.UNKNOWN_SERVICE: ProxyError.UNKNOWN_SERVICE,
+    RefusalKind.FORBIDDEN: ProxyError.FORBIDDEN,
+    RefusalKind.BAD_REQUEST: ProxyError.BAD_REQUEST,
+}
+
+
+class H2ServerProtocol(H2Peer):
+    """Proxies every stream of one client HTTP/2 connection."""
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        pool: H2ClientPool,
+        *,
+        initial_data: bytes = b"",
+        limits: H2Limits | None = None,
+        flood_limits: dict[FloodKind, FloodLimit] | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.pool = pool
+        self.counters: H2Counters = pool.counters
+        self.limits = limits or H2Limits()
+        self.h2 = new_h2_connection(client_side=False, limits=self.limits)
+        self.transport: asyncio.Transport | None = None
+        self.dirty = False
+        self.streams: dict[int, ProxyStream] = {}
+        self._initial_data = initial_data
+        self._guard = FloodGuard(flood_limits)
+        self._loop = asyncio.get_event_loop()
+        self._outbox = pool.outbox
+        # Set by shutdown(): streams above this id are refused.
+        self._last_accepted: int | None = None
+        self._peer_going_away = False
+        self._closing = False
+        self._force_close: asyncio.TimerHandle | None = None
+        self._closed: asyncio.Future[None] = self._loop.create_future()
+
+    # -- DownSide ----------------------------------------------------------------
+    def mark_dirty(self) -> None:
+        self._outbox.add(self)
+
+    def forget_stream(self, stream_id: int) -> None:
+        if self.streams.pop(stream_id, None) is not None:
+            self.counters.streams_open -= 1
+            if self._closing:
+                return
+            if not self.streams and (self._last_accepted is not None or self._peer_going_away):
+                self._close(ErrorCodes.NO_ERROR)
+
+    # -- asyncio.Protocol --------------------------------------------------------
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
+        self.transport = cast(asyncio.Transport, transport)
+        self.counters.connections_open += 1
+        self.counters.connections_total += 1
+        self.mark_dirty()
+        data, self._initial_data = self._initial_data, b""
+        if data:
+            self.data_received(data)
+        else:
+            self._outbox.flush()
+
+    def data_received(self, data: bytes) -> None:
+        if self.transport is None:
+            return
+        try:
+            events = self.h2.receive_data(data)
+        except h2.exceptions.ProtocolError:
+            # h2 has queued a GOAWAY with the right error code (PROTOCOL_ERROR,
+            # FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM for oversized headers...).
+            self.counters.protocol_errors += 1
+            self._abort()
+            return
+        guard = self._guard
+        now = self._loop.time()
+        streams = self.streams
+        for event in events:
+            if isinstance(event, h2.events.DataReceived):
+                stream = streams.get(event.stream_id)
+                if (
+                    not event.data
+                    and event.stream_ended is None
+                    and guard.record(FloodKind.EMPTY_DATA, now)
+                ):
+                    self._flood()
+                    return
+                if stream is not None:
+                    stream.on_request_data(event.data, event.flow_controlled_length)
+                elif event.flow_controlled_length:
+                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+            elif isinstance(event, h2.events.RequestReceived):
+                self._on_request(event)
+            elif isinstance(event, h2.events.StreamEnded):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_request_end(None)
+            elif isinstance(event, h2.events.TrailersReceived):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_request_end(event.headers)
+            elif isinstance(event, h2.events.WindowUpdated):
+                self._window_opened(event.stream_id)
+            elif isinstance(event, h2.events.StreamReset):
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    stream.on_client_reset()
+                    if guard.record(FloodKind.RESET, now):
+                        self._flood()
+                        return
+            elif isinstance(event, h2.events.PingReceived):
+                if guard.record(FloodKind.PING, now):
+                    self._flood()
+                    return
+            elif isinstance(event, h2.events.RemoteSettingsChanged):
+                if guard.record(FloodKind.SETTINGS, now):
+                    self._flood()
+                    return
+                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                    self._window_opened(0)
+            elif isinstance(event, h2.events.ConnectionTerminated):
+                self._peer_going_away = True
+                if event.error_code != ErrorCodes.NO_ERROR or not streams:
+                    self._abort()
+                    return
+        self.mark_dirty()
+        self._outbox.flush()
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        if self.transport is None:
+            return
+        self.transport = None
+        self.counters.connections_open -= 1
+        for stream in list(self.streams.values()):
+            stream.on_client_reset()
+        self.streams.clear()
+        if self._force_close is not None:
+            self._force_close.cancel()
+        if not self._closed.done():
+            self._closed.set_result(None)
+        self._outbox.flush()
+
+    # -- streams -------------------------------------------------------------------
+    def _on_request(self, event: h2.events.RequestReceived) -> None:
+        stream_id = event.stream_id
+        if self._last_accepted is not None and stream_id > self._last_accepted:
+            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            return
+        headers = event.headers
+        try:
+            head = parse_request_head(headers)
+        except MalformedRequest:
+            self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            return
+        self.counters.streams_total += 1
+        decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
+        if isinstance(decision, Refused):
+            self._refuse(stream_id, decision, head.is_grpc, event.stream_ended is not None)
+            return
+        stream = ProxyStream(
+            self,
+            stream_id,
+            decision,
+            without_hop_by_hop(headers),
+            is_grpc=head.is_grpc,
+            outbox=self._outbox,
+            counters=self.counters,
+            loop=self._loop,
+        )
+        self.streams[stream_id] = stream
+        self.counters.streams_open += 1
+        timeout = head.grpc_timeout_s
+        if decision.timeout_s is not None and (timeout is None or decision.timeout_s < timeout):
+            timeout = decision.timeout_s
+        if timeout is not None:
+            stream.set_deadline(timeout)
+        if event.stream_ended is not None:
+            stream.request.end = True
+        self.pool.attach(stream)
+
+    def _refuse(self, stream_id: int, refusal: Refused, is_grpc: bool, request_ended: bool) -> None:
+        self.counters.proxy_errors += 1
+        error = _REFUSAL_ERRORS[refusal.kind]
+        headers, body = error_response(error, is_grpc, refusal.detail)
+        self.h2.send_headers(stream_id, headers, end_stream=not body)
+        if body:
+            self.h2.send_data(stream_id, body, end_stream=True)
+        if not request_ended:
+            self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+
+    def _window_opened(self, stream_id: int) -> None:
+        if stream_id:
+            stream = self.streams.get(stream_id)
+            if stream is not None:
+                stream.pump_response()
+            return
+        for stream in list(self.streams.values()):
+            if stream.response.chunks or (stream.response.end and not stream.response.end_sent):
+                stream.pump_response()
+
+    # -- ending the connection --------------------------------------------------------
+    def shutdown(self, grace_s: float = 30.0) -> None:
+        """Graceful drain: GOAWAY now, finish accepted streams, close within `grace_s`."""
+        if self.transport is None or self._last_accepted is not None:
+            return
+        self._last_accepted = self.h2.highest_inbound_stream_id
+        self.flush_now()
+        self.transport.write(goaway_frame(self._last_accepted))
+        if not self.streams:
+            self._close(ErrorCodes.NO_ERROR)
+            return
+        self._force_close = self._loop.call_later(grace_s, self._grace_expired)
+
+    async def wait_closed(self) -> None:
+        await asyncio.shield(self._closed)
+
+    def _grace_expired(self) -> None:
+        self._force_close = None
+        for stream in list(self.streams.values()):
+            stream.fail(ProxyError.UPSTREAM_GOAWAY, "proxy is shutting down")
+        self._close(ErrorCodes.NO_ERROR)
+        self._outbox.flush()
+
+    def _flood(self) -> None:
+        self.counters.flood_goaways += 1
+        # Drop what h2 queued in answer to the flood (PING and SETTINGS ACKs).
+        self.h2.clear_outbound_data_buffer()
+        self._close(ErrorCodes.ENHANCE_YOUR_CALM)
+
+    def _abort(self) -> None:
+        """h2 has already queued its GOAWAY: send it and close."""
+        self._closing = True
+        self.flush_now()
+        self._drop_streams()
+        if self.transport is not None:
+            self.transport.close()
+        self._outbox.flush()
+
+    def _close(self, code: ErrorCodes) -> None:
+        if self.transport is None or self._closing:
+            return
+        self._closing = True
+        with contextlib.suppress(h2.exceptions.ProtocolError):
+            self.h2.close_connection(error_code=code)
+        self.flush_now()
+        self._drop_streams()
+        self.transport.close()
+        self._outbox.flush()
+
+    def _drop_streams(self) -> None:
+        for stream in list(self.streams.values()):
+            stream.on_client_reset()
+        self.streams.clear()

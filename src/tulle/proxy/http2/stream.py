@@ -1,0 +1,486 @@
+"""One proxied HTTP/2 stream: a client stream joined to an upstream stream.
+
+Theory of operation. A `ProxyStream` owns two one-way pipes (`HalfStream`):
+the request (client -> upstream) and the response (upstream -> client). DATA
+received on one side is queued in its pipe and sent on the other side as far
+as that side's flow-control window allows. Received DATA is acknowledged to
+its sender (`acknowledge_received_data`) only once it has been handed to the
+other side, so a slow reader closes the window of a fast writer: the proxy
+buffers at most one receive window per stream, and one connection window per
+connection, whatever the peers do.
+
+The stream ends normally when both pipes have sent their end (END_STREAM or
+trailers). A response that ends while the request is still open ends the
+request too (RST_STREAM NO_ERROR downstream, CANCEL upstream; RFC 9113 8.1).
+A reset on either side resets the other. A failure the proxy sees (no
+connection, upstream reset before a response, deadline) becomes a proper
+error response when none has started: a trailers-only gRPC status for gRPC
+requests, an HTTP status otherwise, each with `tulle-proxy-error`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import enum
+from collections import deque
+from collections.abc import Sequence
+from typing import Protocol
+
+from h2.connection import H2Connection
+from h2.errors import ErrorCodes
+from h2.exceptions import H2Error
+
+from tulle.codec.http2 import GrpcStatus, Header, grpc_status_of, is_success
+from tulle.proxy.http2.dispatch import H2Counters, Routed
+
+from .connection import Outbox
+
+
+class ProxyError(enum.Enum):
+    """Errors the proxy answers itself: (reason, HTTP status, gRPC status)."""
+
+    NO_ENDPOINTS = ("no-endpoints", 503, GrpcStatus.UNAVAILABLE)
+    UNKNOWN_SERVICE = ("unknown-service", 503, GrpcStatus.UNAVAILABLE)
+    FORBIDDEN = ("forbidden", 403, GrpcStatus.PERMISSION_DENIED)
+    BAD_REQUEST = ("bad-request", 400, GrpcStatus.INTERNAL)
+    CONNECT_FAILED = ("connect-failed", 502, GrpcStatus.UNAVAILABLE)
+    UPSTREAM_RESET = ("upstream-reset", 502, GrpcStatus.UNAVAILABLE)
+    UPSTREAM_CLOSED = ("upstream-closed", 502, GrpcStatus.UNAVAILABLE)
+    UPSTREAM_GOAWAY = ("upstream-goaway", 503, GrpcStatus.UNAVAILABLE)
+    TIMEOUT = ("timeout", 504, GrpcStatus.DEADLINE_EXCEEDED)
+
+    @property
+    def reason(self) -> str:
+        return self.value[0]
+
+    @property
+    def http_status(self) -> int:
+        return self.value[1]
+
+    @property
+    def grpc_status(self) -> int:
+        return int(self.value[2])
+
+
+def error_response(error: ProxyError, is_grpc: bool, detail: str) -> tuple[list[Header], bytes]:
+    """Headers and body of a proxy-generated response (gRPC: trailers-only, no body)."""
+    reason = error.reason.encode()
+    if is_grpc:
+        message = (detail or error.reason).encode("ascii", "replace")
+        return [
+            (b":status", b"200"),
+            (b"content-type", b"application/grpc"),
+            (b"grpc-status", str(error.grpc_status).encode()),
+            (b"grpc-message", _percent_encode(message)),
+            (b"tulle-proxy-error", reason),
+        ], b""
+    body = (detail or error.reason).encode("utf-8", "replace") + b"\n"
+    return [
+        (b":status", str(error.http_status).encode()),
+        (b"content-type", b"text/plain; charset=utf-8"),
+        (b"content-length", str(len(body)).encode()),
+        (b"tulle-proxy-error", reason),
+    ], body
+
+
+def _percent_encode(message: bytes) -> bytes:
+    # grpc-message is percent-encoded outside printable ASCII (and '%' itself).
+    out = bytearray()
+    for byte in message:
+        if 0x20 <= byte <= 0x7E and byte != 0x25:
+            out.append(byte)
+        else:
+            out += b"%%%02X" % byte
+    return bytes(out)
+
+
+class DownSide(Protocol):
+    """The client-facing connection as a stream sees it."""
+
+    @property
+    def h2(self) -> H2Connection: ...
+
+    def mark_dirty(self) -> None: ...
+    def forget_stream(self, stream_id: int) -> None: ...
+
+
+class UpSide(Protocol):
+    """The upstream connection as a stream sees it."""
+
+    @property
+    def h2(self) -> H2Connection: ...
+
+    def mark_dirty(self) -> None: ...
+    def release_stream(self, stream_id: int) -> None: ...
+
+
+class HalfStream:
+    """One direction of a stream: queued DATA not yet sent, and how it ends."""
+
+    __slots__ = ("buffered", "chunks", "end", "end_sent", "trailers")
+
+    def __init__(self) -> None:
+        # (data, flow-controlled length to acknowledge once data is sent)
+        self.chunks: deque[tuple[bytes | memoryview, int]] = deque()
+        self.buffered = 0
+        self.end = False  # the sender has ended this direction
+        self.end_sent = False  # ...and the end has been passed on
+        self.trailers: list[Header] | None = None
+
+    def drop(self) -> int:
+        """Forget queued data; the flow-controlled bytes to acknowledge for it."""
+        flow = sum(f for _, f in self.chunks)
+        self.chunks.clear()
+        self.buffered = 0
+        return flow
+
+
+def pump(half: HalfStream, conn: H2Connection, stream_id: int) -> int:
+    """Send what the window allows of `half` on `conn`; the flow-controlled bytes now sent."""
+    acked = 0
+    chunks = half.chunks
+    while chunks:
+        data, flow = chunks[0]
+        size = len(data)
+        window = conn.local_flow_control_window(stream_id)
+        frame_max = conn.max_outbound_frame_size
+        if size <= window and size <= frame_max:
+            last = len(chunks) == 1 and half.end and half.trailers is None
+            conn.send_data(stream_id, data, end_stream=last)
+            chunks.popleft()
+            acked += flow
+            half.buffered -= size
+            if last:
+                half.end_sent = True
+                return acked
+            continue
+        n = min(window, frame_max)
+        if n <= 0:
+            return acked
+        view = memoryview(data)
+        conn.send_data(stream_id, view[:n])
+        chunks[0] = (view[n:], flow - n)
+        acked += n
+        half.buffered -= n
+    if half.end and not half.end_sent:
+        half.end_sent = True
+        if half.trailers is not None:
+            conn.send_headers(stream_id, half.trailers, end_stream=True)
+        else:
+            conn.end_stream(stream_id)
+    return acked
+
+
+class ProxyStream:
+    """A client stream joined to at most one upstream stream."""
+
+    __slots__ = (
+        "_counters",
+        "_deadline",
+        "_loop",
+        "_outbox",
+        "closed",
+        "down",
+        "down_id",
+        "grpc_status",
+        "is_grpc",
+        "request",
+        "request_headers",
+        "response",
+        "response_started",
+        "routed",
+        "started_at",
+        "status",
+        "up",
+        "up_id",
+        "up_open",
+    )
+
+    def __init__(
+        self,
+        down: DownSide,
+        down_id: int,
+        routed: Routed,
+        request_headers: Sequence[Header],
+        *,
+        is_grpc: bool,
+        outbox: Outbox,
+        counters: H2Counters,
+        loop: asyncio.AbstractEventLoop,
+    ) -> None:
+        self.down = down
+        self.down_id = down_id
+        self.routed = routed
+        self.request_headers: Sequence[Header] | None = request_headers
+        self.is_grpc = is_grpc
+        self.up: UpSide | None = None
+        self.up_id = 0
+        # Whether the upstream stream is still open as far as h2 is concerned.
+        self.up_open = False
+        self.request = HalfStream()
+        self.response = HalfStream()
+        self.response_started = False
+        self.status = 0
+        self.grpc_status: int | None = None
+        self.closed = False
+        self._outbox = outbox
+        self._counters = counters
+        self._loop = loop
+        self.started_at = loop.time()
+        self._deadline: asyncio.TimerHandle | None = None
+
+    def set_deadline(self, seconds: float) -> None:
+        self._deadline = self._loop.call_later(seconds, self._deadline_passed)
+
+    # -- upstream binding -----------------------------------------------------
+    def bind_upstream(self, up: UpSide, up_id: int) -> None:
+        """The upstream stream exists (its HEADERS are queued); start sending the body."""
+        self.up = up
+        self.up_id = up_id
+        self.up_open = True
+        self.request_headers = None
+        self.pump_request()
+
+    # -- client side ------------------------------------------------------------
+    def on_request_data(self, data: bytes, flow: int) -> None:
+        if self.closed:
+            return
+        if not data:
+            # Nothing to forward (padding only): hand the window back at once.
+            if flow:
+                self.down.h2.acknowledge_received_data(flow, self.down_id)
+                self.down.mark_dirty()
+            return
+        self.request.chunks.append((data, flow))
+        self.request.buffered += len(data)
+        self.pump_request()
+
+    def on_request_end(self, trailers: list[Header] | None) -> None:
+        if self.closed:
+            return
+        self.request.end = True
+        self.request.trailers = trailers
+        self.pump_request()
+
+    def on_client_reset(self) -> None:
+        """The client reset the stream (e.g. a cancelled gRPC call): cancel upstream."""
+        if self.closed:
+            return
+        self._counters.streams_reset_by_client += 1
+        status = self.status or 499
+        grpc = GrpcStatus.CANCELLED if self.is_grpc else None
+        self._reset_upstream(ErrorCodes.CANCEL)
+        self._finish(status, grpc, success=False)
+
+    def pump_request(self) -> None:
+        up = self.up
+        if up is None or not self.up_open or self.closed or self.request.end_sent:
+            return
+        try:
+            sent = pump(self.request, up.h2, self.up_id)
+        except H2Error:
+            # The upstream stream closed under us (its reset is on the way).
+            return
+        up.mark_dirty()
+        if sent:
+            self.down.h2.acknowledge_received_data(sent, self.down_id)
+            self.down.mark_dirty()
+
+    # -- upstream side -----------------------------------------------------------
+    def on_response_headers(self, headers: list[Header], end_stream: bool) -> None:
+        if self.closed:
+            return
+        status = headers[0][1] if headers and headers[0][0] == b":status" else _find_status(headers)
+        code = int(status) if status.isdigit() else 0
+        if 100 <= code < 200:
+            # Informational (100 Continue, 103 Early Hints): pass on, keep waiting.
+            self._send_down_headers(headers, end_stream=False)
+            return
+        self.status = code
+        self.response_started = True
+        if end_stream:
+            self.grpc_status = grpc_status_of(headers) if self.is_grpc else None
+            self.response.end = self.response.end_sent = True
+        self._send_down_headers(headers, end_stream=end_stream)
+        if end_stream:
+            self._response_complete()
+
+    def on_response_data(self, data: bytes, flow: int) -> None:
+        up = self.up
+        if self.closed or up is None:
+            return
+        if not data:
+            if flow:
+                up.h2.acknowledge_received_data(flow, self.up_id)
+                up.mark_dirty()
+            return
+        self.response.chunks.append((data, flow))
+        self.response.buffered += len(data)
+        self.pump_response()
+
+    def on_response_end(self, trailers: list[Header] | None) -> None:
+        if self.closed or self.response.end:
+            return
+        if trailers is not None and self.is_grpc:
+            self.grpc_status = grpc_status_of(trailers)
+        self.response.end = True
+        self.response.trailers = trailers
+        self.pump_response()
+
+    def on_upstream_reset(self, error_code: int) -> None:
+        if self.closed:
+            return
+        self._counters.streams_reset_by_upstream += 1
+        self.up_open = False  # h2 has closed the upstream stream already
+        if not self.response_started:
+            self.fail(ProxyError.UPSTREAM_RESET, f"upstream reset the stream ({error_code})")
+            return
+        self._reset_down(error_code)
+        self._finish(self.status, self.grpc_status, success=False)
+
+    def on_upstream_failed(self, error: ProxyError, detail: str) -> None:
+        """The upstream connection failed or went away without this stream."""
+        self.up_open = False
+        self.fail(error, detail)
+
+    def pump_response(self) -> None:
+        if self.closed:
+            return
+        down = self.down
+        try:
+            sent = pump(self.response, down.h2, self.down_id)
+        except H2Error:
+            return
+        down.mark_dirty()
+        up = self.up
+        if sent and up is not None:
+            up.h2.acknowledge_received_data(sent, self.up_id)
+            up.mark_dirty()
+        if self.response.end_sent:
+            self._response_complete()
+
+    # -- failures ----------------------------------------------------------------
+    def fail(self, error: ProxyError, detail: str = "") -> None:
+        """End the stream with a proxy-generated error, however far it had got."""
+        if self.closed:
+            return
+        self._counters.proxy_errors += 1
+        self._reset_upstream(ErrorCodes.CANCEL)
+        down = self.down
+        grpc: int | None
+        if not self.response_started:
+            headers, body = error_response(error, self.is_grpc, detail)
+            self.status = error.http_status if not self.is_grpc else 200
+            grpc = error.grpc_status if self.is_grpc else None
+            try:
+                down.h2.send_headers(self.down_id, headers, end_stream=not body)
+                if body:
+                    down.h2.send_data(self.down_id, body, end_stream=True)
+            except H2Error:
+                pass
+            if not self.request.end:
+                # The client may still be sending a body nobody will read.
+                self._reset_down(ErrorCodes.NO_ERROR)
+            down.mark_dirty()
+            self._finish(self.status, grpc, success=False)
+            return
+        if self.is_grpc and not self.response.end_sent:
+            # Mid-response: end it with a status in trailers, now, whatever the
+            # window (trailers are not flow-controlled).
+            grpc = error.grpc_status
+            self.response.drop()
+            trailers = [
+                (b"grpc-status", str(grpc).encode()),
+                (b"grpc-message", error.reason.encode()),
+                (b"tulle-proxy-error", error.reason.encode()),
+            ]
+            with contextlib.suppress(H2Error):
+                down.h2.send_headers(self.down_id, trailers, end_stream=True)
+            if not self.request.end:
+                self._reset_down(ErrorCodes.NO_ERROR)
+            down.mark_dirty()
+            self._finish(self.status, grpc, success=False)
+            return
+        self._reset_down(
+            ErrorCodes.CANCEL if error is ProxyError.TIMEOUT else ErrorCodes.INTERNAL_ERROR
+        )
+        self._finish(self.status, self.grpc_status, success=False)
+
+    def _deadline_passed(self) -> None:
+        self._deadline = None
+        self.fail(ProxyError.TIMEOUT, "deadline exceeded in proxy")
+        self._outbox.flush()
+
+    # -- endings -------------------------------------------------------------------
+    def _response_complete(self) -> None:
+        """The response has been passed on in full."""
+        if not self.request.end_sent:
+            # RFC 9113 8.1: a complete response ends the request; stop the
+            # client sending and the upstream waiting.
+            self._reset_upstream(ErrorCodes.CANCEL)
+            if not self.request.end:
+                self._reset_down(ErrorCodes.NO_ERROR)
+        self._finish(self.status, self.grpc_status, is_success(self.status, self.grpc_status))
+
+    def _finish(self, status: int, grpc: int | None, success: bool) -> None:
+        """Release both sides and report once."""
+        if self.closed:
+            return
+        self.closed = True
+        if self._deadline is not None:
+            self._deadline.cancel()
+            self._deadline = None
+        # Give back the window of whatever was queued and will never be sent.
+        flow = self.request.drop()
+        if flow:
+            self.down.h2.acknowledge_received_data(flow, self.down_id)
+            self.down.mark_dirty()
+        up = self.up
+        if up is not None:
+            flow = self.response.drop()
+            if flow:
+                # Valid on a closed stream too: it frees the connection window.
+                up.h2.acknowledge_received_data(flow, self.up_id)
+            up.release_stream(self.up_id)
+            up.mark_dirty()
+            self.up = None
+            self.up_open = False
+        self.down.forget_stream(self.down_id)
+        done = self.routed.done
+        if done is not None:
+            done(status, grpc, self._loop.time() - self.started_at, success)
+
+    def _reset_upstream(self, code: int) -> None:
+        up = self.up
+        if up is None or not self.up_open:
+            return
+        self.up_open = False
+        if self.request.end_sent and self.response.end:
+            return  # closed at both ends already
+        try:
+            up.h2.reset_stream(self.up_id, code)
+        except H2Error:
+            return
+        up.mark_dirty()
+
+    def _reset_down(self, code: int) -> None:
+        try:
+            self.down.h2.reset_stream(self.down_id, code)
+        except H2Error:
+            return
+        self.down.mark_dirty()
+
+    def _send_down_headers(self, headers: list[Header], end_stream: bool) -> None:
+        try:
+            self.down.h2.send_headers(self.down_id, headers, end_stream=end_stream)
+        except H2Error:
+            return
+        self.down.mark_dirty()
+
+
+def _find_status(headers: Sequence[Header]) -> bytes:
+    for name, value in headers:
+        if name == b":status":
+            return value
+    return b""

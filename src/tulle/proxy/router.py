@@ -1,0 +1,306 @@
+"""From a request's authority to the place it goes: targets, routes, balancers, pools.
+
+Built once per logical service (cached by authority bytes) and followed live:
+
+    authority -> ServiceTarget (discovery view + profile)
+              -> route match (per-route timeout and retry policy)
+              -> traffic split (weighted backends, each a ServiceTarget)
+              -> Balancer (P2C over peak-EWMA) -> EndpointState
+              -> EndpointPool (idle keep-alive upstream connections)
+
+The request path only reads these objects; discovery updates rebuild the
+balancer's endpoint set through a listener, so endpoints join and leave
+without disturbing requests in flight (a removed endpoint's in-flight
+requests finish on it; its idle connections are closed).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+
+from tulle.core.concurrency import PendingLimit
+from tulle.core.discovery import (
+    Address,
+    Endpoint,
+    Profile,
+    Resolver,
+    Route,
+    RouteMatch,
+    ServiceView,
+)
+from tulle.core.retry_budget import RetryBudget
+from tulle.core.split import WeightedPicker
+from tulle.proxy.balance import Balancer, EndpointState
+from tulle.proxy.metrics import Metrics
+
+IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
+
+
+class PoolHandle:
+    """What a target needs of a connection pool: close idle connections."""
+
+    def close_idle(self) -> None:  # pragma: no cover - overridden
+        return None
+
+
+PoolFactory = Callable[[Endpoint], PoolHandle]
+
+
+@dataclass(frozen=True, slots=True)
+class RoutePolicy:
+    """Per-request settings picked by route matching."""
+
+    name: str
+    timeout_s: float
+    retryable: bool | None  # None: the default rule (idempotent methods)
+    retry_statuses: frozenset[int]
+
+
+DEFAULT_ROUTE = RoutePolicy("default", 0.0, None, frozenset())
+
+
+class _CompiledRoute:
+    __slots__ = ("matches", "policy")
+
+    def __init__(self, route: Route, default_timeout: float) -> None:
+        timeout = route.timeout_s if route.timeout_s is not None else default_timeout
+        self.policy = RoutePolicy(
+            route.name, timeout or 0.0, route.retryable, frozenset(route.retry_statuses)
+        )
+        self.matches = [
+            (m, re.compile(m.path_regex) if m.path_regex else None) for m in route.matches
+        ]
+
+    def matches_request(
+        self, method: bytes, path: str, header: Callable[[bytes], bytes | None]
+    ) -> bool:
+        if not self.matches:
+            return True
+        for m, regex in self.matches:
+            if _match_one(m, regex, method, path, header):
+                return True
+        return False
+
+
+def _match_one(
+    m: RouteMatch,
+    regex: re.Pattern[str] | None,
+    method: bytes,
+    path: str,
+    header: Callable[[bytes], bytes | None],
+) -> bool:
+    if m.method is not None and m.method.encode() != method:
+        return False
+    if m.path_exact is not None and path != m.path_exact:
+        return False
+    if m.path_prefix is not None:
+        prefix = m.path_prefix.rstrip("/")
+        if prefix and not (path == prefix or path.startswith(prefix + "/")):
+            return False
+    if regex is not None and regex.fullmatch(path) is None:
+        return False
+    for hm in m.headers:
+        got = header(hm.name.encode())
+        if got is None:
+            return False
+        text = got.decode("latin-1")
+        if hm.regex:
+            if re.fullmatch(hm.value, text) is None:
+                return False
+        elif text != hm.value:
+            return False
+    return True
+
+
+class ServiceTarget:
+    """One logical service as the proxy sees it, kept in step with discovery."""
+
+    __slots__ = (
+        "_backend_picker",
+        "_make_pool",
+        "_router",
+        "_routes",
+        "authority_label",
+        "balancer",
+        "budget",
+        "default_route",
+        "metrics_labels",
+        "name",
+        "pending",
+        "view",
+    )
+
+    def __init__(
+        self,
+        router: Router,
+        name: str,
+        view: ServiceView,
+        make_pool: PoolFactory,
+        max_pending: int,
+    ) -> None:
+        self._router = router
+        self.name = name
+        self.view = view
+        self._make_pool = make_pool
+        self.balancer = Balancer(on_removed=self._endpoint_removed)
+        self.pending = PendingLimit(max_pending)
+        self.budget = RetryBudget()
+        self._routes: list[_CompiledRoute] = []
+        self.default_route = DEFAULT_ROUTE
+        self._backend_picker: WeightedPicker[ServiceTarget] | None = None
+        self.authority_label = name
+        self.metrics_labels = name
+        view.subscribe(self._on_view)
+        self._on_view(view)
+
+    def _endpoint_removed(self, state: EndpointState) -> None:
+        pool = state.pool
+        if isinstance(pool, PoolHandle):
+            pool.close_idle()
+
+    def _on_view(self, view: ServiceView) -> None:
+        self.balancer.set_endpoints(view.endpoints.values())
+        self._apply_profile(view.profile)
+
+    def _apply_profile(self, profile: Profile) -> None:
+        default_timeout = profile.timeout_s or 0.0
+        self._routes = [_CompiledRoute(r, default_timeout) for r in profile.routes]
+        self.default_route = RoutePolicy("default", default_timeout, None, frozenset())
+        spec = profile.retry_budget
+        if (
+            spec.ratio != self.budget.ratio
+            or spec.min_retries_per_second != self.budget.min_retries_per_second
+            or spec.ttl_s != self.budget.ttl_s
+        ):
+            self.budget = RetryBudget.from_spec(spec)
+        backends = [b for b in profile.backends if b.weight > 0]
+        if backends and not (len(backends) == 1 and backends[0].service == self.name):
+            items: list[tuple[ServiceTarget, int]] = []
+            for b in backends:
+                target = self if b.service == self.name else self._router.service(b.service)
+                items.append((target, b.weight))
+            self._backend_picker = WeightedPicker(items)
+        else:
+            self._backend_picker = None
+
+    def route(
+        self, method: bytes, path: bytes, header: Callable[[bytes], bytes | None]
+    ) -> RoutePolicy:
+        routes = self._routes
+        if not routes:
+            return self.default_route
+        text = path.split(b"?", 1)[0].decode("latin-1")
+        for r in routes:
+            if r.matches_request(method, text, header):
+                return r.policy
+        return self.default_route
+
+    def backend(self) -> ServiceTarget:
+        """The service that serves this request after the traffic split."""
+        picker = self._backend_picker
+        if picker is None:
+            return self
+        return picker.pick()
+
+    def pool_for(self, state: EndpointState) -> PoolHandle:
+        pool = state.pool
+        if pool is None:
+            pool = state.pool = self._make_pool(state.endpoint)
+        return pool  # type: ignore[return-value]
+
+    def close(self) -> None:
+        self.view.unsubscribe(self._on_view)
+
+
+class Router:
+    """Maps authorities to targets for one direction."""
+
+    def __init__(
+        self,
+        resolver: Resolver,
+        make_pool: PoolFactory,
+        metrics: Metrics,
+        *,
+        max_pending: int,
+        fixed_target: Address | None = None,
+    ) -> None:
+        self._resolver = resolver
+        self._make_pool = make_pool
+        self._metrics = metrics
+        self._max_pending = max_pending
+        self._by_authority: dict[bytes, ServiceTarget] = {}
+        self._services: dict[str, ServiceTarget] = {}
+        self._fixed: ServiceTarget | None = None
+        if fixed_target is not None:
+            view = ServiceView("app")
+            view.apply_reset([Endpoint(fixed_target)])
+            self._fixed = ServiceTarget(self, "app", view, make_pool, max_pending)
+            self._fixed.authority_label = ""
+
+    @property
+    def fixed(self) -> ServiceTarget | None:
+        return self._fixed
+
+    def service(self, name: str) -> ServiceTarget:
+        target = self._services.get(name)
+        if target is None:
+            view = self._resolver.resolve(name)
+            target = ServiceTarget(self, name, view, self._make_pool, self._max_pending)
+            self._services[name] = target
+        return target
+
+    def for_authority(self, authority: bytes) -> ServiceTarget:
+        """Cached; the first call for an authority normalises and resolves it."""
+        target = self._by_authority.get(authority)
+        if target is None:
+            target = self._resolve_authority(authority)
+            if len(self._by_authority) < 10_000:
+                self._by_authority[authority] = target
+        return target
+
+    def _resolve_authority(self, authority: bytes) -> ServiceTarget:
+        text = authority.decode("latin-1").strip().lower()
+        host, port = split_authority(text)
+        if is_ip(host) and port is not None:
+            name = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
+            target = self._services.get(name)
+            if target is None:
+                view = ServiceView(name)
+                view.apply_reset([Endpoint((host, port))])
+                target = ServiceTarget(self, name, view, self._make_pool, self._max_pending)
+                target.metrics_labels = ""
+                self._services[name] = target
+            return target
+        host = host.rstrip(".")
+        if port is not None and port != 80:
+            with_port = f"{host}:{port}"
+            known = self._services.get(with_port)
+            if known is not None:
+                return known
+        return self.service(host)
+
+    def targets(self) -> list[ServiceTarget]:
+        out = list(self._services.values())
+        if self._fixed is not None:
+            out.append(self._fixed)
+        return out
+
+
+def split_authority(text: str) -> tuple[str, int | None]:
+    if text.startswith("["):
+        host, _, rest = text[1:].partition("]")
+        port = rest[1:] if rest.startswith(":") else ""
+    else:
+        host, sep, port = text.rpartition(":")
+        if not sep or not port.isdigit():
+            return text, None
+    return host, int(port) if port.isdigit() else None
+
+
+def is_ip(host: str) -> bool:
+    if ":" in host:
+        return True
+    parts = host.split(".")
+    return len(parts) == 4 and all(p.isdigit() and int(p) < 256 for p in parts)

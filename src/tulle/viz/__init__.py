@@ -1,0 +1,1 @@
+"""Visibility: metrics API, tap relay, dashboard."""

@@ -1,0 +1,1 @@
+"""A small gRPC service (echo.proto) and its server, for proxying tests through Tulle."""

@@ -1,0 +1,96 @@
+"""The test gRPC server: `python -m grpc_service.server --port 0` prints `LISTENING <port>`.
+
+Run from tests/integration/http2 (or with it on PYTHONPATH). Cancelled `Slow`
+calls print `CANCELLED <payload>` so a test can see that a client's
+cancellation reached the server through the proxies.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+from collections.abc import AsyncIterator
+
+import grpc
+
+from grpc_service import echo_pb2, echo_pb2_grpc
+
+# Large enough for the 16 MB message tests, with room for framing.
+_MAX_MESSAGE = 64 << 20
+
+
+class EchoService(echo_pb2_grpc.EchoServicer):
+    def __init__(self, name: str) -> None:
+        self.name = name
+
+    def _reply(self, request: echo_pb2.EchoRequest) -> echo_pb2.EchoReply:
+        payload = b"x" * request.reply_size if request.reply_size else request.payload
+        return echo_pb2.EchoReply(payload=payload, server=self.name)
+
+    async def Unary(self, request, context):  # type: ignore[no-untyped-def]
+        return self._reply(request)
+
+    async def ServerStream(self, request, context):  # type: ignore[no-untyped-def]
+        for _ in range(request.count):
+            yield self._reply(request)
+            if request.delay_ms:
+                await asyncio.sleep(request.delay_ms / 1000)
+
+    async def ClientStream(self, request_iterator: AsyncIterator[echo_pb2.EchoRequest], context):  # type: ignore[no-untyped-def]
+        received = 0
+        total = 0
+        async for request in request_iterator:
+            received += 1
+            total += len(request.payload)
+        return echo_pb2.EchoReply(payload=str(total).encode(), server=self.name, received=received)
+
+    async def Bidi(self, request_iterator: AsyncIterator[echo_pb2.EchoRequest], context):  # type: ignore[no-untyped-def]
+        async for request in request_iterator:
+            yield self._reply(request)
+
+    async def Slow(self, request, context):  # type: ignore[no-untyped-def]
+        try:
+            await asyncio.sleep(request.delay_ms / 1000)
+        except asyncio.CancelledError:
+            print(f"CANCELLED {request.payload.decode(errors='replace')}", flush=True)
+            raise
+        return self._reply(request)
+
+    async def Fail(self, request, context):  # type: ignore[no-untyped-def]
+        if request.status_code:
+            await context.abort(grpc.StatusCode(_code(request.status_code)), request.message)
+        return self._reply(request)
+
+
+def _code(number: int) -> tuple[int, str]:
+    for status in grpc.StatusCode:
+        if status.value[0] == number:
+            return status.value  # type: ignore[no-any-return]
+    return grpc.StatusCode.UNKNOWN.value  # type: ignore[no-any-return]
+
+
+async def serve(port: int) -> None:
+    options = [
+        ("grpc.max_receive_message_length", _MAX_MESSAGE),
+        ("grpc.max_send_message_length", _MAX_MESSAGE),
+        ("grpc.so_reuseport", 0),
+    ]
+    server = grpc.aio.server(options=options)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoService(str(bound)), server)
+    await server.start()
+    print(f"LISTENING {bound}", flush=True)
+    await server.wait_for_termination()
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description="The Echo test gRPC server.")
+    parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
+    args = parser.parse_args()
+    with contextlib.suppress(KeyboardInterrupt):
+        asyncio.run(serve(args.port))
+
+
+if __name__ == "__main__":
+    main()

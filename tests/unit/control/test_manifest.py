@@ -1,0 +1,334 @@
+"""The manifest: the example validates and converts; every bad input names field and line."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from textwrap import dedent
+
+import pytest
+
+from tulle.control.manifest import (
+    ManifestError,
+    load_manifest,
+    parse_duration,
+    parse_manifest,
+)
+from tulle.core.discovery import Backend, HeaderMatch, RetryBudgetSpec
+
+EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "mesh.yaml"
+
+
+def test_the_example_is_valid_and_converts_to_the_discovery_model() -> None:
+    manifest = load_manifest(EXAMPLE)
+    assert set(manifest.services) == {"web", "api", "api-v1", "api-v2", "users", "db"}
+    web = manifest.services["web"]
+    assert web.port == 8080
+    assert [ep.address for ep in web.endpoints] == [("127.0.0.1", 9001), ("127.0.0.1", 9002)]
+    assert web.endpoints[1].weight == 5000
+    assert web.endpoints[1].labels == {"zone": "b", "version": "v1"}
+    # The service identity is inherited by endpoints that give none.
+    assert web.endpoints[0].identity == "spiffe://tulle.local/ns/default/sa/web"
+    routes = {route.name: route for route in web.profile.routes}
+    assert routes["get-user"].matches[0].path_regex == "/users/[0-9]+"
+    assert routes["get-user"].matches[0].method == "GET"
+    assert routes["get-user"].timeout_s == 0.5
+    assert routes["get-user"].retryable is True
+    assert routes["post-order"].timeout_s == 2.0
+    assert routes["post-order"].retryable is False
+    assert routes["static"].matches[0].path_prefix == "/static"
+    assert routes["static"].matches[1].headers == (HeaderMatch("x-static", "1"),)
+    assert routes["static"].retry_statuses == (502, 503)
+    assert routes["static"].retryable is True
+    assert web.profile.timeout_s == 10.0
+    assert web.profile.retry_budget == RetryBudgetSpec(0.2, 10.0, 10.0)
+    api = manifest.services["api"]
+    assert api.profile.backends == (Backend("api-v1", 90), Backend("api-v2", 10))
+    assert api.endpoints == ()
+    assert manifest.services["api-v1"].endpoints[0].protocol_hint == "h2"
+    users = manifest.services["users"]
+    assert users.protocol == "grpc"
+    assert users.instances is not None
+    assert users.instances.command == ("python", "-m", "tulle.demo.users", "--port", "{port}")
+    assert users.instances.replicas == 2
+    assert users.instances.env == {"LOG_LEVEL": "info", "WORKERS": "1"}
+    assert users.instances.service_account == "users"
+    assert manifest.services["db"].endpoints[0].protocol_hint == "opaque"
+    assert manifest.policy == {}
+
+
+def test_a_string_command_is_split_like_a_shell_would() -> None:
+    manifest = parse_manifest(
+        dedent(
+            """
+            services:
+              - name: app
+                instances: {command: "python -m app --port {port} --name 'a b'"}
+            """
+        )
+    )
+    instances = manifest.services["app"].instances
+    assert instances is not None
+    assert instances.command == ("python", "-m", "app", "--port", "{port}", "--name", "a b")
+    assert instances.replicas == 1
+
+
+def test_an_empty_services_list_is_valid() -> None:
+    assert parse_manifest("services: []\n").services == {}
+    assert parse_manifest("services:\n").services == {}
+
+
+def test_policy_is_accepted_as_an_opaque_mapping() -> None:
+    manifest = parse_manifest("services: []\npolicy:\n  servers: [{name: a, port: 80}]\n")
+    assert manifest.policy == {"servers": [{"name": "a", "port": 80}]}
+
+
+@pytest.mark.parametrize(
+    ("text", "seconds"),
+    [("500ms", 0.5), ("2s", 2.0), ("1m30s", 90.0), ("1h", 3600.0), ("1.5s", 1.5)],
+)
+def test_durations_follow_gateway_api(text: str, seconds: float) -> None:
+    assert parse_duration(text) == pytest.approx(seconds)
+
+
+@pytest.mark.parametrize("text", ["fast", "5", "-1s", "1d", "s", "1 s", ""])
+def test_bad_durations_are_refused(text: str) -> None:
+    assert parse_duration(text) is None
+
+
+# Each bad document names the exact "file:line: field: message" it must produce.
+BAD = [
+    ("", "mesh.yaml: the manifest is empty; expected a top-level `services:` list"),
+    ("services: [\n", "mesh.yaml:2: YAML syntax error"),
+    ("services: 3\n", 'mesh.yaml:1: services: expected a list, got "3"'),
+    (
+        "service: []\n",
+        'mesh.yaml:1: service: unknown field (known: services, policy); did you mean "services"?',
+    ),
+    ("policy: 4\nservices: []\n", 'mesh.yaml:1: policy: expected a mapping, got "4"'),
+    ("services:\n  - port: 80\n", 'mesh.yaml:2: services[0]: missing required field "name"'),
+    ("services:\n  - name: Web\n", 'mesh.yaml:2: services[0].name: "Web" is not a valid name'),
+    ("services:\n  - name: a_b\n", 'mesh.yaml:2: services[0].name: "a_b" is not a valid name'),
+    ("services:\n  - name: 12\n", 'mesh.yaml:2: services[0].name: expected a name, got "12"'),
+    (
+        "services:\n  - name: a\n  - name: a\n",
+        'mesh.yaml:3: services[1].name: duplicate service "a" (first on line 2)',
+    ),
+    (
+        "services:\n  - name: a\n    name: b\n",
+        "mesh.yaml:3: services[0].name: duplicate key (first given on line 2)",
+    ),
+    (
+        "services:\n  - name: a\n    port: 70000\n",
+        "mesh.yaml:3: services[0].port: must be between 1 and 65535, got 70000",
+    ),
+    (
+        "services:\n  - name: a\n    port: http\n",
+        'mesh.yaml:3: services[0].port: expected a whole number, got "http"',
+    ),
+    (
+        "services:\n  - name: a\n    protocol: http2\n",
+        "mesh.yaml:3: services[0].protocol: expected one of http/1.1, h2,"
+        ' grpc, opaque, got "http2"',
+    ),
+    (
+        "services:\n  - name: a\n    endpoint: []\n",
+        "mesh.yaml:3: services[0].endpoint: unknown field (known: name, port, protocol, identity, "
+        'endpoints, instances, timeout, routes, retryBudget, backends); did you mean "endpoints"?',
+    ),
+    (
+        "services:\n  - name: a\n    endpoints:\n      - 127.0.0.1\n",
+        "mesh.yaml:4: services[0].endpoints[0]: bad address '127.0.0.1': expected HOST:PORT",
+    ),
+    (
+        "services:\n  - name: a\n    endpoints:\n      - 127.0.0.1:x\n",
+        "mesh.yaml:4: services[0].endpoints[0]: bad address '127.0.0.1:x':"
+        " port 'x' is not a number",
+    ),
+    (
+        "services:\n  - name: a\n    endpoints: [1.2.3.4:5, 1.2.3.4:5]\n",
+        "mesh.yaml:3: services[0].endpoints[1]: duplicate endpoint 1.2.3.4:5 (first on line 3)",
+    ),
+    (
+        "services:\n  - name: a\n    endpoints:\n      - address: 1.2.3.4:5\n        weight: 0\n",
+        "mesh.yaml:5: services[0].endpoints[0].weight: must be between 1 and 1000000, got 0",
+    ),
+    (
+        "services:\n  - name: a\n    endpoints:\n      - {weight: 3}\n",
+        'mesh.yaml:4: services[0].endpoints[0]: missing required field "address"',
+    ),
+    (
+        "services:\n  - name: a\n    endpoints:\n      - address: 1.2.3.4:5\n        labels: [x]\n",
+        "mesh.yaml:5: services[0].endpoints[0].labels: expected a mapping, got a list",
+    ),
+    (
+        "services:\n  - name: a\n    identity: web\n",
+        "mesh.yaml:3: services[0].identity: expected a SPIFFE ID like "
+        '"spiffe://tulle.local/ns/default/sa/web", got "web"',
+    ),
+    (
+        "services:\n  - name: a\n    timeout: 0s\n",
+        "mesh.yaml:3: services[0].timeout: must be longer than zero",
+    ),
+    (
+        "services:\n  - name: a\n    instances: {replicas: 2}\n",
+        'mesh.yaml:3: services[0].instances: missing required field "command"',
+    ),
+    (
+        "services:\n  - name: a\n    instances: {command: 'run {prot}'}\n",
+        "mesh.yaml:3: services[0].instances.command: unknown placeholder"
+        ' "{prot}" (known: {port}, {replica})',
+    ),
+    (
+        "services:\n  - name: a\n    instances: {command: 'run \"x'}\n",
+        "mesh.yaml:3: services[0].instances.command: cannot split the command:"
+        " No closing quotation",
+    ),
+    (
+        "services:\n  - name: a\n    instances: {command: []}\n",
+        "mesh.yaml:3: services[0].instances.command: the command is empty",
+    ),
+    (
+        "services:\n  - name: a\n    instances:\n      command: [run]\n      replicas: many\n",
+        'mesh.yaml:5: services[0].instances.replicas: expected a whole number, got "many"',
+    ),
+    (
+        "services:\n  - name: a\n    instances:\n      command: [run]\n      env: {A: [1]}\n",
+        "mesh.yaml:5: services[0].instances.env.A: expected a value, got a list",
+    ),
+    (
+        "services:\n  - name: a\n    instances:\n      command: [run]\n     "
+        " serviceAccount: Web_1\n",
+        'mesh.yaml:5: services[0].instances.serviceAccount: "Web_1" is not a valid account name',
+    ),
+    (
+        "services:\n  - name: a\n    instances:\n      command: [run]\n"
+        "      serviceAccount: web\n      identity: spiffe://t/ns/d/sa/web\n",
+        "mesh.yaml:5: services[0].instances.serviceAccount: give either identity or serviceAccount",
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        timeout: fast\n",
+        'mesh.yaml:5: services[0].routes[0].timeout: expected a duration like "500ms" or "2s", '
+        'got "fast"',
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - timeout: 1s\n",
+        'mesh.yaml:4: services[0].routes[0]: missing required field "name"',
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - {name: r}\n      - {name: r}\n",
+        'mesh.yaml:5: services[0].routes[1].name: duplicate route "r" (first on line 4)',
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        matches:\n"
+        "          - path: {type: Prefix, value: /a}\n",
+        "mesh.yaml:6: services[0].routes[0].matches[0].path.type: expected Exact, PathPrefix or "
+        'RegularExpression, got "Prefix"',
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        matches:\n"
+        "          - path: {value: a}\n",
+        'mesh.yaml:6: services[0].routes[0].matches[0].path.value: a path starts with "/", got "a"',
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        matches:\n"
+        "          - path: {type: RegularExpression, value: '/a('}\n",
+        "mesh.yaml:6: services[0].routes[0].matches[0].path.value: invalid regular expression",
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        matches:\n"
+        "          - method: get\n",
+        "mesh.yaml:6: services[0].routes[0].matches[0].method: expected one of GET, HEAD, POST",
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        matches:\n"
+        "          - headers:\n              - {name: 'x y', value: v}\n",
+        'mesh.yaml:7: services[0].routes[0].matches[0].headers[0].name: "x y"'
+        " is not a valid header name",
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        matches:\n"
+        "          - headers:\n              - {name: x}\n",
+        'mesh.yaml:7: services[0].routes[0].matches[0].headers[0]: missing required field "value"',
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        matches:\n"
+        "          - queryParams: []\n",
+        "mesh.yaml:6: services[0].routes[0].matches[0].queryParams: unknown"
+        " field (known: path, method, headers)",
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        retryable: yes please\n",
+        'mesh.yaml:5: services[0].routes[0].retryable: expected true or false, got "yes please"',
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        retryable: false\n"
+        "        retry: {codes: [503]}\n",
+        "mesh.yaml:6: services[0].routes[0].retry: the route says retryable: false; drop one",
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        retry: {codes: [700]}\n",
+        "mesh.yaml:5: services[0].routes[0].retry.codes[0]: must be between 100 and 599, got 700",
+    ),
+    (
+        "services:\n  - name: a\n    routes:\n      - name: r\n        timeout: 1s\n"
+        "        timeouts: {request: 2s}\n",
+        "mesh.yaml:6: services[0].routes[0].timeouts: give either timeout or timeouts",
+    ),
+    (
+        "services:\n  - name: a\n    retryBudget:\n      retryRatio: lots\n",
+        'mesh.yaml:4: services[0].retryBudget.retryRatio: expected a number, got "lots"',
+    ),
+    (
+        "services:\n  - name: a\n    retryBudget:\n      ttl: 10\n",
+        "mesh.yaml:4: services[0].retryBudget.ttl: expected a duration like"
+        ' "500ms" or "2s", got "10"',
+    ),
+    (
+        "services:\n  - name: a\n    backends:\n      - {name: b, weight: 1}\n",
+        'mesh.yaml:4: services[0].backends[0].name: no service named "b" (services: a)',
+    ),
+    (
+        "services:\n  - name: a\n    backends:\n      - {name: a, weight: 0}\n",
+        "mesh.yaml:4: services[0].backends: at least one backend needs a weight above zero",
+    ),
+    (
+        "services:\n  - name: a\n    backends:\n      - {name: a}\n",
+        'mesh.yaml:4: services[0].backends[0]: missing required field "weight"',
+    ),
+]
+
+
+@pytest.mark.parametrize(("text", "expected"), BAD, ids=[expected for _, expected in BAD])
+def test_bad_manifests_name_the_field_and_the_line(text: str, expected: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text)
+    message = str(caught.value)
+    assert any(line.startswith(expected) for line in message.splitlines()), message
+
+
+def test_every_problem_is_reported_in_file_order() -> None:
+    text = dedent(
+        """\
+        services:
+          - name: a
+            port: zero
+          - name: b
+            routes:
+              - name: r
+                timeout: soon
+        """
+    )
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text, source="conf/mesh.yaml")
+    lines = str(caught.value).splitlines()
+    assert lines == [
+        'conf/mesh.yaml:3: services[0].port: expected a whole number, got "zero"',
+        'conf/mesh.yaml:7: services[1].routes[0].timeout: expected a duration like "500ms" or '
+        '"2s", got "soon"',
+    ]
+    assert [problem.line for problem in caught.value.problems] == [3, 7]
+
+
+def test_a_missing_file_is_a_manifest_error(tmp_path: Path) -> None:
+    with pytest.raises(ManifestError, match="cannot read the file"):
+        load_manifest(tmp_path / "absent.yaml")
