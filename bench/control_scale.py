@@ -23,7 +23,6 @@ import asyncio
 import json
 import os
 import re
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -68,9 +67,10 @@ async def client_main(port: int, first: int, count: int, services: int, per_chan
                     all_ready.set()
                 continue
             if update.WhichOneof("update") == "add":
-                for addr in update.add.addrs:
-                    if addr.port >= CHANGE_PORT_BASE:
-                        received.setdefault(addr.port - CHANGE_PORT_BASE, []).append(now)
+                for endpoint in update.add.addrs:
+                    if endpoint.addr.port >= CHANGE_PORT_BASE:
+                        change = endpoint.addr.port - CHANGE_PORT_BASE
+                        received.setdefault(change, []).append(now)
 
     tasks = [
         asyncio.create_task(follow(first + i, channels[i // per_channel])) for i in range(count)

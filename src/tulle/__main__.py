@@ -1,4 +1,4 @@
-"""`python -m tulle`: the same entry point as the `tulle` console script."""
+"""`python -m tulle`: the same as the `tulle` command."""
 
 from tulle.cli.main import run
 

@@ -35,6 +35,7 @@ from functools import partial
 from typing import Any, TypeVar
 
 import grpc
+from google.protobuf.duration_pb2 import Duration
 
 from tulle.api.proto import destination_pb2 as pb
 from tulle.api.proto import destination_pb2_grpc as pb_grpc
@@ -49,6 +50,7 @@ from tulle.core.discovery import (
     Route,
     RouteMatch,
     ServiceView,
+    parse_address,
 )
 
 log = logging.getLogger("tulle.api.destination")
@@ -83,11 +85,21 @@ def normalize_service_name(name: str) -> str:
     return text.removesuffix(".")
 
 
+def parse_control_addresses(text: str) -> list[Address]:
+    """Parse `--control-addr HOST:PORT[,HOST:PORT...]`; raises ValueError naming the bad part."""
+    addresses = [parse_address(part) for part in text.split(",") if part.strip()]
+    if not addresses:
+        raise ValueError(
+            f"bad control-plane address list {text!r}: expected HOST:PORT[,HOST:PORT...]"
+        )
+    return addresses
+
+
 # -- protobuf to the discovery model --------------------------------------------
 
 
-def _seconds(duration: object) -> float:
-    return float(getattr(duration, "seconds", 0)) + float(getattr(duration, "nanos", 0)) / 1e9
+def _seconds(duration: Duration) -> float:
+    return duration.ToNanoseconds() / 1e9
 
 
 def endpoint_from_message(message: pb.WeightedAddr) -> Endpoint:
@@ -208,6 +220,11 @@ class ControlResolver:
     # -- Resolver ----------------------------------------------------------
 
     def resolve(self, name: str) -> ServiceView:
+        # Fast path for the request path: keys are normalised, and a name equal
+        # to a key is already normal (normalising is idempotent).
+        view = self._views.get(name)
+        if view is not None and not self._pending:
+            return view
         key = normalize_service_name(name)
         view = self._views.get(key)
         if view is None:

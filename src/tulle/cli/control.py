@@ -91,7 +91,7 @@ def control(
     try:
         run(config)
     except ManifestError as exc:
-        typer.echo(f"tulle control: cannot start, the manifest is not valid:\n{exc}", err=True)
+        typer.echo(f"tulle control: cannot start, the manifest is unusable:\n{exc}", err=True)
         raise typer.Exit(1) from None
     except OSError as exc:
         typer.echo(f"tulle control: cannot start: {exc}", err=True)

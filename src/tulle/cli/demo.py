@@ -24,6 +24,7 @@ from typing import IO, Literal
 import typer
 from rich.console import Console
 from rich.table import Table
+from rich.text import Text
 
 from tulle.cli.main import app
 from tulle.demo import backend as demo_backend
@@ -41,6 +42,12 @@ DEMO_SERVICE_NAME = "demo"
 
 console = Console()
 error_console = Console(stderr=True)
+
+
+def _print_error(command: str, message: str) -> None:
+    # Plain Text, not markup: child logs may contain brackets; no wrapping so
+    # paths and commands stay copyable.
+    error_console.print(Text(f"{command}: ", style="bold red") + Text(message), soft_wrap=True)
 
 
 class DemoError(Exception):
@@ -279,7 +286,7 @@ def _run_or_exit(
     try:
         code = run_demo(host, backend_port, outbound_port, inbound_port, admin_port)
     except DemoError as error:
-        error_console.print(f"[bold red]tulle demo:[/] {error}")
+        _print_error("tulle demo", str(error))
         raise typer.Exit(1) from None
     raise typer.Exit(code)
 
@@ -298,7 +305,7 @@ def demo_backend_command(
 ) -> None:
     """Run only the demo backend, in the foreground."""
     if mode not in ("http", "tcp-echo", "banner"):
-        error_console.print(f"[bold red]tulle demo backend:[/] unknown mode {mode!r}")
+        _print_error("tulle demo backend", f"unknown mode {mode!r}")
         raise typer.Exit(2)
     backend_mode: Literal["http", "tcp-echo", "banner"] = (
         "http" if mode == "http" else "tcp-echo" if mode == "tcp-echo" else "banner"
@@ -306,7 +313,7 @@ def demo_backend_command(
     try:
         host, port = demo_backend.parse_addr(addr)
     except ValueError as error:
-        error_console.print(f"[bold red]tulle demo backend:[/] {error}")
+        _print_error("tulle demo backend", str(error))
         raise typer.Exit(2) from None
 
     def announce(bound: tuple[str, int]) -> None:
@@ -316,7 +323,7 @@ def demo_backend_command(
     try:
         demo_backend.run(f"{host}:{port}", backend_mode, announce)
     except OSError as error:
-        error_console.print(f"[bold red]tulle demo backend:[/] cannot listen on {addr}: {error}")
+        _print_error("tulle demo backend", f"cannot listen on {addr}: {error}")
         raise typer.Exit(1) from None
     with contextlib.suppress(BrokenPipeError):
         sys.stdout.flush()

@@ -2,14 +2,15 @@
 
 from __future__ import annotations
 
-import logging
+import os
 import sys
 
 import typer
 
 from tulle.cli.main import app
 from tulle.core.discovery import Address, Endpoint, parse_address, parse_static_dst
-from tulle.proxy.config import Limits, ProxyConfig, Timeouts
+from tulle.proxy.config import Limits, ProxyConfig, Timeouts, config_to_json
+from tulle.proxy.runner import CONFIG_ENV
 
 
 def _addr(value: str, flag: str) -> Address:
@@ -88,15 +89,41 @@ def proxy(
     max_head_bytes: int = typer.Option(
         65536, envvar="TULLE_PROXY_MAX_HEAD_BYTES", help="Largest request head (then 431)."
     ),
+    identity: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_IDENTITY",
+        help="This workload's SPIFFE ID; turns on mTLS between proxies.",
+    ),
+    identity_token: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_IDENTITY_TOKEN",
+        help="Join token proving the identity (from `tulle identity token`).",
+    ),
+    identity_token_file: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_IDENTITY_TOKEN_FILE",
+        help="Read the join token from this file instead.",
+    ),
+    identity_addr: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_IDENTITY_ADDR",
+        help="Identity service HOST:PORT[,...]; defaults to --control-addr.",
+    ),
+    identity_issuer_dir: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_IDENTITY_ISSUER_DIR",
+        help="Sign our own leaf with this issuer directory (tests, one machine) instead of "
+        "asking the control plane.",
+    ),
+    identity_leaf_ttl: float = typer.Option(
+        86400.0,
+        envvar="TULLE_PROXY_IDENTITY_LEAF_TTL",
+        help="Leaf lifetime in seconds with --identity-issuer-dir.",
+    ),
     log_level: str = typer.Option(
         "info", envvar="TULLE_PROXY_LOG_LEVEL", help="debug, info, warning or error."
     ),
 ) -> None:
-    logging.basicConfig(
-        level=getattr(logging, log_level.upper(), logging.INFO),
-        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
-        stream=sys.stderr,
-    )
     services: dict[str, list[Endpoint]] = {}
     for spec in static_dst:
         for one in spec.split(";"):
@@ -109,9 +136,27 @@ def proxy(
             services[name] = endpoints
     controls: tuple[Address, ...] = ()
     if control_addr:
-        controls = tuple(
-            _addr(a, "--control-addr") for a in control_addr.split(",") if a.strip()
+        controls = tuple(_addr(a, "--control-addr") for a in control_addr.split(",") if a.strip())
+    token = identity_token
+    if identity_token_file:
+        try:
+            with open(identity_token_file, encoding="utf-8") as f:
+                token = f.read().strip()
+        except OSError as exc:
+            raise typer.BadParameter(str(exc), param_hint="--identity-token-file") from None
+    if identity and not (token or identity_issuer_dir):
+        raise typer.BadParameter(
+            "an identity needs --identity-token(-file) or --identity-issuer-dir",
+            param_hint="--identity",
         )
+    if identity and token and not (controls or identity_addr):
+        raise typer.BadParameter(
+            "an identity token needs --control-addr or --identity-addr to send the CSR to",
+            param_hint="--identity",
+        )
+    identity_addrs = tuple(
+        _addr(a, "--identity-addr") for a in identity_addr.split(",") if a.strip()
+    )
     config = ProxyConfig(
         inbound_addr=_addr(inbound_addr, "--inbound-addr"),
         outbound_addr=_addr(outbound_addr, "--outbound-addr"),
@@ -129,8 +174,16 @@ def proxy(
             shutdown_grace_s=shutdown_grace,
         ),
         limits=Limits(max_head_bytes=max_head_bytes),
+        identity=identity,
+        identity_token=token,
+        identity_addrs=identity_addrs,
+        identity_issuer_dir=identity_issuer_dir,
+        identity_leaf_ttl_s=identity_leaf_ttl,
         log_level=log_level,
     )
-    from tulle.proxy.app import run
-
-    raise typer.Exit(run(config))
+    # Replace this process (same pid) with the lean proxy image; see runner.py.
+    env = dict(os.environ)
+    env[CONFIG_ENV] = config_to_json(config)
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, "-m", "tulle.proxy.runner"], env)

@@ -481,6 +481,12 @@ class _Reader:
                     continue
                 route_names[route.name] = _line(route_node)
                 routes.append(route)
+        if protocol == "opaque" and routes:
+            self.problem(
+                fields["routes"],
+                f"{path}.routes",
+                "an opaque (TCP) service has no HTTP routes; drop them or change the protocol",
+            )
         budget = RetryBudgetSpec()
         if "retryBudget" in fields:
             budget = self.retry_budget(fields["retryBudget"], f"{path}.retryBudget") or budget

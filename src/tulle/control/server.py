@@ -38,6 +38,9 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.keepalive_permit_without_calls", 1),
     ("grpc.http2.min_ping_interval_without_data_ms", 5_000),
     ("grpc.http2.max_ping_strikes", 0),
+    # gRPC sets SO_REUSEPORT by default: two replicas on one port would then
+    # split connections silently instead of the second failing to start.
+    ("grpc.so_reuseport", 0),
 ]
 STOP_GRACE_S = 0.5
 
@@ -86,19 +89,28 @@ class ControlPlane:
         log.info("manifest change sent to %d watched authorities", changed)
 
     async def start(self) -> None:
+        """Listen and start watching; raises OSError (after cleaning up) if a port is taken."""
         server = grpc.aio.server(options=SERVER_OPTIONS)
         service = DestinationService(
             self.watcher, self.metrics, queue_capacity=self.config.queue_capacity
         )
         pb_grpc.add_DestinationServicer_to_server(service, server)
-        host, port = self.config.grpc_addr
-        bound = server.add_insecure_port(format_address((host, port)))
+        target = format_address(self.config.grpc_addr)
+        try:
+            bound = server.add_insecure_port(target)
+        except RuntimeError:
+            bound = 0
         if bound == 0:
-            raise OSError(f"cannot listen for gRPC on {format_address((host, port))}")
+            raise OSError(f"cannot listen for gRPC on {target}: address in use or not local")
         await server.start()
         self._server = server
-        self.grpc_address = (host, bound)
-        self.admin_address = await self._admin.start(*self.config.admin_addr)
+        self.grpc_address = (self.config.grpc_addr[0], bound)
+        try:
+            self.admin_address = await self._admin.start(*self.config.admin_addr)
+        except OSError as exc:
+            await self.stop()
+            admin = format_address(self.config.admin_addr)
+            raise OSError(f"cannot listen for admin on {admin}: {exc.strerror or exc}") from None
         self._poller = asyncio.create_task(self._source.run(), name="manifest-poller")
 
     async def stop(self) -> None:

@@ -218,12 +218,20 @@ def parse_address(text: str, *, default_host: str | None = None) -> Address:
 
 
 def parse_static_dst(spec: str) -> tuple[str, list[Endpoint]]:
-    """Parse NAME=HOST:PORT[,HOST:PORT...]."""
+    """Parse NAME=HOST:PORT[@IDENTITY][,HOST:PORT[@IDENTITY]...].
+
+    An endpoint with `@spiffe://...` is meshed: the proxy calls it over mTLS
+    and checks that it presents that identity."""
     name, sep, addrs = spec.partition("=")
     name = name.strip().lower()
     if not sep or not name:
         raise ValueError(f"bad --static-dst {spec!r}: expected NAME=HOST:PORT[,HOST:PORT...]")
-    endpoints = [Endpoint(parse_address(a)) for a in addrs.split(",") if a.strip()]
+    endpoints = []
+    for one in addrs.split(","):
+        if not one.strip():
+            continue
+        addr, _, identity = one.partition("@")
+        endpoints.append(Endpoint(parse_address(addr), identity=identity.strip() or None))
     if not endpoints:
         raise ValueError(f"bad --static-dst {spec!r}: no endpoints after '='")
     return name, endpoints

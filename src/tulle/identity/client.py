@@ -328,12 +328,21 @@ class CertManager:
         while True:
             try:
                 certificate = await self.renew()
-            except (CertifyFailed, CertificationRefused, IssuerUnavailable) as error:
+            except Exception as error:
+                # Whatever went wrong, the loop must survive: a proxy that stops
+                # renewing fails every connection a few hours later.
                 self.failures += 1
-                self.last_error = str(error)
+                self.last_error = str(error) or type(error).__name__
                 delay = self._retry.next_delay()
+                expected = isinstance(
+                    error, (CertifyFailed, CertificationRefused, IssuerUnavailable)
+                )
                 log.warning(
-                    "certificate for %s: %s; retrying in %.1f s", self.identity, error, delay
+                    "certificate for %s: %s; retrying in %.1f s",
+                    self.identity,
+                    self.last_error,
+                    delay,
+                    exc_info=not expected,
                 )
             else:
                 self._retry.reset()
@@ -363,6 +372,8 @@ class CertManager:
                     self._on_bundle(bundle)
             except CertifyFailed as error:
                 log.info("trust bundle watch for %s: %s", self.identity, error)
+            except Exception:
+                log.warning("trust bundle watch for %s failed", self.identity, exc_info=True)
             await self._sleep(self._watch_retry.next_delay())
 
 
@@ -391,6 +402,7 @@ class GrpcCertificateSource:
         self._channels: dict[str, grpc.aio.Channel] = {}
         # The replica that answered last is asked first next time.
         self._preferred = 0
+        self._next_watch = 0
 
     def _stub(self, address: str) -> identity_pb2_grpc.IdentityAsyncStub:
         channel = self._channels.get(address)
@@ -429,9 +441,9 @@ class GrpcCertificateSource:
         raise CertifyFailed("; ".join(errors))
 
     async def watch_bundles(self, identity: str) -> AsyncIterator[TrustBundle]:
-        index = self._in_turn()[0]
-        self._preferred = (index + 1) % len(self.addresses)  # next watch: another replica
-        address = self.addresses[index]
+        # Each new watch goes to the next replica, so a dead one is not retried forever.
+        address = self.addresses[self._next_watch % len(self.addresses)]
+        self._next_watch += 1
         call = self._stub(address).WatchTrustBundle(
             identity_pb2.WatchTrustBundleRequest(identity=identity)
         )

@@ -137,6 +137,20 @@ class IssuerDirectory:
         self._write_pair(ISSUER_KEY, ISSUER_CERT, issuer)
         return IssuerMaterial(trust_domain, issuer, TrustBundle((anchor.certificate,)), secret)
 
+    def ensure(self, trust_domain: str, *, now: float) -> IssuerMaterial:
+        """Load the directory, initialising it first if it holds nothing (for `tulle up`).
+
+        An existing directory for another trust domain is an error, never replaced.
+        """
+        if not self.existing_files():
+            return self.init(trust_domain, now=now)
+        material = self.load_material()
+        if material.trust_domain != trust_domain:
+            raise IdentityStoreError(
+                f"{self.path} is for trust domain {material.trust_domain!r}, not {trust_domain!r}"
+            )
+        return material
+
     def rotate_issuer(self, *, now: float, ttl_s: float = DEFAULT_ISSUER_TTL_S) -> KeyPair:
         """A new issuer signed by the current anchor; existing leaves stay valid."""
         anchor = self.load_anchor()

@@ -135,7 +135,7 @@ class Acceptor:
         entry = self._pending.get(fd)
         if entry is None:
             return
-        conn, peer, timer = entry
+        conn, peer, _timer = entry
         try:
             data = conn.recv(PEEK_BYTES, socket.MSG_PEEK)
         except (BlockingIOError, InterruptedError):

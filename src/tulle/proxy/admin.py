@@ -25,10 +25,10 @@ log = logging.getLogger(__name__)
 class AdminState:
     snapshot: Callable[[], Awaitable[list[Snapshot]]]
     describe: Callable[[], Awaitable[list[dict[str, Any]]]]
-    ready: Callable[[], bool]
+    ready: Callable[[], Awaitable[bool]]
     shutdown: Callable[[], object]
     # Extra text appended to /metrics (e.g. identity gauges).
-    extra_metrics: Callable[[], str] | None = None
+    extra_metrics: Callable[[], Awaitable[str]] | None = None
 
 
 class _AdminConnection(asyncio.Protocol):
@@ -81,12 +81,12 @@ class _AdminConnection(asyncio.Protocol):
             snaps = await state.snapshot()
             text = render(merge(snaps))
             if state.extra_metrics is not None:
-                text += state.extra_metrics()
+                text += await state.extra_metrics()
             self._write(200, b"text/plain; version=0.0.4; charset=utf-8", text.encode(), close)
         elif path == b"/live":
             self._write(200, b"text/plain", b"live\n", close)
         elif path == b"/ready":
-            if state.ready():
+            if await state.ready():
                 self._write(200, b"text/plain", b"ready\n", close)
             else:
                 self._write(503, b"text/plain", b"not ready\n", close)
@@ -101,7 +101,9 @@ class _AdminConnection(asyncio.Protocol):
             body = json.dumps(described[0] if len(described) == 1 else described, indent=2)
             self._write(200, b"application/json", body.encode() + b"\n", close)
         else:
-            self._write(404, b"text/plain", b"not found: try /metrics /ready /live /config\n", close)
+            self._write(
+                404, b"text/plain", b"not found: try /metrics /ready /live /config\n", close
+            )
 
     def _write(self, status: int, ctype: bytes, body: bytes, close: bool) -> None:
         if self.transport is None or self.transport.is_closing():

@@ -21,11 +21,13 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any
+from typing import Any, TypeVar
 
 from tulle.codec.detect import Kind
+from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
 from tulle.net.listen import Acceptor, bind, original_dst
+from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, MeshTls, offered_mesh_alpn
 from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
@@ -35,6 +37,7 @@ from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tcp import Tunnel
 
 log = logging.getLogger("tulle.proxy")
+_T = TypeVar("_T")
 
 SWEEP_INTERVAL_S = 0.25
 
@@ -71,6 +74,42 @@ class Worker:
         self.draining = False
         self.outbound = self._context("outbound", None)
         self.inbound = self._context("inbound", config.app_addr)
+        self.mesh: MeshTls | None = None
+
+    async def start_identity(self) -> None:
+        """With an identity configured: ask for a certificate (in the background).
+
+        The proxy is not ready until it has one; meanwhile calls to meshed
+        endpoints fail fast with 503 identity-not-ready."""
+        cfg = self.config
+        if not cfg.identity:
+            return
+        from pathlib import Path
+
+        from tulle.identity.client import CertManager
+
+        if cfg.identity_issuer_dir:
+            certs = CertManager.from_local_issuer(
+                cfg.identity,
+                Path(cfg.identity_issuer_dir),
+                leaf_ttl_s=cfg.identity_leaf_ttl_s,
+            )
+        else:
+            addrs = cfg.identity_addrs or cfg.control_addrs
+            certs = CertManager.from_control_plane(
+                cfg.identity, [f"{h}:{p}" for h, p in addrs], cfg.identity_token
+            )
+        self.mesh = MeshTls(certs)
+        for ctx in self.contexts:
+            ctx.mesh = self.mesh
+        await certs.start()
+
+    @property
+    def ready(self) -> bool:
+        return self.mesh is None or self.mesh.ready
+
+    def extra_metrics(self) -> str:
+        return self.mesh.certs.render_prometheus() if self.mesh is not None else ""
 
     def _context(self, direction: str, fixed: Address | None) -> ProxyContext:
         holder: list[ProxyContext] = []
@@ -115,10 +154,13 @@ class Worker:
                 sock.close()
                 return
             orig = original_dst(sock) if ctx.direction == "outbound" else None
+            if kind is Kind.TLS and ctx.direction == "inbound" and ctx.mesh is not None:
+                alpn = self._mesh_alpn(data)
+                if alpn is not None:
+                    loop.create_task(self._accept_mesh_tls(ctx, sock, peer, alpn))
+                    return
             if kind is Kind.HTTP1:
-                loop.create_task(
-                    self._attach(sock, lambda: Http1Server(ctx, peer, orig))
-                )
+                loop.create_task(self._attach(sock, lambda: Http1Server(ctx, peer, orig)))
                 return
             # TLS that is not the mesh's, HTTP/2 until its path is wired, and
             # unknown bytes: opaque TCP to where the connection was going.
@@ -131,6 +173,64 @@ class Worker:
 
         return on_detected
 
+    @staticmethod
+    def _mesh_alpn(data: bytes) -> str | None:
+        try:
+            hello = parse_client_hello(data)
+        except Incomplete:
+            return None
+        return offered_mesh_alpn(hello.alpn) if hello is not None else None
+
+    async def _accept_mesh_tls(
+        self, ctx: ProxyContext, sock: socket.socket, peer: Address, alpn: str
+    ) -> None:
+        """Terminate the mesh's mTLS; ALPN says what runs inside."""
+        mesh = ctx.mesh
+        server_ctx = mesh.server_context() if mesh is not None else None
+        if server_ctx is None:
+            ctx.metrics.proxy_error(ctx.direction, "identity-not-ready")
+            sock.close()
+            return
+        app_addr = ctx.config.app_addr
+        factory: Callable[[], asyncio.Protocol]
+        tunnel: Tunnel | None = None
+        if alpn == ALPN_HTTP1:
+            factory = lambda: Http1Server(ctx, peer, None)  # noqa: E731
+        elif alpn == ALPN_OPAQUE and app_addr is not None:
+            label = f"{app_addr[0]}:{app_addr[1]}"
+            tunnel = Tunnel(
+                ctx.metrics.tcp(ctx.direction, "src", label),
+                ctx.metrics.tcp(ctx.direction, "dst", label),
+            )
+            try:
+                await asyncio.wait_for(
+                    self.loop.create_connection(lambda: tunnel.upstream, *app_addr),
+                    ctx.config.timeouts.connect_s,
+                )
+            except (OSError, TimeoutError):
+                ctx.metrics.proxy_error(ctx.direction, "opaque-connect-failed")
+                sock.close()
+                return
+            factory = lambda: tunnel.downstream  # noqa: E731
+        else:
+            ctx.metrics.proxy_error(ctx.direction, "unsupported-mesh-protocol")
+            sock.close()
+            return
+        try:
+            await self.loop.connect_accepted_socket(
+                factory, sock, ssl=server_ctx, ssl_handshake_timeout=10.0
+            )
+        except (OSError, TimeoutError) as exc:
+            # A forged, expired or foreign certificate ends here.
+            self.metrics.inc("tls_handshake_failure_total", (("direction", ctx.direction),))
+            log.info("mesh TLS handshake from %s:%d failed: %s", peer[0], peer[1], exc)
+            sock.close()
+            if tunnel is not None:
+                tunnel.close(abort=True)
+            return
+        if tunnel is not None:
+            tunnel.start()
+
     async def _attach(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         try:
             await self.loop.connect_accepted_socket(factory, sock)
@@ -140,7 +240,8 @@ class Worker:
     async def _opaque(self, ctx: ProxyContext, sock: socket.socket, dst: Address) -> None:
         label = f"{dst[0]}:{dst[1]}"
         tunnel = Tunnel(
-            ctx.metrics.tcp(ctx.direction, "src", label), ctx.metrics.tcp(ctx.direction, "dst", label)
+            ctx.metrics.tcp(ctx.direction, "src", label),
+            ctx.metrics.tcp(ctx.direction, "dst", label),
         )
         try:
             await asyncio.wait_for(
@@ -197,6 +298,8 @@ class Worker:
                 conn.abort()
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.mesh is not None:
+            await self.mesh.certs.close()
         await self.resolver.close()
         self.stopped.set()
 
@@ -228,8 +331,12 @@ class Worker:
         snap = self.metrics.snapshot()
         for name in ("endpoints", "endpoints_ejected"):
             if name in snap:
-                kind, help_text, values = snap[name]
-                snap[name] = ("gauge", "Endpoints known per service, and those circuit-broken.", values)
+                _kind, _help_text, values = snap[name]
+                snap[name] = (
+                    "gauge",
+                    "Endpoints known per service, and those circuit-broken.",
+                    values,
+                )
         return snap
 
 
@@ -247,7 +354,9 @@ def _serve_snapshots(loop: asyncio.AbstractEventLoop, sock: socket.socket, worke
         if not cmd:
             loop.remove_reader(sock.fileno())
             return
-        payload = pickle.dumps((worker.snapshot(), worker.describe()))
+        payload = pickle.dumps(
+            (worker.snapshot(), worker.describe(), worker.ready, worker.extra_metrics())
+        )
         sock.setblocking(True)
         try:
             sock.sendall(struct.pack("!I", len(payload)) + payload)
@@ -272,11 +381,13 @@ async def _run_single(config: ProxyConfig) -> int:
     except OSError as exc:
         print(f"tulle proxy: cannot listen: {exc}", file=sys.stderr)
         return 2
+    await worker.start_identity()
     state = AdminState(
         snapshot=lambda: _async_value([worker.snapshot()]),
         describe=lambda: _async_value([worker.describe()]),
-        ready=lambda: True,
+        ready=lambda: _async_value(worker.ready and not worker.draining),
         shutdown=lambda: loop.create_task(worker.drain()),
+        extra_metrics=lambda: _async_value(worker.extra_metrics()),
     )
     try:
         admin = await AdminServer.start(loop, config.admin_addr, state)
@@ -295,7 +406,7 @@ async def _run_single(config: ProxyConfig) -> int:
     return 0
 
 
-async def _async_value(value: Any) -> Any:
+async def _async_value(value: _T) -> _T:
     return value
 
 
@@ -315,6 +426,7 @@ def _worker_main(config: ProxyConfig, sock: socket.socket) -> None:
         except OSError as exc:
             print(f"tulle proxy worker: cannot listen: {exc}", file=sys.stderr)
             return 2
+        await worker.start_identity()
         _serve_snapshots(asyncio.get_running_loop(), sock, worker)
         _install_signals(asyncio.get_running_loop(), worker.drain)
         await worker.stopped.wait()
@@ -361,7 +473,7 @@ async def _run_workers(config: ProxyConfig) -> int:
     for h in handles:
         spawn(h)
 
-    async def ask(h: _WorkerHandle) -> tuple[Snapshot, dict[str, Any]] | None:
+    async def ask(h: _WorkerHandle) -> tuple[Snapshot, dict[str, Any], bool, str] | None:
         if h.sock is None:
             return None
         async with h.lock:
@@ -372,7 +484,7 @@ async def _run_workers(config: ProxyConfig) -> int:
                 payload = await _recv_exact(loop, h.sock, size)
             except (OSError, EOFError):
                 return None
-        result: tuple[Snapshot, dict[str, Any]] = pickle.loads(payload)
+        result: tuple[Snapshot, dict[str, Any], bool, str] = pickle.loads(payload)
         return result
 
     async def snapshots() -> list[Snapshot]:
@@ -382,6 +494,18 @@ async def _run_workers(config: ProxyConfig) -> int:
     async def describes() -> list[dict[str, Any]]:
         results = await asyncio.gather(*(ask(h) for h in handles))
         return [r[1] for r in results if r is not None]
+
+    async def ready() -> bool:
+        if stopping:
+            return False
+        results = await asyncio.gather(*(ask(h) for h in handles))
+        return all(r is not None and r[2] for r in results)
+
+    async def extra() -> str:
+        # Each worker holds its own certificate; report the soonest to expire.
+        results = [r for r in await asyncio.gather(*(ask(h) for h in handles)) if r]
+        texts = sorted((r[3] for r in results if r[3]), key=len)
+        return texts[0] if texts else ""
 
     stopped = asyncio.Event()
 
@@ -398,8 +522,9 @@ async def _run_workers(config: ProxyConfig) -> int:
     state = AdminState(
         snapshot=snapshots,
         describe=describes,
-        ready=lambda: not stopping,
+        ready=ready,
         shutdown=lambda: loop.create_task(stop()),
+        extra_metrics=extra,
     )
     try:
         admin = await AdminServer.start(loop, config.admin_addr, state)

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import json
+from dataclasses import asdict, dataclass, field
+from typing import Any
 
 from tulle.core.discovery import Address, Endpoint
 
@@ -51,5 +53,64 @@ class ProxyConfig:
     # Identity, for mTLS; empty when the proxy runs without it.
     identity: str = ""
     identity_token: str = ""
-    identity_dir: str = ""
+    # Where to send CSRs; defaults to the control-plane addresses.
+    identity_addrs: tuple[Address, ...] = ()
+    # Sign locally with an issuer directory instead (tests, single machine).
+    identity_issuer_dir: str = ""
+    identity_leaf_ttl_s: float = 24 * 3600.0
     log_level: str = "info"
+
+
+def config_to_json(config: ProxyConfig) -> str:
+    data = asdict(config)
+    data["static_dst"] = {
+        name: [
+            {
+                "address": list(ep.address),
+                "weight": ep.weight,
+                "identity": ep.identity,
+                "protocol_hint": ep.protocol_hint,
+                "labels": dict(ep.labels),
+            }
+            for ep in eps
+        ]
+        for name, eps in config.static_dst.items()
+    }
+    return json.dumps(data)
+
+
+def config_from_json(text: str) -> ProxyConfig:
+    data: dict[str, Any] = json.loads(text)
+
+    def addr(value: Any) -> Address:
+        return (str(value[0]), int(value[1]))
+
+    return ProxyConfig(
+        inbound_addr=addr(data["inbound_addr"]),
+        outbound_addr=addr(data["outbound_addr"]),
+        admin_addr=addr(data["admin_addr"]),
+        app_addr=addr(data["app_addr"]) if data["app_addr"] else None,
+        static_dst={
+            name: [
+                Endpoint(
+                    addr(ep["address"]),
+                    weight=ep["weight"],
+                    identity=ep["identity"],
+                    protocol_hint=ep["protocol_hint"],
+                    labels=ep["labels"],
+                )
+                for ep in eps
+            ]
+            for name, eps in data["static_dst"].items()
+        },
+        control_addrs=tuple(addr(a) for a in data["control_addrs"]),
+        workers=data["workers"],
+        timeouts=Timeouts(**data["timeouts"]),
+        limits=Limits(**data["limits"]),
+        identity=data["identity"],
+        identity_token=data["identity_token"],
+        identity_addrs=tuple(addr(a) for a in data["identity_addrs"]),
+        identity_issuer_dir=data["identity_issuer_dir"],
+        identity_leaf_ttl_s=data["identity_leaf_ttl_s"],
+        log_level=data["log_level"],
+    )

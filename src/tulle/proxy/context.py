@@ -11,6 +11,7 @@ from tulle.proxy.metrics import Metrics, TcpStats
 from tulle.proxy.router import Router
 
 if TYPE_CHECKING:
+    from tulle.net.mtls import MeshTls
     from tulle.proxy.http1 import Http1Server
 
 
@@ -33,6 +34,8 @@ class ProxyContext:
         self.connections: set[Http1Server] = set()
         self.draining = False
         self.downstream_tcp: TcpStats = metrics.tcp(direction, "src", "")
+        # Mesh TLS, when the proxy has an identity; None means plaintext only.
+        self.mesh: MeshTls | None = None
 
     def record_rejected(self, status: int, reason: str) -> None:
         """A request refused before it had an authority (bad input)."""

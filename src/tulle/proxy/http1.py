@@ -29,9 +29,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections import deque
-from typing import TYPE_CHECKING, cast
+from typing import TYPE_CHECKING, Literal, cast
 
 from tulle.codec.http1 import (
     REASONS,
@@ -43,8 +44,8 @@ from tulle.codec.http1 import (
     encode_chunk,
     encode_last_chunk,
     error_response,
-    status_has_no_body,
 )
+from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
 from tulle.proxy.router import IDEMPOTENT_METHODS, PoolHandle, RoutePolicy, ServiceTarget
 from tulle.proxy.tcp import Tunnel
 
@@ -66,12 +67,21 @@ class EndpointPool(PoolHandle):
     def __init__(self, ctx: ProxyContext, address: tuple[str, int], identity: str | None) -> None:
         self.ctx = ctx
         self.address = address
+        # The identity the endpoint must present; None: plaintext (not meshed).
         self.identity = identity
         self.label = f"{address[0]}:{address[1]}"
         self.idle: list[UpstreamConn] = []
         self.closed = False
         self.max_idle = ctx.config.limits.max_idle_per_endpoint
         self.tcp_stats = ctx.metrics.tcp(ctx.direction, "dst", self.label)
+
+    def tls_context(self, alpn: str) -> ssl.SSLContext | Literal[False] | None:
+        """The client TLS context for this endpoint: None for plaintext, False
+        when the endpoint is meshed but this proxy has no certificate yet."""
+        if not self.identity or self.ctx.mesh is None:
+            return None
+        context = self.ctx.mesh.client_context(alpn)
+        return context if context is not None else False
 
     def take(self) -> UpstreamConn | None:
         idle = self.idle
@@ -110,10 +120,22 @@ class EndpointPool(PoolHandle):
 class UpstreamConn(asyncio.Protocol):
     """One keep-alive connection to an endpoint, carrying one exchange at a time."""
 
-    __slots__ = ("decoder", "exchange", "got_bytes", "idle", "lost", "out", "pool", "transport")
+    __slots__ = (
+        "decoder",
+        "exchange",
+        "got_bytes",
+        "idle",
+        "lost",
+        "out",
+        "peer_id",
+        "pool",
+        "transport",
+    )
 
     def __init__(self, pool: EndpointPool) -> None:
         self.pool = pool
+        # The server's verified identity when the connection is mesh TLS.
+        self.peer_id = ""
         self.transport: asyncio.Transport | None = None
         self.decoder = ResponseDecoder(self, pool.ctx.config.limits.max_head_bytes)
         self.exchange: Exchange | None = None
@@ -196,10 +218,7 @@ class UpstreamConn(asyncio.Protocol):
         out = self.out
         if out and self.transport is not None and not self.lost:
             stats = self.pool.tcp_stats
-            if len(out) == 1:
-                data = out[0]
-            else:
-                data = b"".join(out)
+            data = out[0] if len(out) == 1 else b"".join(out)
             stats.write_bytes += len(data)
             self.transport.write(data)
         out.clear()
@@ -235,6 +254,7 @@ class Exchange:
         "head",
         "outq",
         "outq_bytes",
+        "peer_id",
         "replay",
         "replay_bytes",
         "req_done",
@@ -280,6 +300,8 @@ class Exchange:
         self.close_after = False
         self.reused_conn = False
         self.endpoint_label = ""
+        # Inbound: the client's verified identity; outbound: the server's.
+        self.peer_id = server.client_id
         self.timer: asyncio.TimerHandle | None = None
         self.expect_continue = head.expect_continue
         self.tunnel_leftover: bytes | None = None
@@ -308,9 +330,7 @@ class Exchange:
                     # RFC 9112 3.2.2: the absolute-form authority replaces Host.
                     head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
                     head.headers.insert(0, (b"Host", authority))
-                    head.encoded = [
-                        line for line in head.encoded if line[:5].lower() != b"host:"
-                    ]
+                    head.encoded = [line for line in head.encoded if line[:5].lower() != b"host:"]
                     head.encoded.insert(0, b"Host: " + authority + b"\r\n")
                     head.host = authority
             elif host:
@@ -417,10 +437,21 @@ class Exchange:
 
     async def _connect(self, pool: EndpointPool) -> None:
         ctx = self.server.ctx
+        tls = pool.tls_context(ALPN_HTTP1)
+        if tls is False:
+            self._attempt_failed(
+                503, "identity-not-ready", "no workload certificate yet for mesh TLS"
+            )
+            self.server.flush_all()
+            return
         try:
-            _, conn = await asyncio.wait_for(
+            transport, conn = await asyncio.wait_for(
                 ctx.loop.create_connection(
-                    lambda: UpstreamConn(pool), pool.address[0], pool.address[1]
+                    lambda: UpstreamConn(pool),
+                    pool.address[0],
+                    pool.address[1],
+                    ssl=tls,
+                    server_hostname="" if tls is not None else None,
                 ),
                 ctx.config.timeouts.connect_s,
             )
@@ -431,8 +462,20 @@ class Exchange:
             self._attempt_failed(502, "connect-refused", f"{pool.label} refused the connection")
             return
         except OSError as exc:
-            self._attempt_failed(502, "connect-error", f"connecting to {pool.label}: {exc}")
+            reason = "tls-handshake-failed" if isinstance(exc, ssl.SSLError) else "connect-error"
+            self._attempt_failed(502, reason, f"connecting to {pool.label}: {exc}")
+            self.server.flush_all()
             return
+        if tls is not None and pool.identity:
+            try:
+                conn.peer_id = verify_identity(
+                    transport.get_extra_info("ssl_object"), pool.identity
+                )
+            except ssl.SSLError as exc:
+                conn.abort()
+                self._attempt_failed(502, "identity-mismatch", f"{pool.label}: {exc}")
+                self.server.flush_all()
+                return
         if self.status != _SENT or self.conn is not None:
             pool.put(conn)
             return
@@ -441,6 +484,7 @@ class Exchange:
 
     def _bind(self, conn: UpstreamConn) -> None:
         self.conn = conn
+        self.peer_id = conn.peer_id
         conn.exchange = self
         conn.got_bytes = False
         conn.decoder.expect(self, self.head.method == b"HEAD")
@@ -617,19 +661,38 @@ class Exchange:
         server = self.server
         ctx = server.ctx
         tunnel = Tunnel(server.tcp_stats, pool.tcp_stats)
+        tls = pool.tls_context(ALPN_OPAQUE)
+        if tls is False:
+            self._attempt_failed(
+                503, "identity-not-ready", "no workload certificate yet for mesh TLS"
+            )
+            server.flush()
+            return
         try:
-            await asyncio.wait_for(
+            transport, _ = await asyncio.wait_for(
                 ctx.loop.create_connection(
-                    lambda: tunnel.upstream, pool.address[0], pool.address[1]
+                    lambda: tunnel.upstream,
+                    pool.address[0],
+                    pool.address[1],
+                    ssl=tls,
+                    server_hostname="" if tls is not None else None,
                 ),
                 ctx.config.timeouts.connect_s,
             )
+            if tls is not None and pool.identity:
+                verify_identity(transport.get_extra_info("ssl_object"), pool.identity)
         except TimeoutError:
             self._attempt_failed(504, "connect-timeout", f"connecting to {pool.label} timed out")
             server.flush()
             return
         except OSError as exc:
-            reason = "connect-refused" if isinstance(exc, ConnectionRefusedError) else "connect-error"
+            tunnel.close(abort=True)
+            if isinstance(exc, ConnectionRefusedError):
+                reason = "connect-refused"
+            elif isinstance(exc, ssl.SSLError):
+                reason = "tls-handshake-failed"
+            else:
+                reason = "connect-error"
             self._attempt_failed(502, reason, f"connecting to {pool.label}: {exc}")
             server.flush()
             return
@@ -786,7 +849,9 @@ class Exchange:
             self.close_after = True
         self._finish(status, False, reason)
 
-    def _finish(self, status: int, success: bool, error: str, keep_connection: bool = False) -> None:
+    def _finish(
+        self, status: int, success: bool, error: str, keep_connection: bool = False
+    ) -> None:
         self.status = _DONE
         if self.timer is not None:
             self.timer.cancel()
@@ -826,7 +891,9 @@ class Exchange:
         backend = self.backend
         route = self.route.name if self.route is not None else ""
         service = backend.metrics_labels if backend is not None else ""
-        return ctx.metrics.http(ctx.direction, self.authority, self.endpoint_label, service, route)
+        return ctx.metrics.http(
+            ctx.direction, self.authority, self.endpoint_label, service, route, self.peer_id
+        )
 
 
 class Http1Server(asyncio.Protocol):
@@ -836,6 +903,7 @@ class Http1Server(asyncio.Protocol):
         "_paused_for_body",
         "_paused_for_upstream",
         "_paused_pipeline",
+        "client_id",
         "closed",
         "ctx",
         "current",
@@ -876,12 +944,17 @@ class Http1Server(asyncio.Protocol):
         self._paused_for_upstream = False
         self._paused_pipeline = False
         self.tcp_stats: TcpStats = ctx.downstream_tcp
+        # The client's verified mesh identity (inbound over mTLS), else "".
+        self.client_id = ""
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
         self.tcp_stats.opens += 1
         self.ctx.connections.add(self)
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            self.client_id = transport_peer_identity(ssl_object) or ""
 
     def data_received(self, data: bytes) -> None:
         self.tcp_stats.read_bytes += len(data)
@@ -939,7 +1012,10 @@ class Http1Server(asyncio.Protocol):
             ex.begin()
         else:
             self.queue.append(ex)
-            if len(self.queue) >= self.ctx.config.limits.max_pipelined and not self._paused_pipeline:
+            if (
+                len(self.queue) >= self.ctx.config.limits.max_pipelined
+                and not self._paused_pipeline
+            ):
                 self._paused_pipeline = True
                 self._pause()
 
@@ -989,7 +1065,7 @@ class Http1Server(asyncio.Protocol):
         if keep_connection:
             return
         self.current = None
-        if ex.close_after or self.ctx.draining and not self.queue:
+        if ex.close_after or (self.ctx.draining and not self.queue):
             self.flush()
             self.close()
             return
@@ -1070,13 +1146,17 @@ class Http1Server(asyncio.Protocol):
     def _bad_input(self, err: Http1Error) -> None:
         self.ctx.metrics.proxy_error(self.ctx.direction, err.reason)
         self.ctx.record_rejected(err.status, err.reason)
-        self.out.append(error_response(err.status, err.reason, err.detail or err.reason, close=True))
+        self.out.append(
+            error_response(err.status, err.reason, err.detail or err.reason, close=True)
+        )
         self.flush()
         self.close()
 
     def timeout_head(self) -> None:
         """Called by the sweeper: the client is too slow sending a request head."""
-        self._bad_input(Http1Error(408, "request-header-timeout", "request head not received in time"))
+        self._bad_input(
+            Http1Error(408, "request-header-timeout", "request head not received in time")
+        )
 
     def close(self) -> None:
         if self.transport is not None and not self.closed:
@@ -1093,4 +1173,3 @@ def _chunk(data: bytes) -> bytes:
     parts: list[bytes] = []
     encode_chunk(parts, data)
     return b"".join(parts)
-

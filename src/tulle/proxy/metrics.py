@@ -43,7 +43,9 @@ class HttpStats:
         self.latency_sum_ms = 0.0
         self.latency_count = 0
 
-    def record_response(self, status: int, success: bool, latency_s: float, error: str = "") -> None:
+    def record_response(
+        self, status: int, success: bool, latency_s: float, error: str = ""
+    ) -> None:
         key = (status, "success" if success else "failure", error)
         responses = self.responses
         responses[key] = responses.get(key, 0) + 1
@@ -76,9 +78,17 @@ class Metrics:
         self.start_time = time.time()
 
     def http(
-        self, direction: str, authority: str, target_addr: str, dst_service: str, route: str
+        self,
+        direction: str,
+        authority: str,
+        target_addr: str,
+        dst_service: str,
+        route: str,
+        peer_id: str = "",
     ) -> HttpStats:
-        key = (direction, authority, target_addr, dst_service, route)
+        """Stats of one label set. `peer_id` is the verified mTLS identity of the
+        peer (`client_id` inbound, `server_id` outbound); empty means plaintext."""
+        key = (direction, authority, target_addr, dst_service, route, peer_id)
         stats = self._http.get(key)
         if stats is None:
             labels: Labels = (
@@ -87,7 +97,11 @@ class Metrics:
                 ("target_addr", target_addr),
                 ("dst_service", dst_service),
                 ("route", route),
+                ("tls", "true" if peer_id else "false"),
             )
+            if peer_id:
+                name = "client_id" if direction == "inbound" else "server_id"
+                labels = (*labels, (name, peer_id))
             stats = self._http[key] = HttpStats(labels)
         return stats
 
@@ -95,7 +109,11 @@ class Metrics:
         key = (direction, peer, target_addr)
         stats = self._tcp.get(key)
         if stats is None:
-            labels: Labels = (("direction", direction), ("peer", peer), ("target_addr", target_addr))
+            labels: Labels = (
+                ("direction", direction),
+                ("peer", peer),
+                ("target_addr", target_addr),
+            )
             stats = self._tcp[key] = TcpStats(labels)
         return stats
 
@@ -177,7 +195,9 @@ def merge(snapshots: Iterable[Snapshot]) -> Snapshot:
                 elif isinstance(value, list):
                     prev = target.get(labels)
                     target[labels] = (
-                        list(value) if prev is None else [a + b for a, b in zip(prev, value)]
+                        list(value)
+                        if prev is None
+                        else [a + b for a, b in zip(prev, value, strict=False)]
                     )
                 else:
                     target[labels] = target.get(labels, 0) + value
@@ -212,7 +232,7 @@ def render(snap: Snapshot) -> str:
         for labels, value in values.items():
             if kind == "histogram":
                 cumulative = 0
-                for bound, count in zip(LATENCY_BUCKETS_MS, value[:-2]):
+                for bound, count in zip(LATENCY_BUCKETS_MS, value[:-2], strict=False):
                     cumulative += count
                     le = f'le="{_fmt_value(bound)}"'
                     lines.append(f"{name}_bucket{_fmt_labels(labels, le)} {cumulative}")

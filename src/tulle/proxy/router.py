@@ -26,6 +26,7 @@ from tulle.core.discovery import (
     Endpoint,
     Profile,
     Resolver,
+    RetryBudgetSpec,
     Route,
     RouteMatch,
     ServiceView,
@@ -78,10 +79,7 @@ class _CompiledRoute:
     ) -> bool:
         if not self.matches:
             return True
-        for m, regex in self.matches:
-            if _match_one(m, regex, method, path, header):
-                return True
-        return False
+        return any(_match_one(m, regex, method, path, header) for m, regex in self.matches)
 
 
 def _match_one(
@@ -125,6 +123,7 @@ class ServiceTarget:
         "authority_label",
         "balancer",
         "budget",
+        "budget_spec",
         "default_route",
         "metrics_labels",
         "name",
@@ -146,7 +145,8 @@ class ServiceTarget:
         self._make_pool = make_pool
         self.balancer = Balancer(on_removed=self._endpoint_removed)
         self.pending = PendingLimit(max_pending)
-        self.budget = RetryBudget()
+        self.budget_spec = RetryBudgetSpec()
+        self.budget = RetryBudget.from_spec(self.budget_spec)
         self._routes: list[_CompiledRoute] = []
         self.default_route = DEFAULT_ROUTE
         self._backend_picker: WeightedPicker[ServiceTarget] | None = None
@@ -169,11 +169,9 @@ class ServiceTarget:
         self._routes = [_CompiledRoute(r, default_timeout) for r in profile.routes]
         self.default_route = RoutePolicy("default", default_timeout, None, frozenset())
         spec = profile.retry_budget
-        if (
-            spec.ratio != self.budget.ratio
-            or spec.min_retries_per_second != self.budget.min_retries_per_second
-            or spec.ttl_s != self.budget.ttl_s
-        ):
+        if spec != self.budget_spec:
+            # A new budget starts empty; keep the old one while the spec is unchanged.
+            self.budget_spec = spec
             self.budget = RetryBudget.from_spec(spec)
         backends = [b for b in profile.backends if b.weight > 0]
         if backends and not (len(backends) == 1 and backends[0].service == self.name):

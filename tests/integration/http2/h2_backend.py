@@ -38,7 +38,8 @@ class Backend(asyncio.Protocol):
         assert self.transport is not None
         try:
             events = self.conn.receive_data(data)
-        except h2.exceptions.ProtocolError:
+        except h2.exceptions.ProtocolError as exc:
+            print(f"protocol error from client: {exc}", flush=True)
             self.transport.write(self.conn.data_to_send())
             self.transport.close()
             return
@@ -73,10 +74,13 @@ class Backend(asyncio.Protocol):
             self.send(stream_id, b"200", b"hello from " + self.name.encode() + b"\n")
 
     def send(self, stream_id: int, status: bytes, body: bytes) -> None:
-        self.conn.send_headers(
-            stream_id,
-            [(b":status", status), (b"content-length", str(len(body)).encode())],
-        )
+        try:
+            self.conn.send_headers(
+                stream_id,
+                [(b":status", status), (b"content-length", str(len(body)).encode())],
+            )
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+            return  # reset by the client in the same read
         self.pending[stream_id] = memoryview(body)
         self.flush_pending()
 

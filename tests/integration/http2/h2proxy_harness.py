@@ -24,7 +24,7 @@ from typing import cast
 
 from tulle.codec.http2 import PrefaceMatch, match_preface
 from tulle.core.discovery import Address, parse_address
-from tulle.proxy.http2 import H2ClientPool, H2Counters, H2ServerProtocol, StaticDispatcher
+from tulle.proxy.http2 import H2Service, StaticDispatcher
 
 # Detection reads at most this much before deciding, as the proxy's detector does.
 _DETECT_LIMIT = 64 << 10
@@ -51,28 +51,15 @@ class DetectingProtocol(asyncio.Protocol):
         if match is PrefaceMatch.NO or match is PrefaceMatch.PARTIAL:
             self.transport.close()
             return
-        protocol = H2ServerProtocol(
-            self.harness.dispatcher, self.harness.pool, initial_data=self.buffer
-        )
-        self.harness.connections.add(protocol)
+        protocol = self.harness.service.protocol(initial_data=self.buffer)
         self.transport.set_protocol(protocol)
         protocol.connection_made(self.transport)
 
 
 class Harness:
     def __init__(self, routes: dict[str, list[Address]], timeout_s: float | None) -> None:
-        self.counters = H2Counters()
-        self.pool = H2ClientPool(counters=self.counters)
-        self.dispatcher = StaticDispatcher(routes, timeout_s=timeout_s)
-        self.connections: set[H2ServerProtocol] = set()
-
-    async def drain(self, grace_s: float) -> None:
-        live = [c for c in self.connections if c.transport is not None]
-        for connection in live:
-            connection.shutdown(grace_s)
-        if live:
-            await asyncio.wait_for(asyncio.gather(*(c.wait_closed() for c in live)), grace_s + 1.0)
-        await self.pool.close()
+        self.service = H2Service(StaticDispatcher(routes, timeout_s=timeout_s))
+        self.counters = self.service.counters
 
 
 def parse_routes(specs: list[str]) -> dict[str, list[Address]]:
@@ -95,7 +82,7 @@ async def serve(args: argparse.Namespace) -> None:
     await stop.wait()
     server.close()
     try:
-        await harness.drain(args.grace_s)
+        await harness.service.drain(args.grace_s)
     except TimeoutError:
         print("drain timed out", file=sys.stderr, flush=True)
     print(f"COUNTERS {json.dumps(harness.counters.snapshot())}", flush=True)
@@ -110,13 +97,25 @@ def main() -> None:
     parser.add_argument("--timeout-s", type=float, default=None, help="route timeout")
     parser.add_argument("--grace-s", type=float, default=10.0, help="drain grace period")
     parser.add_argument("--asyncio", action="store_true", help="plain asyncio, not uvloop")
+    parser.add_argument("--profile", default=None, help="write cProfile stats here on exit")
     args = parser.parse_args()
-    if args.asyncio:
-        asyncio.run(serve(args))
-    else:
-        import uvloop
+    profiler = None
+    if args.profile:
+        import cProfile
 
-        uvloop.run(serve(args))
+        profiler = cProfile.Profile()
+        profiler.enable()
+    try:
+        if args.asyncio:
+            asyncio.run(serve(args))
+        else:
+            import uvloop
+
+            uvloop.run(serve(args))
+    finally:
+        if profiler is not None:
+            profiler.disable()
+            profiler.dump_stats(args.profile)
 
 
 if __name__ == "__main__":

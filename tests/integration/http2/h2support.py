@@ -36,7 +36,7 @@ def listening_port(process: ManagedProcess, timeout: float = 15.0) -> int:
     return found[0]
 
 
-@dataclass
+@dataclass(eq=False)
 class Server:
     process: ManagedProcess
     port: int

@@ -12,6 +12,7 @@ import pytest
 from tulle.api.destination_client import (
     apply_update,
     normalize_service_name,
+    parse_control_addresses,
     profile_from_message,
 )
 from tulle.api.proto import destination_pb2 as pb
@@ -82,6 +83,17 @@ def test_a_service_without_a_port_accepts_any_port() -> None:
 )
 def test_the_client_normalises_names(name: str, normal: str) -> None:
     assert normalize_service_name(name) == normal
+
+
+def test_control_addresses_parse() -> None:
+    assert parse_control_addresses("127.0.0.1:8086, [::1]:8087") == [
+        ("127.0.0.1", 8086),
+        ("::1", 8087),
+    ]
+    with pytest.raises(ValueError, match="expected HOST:PORT"):
+        parse_control_addresses(" , ")
+    with pytest.raises(ValueError, match="port 'x' is not a number"):
+        parse_control_addresses("a:x")
 
 
 # -- translators ------------------------------------------------------------------

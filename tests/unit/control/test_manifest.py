@@ -46,9 +46,9 @@ def test_the_example_is_valid_and_converts_to_the_discovery_model() -> None:
     assert api.endpoints == ()
     assert manifest.services["api-v1"].endpoints[0].protocol_hint == "h2"
     users = manifest.services["users"]
-    assert users.protocol == "grpc"
+    assert users.protocol == "http/1.1"
     assert users.instances is not None
-    assert users.instances.command == ("python", "-m", "tulle.demo.users", "--port", "{port}")
+    assert users.instances.command == ("tulle", "demo", "backend", "--addr", "127.0.0.1:{port}")
     assert users.instances.replicas == 2
     assert users.instances.env == {"LOG_LEVEL": "info", "WORKERS": "1"}
     assert users.instances.service_account == "users"
@@ -273,6 +273,10 @@ BAD = [
         "services:\n  - name: a\n    routes:\n      - name: r\n        timeout: 1s\n"
         "        timeouts: {request: 2s}\n",
         "mesh.yaml:6: services[0].routes[0].timeouts: give either timeout or timeouts",
+    ),
+    (
+        "services:\n  - name: a\n    protocol: opaque\n    routes: [{name: r}]\n",
+        "mesh.yaml:4: services[0].routes: an opaque (TCP) service has no HTTP routes",
     ),
     (
         "services:\n  - name: a\n    retryBudget:\n      retryRatio: lots\n",

@@ -40,18 +40,25 @@ class FakeClock:
 class ScriptedSource:
     """Issues real leaves (at the fake clock's time) or fails, as scripted."""
 
-    def __init__(self, material: IssuerMaterial, clock: FakeClock, failures: int = 0) -> None:
+    def __init__(
+        self,
+        material: IssuerMaterial,
+        clock: FakeClock,
+        failures: int = 0,
+        failure: Exception | None = None,
+    ) -> None:
         self.certifier = Certifier(lambda: material, leaf_ttl_s=LEAF_TTL)
         self.material = material
         self.clock = clock
         self.failures = failures
+        self.failure = failure or CertifyFailed("control plane unreachable")
         self.calls = 0
 
     async def certify(self, identity: str, csr_der: bytes) -> IssuedCertificate:
         self.calls += 1
         if self.failures > 0:
             self.failures -= 1
-            raise CertifyFailed("control plane unreachable")
+            raise self.failure
         now = self.clock()
         token = make_token(self.material.token_secret, identity, now=now, ttl_s=60)
         return self.certifier.certify(identity, token, csr_der, now=now)
@@ -145,5 +152,17 @@ def test_bundle_without_our_anchor_triggers_renewal() -> None:
         manager._on_bundle(TrustBundle((other_anchor,)))
         assert manager._renew_now.is_set()
         await manager.close()
+
+    asyncio.run(scenario())
+
+
+def test_unexpected_errors_do_not_stop_renewal() -> None:
+    async def scenario() -> None:
+        clock = FakeClock(1_800_000_000.0)
+        material = IssuerMaterial.generate("cluster.local", now=clock.now - 10)
+        source = ScriptedSource(material, clock, failures=1, failure=RuntimeError("bug"))
+        manager = CertManager(WEB, source, watch_bundle=False, clock=clock, sleep=clock.sleep)
+        await _run(manager, clock, steps=2)
+        assert manager.failures == 1 and manager.renewals == 1 and manager.ready
 
     asyncio.run(scenario())

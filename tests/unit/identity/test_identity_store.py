@@ -123,3 +123,12 @@ def test_store_without_material_is_unavailable(tmp_path: Path) -> None:
     (tmp_path / ISSUER_CERT).write_text("garbage")
     with pytest.raises(IssuerUnavailable):
         store.current()
+
+
+def test_ensure_initialises_once(tmp_path: Path) -> None:
+    directory = IssuerDirectory(tmp_path / "up")
+    first = directory.ensure("cluster.local", now=NOW)
+    again = directory.ensure("cluster.local", now=NOW + 5)
+    assert again.issuer.certificate == first.issuer.certificate
+    with pytest.raises(IdentityStoreError, match="is for trust domain 'cluster\\.local'"):
+        directory.ensure("example.org", now=NOW)

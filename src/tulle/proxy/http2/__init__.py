@@ -1,6 +1,7 @@
 """HTTP/2 and gRPC proxying at the stream level (over `h2`): each stream routed and balanced alone.
 
-Public surface: `H2ServerProtocol` (takes over a detected HTTP/2 connection),
+Public surface: `H2Service` (one per listener: makes protocols, drains them),
+`H2ServerProtocol` (takes over a detected HTTP/2 connection),
 `H2ClientPool` (pooled upstream connections), the `Dispatcher` seam with
 `Routed`/`Refused`, `H2Counters`, `H2Limits`, and `StaticDispatcher` for tests.
 """
@@ -16,7 +17,7 @@ from .dispatch import (
     Routed,
     StaticDispatcher,
 )
-from .server import H2ServerProtocol
+from .server import H2ServerProtocol, H2Service
 from .stream import ProxyError
 
 __all__ = [
@@ -27,6 +28,7 @@ __all__ = [
     "H2Counters",
     "H2Limits",
     "H2ServerProtocol",
+    "H2Service",
     "PoolSettings",
     "ProxyError",
     "RefusalKind",

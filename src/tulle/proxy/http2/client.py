@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import ssl
 from collections import deque
 from collections.abc import Sequence
@@ -35,10 +36,14 @@ from tulle.proxy.http2.dispatch import H2Counters
 from .connection import H2Limits, H2Peer, Outbox, new_h2_connection
 from .stream import ProxyError, ProxyStream
 
+_log = logging.getLogger(__name__)
+
 # Until the peer's SETTINGS arrive its stream limit is unknown; RFC 9113
 # recommends peers allow at least 100.
 _ASSUMED_PEER_STREAMS = 100
 _LAST_STREAM_ID = 2**31 - 1
+# ALPN names that mean HTTP/2 inside TLS: the standard one and the mesh's own.
+_H2_ALPNS = frozenset({"h2", "tulle.h2"})
 
 
 _UPSTREAM_LIMITS = H2Limits(max_concurrent_streams=100)
@@ -150,6 +155,15 @@ class H2ClientConnection(H2Peer):
             self._close()
             self.pool.outbox.flush()
             return
+        try:
+            self._handle(events)
+        except Exception:
+            _log.exception("upstream HTTP/2 connection failed; closing it")
+            self._fail_all(ProxyError.UPSTREAM_CLOSED, "proxy error on upstream connection")
+            self._close()
+        self.pool.outbox.flush()
+
+    def _handle(self, events: list[h2.events.Event]) -> None:
         streams = self.streams
         for event in events:
             if isinstance(event, h2.events.DataReceived):
@@ -186,7 +200,6 @@ class H2ClientConnection(H2Peer):
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._goaway(event)
         self.mark_dirty()
-        self.pool.outbox.flush()
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is not None:
@@ -296,7 +309,8 @@ class H2ClientConnection(H2Peer):
             return
         if ssl_context is not None and self.transport is not None:
             ssl_object = self.transport.get_extra_info("ssl_object")
-            if ssl_object is not None and ssl_object.selected_alpn_protocol() != "h2":
+            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            if alpn not in _H2_ALPNS:
                 self._fail_all(ProxyError.CONNECT_FAILED, f"{host}:{port} did not agree to h2")
                 self._close()
                 self.pool.outbox.flush()

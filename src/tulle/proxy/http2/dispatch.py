@@ -42,7 +42,7 @@ class Routed:
     address: Address
     done: CompletionCallback | None = None
     # TLS towards the endpoint (mTLS to a peer proxy); the context must offer
-    # ALPN "h2". None: plaintext prior-knowledge HTTP/2.
+    # ALPN "h2" or "tulle.h2". None: plaintext prior-knowledge HTTP/2.
     ssl_context: ssl.SSLContext | None = None
     server_hostname: str | None = None
     # The route's timeout; the proxy applies the smaller of this and grpc-timeout.

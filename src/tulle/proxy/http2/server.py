@@ -4,18 +4,27 @@ Every stream is a request, routed by `:authority` through the `Dispatcher`
 and sent on its own to a pooled upstream HTTP/2 connection, so one long-lived
 client connection spreads over all endpoints.
 
-Handing a connection over after protocol detection (the listener has already
-read the first bytes, which hold the preface and maybe more)::
+Handing a connection over after protocol detection. The listener has read
+the first bytes (the preface `PRI * HTTP/2.0...` and maybe more); the
+protocol replays them, so nothing read is lost. Construct it inside the
+running loop (it takes `asyncio.get_running_loop()`); one `H2ClientPool` is
+shared by every connection of a listener. Either of::
 
+    # a raw socket after detection (as the proxy's Acceptor hands it over)
+    await loop.connect_accepted_socket(
+        lambda: H2ServerProtocol(dispatcher, pool, initial_data=first_bytes), sock)
+
+    # or an existing transport
     protocol = H2ServerProtocol(dispatcher, pool, initial_data=first_bytes)
     transport.set_protocol(protocol)
     protocol.connection_made(transport)
 
-`initial_data` must start with the client preface `PRI * HTTP/2.0...`; for
-TLS with ALPN "h2" pass the first decrypted bytes the same way. On drain,
-call `protocol.shutdown(grace_s)`: it sends GOAWAY, lets accepted streams
-finish, refuses new ones, and closes the connection when they are done or
-the grace period ends; `await protocol.wait_closed()` waits for that.
+After TLS with ALPN "h2" (or the mesh's "tulle.h2"), pass no initial_data:
+the preface arrives through `data_received`. On drain, call
+`protocol.shutdown(grace_s)`: it sends GOAWAY, lets accepted streams finish,
+refuses new ones (REFUSED_STREAM, safe for clients to retry), and closes the
+connection when they are done or the grace period ends; `await
+protocol.wait_closed()` waits for that.
 
 Defences: the advertised limits (`H2Limits`: concurrent streams, header list
 size, frame size) are enforced by h2 as connection errors; rapid reset and
@@ -28,6 +37,8 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
+from collections.abc import Callable
 from typing import cast
 
 import h2.events
@@ -48,6 +59,8 @@ from .client import H2ClientPool
 from .connection import H2Limits, H2Peer, goaway_frame, new_h2_connection
 from .dispatch import Dispatcher, H2Counters, RefusalKind, Refused
 from .stream import ProxyError, ProxyStream, error_response
+
+_log = logging.getLogger(__name__)
 
 _REFUSAL_ERRORS = {
     RefusalKind.NO_ENDPOINTS: ProxyError.NO_ENDPOINTS,
@@ -79,7 +92,7 @@ class H2ServerProtocol(H2Peer):
         self.streams: dict[int, ProxyStream] = {}
         self._initial_data = initial_data
         self._guard = FloodGuard(flood_limits)
-        self._loop = asyncio.get_event_loop()
+        self._loop = asyncio.get_running_loop()
         self._outbox = pool.outbox
         # Set by shutdown(): streams above this id are refused.
         self._last_accepted: int | None = None
@@ -87,6 +100,8 @@ class H2ServerProtocol(H2Peer):
         self._closing = False
         self._force_close: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
+        # Called once with this protocol when the connection is gone (H2Service's registry).
+        self.on_closed: Callable[[H2ServerProtocol], None] | None = None
 
     # -- DownSide ----------------------------------------------------------------
     def mark_dirty(self) -> None:
@@ -124,6 +139,15 @@ class H2ServerProtocol(H2Peer):
             self.counters.protocol_errors += 1
             self._abort()
             return
+        try:
+            self._handle(events)
+        except Exception:
+            # A bug, not the peer's fault: close this connection only, and say
+            # why once (not per frame).
+            _log.exception("HTTP/2 connection failed; closing it")
+            self._close(ErrorCodes.INTERNAL_ERROR)
+
+    def _handle(self, events: list[h2.events.Event]) -> None:
         guard = self._guard
         now = self._loop.time()
         streams = self.streams
@@ -190,6 +214,8 @@ class H2ServerProtocol(H2Peer):
             self._force_close.cancel()
         if not self._closed.done():
             self._closed.set_result(None)
+        if self.on_closed is not None:
+            self.on_closed(self)
         self._outbox.flush()
 
     # -- streams -------------------------------------------------------------------
@@ -234,11 +260,16 @@ class H2ServerProtocol(H2Peer):
         self.counters.proxy_errors += 1
         error = _REFUSAL_ERRORS[refusal.kind]
         headers, body = error_response(error, is_grpc, refusal.detail)
-        self.h2.send_headers(stream_id, headers, end_stream=not body)
-        if body:
-            self.h2.send_data(stream_id, body, end_stream=True)
-        if not request_ended:
-            self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        try:
+            self.h2.send_headers(stream_id, headers, end_stream=not body)
+            if body:
+                self.h2.send_data(stream_id, body, end_stream=True)
+            if not request_ended:
+                # The client may still be sending a body nobody will read.
+                self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
+        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+            # The client ended or reset the stream in the same read.
+            pass
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id:
@@ -303,3 +334,54 @@ class H2ServerProtocol(H2Peer):
         for stream in list(self.streams.values()):
             stream.on_client_reset()
         self.streams.clear()
+
+
+class H2Service:
+    """Everything one listener needs for HTTP/2: the dispatcher, the shared upstream
+    pool, limits, counters, and the live connections (so that a drain reaches them all).
+
+        service = H2Service(dispatcher)
+        await loop.connect_accepted_socket(lambda: service.protocol(first_bytes), sock)
+        ...
+        await service.drain(grace_s=30)  # GOAWAY everywhere, wait, close upstreams
+    """
+
+    def __init__(
+        self,
+        dispatcher: Dispatcher,
+        *,
+        pool: H2ClientPool | None = None,
+        limits: H2Limits | None = None,
+        flood_limits: dict[FloodKind, FloodLimit] | None = None,
+    ) -> None:
+        self.dispatcher = dispatcher
+        self.pool = pool or H2ClientPool()
+        self.counters = self.pool.counters
+        self.limits = limits
+        self.flood_limits = flood_limits
+        self.connections: set[H2ServerProtocol] = set()
+
+    def protocol(self, initial_data: bytes = b"") -> H2ServerProtocol:
+        """A protocol for one accepted connection; call inside the running loop."""
+        protocol = H2ServerProtocol(
+            self.dispatcher,
+            self.pool,
+            initial_data=initial_data,
+            limits=self.limits,
+            flood_limits=self.flood_limits,
+        )
+        self.connections.add(protocol)
+        protocol.on_closed = self.connections.discard
+        return protocol
+
+    async def drain(self, grace_s: float = 30.0) -> None:
+        """Graceful shutdown of every connection, then of the upstream pool."""
+        live = [c for c in self.connections if c.transport is not None]
+        for connection in live:
+            connection.shutdown(grace_s)
+        if live:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(
+                    asyncio.gather(*(c.wait_closed() for c in live)), grace_s + 1.0
+                )
+        await self.pool.close()

@@ -1,12 +1,11 @@
-from typing import ClassVar as _ClassVar
-
 from google.protobuf import descriptor as _descriptor
 from google.protobuf import message as _message
+from typing import ClassVar as _ClassVar, Optional as _Optional
 
 DESCRIPTOR: _descriptor.FileDescriptor
 
 class EchoRequest(_message.Message):
-    __slots__ = ("count", "delay_ms", "message", "payload", "reply_size", "status_code")
+    __slots__ = ("payload", "count", "delay_ms", "status_code", "message", "reply_size")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     COUNT_FIELD_NUMBER: _ClassVar[int]
     DELAY_MS_FIELD_NUMBER: _ClassVar[int]
@@ -19,27 +18,14 @@ class EchoRequest(_message.Message):
     status_code: int
     message: str
     reply_size: int
-    def __init__(
-        self,
-        payload: bytes | None = ...,
-        count: int | None = ...,
-        delay_ms: int | None = ...,
-        status_code: int | None = ...,
-        message: str | None = ...,
-        reply_size: int | None = ...,
-    ) -> None: ...
+    def __init__(self, payload: _Optional[bytes] = ..., count: _Optional[int] = ..., delay_ms: _Optional[int] = ..., status_code: _Optional[int] = ..., message: _Optional[str] = ..., reply_size: _Optional[int] = ...) -> None: ...
 
 class EchoReply(_message.Message):
-    __slots__ = ("payload", "received", "server")
+    __slots__ = ("payload", "server", "received")
     PAYLOAD_FIELD_NUMBER: _ClassVar[int]
     SERVER_FIELD_NUMBER: _ClassVar[int]
     RECEIVED_FIELD_NUMBER: _ClassVar[int]
     payload: bytes
     server: str
     received: int
-    def __init__(
-        self,
-        payload: bytes | None = ...,
-        server: str | None = ...,
-        received: int | None = ...,
-    ) -> None: ...
+    def __init__(self, payload: _Optional[bytes] = ..., server: _Optional[str] = ..., received: _Optional[int] = ...) -> None: ...

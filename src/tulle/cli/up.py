@@ -1,0 +1,233 @@
+"""`tulle up` (run a local mesh: control plane, services, sidecars, ingress) and `tulle down`.
+
+The work is in `tulle.local`; this module parses options, turns failures into
+one-line messages, and handles `--detach`: the detached mesh is the same
+command re-run in its own session with the hidden `--supervise` flag, its
+output going to `<state dir>/up.log`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from types import FrameType
+from typing import Any
+
+import typer
+import yaml
+from rich.console import Console
+from rich.text import Text
+
+from tulle.cli.main import app
+from tulle.control.manifest import Manifest, ManifestError, load_manifest
+from tulle.demo.shop import cli as _shop_cli  # noqa: F401 -- registers `tulle demo shop`
+from tulle.local.logstream import LogStream
+from tulle.local.plan import DEFAULT_INGRESS_PORT, build_plan, resolve_manifest_path, tulle_argv
+from tulle.local.ports import port_is_free
+from tulle.local.state import DEFAULT_STATE_DIR, MeshAlreadyRunning, StateDir, pid_alive
+from tulle.local.summary import print_summary
+from tulle.local.supervisor import StartError, Supervisor, signal_group
+
+DETACH_READY_TIMEOUT_S = 90.0
+DOWN_TIMEOUT_S = 30.0
+
+console = Console()
+error_console = Console(stderr=True)
+
+
+def _fail(command: str, message: str) -> typer.Exit:
+    error_console.print(Text(f"{command}: ", style="bold red") + Text(message), soft_wrap=True)
+    return typer.Exit(1)
+
+
+def _load(path: Path) -> tuple[Manifest, Any]:
+    manifest = load_manifest(path)
+    # Valid YAML by now: the raw document is what the generated manifest copies.
+    return manifest, yaml.safe_load(path.read_bytes())
+
+
+@app.command("up")
+def up(
+    manifest_file: str = typer.Argument(
+        "", metavar="[MANIFEST]", help="The mesh to run (mesh.yaml); none: the built-in demo shop."
+    ),
+    state_dir: str = typer.Option(
+        DEFAULT_STATE_DIR,
+        "--state-dir",
+        envvar="TULLE_STATE_DIR",
+        help="Where logs, the pid file and state.json go; one mesh per directory.",
+    ),
+    ingress_port: int = typer.Option(
+        DEFAULT_INGRESS_PORT,
+        "--ingress-port",
+        min=0,
+        max=65535,
+        envvar="TULLE_INGRESS_PORT",
+        help="Port on 127.0.0.1 where calls from outside reach the services (0: pick a free one).",
+    ),
+    detach: bool = typer.Option(
+        False, "--detach", "-d", help="Run in the background; stop it with `tulle down`."
+    ),
+    supervise: bool = typer.Option(
+        False, "--supervise", hidden=True, help="Internal: the detached supervisor itself."
+    ),
+) -> None:
+    """Run a whole mesh on this machine: control plane, every service with its sidecar, ingress."""
+    path = resolve_manifest_path(manifest_file or None)
+    try:
+        manifest, raw = _load(path)
+    except ManifestError as exc:
+        raise _fail("tulle up", f"the manifest is not valid:\n{exc}") from None
+    state = StateDir(Path(state_dir))
+    if not supervise:
+        if state.is_locked():
+            raise _fail("tulle up", str(MeshAlreadyRunning(state.root, state.read_pid())))
+        if ingress_port and not port_is_free(ingress_port):
+            raise _fail(
+                "tulle up",
+                f"the ingress port 127.0.0.1:{ingress_port} is in use; "
+                "pass --ingress-port PORT (0 picks a free one)",
+            )
+    if detach and not supervise:
+        raise typer.Exit(_detach(path, state, ingress_port))
+    raise typer.Exit(_run(manifest, raw, str(path), state, ingress_port, detached=supervise))
+
+
+def _run(
+    manifest: Manifest, raw: Any, source: str, state: StateDir, ingress_port: int, *, detached: bool
+) -> int:
+    try:
+        lock = state.acquire()
+    except MeshAlreadyRunning as exc:
+        raise _fail("tulle up", str(exc)) from None
+    except OSError as exc:
+        raise _fail("tulle up", f"cannot use the state directory {state.root}: {exc}") from None
+    logs = LogStream()
+    try:
+        plan = build_plan(manifest, raw, manifest_path=source, ingress_port=ingress_port)
+        supervisor = Supervisor(plan, state, logs)
+
+        def request_stop(signum: int, frame: FrameType | None) -> None:
+            supervisor.stop_requested.set()
+
+        for signum in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP):
+            signal.signal(signum, request_stop)
+        try:
+            supervisor.start()
+            not_ready = supervisor.wait_ready()
+            if not supervisor.stop_requested.is_set():
+                with logs.held():
+                    print_summary(supervisor.describe(), console)
+                    if not_ready:
+                        console.print(
+                            f"not ready yet (still starting or crashing): {', '.join(not_ready)}",
+                            style="yellow",
+                        )
+                    if not detached:
+                        console.print("\nPress Ctrl-C to stop.", style="dim")
+                supervisor.run()
+            logs.supervisor("stopping: proxies, then apps, then the control plane")
+            return 0
+        except StartError as exc:
+            logs.supervisor(f"cannot start the mesh: {exc}", warning=True)
+            return 1
+        finally:
+            supervisor.stop()
+            logs.supervisor("stopped")
+    finally:
+        state.release(lock)
+
+
+def _detach(path: Path, state: StateDir, ingress_port: int) -> int:
+    state.create()
+    argv = [
+        *tulle_argv(),
+        "up",
+        str(path.resolve()),
+        "--state-dir",
+        str(state.root.resolve()),
+        "--ingress-port",
+        str(ingress_port),
+        "--supervise",
+    ]
+    with contextlib.suppress(OSError):
+        state.state_file.unlink()
+    with open(state.supervisor_log, "ab") as log:
+        child = subprocess.Popen(
+            argv,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            close_fds=True,
+        )
+    deadline = time.monotonic() + DETACH_READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        if child.poll() is not None:
+            tail = "\n".join(state.supervisor_log.read_text(errors="replace").splitlines()[-15:])
+            raise _fail("tulle up", f"the detached mesh exited; {state.supervisor_log}:\n{tail}")
+        current = state.read_state()
+        if current and current.get("supervisor_pid") == child.pid:
+            if current.get("status") == "ready":
+                print_summary(current, console)
+                console.print(
+                    f"\nRunning in the background (supervisor pid {child.pid}); "
+                    f"logs in {state.root}/logs. Stop it with: tulle down --state-dir {state.root}",
+                    markup=False,
+                    highlight=False,
+                )
+                return 0
+        time.sleep(0.2)
+    raise _fail(
+        "tulle up",
+        f"the detached mesh was not ready after {DETACH_READY_TIMEOUT_S:g}s; "
+        f"see {state.supervisor_log}; stop it with `tulle down --state-dir {state.root}`",
+    )
+
+
+@app.command("down")
+def down(
+    state_dir: str = typer.Option(
+        DEFAULT_STATE_DIR,
+        "--state-dir",
+        envvar="TULLE_STATE_DIR",
+        help="The state directory of the mesh to stop (as given to `tulle up`).",
+    ),
+    timeout: float = typer.Option(
+        DOWN_TIMEOUT_S,
+        "--timeout",
+        min=1.0,
+        help="Seconds to wait for a clean stop before killing what is left.",
+    ),
+) -> None:
+    """Stop a mesh started with `tulle up --detach`, and wait until no process is left."""
+    state = StateDir(Path(state_dir))
+    pid = state.read_pid()
+    if not state.is_locked() or pid is None:
+        console.print(f"no mesh is running in {state.root}", markup=False, highlight=False)
+        raise typer.Exit(0)
+    recorded = state.read_state() or {}
+    children = [p.get("pid") for p in recorded.get("processes", []) if p.get("pid")]
+    with contextlib.suppress(ProcessLookupError):
+        os.kill(pid, signal.SIGTERM)
+    console.print(f"stopping the mesh in {state.root} (supervisor pid {pid})...", markup=False)
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline and (state.is_locked() or pid_alive(pid)):
+        time.sleep(0.2)
+    forced = False
+    if pid_alive(pid):
+        forced = True
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    for child in children:
+        if isinstance(child, int) and pid_alive(child):
+            forced = True
+            signal_group(child, signal.SIGKILL)
+    if forced:
+        console.print("some processes did not stop in time and were killed", style="yellow")
+    console.print("stopped", markup=False)

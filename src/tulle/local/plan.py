@@ -1,0 +1,359 @@
+"""Resolving a manifest into the processes and ports of a local mesh.
+
+`build_plan` turns a validated manifest into a `MeshPlan`: one control plane,
+one app plus one sidecar per instance, and an ingress proxy, every one with
+its argv, environment and allocated ports. It also produces the *generated*
+manifest the control plane serves: the user's file with each service's
+`instances` replaced by endpoints at its instances' sidecar inbound addresses,
+so that a call goes app -> its sidecar (outbound) -> the peer's sidecar
+(inbound) -> the peer app.
+
+Nothing here starts a process; the supervisor does. The one place where a
+sidecar's command line is built is `proxy_argv`.
+"""
+
+from __future__ import annotations
+
+import inspect
+import os
+import sys
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+
+from tulle.control.manifest import Manifest
+from tulle.local.ports import LOOPBACK, allocate_ports
+
+Role = Literal["control", "ingress", "app", "sidecar"]
+
+DEFAULT_INGRESS_PORT = 4140
+# Seconds a sidecar gets to finish in-flight requests on SIGTERM: short, since
+# `tulle up` is for development and Ctrl-C should feel immediate.
+SIDECAR_SHUTDOWN_GRACE_S = 3.0
+# Environment variables of the user's shell that would send traffic elsewhere.
+_PROXY_ENV = ("http_proxy", "HTTP_PROXY", "https_proxy", "HTTPS_PROXY", "grpc_proxy", "all_proxy")
+_PROXY_ENV_ALL = (*_PROXY_ENV, "ALL_PROXY", "no_proxy", "NO_PROXY")
+NO_PROXY = "127.0.0.1,localhost"
+
+
+@dataclass(frozen=True, slots=True)
+class ProcessSpec:
+    """One process the supervisor runs (and restarts)."""
+
+    name: str  # "control", "ingress", "web-0", "web-0.proxy"
+    role: Role
+    argv: tuple[str, ...]
+    env: Mapping[str, str]  # the whole environment of the child
+    service: str | None = None
+    replica: int | None = None
+    # Readiness: GET /ready on this port answers 200 (control, proxies) or, for
+    # apps, this port accepts connections.
+    ready_port: int | None = None
+    ready_http: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class InstancePlan:
+    """One instance of a service: its app and its sidecar."""
+
+    service: str
+    replica: int
+    protocol: str
+    app_port: int
+    inbound_port: int
+    outbound_port: int
+    admin_port: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.service}-{self.replica}"
+
+    @property
+    def sidecar_name(self) -> str:
+        return f"{self.name}.proxy"
+
+
+@dataclass(frozen=True, slots=True)
+class MeshPlan:
+    manifest_path: str
+    control_grpc_port: int
+    control_admin_port: int
+    control_http_port: int | None
+    ingress_port: int
+    ingress_inbound_port: int
+    ingress_admin_port: int
+    instances: tuple[InstancePlan, ...]
+    processes: tuple[ProcessSpec, ...]
+    generated_manifest: str
+    # Every service of the manifest, with its protocol, in manifest order.
+    services: tuple[tuple[str, str], ...] = field(default_factory=tuple)
+
+    @property
+    def control_grpc_addr(self) -> str:
+        return f"{LOOPBACK}:{self.control_grpc_port}"
+
+    @property
+    def control_http_url(self) -> str | None:
+        if self.control_http_port is None:
+            return None
+        return f"http://{LOOPBACK}:{self.control_http_port}/"
+
+
+def tulle_argv() -> list[str]:
+    """How to start Tulle itself: works without the console script on PATH."""
+    return [sys.executable, "-m", "tulle"]
+
+
+def proxy_argv(
+    *,
+    inbound_port: int,
+    outbound_port: int,
+    admin_port: int,
+    app_port: int,
+    control_grpc_port: int,
+    instance: InstancePlan | None,
+) -> tuple[str, ...]:
+    """The command line of a sidecar (or, with `instance=None`, of the ingress).
+
+    The single place where `tulle up` builds proxy arguments: options that
+    every proxy of a local mesh needs (identity, mTLS) are added here.
+    """
+    argv = [
+        *tulle_argv(),
+        "proxy",
+        "--inbound-addr",
+        f"{LOOPBACK}:{inbound_port}",
+        "--outbound-addr",
+        f"{LOOPBACK}:{outbound_port}",
+        "--admin-addr",
+        f"{LOOPBACK}:{admin_port}",
+        "--app-addr",
+        f"{LOOPBACK}:{app_port}",
+        "--control-addr",
+        f"{LOOPBACK}:{control_grpc_port}",
+        "--shutdown-grace",
+        f"{SIDECAR_SHUTDOWN_GRACE_S:g}",
+    ]
+    return tuple(argv)
+
+
+def control_supports_http_addr() -> bool:
+    """Whether this build's `tulle control` has an HTTP API (`--http-addr`)."""
+    from tulle.cli import control as control_cli
+
+    command = getattr(control_cli, "control", None)
+    return command is not None and "http_addr" in inspect.signature(command).parameters
+
+
+def app_argv(command: tuple[str, ...], port: int, replica: int) -> tuple[str, ...]:
+    """Fill `{port}`/`{replica}`; run `tulle` and `python` with this interpreter."""
+    filled = [
+        part.replace("{port}", str(port)).replace("{replica}", str(replica)) for part in command
+    ]
+    if filled and filled[0] == "tulle":
+        filled = [*tulle_argv(), *filled[1:]]
+    elif filled and filled[0] in ("python", "python3"):
+        filled = [sys.executable, *filled[1:]]
+    return tuple(filled)
+
+
+def base_environment() -> dict[str, str]:
+    """The supervisor's environment without proxy settings, unbuffered output."""
+    env = {k: v for k, v in os.environ.items() if k not in _PROXY_ENV_ALL}
+    env["PYTHONUNBUFFERED"] = "1"
+    env["no_proxy"] = env["NO_PROXY"] = NO_PROXY
+    return env
+
+
+def app_environment(base: Mapping[str, str], instance: InstancePlan, extra: Mapping[str, str]) -> dict[str, str]:
+    proxy_url = f"http://{LOOPBACK}:{instance.outbound_port}"
+    env = dict(base)
+    env.update(extra)
+    env.update(
+        {
+            "PORT": str(instance.app_port),
+            "TULLE_SERVICE": instance.service,
+            "TULLE_INSTANCE": instance.name,
+            "TULLE_REPLICA": str(instance.replica),
+            "TULLE_OUTBOUND": f"{LOOPBACK}:{instance.outbound_port}",
+            "TULLE_PROXY_ADMIN": f"{LOOPBACK}:{instance.admin_port}",
+            # Every common HTTP client sends `http://<service>/...` through these.
+            "http_proxy": proxy_url,
+            "HTTP_PROXY": proxy_url,
+            # The app's own health checks and local calls stay direct; gRPC
+            # clients dial TULLE_OUTBOUND itself (HTTP/2 routed by :authority),
+            # which no_proxy keeps grpcio from wrapping in CONNECT.
+            "no_proxy": NO_PROXY,
+            "NO_PROXY": NO_PROXY,
+        }
+    )
+    return env
+
+
+def generated_manifest_text(
+    raw: Any, instances: tuple[InstancePlan, ...], source: str
+) -> str:
+    """The user's manifest with `instances` replaced by sidecar-inbound endpoints."""
+    by_service: dict[str, list[InstancePlan]] = {}
+    for instance in instances:
+        by_service.setdefault(instance.service, []).append(instance)
+    document = dict(raw) if isinstance(raw, dict) else {"services": []}
+    services = []
+    for service in document.get("services") or []:
+        entry = dict(service)
+        spec = entry.pop("instances", None)
+        planned = by_service.get(str(entry.get("name")), [])
+        if spec is not None:
+            endpoints = list(entry.get("endpoints") or [])
+            for instance in planned:
+                endpoint: dict[str, Any] = {
+                    "address": f"{LOOPBACK}:{instance.inbound_port}",
+                    "labels": {"instance": instance.name},
+                }
+                identity = spec.get("identity") if isinstance(spec, dict) else None
+                if identity:
+                    endpoint["identity"] = identity
+                endpoints.append(endpoint)
+            entry["endpoints"] = endpoints
+        services.append(entry)
+    document["services"] = services
+    header = (
+        f"# Generated by `tulle up` from {source}: do not edit, it is rewritten.\n"
+        "# Each service's `instances` became endpoints at its instances' sidecars.\n"
+    )
+    return header + yaml.safe_dump(document, sort_keys=False)
+
+
+def build_plan(
+    manifest: Manifest,
+    raw: Any,
+    *,
+    manifest_path: str,
+    ingress_port: int,
+) -> MeshPlan:
+    """Allocate ports and describe every process of the mesh."""
+    instance_specs = [
+        (spec, replica)
+        for spec in manifest.services.values()
+        if spec.instances is not None
+        for replica in range(spec.instances.replicas)
+    ]
+    with_http = control_supports_http_addr()
+    fixed = 5 + (1 if with_http else 0) + (1 if ingress_port == 0 else 0)
+    ports = iter(allocate_ports(fixed + 4 * len(instance_specs)))
+    control_grpc, control_admin = next(ports), next(ports)
+    # The ingress has no app; its inbound side forwards to a port nobody
+    # listens on, so a stray call there fails fast instead of looping.
+    ingress_inbound, ingress_admin, ingress_void = next(ports), next(ports), next(ports)
+    control_http = next(ports) if with_http else None
+    ingress = ingress_port if ingress_port != 0 else next(ports)
+    instances: list[InstancePlan] = []
+    for spec, replica in instance_specs:
+        instances.append(
+            InstancePlan(
+                service=spec.name,
+                replica=replica,
+                protocol=spec.protocol,
+                app_port=next(ports),
+                inbound_port=next(ports),
+                outbound_port=next(ports),
+                admin_port=next(ports),
+            )
+        )
+
+    base = base_environment()
+    control_argv = [
+        *tulle_argv(),
+        "control",
+        "--manifest",
+        "GENERATED",  # replaced by the supervisor with the generated file's path
+        "--grpc-addr",
+        f"{LOOPBACK}:{control_grpc}",
+        "--admin-addr",
+        f"{LOOPBACK}:{control_admin}",
+    ]
+    if control_http is not None:
+        control_argv += ["--http-addr", f"{LOOPBACK}:{control_http}"]
+    processes: list[ProcessSpec] = [
+        ProcessSpec(
+            name="control",
+            role="control",
+            argv=tuple(control_argv),
+            env=base,
+            ready_port=control_admin,
+            ready_http=True,
+        )
+    ]
+    for instance in instances:
+        spec = manifest.services[instance.service]
+        assert spec.instances is not None
+        processes.append(
+            ProcessSpec(
+                name=instance.sidecar_name,
+                role="sidecar",
+                argv=proxy_argv(
+                    inbound_port=instance.inbound_port,
+                    outbound_port=instance.outbound_port,
+                    admin_port=instance.admin_port,
+                    app_port=instance.app_port,
+                    control_grpc_port=control_grpc,
+                    instance=instance,
+                ),
+                env=base,
+                service=instance.service,
+                replica=instance.replica,
+                ready_port=instance.admin_port,
+                ready_http=True,
+            )
+        )
+        processes.append(
+            ProcessSpec(
+                name=instance.name,
+                role="app",
+                argv=app_argv(spec.instances.command, instance.app_port, instance.replica),
+                env=app_environment(base, instance, spec.instances.env),
+                service=instance.service,
+                replica=instance.replica,
+                ready_port=instance.app_port,
+            )
+        )
+    processes.append(
+        ProcessSpec(
+            name="ingress",
+            role="ingress",
+            argv=proxy_argv(
+                inbound_port=ingress_inbound,
+                outbound_port=ingress,
+                admin_port=ingress_admin,
+                app_port=ingress_void,
+                control_grpc_port=control_grpc,
+                instance=None,
+            ),
+            env=base,
+            ready_port=ingress_admin,
+            ready_http=True,
+        )
+    )
+    return MeshPlan(
+        manifest_path=manifest_path,
+        control_grpc_port=control_grpc,
+        control_admin_port=control_admin,
+        control_http_port=control_http,
+        ingress_port=ingress,
+        ingress_inbound_port=ingress_inbound,
+        ingress_admin_port=ingress_admin,
+        instances=tuple(instances),
+        processes=tuple(processes),
+        generated_manifest=generated_manifest_text(raw, tuple(instances), manifest_path),
+        services=tuple((s.name, s.protocol) for s in manifest.services.values()),
+    )
+
+
+def resolve_manifest_path(path: str | None) -> Path:
+    """The user's manifest, or the built-in demo's when none is given."""
+    if path:
+        return Path(path)
+    return Path(__file__).with_name("demo.yaml")

@@ -1,0 +1,346 @@
+"""The supervisor of a local mesh: start, watch, restart and stop every process.
+
+Every child runs in its own session (so its own process group: stopping a
+child signals the whole group, shell wrappers and grandchildren included) and,
+on Linux, with a parent-death signal, so that even a supervisor killed with
+SIGKILL leaves no orphans. Children are only ever forked from the main
+thread: the parent-death signal fires when the *thread* that forked exits.
+
+Crashed processes are restarted after an exponential backoff with jitter
+(`tulle.core.backoff`); a process that stayed up for a while starts again
+from the shortest delay. Stopping drains in dependency order: first the
+proxies (sidecars and ingress), so no new calls enter the apps; then the apps;
+then the control plane; and anything left after a grace period is killed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import ctypes
+import http.client
+import os
+import signal
+import subprocess
+import threading
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any
+
+from tulle.core.backoff import Backoff, BackoffSpec
+from tulle.local.logstream import LogStream
+from tulle.local.plan import SIDECAR_SHUTDOWN_GRACE_S, MeshPlan, ProcessSpec
+from tulle.local.ports import LOOPBACK, port_is_listening
+from tulle.local.state import StateDir
+
+RESTART_BACKOFF = BackoffSpec(min_s=0.5, max_s=30.0, jitter=0.2)
+# A process that ran this long before crashing is restarted without delay growth.
+STABLE_AFTER_S = 10.0
+CONTROL_READY_TIMEOUT_S = 30.0
+MESH_READY_TIMEOUT_S = 45.0
+APP_STOP_GRACE_S = 5.0
+CONTROL_STOP_GRACE_S = 5.0
+POLL_INTERVAL_S = 0.2
+
+_PR_SET_PDEATHSIG = 1
+# Loaded in the parent: the child between fork and exec must not import anything.
+try:
+    _LIBC: ctypes.CDLL | None = ctypes.CDLL(None, use_errno=True)
+except OSError:
+    _LIBC = None
+
+
+def _die_with_supervisor() -> None:
+    if _LIBC is not None:
+        _LIBC.prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+class StartError(Exception):
+    """The mesh could not start (the control plane never became ready, ...)."""
+
+
+@dataclass(slots=True)
+class Child:
+    spec: ProcessSpec
+    log_path: Path
+    popen: subprocess.Popen[bytes] | None = None
+    started_at: float = 0.0
+    restarts: int = 0
+    restart_at: float | None = None
+    last_exit: int | None = None
+    backoff: Backoff = field(default_factory=lambda: Backoff(RESTART_BACKOFF))
+    pump: threading.Thread | None = None
+
+    @property
+    def pid(self) -> int | None:
+        return self.popen.pid if self.popen is not None else None
+
+    def running(self) -> bool:
+        return self.popen is not None and self.popen.poll() is None
+
+
+def http_ready(port: int, path: str = "/ready", timeout_s: float = 0.5) -> bool:
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout_s)
+    try:
+        connection.request("GET", path)
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def signal_group(pid: int, signum: int) -> None:
+    """Signal the process group led by `pid` (every child leads its own)."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signum)
+
+
+class Supervisor:
+    def __init__(self, plan: MeshPlan, state: StateDir, logs: LogStream) -> None:
+        self.plan = plan
+        self.state = state
+        self.logs = logs
+        self.children = [Child(spec, state.log_file(spec.name)) for spec in plan.processes]
+        self.status = "starting"
+        self.started_at = datetime.now(UTC).isoformat(timespec="seconds")
+        self.stop_requested = threading.Event()
+
+    # -- starting ----------------------------------------------------------
+
+    def _argv(self, spec: ProcessSpec) -> list[str]:
+        if spec.role == "control":
+            return [
+                str(self.state.generated_manifest) if part == "GENERATED" else part
+                for part in spec.argv
+            ]
+        return list(spec.argv)
+
+    def _spawn(self, child: Child) -> None:
+        argv = self._argv(child.spec)
+        log_file = open(child.log_path, "ab")  # noqa: SIM115 -- closed by the pump thread
+        stamp = datetime.now(UTC).isoformat(timespec="seconds")
+        log_file.write(f"--- {stamp} tulle up: starting {' '.join(argv)}\n".encode())
+        log_file.flush()
+        try:
+            child.popen = subprocess.Popen(
+                argv,
+                env=dict(child.spec.env),
+                stdin=subprocess.DEVNULL,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                preexec_fn=_die_with_supervisor,  # noqa: PLW1509 -- forked from the main thread only
+                close_fds=True,
+            )
+        except OSError as exc:
+            log_file.write(f"--- cannot start: {exc}\n".encode())
+            log_file.close()
+            child.popen = None
+            child.last_exit = 127
+            self.logs.supervisor(f"cannot start {child.spec.name}: {exc}", warning=True)
+            self._schedule_restart(child)
+            return
+        child.started_at = time.monotonic()
+        child.restart_at = None
+        assert child.popen.stdout is not None
+        child.pump = self.logs.pump(child.spec.name, child.popen.stdout, log_file)
+
+    def start(self) -> None:
+        """Start the control plane, wait for it, then everything else."""
+        self.state.generated_manifest.write_text(self.plan.generated_manifest)
+        control = [c for c in self.children if c.spec.role == "control"]
+        for child in control:
+            self._spawn(child)
+        self.write_state()
+        self._wait(control, CONTROL_READY_TIMEOUT_S, fatal=True)
+        # Sidecars before their apps, so an app's first outbound call finds one.
+        for child in self.children:
+            if child.spec.role != "control":
+                self._spawn(child)
+        self.write_state()
+
+    def _is_ready(self, child: Child) -> bool:
+        port = child.spec.ready_port
+        if port is None:
+            return child.running()
+        if child.spec.ready_http:
+            return http_ready(port)
+        return port_is_listening(port)
+
+    def _wait(self, children: list[Child], timeout_s: float, *, fatal: bool) -> list[str]:
+        """Wait until each child is ready; returns the names that never were."""
+        deadline = time.monotonic() + timeout_s
+        pending = list(children)
+        while pending and time.monotonic() < deadline and not self.stop_requested.is_set():
+            pending = [c for c in pending if not self._is_ready(c)]
+            if fatal:
+                for child in pending:
+                    if child.popen is not None and child.popen.poll() is not None:
+                        raise StartError(self._failure(child))
+            if pending:
+                self.stop_requested.wait(POLL_INTERVAL_S)
+        if pending and fatal and not self.stop_requested.is_set():
+            raise StartError(
+                f"{pending[0].spec.name} was not ready after {timeout_s:g}s; "
+                f"see {pending[0].log_path}"
+            )
+        return [c.spec.name for c in pending]
+
+    def _failure(self, child: Child) -> str:
+        code = child.popen.returncode if child.popen is not None else None
+        if child.pump is not None:
+            child.pump.join(timeout=1.0)
+        tail = ""
+        with contextlib.suppress(OSError):
+            lines = child.log_path.read_text(errors="replace").splitlines()
+            tail = "\n".join(lines[-10:])
+        return f"{child.spec.name} exited with code {code}; its log ({child.log_path}):\n{tail}"
+
+    def wait_ready(self, timeout_s: float = MESH_READY_TIMEOUT_S) -> list[str]:
+        """Wait for every process; returns those not ready in time (they keep trying)."""
+        not_ready = self._wait(
+            [c for c in self.children if c.spec.role != "control"], timeout_s, fatal=False
+        )
+        self.status = "ready"
+        self.write_state()
+        return not_ready
+
+    # -- watching ----------------------------------------------------------
+
+    def _schedule_restart(self, child: Child) -> None:
+        ran_for = time.monotonic() - child.started_at if child.started_at else 0.0
+        if ran_for >= STABLE_AFTER_S:
+            child.backoff.reset()
+        delay = child.backoff.next_delay()
+        child.restart_at = time.monotonic() + delay
+        self.logs.supervisor(
+            f"{child.spec.name} exited with code {child.last_exit}; restarting in {delay:.1f}s",
+            warning=True,
+        )
+
+    def poll_once(self) -> None:
+        """Notice crashed children and restart those whose backoff is over."""
+        now = time.monotonic()
+        changed = False
+        for child in self.children:
+            if child.restart_at is not None:
+                if now >= child.restart_at:
+                    child.restarts += 1
+                    self._spawn(child)
+                    changed = True
+                continue
+            if child.popen is not None and child.popen.poll() is not None:
+                child.last_exit = child.popen.returncode
+                # Whatever the crashed leader left behind in its group goes too.
+                signal_group(child.popen.pid, signal.SIGKILL)
+                self._schedule_restart(child)
+                changed = True
+        if changed:
+            self.write_state()
+
+    def run(self) -> None:
+        """Supervise until a stop is requested."""
+        while not self.stop_requested.is_set():
+            self.poll_once()
+            self.stop_requested.wait(POLL_INTERVAL_S)
+
+    # -- stopping ----------------------------------------------------------
+
+    def _stop_phase(self, children: Iterable[Child], grace_s: float) -> None:
+        chosen = [c for c in children if c.popen is not None]
+        for child in chosen:
+            child.restart_at = None
+            if child.popen is not None and child.popen.poll() is None:
+                signal_group(child.popen.pid, signal.SIGTERM)
+        deadline = time.monotonic() + grace_s
+        for child in chosen:
+            assert child.popen is not None
+            remaining = max(0.0, deadline - time.monotonic())
+            try:
+                child.popen.wait(timeout=remaining)
+            except subprocess.TimeoutExpired:
+                self.logs.supervisor(f"{child.spec.name} did not stop in time; killing it")
+                signal_group(child.popen.pid, signal.SIGKILL)
+                with contextlib.suppress(subprocess.TimeoutExpired):
+                    child.popen.wait(timeout=2.0)
+
+    def stop(self) -> None:
+        """Drain and stop everything, proxies first; leaves no process behind."""
+        self.status = "stopping"
+        with contextlib.suppress(OSError):
+            self.write_state()
+        for child in self.children:
+            child.restart_at = None
+
+        def of(*roles: str) -> Callable[[Child], bool]:
+            return lambda child: child.spec.role in roles
+
+        self._stop_phase(filter(of("sidecar", "ingress"), self.children), SIDECAR_SHUTDOWN_GRACE_S + 1)
+        self._stop_phase(filter(of("app"), self.children), APP_STOP_GRACE_S)
+        self._stop_phase(filter(of("control"), self.children), CONTROL_STOP_GRACE_S)
+        # Grandchildren that outlived their group leader.
+        for child in self.children:
+            if child.popen is not None:
+                signal_group(child.popen.pid, signal.SIGKILL)
+        for child in self.children:
+            if child.pump is not None:
+                child.pump.join(timeout=1.0)
+        self.status = "stopped"
+        with contextlib.suppress(OSError):
+            self.write_state()
+
+    # -- state -------------------------------------------------------------
+
+    def describe(self) -> dict[str, Any]:
+        plan = self.plan
+        ingress = f"{LOOPBACK}:{plan.ingress_port}"
+        return {
+            "supervisor_pid": os.getpid(),
+            "status": self.status,
+            "started_at": self.started_at,
+            "state_dir": str(self.state.root.resolve()),
+            "manifest": plan.manifest_path,
+            "generated_manifest": str(self.state.generated_manifest.resolve()),
+            "control": {
+                "grpc": plan.control_grpc_addr,
+                "admin": f"{LOOPBACK}:{plan.control_admin_port}",
+                "http": plan.control_http_url,
+            },
+            "ingress": {
+                "addr": ingress,
+                "url": f"http://{ingress}/",
+                "admin": f"{LOOPBACK}:{plan.ingress_admin_port}",
+            },
+            "services": [{"name": n, "protocol": p} for n, p in plan.services],
+            "instances": [
+                {
+                    "name": i.name,
+                    "service": i.service,
+                    "replica": i.replica,
+                    "protocol": i.protocol,
+                    "app": f"{LOOPBACK}:{i.app_port}",
+                    "inbound": f"{LOOPBACK}:{i.inbound_port}",
+                    "outbound": f"{LOOPBACK}:{i.outbound_port}",
+                    "admin": f"{LOOPBACK}:{i.admin_port}",
+                }
+                for i in plan.instances
+            ],
+            "processes": [
+                {
+                    "name": c.spec.name,
+                    "role": c.spec.role,
+                    "service": c.spec.service,
+                    "pid": c.pid if c.running() else None,
+                    "restarts": c.restarts,
+                    "log": str(c.log_path.resolve()),
+                    "argv": self._argv(c.spec),
+                }
+                for c in self.children
+            ],
+        }
+
+    def write_state(self) -> None:
+        self.state.write_state(self.describe())

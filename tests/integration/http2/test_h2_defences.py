@@ -1,0 +1,172 @@
+"""Defences of the HTTP/2 proxy against misbehaving clients, with hand-built frames.
+
+Each attack must end with a GOAWAY carrying the right error code, quickly,
+without a traceback, and leave the proxy serving other clients.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterator
+
+import pytest
+from h2raw import (
+    RawH2,
+    continuation,
+    data,
+    ping,
+    rst,
+    settings,
+    window_update,
+)
+from h2support import Server, start_h2_backend, start_harness
+from hyperframe.frame import DataFrame, GoAwayFrame, PingFrame, SettingsFrame
+from support.process import ProcessGroup, rss_kib
+
+pytestmark = pytest.mark.integration
+
+PROTOCOL_ERROR = 0x1
+FLOW_CONTROL_ERROR = 0x3
+FRAME_SIZE_ERROR = 0x6
+COMPRESSION_ERROR = 0x9
+ENHANCE_YOUR_CALM = 0xB
+
+
+@pytest.fixture(scope="module")
+def proxy(module_processes: ProcessGroup) -> Server:
+    web = start_h2_backend(module_processes, "defence-backend")
+    return start_harness(module_processes, {"web": [web.addr]}, "defence-hop")
+
+
+@pytest.fixture
+def client(proxy: Server) -> Iterator[RawH2]:
+    raw = RawH2(proxy.port)
+    raw.handshake()
+    try:
+        yield raw
+    finally:
+        raw.close()
+    assert_healthy(proxy)
+
+
+def assert_healthy(proxy: Server) -> None:
+    """The proxy still serves a fresh client and has logged no traceback."""
+    probe = RawH2(proxy.port)
+    try:
+        probe.send(probe.request(1, "web", "/"))
+        probe.read_until(None, timeout=1)
+        assert b"hello from" in probe.data_of(1)
+    finally:
+        probe.close()
+    assert "Traceback" not in proxy.process.output()
+
+
+def goaway_code(client: RawH2, timeout: float = 5.0) -> int:
+    started = time.monotonic()
+    client.read_until(GoAwayFrame, timeout=timeout)
+    goaway = client.goaway()
+    assert goaway is not None, "no GOAWAY"
+    assert time.monotonic() - started < timeout
+    client.read_until(None, timeout=1)
+    assert client.closed, "the connection stayed open after GOAWAY"
+    return int(goaway.error_code)
+
+
+def test_advertised_limits(proxy: Server) -> None:
+    raw = RawH2(proxy.port)
+    try:
+        server_settings = raw.handshake()
+    finally:
+        raw.close()
+    assert server_settings.settings[SettingsFrame.MAX_CONCURRENT_STREAMS] == 250
+    assert server_settings.settings[SettingsFrame.MAX_FRAME_SIZE] == 16_384
+    assert server_settings.settings[SettingsFrame.MAX_HEADER_LIST_SIZE] == 65_536
+    assert server_settings.settings[SettingsFrame.INITIAL_WINDOW_SIZE] == 1 << 20
+
+
+def test_too_many_concurrent_streams(client: RawH2) -> None:
+    frames = [client.request(2 * i + 1, "web", "/", method="POST") for i in range(251)]
+    client.send(*frames)
+    assert goaway_code(client) == PROTOCOL_ERROR
+
+
+def test_header_list_too_large(client: RawH2) -> None:
+    block = client.header_block(
+        [(":method", "GET"), (":scheme", "http"), (":authority", "web"), (":path", "/"),
+         ("x-big", "v" * (100 << 10))]
+    )  # fmt: skip
+    first = client.headers(1, [])
+    first.data = block[:16_000]
+    first.flags.discard("END_HEADERS")
+    first.flags.add("END_STREAM")
+    pieces = [block[i : i + 16_000] for i in range(16_000, len(block), 16_000)]
+    frames = [continuation(1, p, i == len(pieces) - 1) for i, p in enumerate(pieces)]
+    client.send(first, *frames)
+    assert goaway_code(client) in (ENHANCE_YOUR_CALM, COMPRESSION_ERROR, PROTOCOL_ERROR)
+
+
+def test_frame_larger_than_advertised(client: RawH2) -> None:
+    client.send(client.request(1, "web", "/", method="POST"), data(1, b"x" * 20_000))
+    assert goaway_code(client) == FRAME_SIZE_ERROR
+
+
+def test_rapid_reset(client: RawH2, proxy: Server) -> None:
+    """CVE-2023-44487: open and reset thousands of streams; ended, bounded, cheap."""
+    before_kib = rss_kib(proxy.process.pid)
+    started = time.monotonic()
+    for batch in range(20):
+        frames = []
+        for i in range(250):
+            stream_id = 2 * (batch * 250 + i) + 1
+            frames += [client.request(stream_id, "web", "/"), rst(stream_id)]
+        client.send(*frames)
+        if client.closed:
+            break
+    assert goaway_code(client) == ENHANCE_YOUR_CALM
+    assert time.monotonic() - started < 5
+    assert rss_kib(proxy.process.pid) - before_kib < 32 << 10
+
+
+def test_settings_flood(client: RawH2) -> None:
+    client.send(*[settings({SettingsFrame.MAX_CONCURRENT_STREAMS: 100}) for _ in range(500)])
+    assert goaway_code(client) == ENHANCE_YOUR_CALM
+
+
+def test_ping_flood(client: RawH2) -> None:
+    client.send(*[ping() for _ in range(5000)])
+    assert goaway_code(client) == ENHANCE_YOUR_CALM
+    acks = [f for f in client.frames if isinstance(f, PingFrame)]
+    assert len(acks) < 1000
+
+
+def test_empty_data_flood(client: RawH2) -> None:
+    client.send(client.request(1, "web", "/", method="POST"))
+    client.send(*[data(1, b"") for _ in range(1000)])
+    assert goaway_code(client) == ENHANCE_YOUR_CALM
+
+
+def test_data_on_stream_zero_is_a_protocol_error(client: RawH2) -> None:
+    client.send_bytes(b"\x00\x00\x01\x00\x00\x00\x00\x00\x00x")
+    assert goaway_code(client) == PROTOCOL_ERROR
+
+
+def test_bad_pseudo_header_is_a_protocol_error(client: RawH2) -> None:
+    client.send(client.headers(1, [(":method", "GET"), (":bogus", "x"), (":path", "/")], True))
+    assert goaway_code(client) == PROTOCOL_ERROR
+
+
+def test_window_overflow_is_a_flow_control_error(client: RawH2) -> None:
+    client.send(window_update(0, 2**31 - 1), window_update(0, 2**31 - 1))
+    assert goaway_code(client) == FLOW_CONTROL_ERROR
+
+
+def test_ordinary_traffic_is_not_a_flood(client: RawH2) -> None:
+    """Pings, settings and cancellations at a normal pace are left alone."""
+    for i in range(20):
+        stream_id = 2 * i + 1
+        client.send(client.request(stream_id, "web", "/"), ping(), rst(stream_id))
+        time.sleep(0.01)
+    client.send(settings(), client.request(101, "web", "/"))
+    client.read_until(None, timeout=1)
+    assert client.goaway() is None
+    assert any(isinstance(f, DataFrame) and f.stream_id == 101 for f in client.frames)
