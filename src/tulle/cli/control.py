@@ -14,6 +14,9 @@ from tulle.control.manifest import ManifestError, load_manifest
 from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S
 from tulle.control.server import ControlConfig, run
 from tulle.core.discovery import Address, parse_address
+from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S
+
+DEFAULT_HTTP_ADDR = "127.0.0.1:8084"
 
 manifest_app = typer.Typer(
     name="manifest",
@@ -67,6 +70,35 @@ def control(
         help="Messages buffered per stream; a stream whose client falls further behind "
         "is ended and the client resubscribes.",
     ),
+    http_addr: str = typer.Option(
+        DEFAULT_HTTP_ADDR,
+        "--http-addr",
+        envvar="TULLE_CONTROL_HTTP_ADDR",
+        help="HOST:PORT of the HTTP metrics API (/api/...) that the CLI and dashboard use; "
+        "'off' disables it. When only the default is taken (another replica), the "
+        "replica runs without it.",
+    ),
+    scrape_targets: str = typer.Option(
+        "",
+        "--scrape-targets",
+        envvar="TULLE_CONTROL_SCRAPE_TARGETS",
+        help="Proxies to scrape: a file (JSON or SERVICE=INSTANCE=HOST:PORT lines, re-read "
+        "on change) or inline SERVICE=INSTANCE=HOST:PORT[,...].",
+    ),
+    prometheus_url: str = typer.Option(
+        "",
+        "--prometheus-url",
+        envvar="TULLE_CONTROL_PROMETHEUS_URL",
+        help="Query this Prometheus (http://HOST:PORT) for metrics instead of scraping.",
+    ),
+    scrape_interval: float = typer.Option(
+        DEFAULT_SCRAPE_INTERVAL_S,
+        "--scrape-interval",
+        envvar="TULLE_CONTROL_SCRAPE_INTERVAL",
+        min=0.1,
+        max=60.0,
+        help="Seconds between scrapes of the proxies' /metrics by the metrics API.",
+    ),
     log_level: str = typer.Option(
         "info",
         "--log-level",
@@ -87,13 +119,19 @@ def control(
         admin_addr=_address(admin_addr, "--admin-addr"),
         poll_interval_s=poll_interval,
         queue_capacity=queue_capacity,
+        http_addr=None if http_addr == "off" else _address(http_addr, "--http-addr"),
+        scrape_targets=scrape_targets,
+        prometheus_url=prometheus_url,
+        http_optional=http_addr == DEFAULT_HTTP_ADDR,
+        scrape_interval_s=scrape_interval,
     )
     try:
         run(config)
     except ManifestError as exc:
         typer.echo(f"tulle control: cannot start, the manifest is unusable:\n{exc}", err=True)
         raise typer.Exit(1) from None
-    except OSError as exc:
+    except (OSError, ValueError) as exc:
+        # ValueError: unusable --scrape-targets or --prometheus-url.
         typer.echo(f"tulle control: cannot start: {exc}", err=True)
         raise typer.Exit(1) from None
 

@@ -12,7 +12,6 @@ import contextlib
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 from types import FrameType
@@ -110,6 +109,7 @@ def _run(
     logs = LogStream()
     try:
         plan = build_plan(manifest, raw, manifest_path=source, ingress_port=ingress_port)
+        logs.width = max(len("tulle up"), *(len(spec.name) for spec in plan.processes))
         supervisor = Supervisor(plan, state, logs)
 
         def request_stop(signum: int, frame: FrameType | None) -> None:
@@ -172,16 +172,16 @@ def _detach(path: Path, state: StateDir, ingress_port: int) -> int:
             tail = "\n".join(state.supervisor_log.read_text(errors="replace").splitlines()[-15:])
             raise _fail("tulle up", f"the detached mesh exited; {state.supervisor_log}:\n{tail}")
         current = state.read_state()
-        if current and current.get("supervisor_pid") == child.pid:
-            if current.get("status") == "ready":
-                print_summary(current, console)
-                console.print(
-                    f"\nRunning in the background (supervisor pid {child.pid}); "
-                    f"logs in {state.root}/logs. Stop it with: tulle down --state-dir {state.root}",
-                    markup=False,
-                    highlight=False,
-                )
-                return 0
+        ours = current is not None and current.get("supervisor_pid") == child.pid
+        if current is not None and ours and current.get("status") == "ready":
+            print_summary(current, console)
+            console.print(
+                f"\nRunning in the background (supervisor pid {child.pid}); "
+                f"logs in {state.root}/logs. Stop it with: tulle down --state-dir {state.root}",
+                markup=False,
+                highlight=False,
+            )
+            return 0
         time.sleep(0.2)
     raise _fail(
         "tulle up",

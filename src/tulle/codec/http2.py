@@ -257,7 +257,7 @@ class FloodLimit:
 DEFAULT_FLOOD_LIMITS: dict[FloodKind, FloodLimit] = {
     FloodKind.RESET: FloodLimit(burst=500, rate_per_s=100),
     FloodKind.SETTINGS: FloodLimit(burst=50, rate_per_s=5),
-    FloodKind.PING: FloodLimit(burst=200, rate_per_s=50),
+    FloodKind.PING: FloodLimit(burst=500, rate_per_s=100),
     FloodKind.EMPTY_DATA: FloodLimit(burst=100, rate_per_s=20),
 }
 

@@ -91,11 +91,22 @@ class ServiceSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class IngressSpec:
+    """Where `tulle up` lets calls from outside the mesh in. Validated here, used there."""
+
+    port: int | None = None  # None: `tulle up`'s default (or its --ingress-port)
+    services: tuple[str, ...] | None = None  # None: every service
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class Manifest:
     services: Mapping[str, ServiceSpec]
     # Reserved for the authorization-policy work: accepted as an opaque mapping.
     policy: Mapping[str, Any] | None = None
     source: str = "mesh.yaml"
+    # Used by `tulle up` only; the control plane ignores it.
+    ingress: IngressSpec | None = None
 
 
 # -- errors ------------------------------------------------------------------
@@ -354,7 +365,7 @@ class _Reader:
         if root is None:
             self.problem(None, "", "the manifest is empty; expected a top-level `services:` list")
             return None
-        fields = self.mapping(root, "", ("services", "policy"), required=("services",))
+        fields = self.mapping(root, "", ("services", "policy", "ingress"), required=("services",))
         if fields is None:
             return None
         policy: Mapping[str, Any] | None = None
@@ -394,7 +405,30 @@ class _Reader:
             if backend not in self.declared:
                 known = ", ".join(sorted(self.declared)) or "none"
                 self.problem(node, path, f'no service named "{backend}" (services: {known})')
-        return Manifest(services=services, policy=policy, source=self.source)
+        ingress = self.ingress(fields["ingress"]) if "ingress" in fields else None
+        return Manifest(services=services, policy=policy, source=self.source, ingress=ingress)
+
+    def ingress(self, node: Node) -> IngressSpec | None:
+        fields = self.mapping(node, "ingress", ("port", "services"))
+        if fields is None:
+            return None
+        port = self.integer(fields["port"], "ingress.port", 1, 65535) if "port" in fields else None
+        services: tuple[str, ...] | None = None
+        if "services" in fields:
+            names: list[str] = []
+            for i, item in enumerate(self.sequence(fields["services"], "ingress.services") or []):
+                name = self.name(item, f"ingress.services[{i}]")
+                if name is not None and name not in self.declared:
+                    known = ", ".join(sorted(self.declared)) or "none"
+                    self.problem(
+                        item,
+                        f"ingress.services[{i}]",
+                        f'no service named "{name}" (services: {known})',
+                    )
+                elif name is not None:
+                    names.append(name)
+            services = tuple(names)
+        return IngressSpec(port=port, services=services, line=_line(node))
 
     def service(
         self, node: Node, path: str, pending_backends: list[tuple[Node, str, str]]

@@ -26,6 +26,7 @@ from tulle.control.manifest import Manifest
 from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S, ManifestFileSource
 from tulle.control.metrics import ControlMetrics
 from tulle.core.discovery import Address
+from tulle.viz.service import VizService
 
 log = logging.getLogger("tulle.control")
 
@@ -52,6 +53,14 @@ class ControlConfig:
     admin_addr: Address = ("127.0.0.1", 9990)
     poll_interval_s: float = DEFAULT_POLL_INTERVAL_S
     queue_capacity: int = DEFAULT_QUEUE_CAPACITY
+    # The metrics API (src/tulle/viz): None leaves it off.
+    http_addr: Address | None = None
+    scrape_targets: str = ""
+    prometheus_url: str = ""
+    # True when http_addr is only the default: a second replica on the same
+    # machine then runs without the API instead of refusing to start.
+    http_optional: bool = False
+    scrape_interval_s: float = 2.0
 
 
 def format_address(address: Address) -> str:
@@ -80,6 +89,17 @@ class ControlPlane:
         self._stopped = asyncio.Event()
         self.grpc_address: Address | None = None
         self.admin_address: Address | None = None
+        self.http_address: Address | None = None
+        self._viz: VizService | None = None
+        if config.http_addr is not None:
+            self._viz = VizService(
+                scrape_targets=config.scrape_targets,
+                prometheus_url=config.prometheus_url,
+                manifest_path=config.manifest,
+                manifest=lambda: self.watcher.manifest,
+                ready=self.ready,
+                scrape_interval_s=config.scrape_interval_s,
+            )
 
     def ready(self) -> bool:
         return self._server is not None and not self._stopped.is_set()
@@ -111,12 +131,28 @@ class ControlPlane:
             await self.stop()
             admin = format_address(self.config.admin_addr)
             raise OSError(f"cannot listen for admin on {admin}: {exc.strerror or exc}") from None
+        if self._viz is not None and self.config.http_addr is not None:
+            try:
+                self.http_address = await self._viz.start(*self.config.http_addr)
+            except OSError as exc:
+                http = format_address(self.config.http_addr)
+                if self.config.http_optional:
+                    log.warning("metrics API off: cannot listen on %s: %s", http, exc.strerror)
+                    await self._viz.stop()
+                    self._viz = None
+                else:
+                    await self.stop()
+                    raise OSError(
+                        f"cannot listen for HTTP on {http}: {exc.strerror or exc}"
+                    ) from None
         self._poller = asyncio.create_task(self._source.run(), name="manifest-poller")
 
     async def stop(self) -> None:
         if self._stopped.is_set():
             return
         self._stopped.set()
+        if self._viz is not None:
+            await self._viz.stop()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -142,7 +178,8 @@ async def serve(config: ControlConfig) -> None:
     # from it when they asked for port 0.
     print(
         f"tulle control ready grpc={format_address(plane.grpc_address)} "
-        f"admin={format_address(plane.admin_address)}",
+        f"admin={format_address(plane.admin_address)}"
+        + (f" http={format_address(plane.http_address)}" if plane.http_address else ""),
         flush=True,
     )
     try:

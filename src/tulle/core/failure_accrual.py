@@ -12,6 +12,7 @@ Theory of operation (Finagle's FailureAccrualFactory, Linkerd's defaults):
   probe through at a time. The probe is claimed by ``on_dispatch()``, which the
   balancer's ``EndpointState.on_start()`` calls. A failure reopens the breaker
   with the next, longer backoff; a success closes it and resets the backoff.
+  ``on_cancel()`` (the client gave up) frees the probe slot without a verdict.
 
 Any success closes the breaker, whatever the state, as in Finagle: a response
 that worked is better evidence than the timer. Results are not tied to
@@ -82,6 +83,11 @@ class FailureAccrual:
         """A request was sent to this endpoint; in half-open it is the probe."""
         if self.state is HALF_OPEN:
             self._probe_in_flight = True
+
+    def on_cancel(self) -> None:
+        """A request was abandoned before its result; in half-open another probe may go."""
+        if self.state is HALF_OPEN:
+            self._probe_in_flight = False
 
     def record(self, success: bool, now: float) -> None:
         """The result of one request to this endpoint, finished at ``now``."""

@@ -357,6 +357,12 @@ class HttpBackendProtocol(asyncio.Protocol):
         self, request: Request, status: int, headers: list[tuple[str, str]], length: int | None
     ) -> bool:
         """Send a streaming response head; returns whether chunked framing is used."""
+        if request.method != "HEAD" and request.expects_continue and not request.continue_sent:
+            # A route that will read the body answers 100 first: a 100 after
+            # the final head would be read as body bytes.
+            request.continue_sent = True
+            if not request.body_done and request.version != "1.0":
+                self._write(b"HTTP/1.1 100 Continue\r\n\r\n")
         if length is not None:
             self._write(self._head_bytes(request, status, headers, "length", length))
             return False

@@ -168,7 +168,9 @@ def base_environment() -> dict[str, str]:
     return env
 
 
-def app_environment(base: Mapping[str, str], instance: InstancePlan, extra: Mapping[str, str]) -> dict[str, str]:
+def app_environment(
+    base: Mapping[str, str], instance: InstancePlan, extra: Mapping[str, str]
+) -> dict[str, str]:
     proxy_url = f"http://{LOOPBACK}:{instance.outbound_port}"
     env = dict(base)
     env.update(extra)
@@ -193,9 +195,7 @@ def app_environment(base: Mapping[str, str], instance: InstancePlan, extra: Mapp
     return env
 
 
-def generated_manifest_text(
-    raw: Any, instances: tuple[InstancePlan, ...], source: str
-) -> str:
+def generated_manifest_text(raw: Any, instances: tuple[InstancePlan, ...], source: str) -> str:
     """The user's manifest with `instances` replaced by sidecar-inbound endpoints."""
     by_service: dict[str, list[InstancePlan]] = {}
     for instance in instances:

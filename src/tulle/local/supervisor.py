@@ -132,7 +132,8 @@ class Supervisor:
                 stdout=subprocess.PIPE,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
-                preexec_fn=_die_with_supervisor,  # noqa: PLW1509 -- forked from the main thread only
+                # Safe: forked from the main thread only, and the hook calls no Python imports.
+                preexec_fn=_die_with_supervisor,
                 close_fds=True,
             )
         except OSError as exc:
@@ -278,7 +279,9 @@ class Supervisor:
         def of(*roles: str) -> Callable[[Child], bool]:
             return lambda child: child.spec.role in roles
 
-        self._stop_phase(filter(of("sidecar", "ingress"), self.children), SIDECAR_SHUTDOWN_GRACE_S + 1)
+        self._stop_phase(
+            filter(of("sidecar", "ingress"), self.children), SIDECAR_SHUTDOWN_GRACE_S + 1
+        )
         self._stop_phase(filter(of("app"), self.children), APP_STOP_GRACE_S)
         self._stop_phase(filter(of("control"), self.children), CONTROL_STOP_GRACE_S)
         # Grandchildren that outlived their group leader.

@@ -18,10 +18,11 @@ Theory of operation (linkerd2-proxy's balancer, after tower's p2c + PeakEwma):
 
 Calling convention, per request: ``state = balancer.pick(now)``; then
 ``state.on_start()`` before the next ``await`` (that is what claims a half-open
-endpoint's single probe); then exactly one ``state.on_end(now, rtt_s,
-success)`` when the request is over, whatever happened (cancelled and timed-out
-requests included, as failures), or the endpoint's pending count and probe
-would leak.
+endpoint's single probe, so check the service's ``PendingLimit`` before
+picking, not between pick and start); then exactly one of ``state.on_end(now, rtt_s,
+success)`` (a response, an error, or a timeout, which is a failure) or
+``state.on_cancel()`` (the client went away: says nothing about the endpoint)
+when the request is over, or the endpoint's pending count and probe would leak.
 
 Endpoint changes (``set_endpoints``) replace the list the next pick draws from.
 An endpoint that left is flagged ``removed`` and handed to ``on_removed``; its
@@ -39,7 +40,7 @@ from collections.abc import Callable, Iterable, Sequence
 
 from tulle.core.discovery import Address, Endpoint
 from tulle.core.ewma import PeakEwma
-from tulle.core.failure_accrual import CLOSED, FailureAccrual
+from tulle.core.failure_accrual import CLOSED, HALF_OPEN, OPEN, FailureAccrual
 
 DEFAULT_WEIGHT = 10_000
 
@@ -106,6 +107,12 @@ class EndpointState:
             accrual.consecutive_failures = 0
         else:
             accrual.record(success, now)
+
+    def on_cancel(self) -> None:
+        """The request was abandoned by the client: no latency or health evidence."""
+        pending = self.pending - 1
+        self.pending = pending if pending > 0 else 0
+        self.accrual.on_cancel()
 
     def cost(self, now: float) -> float:
         return self.ewma.estimate(now) * (self.pending + 1) * self._cost_scale
@@ -224,6 +231,13 @@ class Balancer:
     def states(self) -> Sequence[EndpointState]:
         """Current endpoints (not the removed ones), for metrics."""
         return self._states
+
+    def breaker_counts(self) -> dict[str, int]:
+        """Endpoints per circuit-breaker state ("closed", "open", "half-open"), for metrics."""
+        counts = {CLOSED: 0, OPEN: 0, HALF_OPEN: 0}
+        for state in self._states:
+            counts[state.accrual.state] = counts.get(state.accrual.state, 0) + 1
+        return counts
 
     def get(self, address: Address) -> EndpointState | None:
         return self._by_address.get(address)

@@ -236,6 +236,8 @@ class UpstreamConn(asyncio.Protocol):
 
 # Exchange states
 _ROUTING, _WAITING, _SENT, _DONE = 0, 1, 2, 3
+# Retries per request at most, whatever the budget allows.
+MAX_RETRIES = 3
 
 
 class Exchange:
@@ -491,6 +493,8 @@ class Exchange:
         if self.attempts > 1 and self.replay is not None:
             for chunk in self.replay:
                 conn.send(chunk)
+            self.outq = []
+            self.outq_bytes = 0
         else:
             conn.send(self.req_head)
             if self.outq:
@@ -539,11 +543,16 @@ class Exchange:
     # -- response side --------------------------------------------------------
     def on_response_head(self, head: ResponseHead) -> None:
         status = head.status
-        if status < 200:
+        if status < 200 and status != 101:
             if status == 100 and self.expect_continue and not self.resp_started:
                 self.server.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
-        if status >= 500 and self._may_retry(status):
+        if (
+            status >= 500
+            and self.route is not None
+            and self.route.retryable
+            and self._may_retry(status)
+        ):
             self.discarding = True
             return
         self.resp_started = True
@@ -613,7 +622,10 @@ class Exchange:
             # Answered before the request body ended: the rest of that body
             # would be read as a new request, so this connection ends here.
             self.close_after = True
-        self._end_attempt(status < 500)
+        # A 5xx marks the endpoint unhealthy (failure accrual, EWMA) only on
+        # routes declared retryable; elsewhere it is the application's answer.
+        route = self.route
+        self._end_attempt(status < 500 or route is None or route.retryable is not True)
         self._finish(status, status < 500, "")
         if self.head.upgrade is not None:
             self.server.refuse_upgrade()
@@ -713,27 +725,33 @@ class Exchange:
         tunnel.start()
 
     # -- failures, retries, completion ---------------------------------------
-    def _may_retry(self, status: int) -> bool:
+    def _may_retry(self, status: int, sent: bool = True) -> bool:
+        """Whether this failed attempt may be tried again.
+
+        A request that never reached the upstream (the connection failed) is
+        always safe to resend, whatever its method. One that did reach it is
+        resent only on a route the operator marked retryable (as Linkerd's
+        ServiceProfiles do): a 5xx from an unmarked route is the application's
+        answer and goes back to the client. Every retry draws on the service's
+        retry budget so that retries cannot multiply an outage.
+        """
         route = self.route
-        if route is None or self.replay is None or not self.req_done:
+        if route is None or self.replay is None or route.retryable is False:
             return False
-        if route.retryable is False:
-            return False
-        if route.retryable is None and self.head.method not in IDEMPOTENT_METHODS:
-            return False
-        if route.retry_statuses and status not in route.retry_statuses:
-            return False
+        if sent:
+            if route.retryable is not True or not self.req_done:
+                return False
+            if route.retry_statuses and status not in route.retry_statuses:
+                return False
         target = self.target
-        if target is None:
-            return False
-        if self.attempts >= 1 + 3:  # at most three retries, whatever the budget
+        if target is None or self.attempts >= 1 + MAX_RETRIES:
             return False
         return target.budget.try_withdraw(_monotonic())
 
-    def _retry_or_fail(self, status: int, reason: str, message: str) -> None:
+    def _retry_or_fail(self, status: int, reason: str, message: str, sent: bool = True) -> None:
         if self.status == _DONE:
             return
-        if self.attempts and self._may_retry(status):
+        if self.attempts and self._may_retry(status, sent):
             self._count_retry()
             self._dispatch()
             return
@@ -750,7 +768,9 @@ class Exchange:
         if self.status == _DONE:
             return
         self._end_attempt(False)
-        self._retry_or_fail(status, reason, message)
+        self._retry_or_fail(status, reason, message, sent=False)
+        # Called from connect tasks, outside any data_received: flush here.
+        self.server.flush_all()
 
     def upstream_lost(self, conn: UpstreamConn, exc: Exception | None) -> None:
         self.conn = None

@@ -34,7 +34,9 @@ class Category:
     name: str
     checks: list[Check] = field(default_factory=list)
 
-    def add(self, name: str, ok: bool, detail: str = "", hint: str = "", *, warn: bool = False) -> None:
+    def add(
+        self, name: str, ok: bool, detail: str = "", hint: str = "", *, warn: bool = False
+    ) -> None:
         status = OK if ok else (WARN if warn else FAIL)
         self.checks.append(Check(name, status, detail, "" if ok else hint))
 
@@ -108,7 +110,10 @@ def preflight(ports: tuple[int, ...] = DEFAULT_MESH_PORTS) -> CheckReport:
             f"another process listens on {port}: stop it, or give tulle other ports",
         )
     tools = report.category("tools")
-    for tool, why in (("curl", "handy to send test traffic"), ("prometheus", "--prometheus-url mode")):
+    for tool, why in (
+        ("curl", "handy to send test traffic"),
+        ("prometheus", "--prometheus-url mode"),
+    ):
         path = shutil.which(tool)
         tools.add(f"{tool} on PATH", path is not None, path or "", f"optional: {why}", warn=True)
     return report

@@ -66,13 +66,15 @@ class PrometheusSource:
     @staticmethod
     def _series(metric: dict[str, str]) -> SeriesKey:
         labels: Labels = tuple(
-            sorted((k, v) for k, v in metric.items() if k not in _PROMETHEUS_LABELS and k != "__name__")
+            sorted(
+                (k, v) for k, v in metric.items() if k not in _PROMETHEUS_LABELS and k != "__name__"
+            )
         )
         return metric.get("__name__", ""), labels
 
     @staticmethod
     def _query_text(name: str, seconds: float) -> str:
-        return f"increase({name}[{max(int(round(seconds)), 1)}s])"
+        return f"increase({name}[{max(round(seconds), 1)}s])"
 
     async def targets(self) -> list[ScrapeTarget]:
         result = await self._api("query", {"query": "up"})
@@ -82,7 +84,9 @@ class PrometheusSource:
         result = await self._api("query", {"query": "up"})
         return {self._target(item["metric"]): item["value"][1] == "1" for item in result}
 
-    def _delta(self, ts: float, by_target: dict[ScrapeTarget, dict[SeriesKey, float]]) -> list[Delta]:
+    def _delta(
+        self, ts: float, by_target: dict[ScrapeTarget, dict[SeriesKey, float]]
+    ) -> list[Delta]:
         return [Delta(ts, target, increments) for target, increments in by_target.items()]
 
     def _add(
@@ -131,6 +135,10 @@ class PrometheusSource:
         for index in range(count):
             ts = start + index * step
             nearest = min(slots, key=lambda t: abs(t - ts), default=None)
-            by_target = slots.get(nearest, {}) if nearest is not None and abs(nearest - ts) < step / 2 else {}
+            by_target = (
+                slots.get(nearest, {})
+                if nearest is not None and abs(nearest - ts) < step / 2
+                else {}
+            )
             out.append((ts, WindowData(self._delta(ts, by_target), step, targets)))
         return out

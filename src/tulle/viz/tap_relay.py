@@ -12,7 +12,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlencode
 
@@ -21,7 +21,16 @@ from tulle.viz.targets import ScrapeTarget
 
 RELAY_QUEUE_SIZE = 2000
 # What a proxy's /tap understands; anything else stays at the relay.
-PROXY_TAP_KEYS = ("path", "method", "status", "authority", "direction", "dst_service", "limit", "duration")
+PROXY_TAP_KEYS = (
+    "path",
+    "method",
+    "status",
+    "authority",
+    "direction",
+    "dst_service",
+    "limit",
+    "duration",
+)
 _END = object()
 
 
@@ -30,9 +39,7 @@ def select_targets(targets: list[ScrapeTarget], service: str) -> list[ScrapeTarg
     return [t for t in targets if not service or t.service == service]
 
 
-async def _pump(
-    target: ScrapeTarget, path: str, queue: asyncio.Queue[object]
-) -> None:
+async def _pump(target: ScrapeTarget, path: str, queue: asyncio.Queue[object]) -> None:
     try:
         async for line in stream_lines(target.admin, path):
             try:
@@ -50,7 +57,9 @@ async def _pump(
         await queue.put(_END)
 
 
-async def relay(targets: list[ScrapeTarget], query: dict[str, str]) -> AsyncIterator[dict[str, Any]]:
+async def relay(
+    targets: list[ScrapeTarget], query: dict[str, str]
+) -> AsyncGenerator[dict[str, Any], None]:
     """Merged events (and per-proxy error lines) from the `/tap` of every target."""
     forwarded = {key: query[key] for key in PROXY_TAP_KEYS if query.get(key)}
     path = "/tap" + (f"?{urlencode(forwarded)}" if forwarded else "")
@@ -85,7 +94,11 @@ def summarize_top(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     for event in events:
         if "error" in event:
             continue
-        key = (str(event.get("service", "")), str(event.get("method", "")), str(event.get("path", "")))
+        key = (
+            str(event.get("service", "")),
+            str(event.get("method", "")),
+            str(event.get("path", "")),
+        )
         row = rows.get(key)
         if row is None:
             row = rows[key] = {

@@ -2,7 +2,8 @@
 
 A target is (service, instance, admin address). `tulle up` passes them with
 `tulle control --scrape-targets FILE`, where FILE is either JSON (a list of
-`{"service", "instance", "admin"}` objects, or `{"targets": [...]}`) or text
+`{"service", "instance", "admin"}` objects, `{"targets": [...]}`, or the
+`.tulle/state.json` of `tulle up` itself: its `instances` and `ingress`) or text
 with one `service=instance=host:port` per line (`#` starts a comment). The
 same `service=instance=host:port` form is accepted inline, comma-separated.
 The file is re-read when it changes, so a mesh that grows needs no restart.
@@ -52,7 +53,23 @@ def parse_target_line(text: str, where: str = "target") -> ScrapeTarget:
     raise TargetError(f"{where}: expected SERVICE=INSTANCE=HOST:PORT, got {text!r}")
 
 
+def _from_state(document: dict[str, Any], source: str) -> list[ScrapeTarget]:
+    """The proxies of a `tulle up` state file: every sidecar, and the ingress."""
+    found: list[ScrapeTarget] = []
+    for index, instance in enumerate(document.get("instances") or []):
+        if isinstance(instance, dict) and instance.get("admin") and instance.get("service"):
+            where = f"{source}: instances[{index}]"
+            name = str(instance.get("name", ""))
+            found.append(_target(str(instance["service"]), name, str(instance["admin"]), where))
+    ingress = document.get("ingress")
+    if isinstance(ingress, dict) and ingress.get("admin"):
+        found.append(_target("ingress", "ingress", str(ingress["admin"]), f"{source}: ingress"))
+    return found
+
+
 def _from_json(document: Any, source: str) -> list[ScrapeTarget]:
+    if isinstance(document, dict) and "instances" in document:
+        return _from_state(document, source)
     entries = document.get("targets") if isinstance(document, dict) else document
     if not isinstance(entries, list):
         raise TargetError(f"{source}: expected a JSON list of targets or {{'targets': [...]}}")

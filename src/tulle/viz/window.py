@@ -11,6 +11,7 @@ aggregation code serves both sources (see `WindowData`).
 
 from __future__ import annotations
 
+import math
 import time
 from collections import deque
 from collections.abc import Iterable
@@ -23,7 +24,13 @@ SeriesKey = tuple[str, Labels]
 DEFAULT_RETENTION_S = 600.0
 # Families whose increments the aggregations read; other counters are not kept.
 KEPT_COUNTERS = frozenset(
-    {"request_total", "response_total", "response_latency_ms_bucket", "retry_total", "timeout_total"}
+    {
+        "request_total",
+        "response_total",
+        "response_latency_ms_bucket",
+        "retry_total",
+        "timeout_total",
+    }
 )
 
 
@@ -89,9 +96,11 @@ class WindowStore:
         for key, value in counters.items():
             before = previous.get(key, 0.0)
             gained = value - before if value >= before else value
-            if gained > 0:
+            # Empty buckets are kept: a quantile needs every bucket's lower bound.
+            if gained > 0 or key[0] == "response_latency_ms_bucket":
                 increments[key] = gained
-        self._deltas.append(Delta(ts, target, increments))
+        if any(increments.values()):
+            self._deltas.append(Delta(ts, target, increments))
         self._expire(ts)
 
     def failed(self, target: ScrapeTarget, ts: float, error: str) -> None:
@@ -136,7 +145,8 @@ class WindowStore:
         slices: list[list[Delta]] = [[] for _ in range(count)]
         for delta in self._deltas:
             if first < delta.ts <= now:
-                index = min(int((delta.ts - first) / step), count - 1)
+                # Slices are (start, end]: a delta at a boundary ends the earlier one.
+                index = min(max(math.ceil((delta.ts - first) / step) - 1, 0), count - 1)
                 slices[index].append(delta)
         targets = sorted(self.health)
         return [WindowData(items, step, targets) for items in slices]

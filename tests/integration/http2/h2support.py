@@ -3,7 +3,8 @@
 The hops are `h2proxy_harness.py` processes (the HTTP/2 stream proxy behind a
 detecting listener, routes from flags). Hop A routes every authority to hop B;
 hop B routes to the backends: `echo` to three gRPC servers, `web` to the h2
-backend, `empty` to no endpoints, `down` to a port where nothing listens.
+backend, `empty` to no endpoints, `down` to a port where nothing listens,
+`flaky` to such a port and a gRPC server (round-robin).
 """
 
 from __future__ import annotations
@@ -76,7 +77,7 @@ class Mesh:
     hop_a: Server
 
 
-AUTHORITIES = ("echo", "web", "empty", "down")
+AUTHORITIES = ("echo", "web", "empty", "down", "flaky")
 
 
 def start_mesh(group: ProcessGroup) -> Mesh:
@@ -89,6 +90,7 @@ def start_mesh(group: ProcessGroup) -> Mesh:
             "web": [web.addr],
             "empty": [],
             "down": [f"{LOOPBACK}:{refused_port()}"],
+            "flaky": [f"{LOOPBACK}:{refused_port()}", grpc_servers[0].addr],
         },
         "hop-b",
     )

@@ -105,6 +105,14 @@ def test_header_list_too_large(client: RawH2) -> None:
     assert goaway_code(client) in (ENHANCE_YOUR_CALM, COMPRESSION_ERROR, PROTOCOL_ERROR)
 
 
+def test_continuation_flood(client: RawH2) -> None:
+    """CVE-2024-27316 style: a header block that never ends, in tiny CONTINUATION frames."""
+    first = client.headers(1, [(":method", "GET")])
+    first.flags.discard("END_HEADERS")
+    client.send(first, *[continuation(1, b"\x40\x01a\x01b", False) for _ in range(2000)])
+    assert goaway_code(client) in (ENHANCE_YOUR_CALM, PROTOCOL_ERROR)
+
+
 def test_frame_larger_than_advertised(client: RawH2) -> None:
     client.send(client.request(1, "web", "/", method="POST"), data(1, b"x" * 20_000))
     assert goaway_code(client) == FRAME_SIZE_ERROR

@@ -146,3 +146,12 @@ def test_many_concurrent_calls_on_one_channel(echo: echo_pb2_grpc.EchoStub) -> N
         for i in range(300)
     ]
     assert [f.result().payload for f in futures] == [str(i).encode() for i in range(300)]
+
+
+def test_refused_connection_is_routed_again(mesh: Mesh) -> None:
+    """Half of `flaky`'s endpoints refuse connections; the proxy re-routes, calls succeed."""
+    with channel(mesh.hop_a.port, "flaky") as chan:
+        stub = echo_pb2_grpc.EchoStub(chan)
+        for i in range(6):
+            payload = str(i).encode()
+            assert stub.Unary(echo_pb2.EchoRequest(payload=payload), timeout=10).payload == payload

@@ -11,7 +11,7 @@ import pytest
 from grpc_service import echo_pb2
 from h2raw import RawH2, data, grpc_message, rst, window_update
 from h2support import Mesh, start_harness
-from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame
+from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 from support.process import ProcessGroup, rss_kib
 
 pytestmark = pytest.mark.integration
@@ -179,3 +179,24 @@ def test_upstream_drain_finishes_calls_through_the_first_hop(
             stub.Unary(echo_pb2.EchoRequest(payload=b"after"), timeout=10)
         assert caught.value.code() == grpc.StatusCode.UNAVAILABLE  # type: ignore[attr-defined]
     assert "Traceback" not in hop_a.process.output()
+
+
+def test_client_that_opens_windows_but_never_reads_is_bounded(mesh: Mesh) -> None:
+    """Huge windows granted, socket never read: the proxies must not buffer the body."""
+    size = 64 << 20
+    hops = (mesh.hop_a, mesh.hop_b)
+    before = {hop: rss_kib(hop.process.pid) for hop in hops}
+    client = RawH2(mesh.hop_a.port, settings={SettingsFrame.INITIAL_WINDOW_SIZE: 2**31 - 1})
+    try:
+        client.send(window_update(0, 2**31 - 1 - 65_535))
+        client.send(client.request(1, "web", f"/big/{size}"))
+        time.sleep(3)  # read nothing at all meanwhile
+        for hop in hops:
+            grown_kib = rss_kib(hop.process.pid) - before[hop]
+            assert grown_kib < 24 << 10, f"{hop.process.name} grew {grown_kib} KiB"
+        deadline = time.monotonic() + 30
+        while len(client.data_of(1)) < size and time.monotonic() < deadline:
+            client.read_until(None, timeout=0.5)
+        assert len(client.data_of(1)) == size
+    finally:
+        client.close()

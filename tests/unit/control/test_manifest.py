@@ -102,7 +102,7 @@ BAD = [
     ("services: 3\n", 'mesh.yaml:1: services: expected a list, got "3"'),
     (
         "service: []\n",
-        'mesh.yaml:1: service: unknown field (known: services, policy); did you mean "services"?',
+        'mesh.yaml:1: service: unknown field (known: services, policy, ingress); did you mean "services"?',
     ),
     ("policy: 4\nservices: []\n", 'mesh.yaml:1: policy: expected a mapping, got "4"'),
     ("services:\n  - port: 80\n", 'mesh.yaml:2: services[0]: missing required field "name"'),

@@ -122,6 +122,7 @@ def test_ejected_endpoints_are_skipped_and_all_ejected_gives_none() -> None:
     assert picked == {second, third}
     eject(second, 0.0)
     assert all(balancer.pick(0.1) is third for _ in range(20))
+    assert balancer.breaker_counts() == {"closed": 1, "open": 2, "half-open": 0}
     eject(third, 0.0)
     assert balancer.pick(0.2) is None
 
@@ -142,12 +143,30 @@ def test_half_open_endpoint_gets_one_probe_then_closes() -> None:
     assert other is not None and other is not probe
     other.on_start()
     assert balancer.pick(1.0) is None
+    assert balancer.breaker_counts() == {"closed": 0, "open": 0, "half-open": 2}
     probe.on_end(1.1, 0.01, True)
     assert probe.accrual.state == "closed"
     other.on_end(1.1, 0.01, False)
     assert other.accrual.state == "open"
     assert other.accrual.retry_at == 1.1 + 2.0  # the second backoff is longer
     assert all(balancer.pick(1.2) is probe for _ in range(20))
+
+
+def test_a_cancelled_probe_lets_another_probe_go_and_counts_nothing() -> None:
+    balancer = Balancer(accrual_factory=no_jitter_accrual)
+    balancer.set_endpoints(endpoints(1))
+    (state,) = balancer.states()
+    eject(state, 0.0)
+    probe = balancer.pick(1.0)
+    assert probe is state
+    probe.on_start()
+    assert balancer.pick(1.0) is None
+    estimate = state.ewma.estimate(1.0)
+    probe.on_cancel()
+    assert state.pending == 0
+    assert state.accrual.state == "half-open"
+    assert state.ewma.estimate(1.0) == estimate
+    assert balancer.pick(1.0) is state
 
 
 def test_a_fast_failure_does_not_make_an_endpoint_look_cheap() -> None:
@@ -176,7 +195,12 @@ operations = st.lists(
     st.one_of(
         st.tuples(st.just("set"), st.frozensets(st.integers(1, 6), max_size=6)),
         st.tuples(st.just("pick"), st.floats(0.0, 0.5)),
-        st.tuples(st.just("end"), st.integers(0, 50), st.booleans(), st.floats(0.0, 0.3)),
+        st.tuples(
+            st.just("end"),
+            st.integers(0, 50),
+            st.sampled_from(["success", "failure", "cancel"]),
+            st.floats(0.0, 0.3),
+        ),
     ),
     max_size=120,
 )
@@ -216,13 +240,15 @@ def test_never_returns_an_unavailable_endpoint(ops: list[tuple[object, ...]], se
             state.on_start()
             in_flight.append(state)
         elif in_flight:
-            index, success, rtt = op[1], op[2], op[3]
-            assert isinstance(index, int) and isinstance(success, bool)
-            assert isinstance(rtt, float)
+            index, outcome, rtt = op[1], op[2], op[3]
+            assert isinstance(index, int) and isinstance(rtt, float)
             now += rtt
             state = in_flight.pop(index % len(in_flight))
-            state.on_end(now, rtt, success)
-            # Any result ends the half-open trial (it is taken as the probe's).
+            if outcome == "cancel":
+                state.on_cancel()
+            else:
+                state.on_end(now, rtt, outcome == "success")
+            # Any result or cancel ends the half-open trial (taken as the probe's).
             probing.discard(id(state))
         for state in (*balancer.states(), *in_flight):
             assert state.pending >= 0
@@ -243,25 +269,23 @@ def simulate(
     completions: list[tuple[float, int, EndpointState, float]] = []
     picks: list[tuple[float, int]] = []
     now = 0.0
-    sequence = 0
     current = dict(latencies)
-    for _ in range(int(seconds * rate_per_s * 2)):  # bounded; ends by time below
+    for sequence in range(int(seconds * rate_per_s * 2)):  # bounded; ends by time below
         now += rng.expovariate(rate_per_s)
         if now >= seconds:
             break
         if change_at is not None and now >= change_at[0]:
             current = change_at[1]
         while completions and completions[0][0] <= now:
-            done_at, _, state, rtt = heapq.heappop(completions)
-            state.on_end(done_at, rtt, True)
-        state = balancer.pick(now)
-        assert state is not None
-        state.on_start()
-        port = state.endpoint.address[1]
+            done_at, _, finished, finished_rtt = heapq.heappop(completions)
+            finished.on_end(done_at, finished_rtt, True)
+        picked = balancer.pick(now)
+        assert picked is not None
+        picked.on_start()
+        port = picked.endpoint.address[1]
         # +-20 % jitter around each endpoint's latency.
         rtt = current[port] * rng.uniform(0.8, 1.2)
-        sequence += 1
-        heapq.heappush(completions, (now + rtt, sequence, state, rtt))
+        heapq.heappush(completions, (now + rtt, sequence, picked, rtt))
         picks.append((now, port))
     return picks
 

@@ -219,6 +219,10 @@ class H2ClientConnection(H2Peer):
             self._window_opened(0)
         self._start_waiting()
 
+    def writable_again(self) -> None:
+        self._window_opened(0)
+        self.pool.outbox.flush()
+
     def _window_opened(self, stream_id: int) -> None:
         if stream_id:
             stream = self.streams.get(stream_id)

@@ -95,16 +95,40 @@ def goaway_frame(last_stream_id: int, error_code: int = ErrorCodes.NO_ERROR) -> 
 
 
 class H2Peer(asyncio.Protocol):
-    """Base for both ends: an h2 connection, its transport, and a dirty flag for the outbox."""
+    """Base for both ends: an h2 connection, its transport, a dirty flag for the outbox,
+    and write backpressure.
+
+    Flow-control windows bound what a peer may *ask* for, not what it reads: a
+    client can grant a 2 GiB window and never read its socket. So DATA is only
+    handed to a transport that is `writable` (below its high-water mark); when
+    it is not, DATA stays queued in the stream, unacknowledged upstream, and
+    reading from this peer pauses too (its PINGs and SETTINGS would only queue
+    more answers it does not read).
+    """
 
     h2: GracefulH2Connection
     transport: asyncio.Transport | None
     dirty: bool
+    writable: bool = True
 
     def flush_now(self) -> None:
         data = self.h2.data_to_send()
         if data and self.transport is not None:
             self.transport.write(data)
+
+    def pause_writing(self) -> None:
+        self.writable = False
+        if self.transport is not None:
+            self.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        self.writable = True
+        if self.transport is not None:
+            self.transport.resume_reading()
+        self.writable_again()
+
+    def writable_again(self) -> None:
+        """Send what waited for this transport to drain."""
 
 
 class Outbox:

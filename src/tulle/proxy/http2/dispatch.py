@@ -24,7 +24,9 @@ from tulle.codec.http2 import Header
 from tulle.core.discovery import Address
 
 # done(http_status, grpc_status or None, latency_s, success): called exactly once
-# per routed stream when its response has ended, failed or been reset.
+# per `Routed` answer when that attempt has ended, failed or been reset. A stream
+# whose endpoint refused the connection is routed once more (nothing was sent),
+# so the balancer hears of the refused endpoint before the next pick.
 CompletionCallback = Callable[[int, int | None, float, bool], None]
 
 

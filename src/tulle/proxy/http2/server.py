@@ -51,6 +51,7 @@ from tulle.codec.http2 import (
     FloodKind,
     FloodLimit,
     MalformedRequest,
+    RequestHead,
     parse_request_head,
     without_hop_by_hop,
 )
@@ -90,6 +91,8 @@ class H2ServerProtocol(H2Peer):
         self.transport: asyncio.Transport | None = None
         self.dirty = False
         self.streams: dict[int, ProxyStream] = {}
+        # The routing fields of streams still open, kept for a reroute.
+        self._heads: dict[int, RequestHead] = {}
         self._initial_data = initial_data
         self._guard = FloodGuard(flood_limits)
         self._loop = asyncio.get_running_loop()
@@ -108,6 +111,7 @@ class H2ServerProtocol(H2Peer):
         self._outbox.add(self)
 
     def forget_stream(self, stream_id: int) -> None:
+        self._heads.pop(stream_id, None)
         if self.streams.pop(stream_id, None) is not None:
             self.counters.streams_open -= 1
             if self._closing:
@@ -222,13 +226,13 @@ class H2ServerProtocol(H2Peer):
     def _on_request(self, event: h2.events.RequestReceived) -> None:
         stream_id = event.stream_id
         if self._last_accepted is not None and stream_id > self._last_accepted:
-            self.h2.reset_stream(stream_id, ErrorCodes.REFUSED_STREAM)
+            self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return
         headers = event.headers
         try:
             head = parse_request_head(headers)
         except MalformedRequest:
-            self.h2.reset_stream(stream_id, ErrorCodes.PROTOCOL_ERROR)
+            self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
         self.counters.streams_total += 1
         decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
@@ -254,7 +258,27 @@ class H2ServerProtocol(H2Peer):
             stream.set_deadline(timeout)
         if event.stream_ended is not None:
             stream.request.end = True
+        stream.reroute = self._reroute
+        self._heads[stream_id] = head
         self.pool.attach(stream)
+
+    def _reset(self, stream_id: int, code: ErrorCodes) -> None:
+        # The client may have reset or ended the stream in the same read.
+        with contextlib.suppress(h2.exceptions.H2Error):
+            self.h2.reset_stream(stream_id, code)
+
+    def _reroute(self, stream: ProxyStream) -> bool:
+        """Route a stream again after its endpoint refused the connection; False: give up."""
+        head = self._heads.get(stream.down_id)
+        headers = stream.request_headers
+        if head is None or headers is None:
+            return False
+        decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
+        if isinstance(decision, Refused) or decision.address == stream.routed.address:
+            return False
+        stream.routed = decision
+        self.pool.attach(stream)
+        return True
 
     def _refuse(self, stream_id: int, refusal: Refused, is_grpc: bool, request_ended: bool) -> None:
         self.counters.proxy_errors += 1
@@ -270,6 +294,10 @@ class H2ServerProtocol(H2Peer):
         except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
             # The client ended or reset the stream in the same read.
             pass
+
+    def writable_again(self) -> None:
+        self._window_opened(0)
+        self._outbox.flush()
 
     def _window_opened(self, stream_id: int) -> None:
         if stream_id:

@@ -24,7 +24,7 @@ import asyncio
 import contextlib
 import enum
 from collections import deque
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Protocol
 
 from h2.connection import H2Connection
@@ -100,6 +100,8 @@ class DownSide(Protocol):
 
     @property
     def h2(self) -> H2Connection: ...
+    @property
+    def writable(self) -> bool: ...
 
     def mark_dirty(self) -> None: ...
     def forget_stream(self, stream_id: int) -> None: ...
@@ -110,6 +112,8 @@ class UpSide(Protocol):
 
     @property
     def h2(self) -> H2Connection: ...
+    @property
+    def writable(self) -> bool: ...
 
     def mark_dirty(self) -> None: ...
     def release_stream(self, stream_id: int) -> None: ...
@@ -187,6 +191,7 @@ class ProxyStream:
         "is_grpc",
         "request",
         "request_headers",
+        "reroute",
         "response",
         "response_started",
         "routed",
@@ -229,6 +234,9 @@ class ProxyStream:
         self._loop = loop
         self.started_at = loop.time()
         self._deadline: asyncio.TimerHandle | None = None
+        # Set by the server: route this stream again after a failed connect
+        # (once; nothing was sent, so any request may go elsewhere).
+        self.reroute: Callable[[ProxyStream], bool] | None = None
 
     def set_deadline(self, seconds: float) -> None:
         self._deadline = self._loop.call_later(seconds, self._deadline_passed)
@@ -277,6 +285,8 @@ class ProxyStream:
         up = self.up
         if up is None or not self.up_open or self.closed or self.request.end_sent:
             return
+        if not up.writable:
+            return  # resumed by the connection's writable_again()
         try:
             sent = pump(self.request, up.h2, self.up_id)
         except H2Error:
@@ -342,12 +352,29 @@ class ProxyStream:
     def on_upstream_failed(self, error: ProxyError, detail: str) -> None:
         """The upstream connection failed or went away without this stream."""
         self.up_open = False
+        reroute = self.reroute
+        if (
+            error is ProxyError.CONNECT_FAILED
+            and reroute is not None
+            and self.request_headers is not None
+            and not self.closed
+        ):
+            self.reroute = None
+            self.up = None
+            # The balancer hears about the failed endpoint before the next pick.
+            done = self.routed.done
+            if done is not None:
+                status = 200 if self.is_grpc else error.http_status
+                grpc = error.grpc_status if self.is_grpc else None
+                done(status, grpc, self._loop.time() - self.started_at, False)
+            if reroute(self):
+                return
         self.fail(error, detail)
 
     def pump_response(self) -> None:
-        if self.closed:
-            return
         down = self.down
+        if self.closed or not down.writable:
+            return  # resumed by the connection's writable_again()
         try:
             sent = pump(self.response, down.h2, self.down_id)
         except H2Error:

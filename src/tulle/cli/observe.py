@@ -1,0 +1,458 @@
+"""`tulle stat|top|tap|routes|edges|check|apply`: the mesh's observability commands.
+
+Every command is a thin client of the control plane's metrics API
+(docs/api.md), so the CLI and the dashboard show the same numbers. Each has
+`--json` (the API's document, unchanged) and a readable table. The API is
+found with `--control`, else `TULLE_CONTROL_URL`, else the `control.http`
+address in `.tulle/state.json` of a `tulle up` mesh in this directory or a
+parent, else http://127.0.0.1:8084.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+from urllib.parse import urlencode
+
+import typer
+from rich.console import Console
+from rich.live import Live
+from rich.table import Table
+
+from tulle.cli.main import app
+from tulle.viz.checks import FAIL, OK, WARN, CheckReport, preflight
+
+DEFAULT_CONTROL_URL = "http://127.0.0.1:8084"
+STATE_FILE = Path(".tulle") / "state.json"
+REQUEST_TIMEOUT_S = 10.0
+
+_CONTROL_HELP = (
+    "URL of the control plane's HTTP API. Default: TULLE_CONTROL_URL, else the mesh of "
+    "./.tulle/state.json (key control.http), else http://127.0.0.1:8084."
+)
+_JSON_HELP = "Print the API's JSON document instead of a table."
+_WINDOW_HELP = "How far back to look: 10s .. 10m."
+
+console = Console()
+
+
+class ControlUnreachable(Exception):
+    pass
+
+
+def find_state_file(start: Path | None = None) -> Path | None:
+    """The `.tulle/state.json` of this directory or the nearest parent, if any."""
+    here = (start or Path.cwd()).resolve()
+    for directory in (here, *here.parents):
+        candidate = directory / STATE_FILE
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def resolve_control_url(explicit: str, start: Path | None = None) -> str:
+    if explicit:
+        url = explicit
+    else:
+        url = DEFAULT_CONTROL_URL
+        state = find_state_file(start)
+        if state is not None:
+            try:
+                document = json.loads(state.read_text())
+                address = document.get("control", {}).get("http")
+                if isinstance(address, str) and address:
+                    url = address
+            except (OSError, ValueError, AttributeError):
+                pass
+    if "://" not in url:
+        url = f"http://{url}"
+    return url.rstrip("/")
+
+
+def _fail(message: str, code: int = 1) -> typer.Exit:
+    typer.echo(message, err=True)
+    return typer.Exit(code)
+
+
+def api_call(
+    control: str,
+    path: str,
+    params: dict[str, str] | None = None,
+    *,
+    body: bytes | None = None,
+    timeout: float = REQUEST_TIMEOUT_S,
+) -> tuple[int, Any]:
+    """One API call; (status, decoded JSON). Raises ControlUnreachable."""
+    query = {k: v for k, v in (params or {}).items() if v}
+    url = f"{control}{path}" + (f"?{urlencode(query)}" if query else "")
+    request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
+    if body is not None:
+        request.add_header("content-type", "application/yaml")
+    try:
+        with urllib.request.urlopen(request, timeout=timeout) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as exc:
+        try:
+            return exc.code, json.loads(exc.read())
+        except ValueError:
+            return exc.code, {"error": f"HTTP {exc.code}"}
+    except (urllib.error.URLError, OSError, ValueError) as exc:
+        reason = getattr(exc, "reason", exc)
+        raise ControlUnreachable(
+            f"cannot reach the control plane at {control}: {reason}\n"
+            "hint: is `tulle control` (or `tulle up`) running? pass --control URL otherwise"
+        ) from None
+
+
+def _get(control: str, path: str, params: dict[str, str]) -> Any:
+    try:
+        status, document = api_call(control, path, params)
+    except ControlUnreachable as exc:
+        raise _fail(str(exc)) from None
+    if status != 200:
+        raise _fail(f"tulle: {document.get('error', f'HTTP {status}')}")
+    return document
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None else f"{value * 100:.2f}%"
+
+
+def _ms(value: float | None) -> str:
+    return "-" if value is None else f"{value:g}ms"
+
+
+def _print_json(document: Any) -> None:
+    typer.echo(json.dumps(document, indent=2))
+
+
+def _golden_columns(table: Table) -> None:
+    for column in ("SUCCESS", "RPS", "P50", "P95", "P99", "TLS"):
+        table.add_column(column, justify="right")
+
+
+def _golden_cells(row: dict[str, Any]) -> list[str]:
+    latency = row["latency_ms"]
+    return [
+        _pct(row["success_rate"]),
+        f"{row['rps']:.2f}",
+        _ms(latency["p50"]),
+        _ms(latency["p95"]),
+        _ms(latency["p99"]),
+        f"{row['tls_share'] * 100:.0f}%",
+    ]
+
+
+@app.command("stat")
+def stat(
+    service: str = typer.Argument("", help="Only this service (default: every service)."),
+    kind: str = typer.Option("service", "--kind", "-k", help="service or instance."),
+    window: str = typer.Option("60s", "--window", "-w", help=_WINDOW_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+) -> None:
+    """Golden metrics per service or instance: success rate, RPS, latency, meshed TLS."""
+    if kind not in ("service", "instance"):
+        raise typer.BadParameter("expected service or instance", param_hint="--kind")
+    url = resolve_control_url(control)
+    document = _get(url, "/api/stat", {"kind": kind, "window": window, "service": service})
+    if as_json:
+        _print_json(document)
+        return
+    table = Table(title=f"last {document['window_s']:g}s ({document['source']})")
+    table.add_column("SERVICE")
+    if kind == "instance":
+        table.add_column("INSTANCE")
+    else:
+        table.add_column("INSTANCES", justify="right")
+    table.add_column("REQUESTS", justify="right")
+    _golden_columns(table)
+    for row in document["rows"]:
+        second = row["instance"] if kind == "instance" else str(row["instances"])
+        table.add_row(row["service"], second, str(row["requests"]), *_golden_cells(row))
+    console.print(table)
+
+
+@app.command("routes")
+def routes(
+    service: str = typer.Argument(..., help="The service whose routes to show."),
+    window: str = typer.Option("60s", "--window", "-w", help=_WINDOW_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+) -> None:
+    """Golden metrics per route of one service (as its callers see it)."""
+    url = resolve_control_url(control)
+    document = _get(url, "/api/routes", {"service": service, "window": window})
+    if as_json:
+        _print_json(document)
+        return
+    table = Table(title=f"{service}: routes, last {document['window_s']:g}s")
+    table.add_column("ROUTE")
+    table.add_column("REQUESTS", justify="right")
+    _golden_columns(table)
+    table.add_column("RETRIES", justify="right")
+    for row in document["rows"]:
+        table.add_row(row["route"], str(row["requests"]), *_golden_cells(row), str(row["retries"]))
+    console.print(table)
+
+
+@app.command("edges")
+def edges(
+    window: str = typer.Option("60s", "--window", "-w", help=_WINDOW_HELP),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+) -> None:
+    """Who calls whom: rate, success, identities and whether the edge is mTLS."""
+    url = resolve_control_url(control)
+    document = _get(url, "/api/edges", {"window": window})
+    if as_json:
+        _print_json(document)
+        return
+    table = Table(title=f"edges, last {document['window_s']:g}s")
+    for column in ("SRC", "DST", "RPS", "SUCCESS", "CLIENT ID", "SERVER ID", "SECURED"):
+        table.add_column(column)
+    for row in document["rows"]:
+        table.add_row(
+            row["src"],
+            row["dst"],
+            f"{row['rps']:.2f}",
+            _pct(row["success_rate"]),
+            row["client_id"] or "-",
+            row["server_id"] or "-",
+            "🔒 yes" if row["secured"] else "no",
+        )
+    console.print(table)
+
+
+def _top_table(document: dict[str, Any], service: str) -> Table:
+    title = f"top {service or 'all services'}: {document['events']} requests in the last "
+    table = Table(title=title + f"{document['duration_s']:g}s")
+    for column in ("SERVICE", "METHOD", "PATH", "COUNT", "SUCCESS", "P50", "MAX"):
+        table.add_column(column, justify="right" if column in ("COUNT",) else "left")
+    for row in document["rows"]:
+        table.add_row(
+            row["service"],
+            row["method"],
+            row["path"],
+            str(row["count"]),
+            _pct(row["success_rate"]),
+            _ms(row["p50_ms"]),
+            _ms(row["max_ms"]),
+        )
+    for error in document.get("errors", []):
+        table.caption = f"not tapped: {error}"
+    return table
+
+
+@app.command("top")
+def top(
+    service: str = typer.Argument("", help="Only this service's proxies (default: every proxy)."),
+    duration: float = typer.Option(
+        2.0, "--duration", "-d", min=0.5, max=60, help="Seconds of live traffic per refresh."
+    ),
+    once: bool = typer.Option(False, "--once", help="Show one refresh and exit."),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP + " Implies --once."),
+    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+) -> None:
+    """The busiest paths right now (live, from tap), refreshing until Ctrl-C."""
+    url = resolve_control_url(control)
+    params = {"service": service, "duration": f"{duration:g}s"}
+
+    def fetch() -> dict[str, Any]:
+        document: dict[str, Any] = _get(url, "/api/top", params)
+        return document
+
+    if as_json or once:
+        document = fetch()
+        if as_json:
+            _print_json(document)
+        else:
+            console.print(_top_table(document, service))
+        return
+    try:
+        with Live(console=console, auto_refresh=False) as live:
+            while True:
+                live.update(_top_table(fetch(), service), refresh=True)
+    except KeyboardInterrupt:
+        return
+
+
+def _event_line(event: dict[str, Any]) -> str:
+    if "error" in event:
+        return f"! {event.get('service')}/{event.get('instance')}: {event['error']}"
+    parts = [
+        f"{event.get('direction', '')[:3]:3}",
+        f"{event.get('service', '')}/{event.get('instance', '')}",
+        f"{event.get('method', '')} {event.get('authority', '')}{event.get('path', '')}",
+        f"status={event.get('status')}",
+        f"latency={event.get('latency_ms', 0):.1f}ms",
+        f"src={event.get('src') or '-'} dst={event.get('dst') or '-'}",
+        f"tls={'true' if event.get('tls') else 'false'}",
+    ]
+    if event.get("client_id"):
+        parts.append(f"client_id={event['client_id']}")
+    if event.get("server_id"):
+        parts.append(f"server_id={event['server_id']}")
+    if event.get("error"):
+        parts.append(f"error={event['error']}")
+    return " ".join(parts)
+
+
+@app.command("tap")
+def tap(
+    service: str = typer.Argument(..., help="The service whose proxies to tap ('all': every one)."),
+    path: str = typer.Option("", "--path", help="Only requests whose path starts with this."),
+    method: str = typer.Option("", "--method", help="Only this HTTP method."),
+    status: str = typer.Option("", "--status", help="Only this status (503) or class (5xx)."),
+    limit: int = typer.Option(100, "--limit", "-n", min=1, help="Stop after this many requests."),
+    duration: float = typer.Option(
+        30.0, "--duration", "-d", min=0.1, max=3600, help="Stop after this many seconds."
+    ),
+    as_json: bool = typer.Option(False, "--json", help="One JSON event per line."),
+    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+) -> None:
+    """Watch live requests through a service's proxies: method, path, status, latency, identity."""
+    url = resolve_control_url(control)
+    query = {
+        "service": "" if service == "all" else service,
+        "path": path,
+        "method": method,
+        "status": status,
+        "limit": str(limit),
+        "duration": f"{duration:g}",
+    }
+    target = f"{url}/api/tap?" + urlencode({k: v for k, v in query.items() if v})
+    seen = 0
+    try:
+        with urllib.request.urlopen(target, timeout=duration + 10) as response:
+            for raw in response:
+                line = raw.strip()
+                if not line:
+                    continue
+                event = json.loads(line)
+                typer.echo(line.decode() if as_json else _event_line(event))
+                sys.stdout.flush()
+                seen += "error" not in event
+    except urllib.error.HTTPError as exc:
+        try:
+            message = json.loads(exc.read()).get("error", "")
+        except ValueError:
+            message = f"HTTP {exc.code}"
+        raise _fail(f"tulle tap: {message}") from None
+    except (urllib.error.URLError, OSError) as exc:
+        raise _fail(
+            f"cannot reach the control plane at {url}: {getattr(exc, 'reason', exc)}\n"
+            "hint: is `tulle control` (or `tulle up`) running?"
+        ) from None
+    except KeyboardInterrupt:
+        return
+    if not as_json:
+        typer.echo(f"{seen} requests", err=True)
+
+
+_MARKS = {OK: "[green]√[/green]", WARN: "[yellow]‼[/yellow]", FAIL: "[red]✗[/red]"}
+
+
+def render_report(report: CheckReport) -> None:
+    """The one way a check report is shown, for the mesh checks and --pre alike."""
+    for category in report.categories:
+        console.print(f"[bold]{category.name}[/bold]")
+        console.print("-" * max(len(category.name), 10))
+        for check in category.checks:
+            detail = f" [dim]({check.detail})[/dim]" if check.detail else ""
+            console.print(f"{_MARKS.get(check.status, '?')} {check.name}{detail}", highlight=False)
+            if check.hint:
+                console.print(f"    [cyan]hint:[/cyan] {check.hint}", highlight=False)
+        console.print()
+    console.print(
+        "[green]Status check results are √[/green]"
+        if report.ok
+        else "[red]Status check results are ✗[/red]"
+    )
+
+
+@app.command("check")
+def check(
+    pre: bool = typer.Option(
+        False, "--pre", help="Pre-flight checks only: they need no running mesh."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+) -> None:
+    """Health checks of the mesh (or --pre: of this machine); exits 1 when one fails."""
+    if pre:
+        report = preflight()
+    else:
+        url = resolve_control_url(control)
+        try:
+            status, document = api_call(url, "/api/check")
+        except ControlUnreachable as exc:
+            report = CheckReport()
+            message, _, hint = str(exc).partition("\nhint: ")
+            report.category("control plane").add("control plane reachable", False, message, hint)
+        else:
+            if status != 200:
+                raise _fail(f"tulle check: {document.get('error', f'HTTP {status}')}")
+            report = CheckReport.from_json(document)
+    if as_json:
+        _print_json(report.to_json())
+    else:
+        render_report(report)
+    if not report.ok:
+        raise typer.Exit(1)
+
+
+@app.command("apply")
+def apply(
+    file: Path = typer.Option(
+        ..., "--file", "-f", help="YAML: services whose routes, splits, timeouts, retries change."
+    ),
+    replace: bool = typer.Option(
+        False, "--replace", help="The file is a whole manifest: replace instead of merging."
+    ),
+    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
+    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+) -> None:
+    """Change a running mesh: merge FILE into the control plane's manifest (validated first)."""
+    try:
+        body = file.read_bytes()
+    except OSError as exc:
+        raise _fail(f"tulle apply: cannot read {file}: {exc.strerror or exc}") from None
+    url = resolve_control_url(control)
+    params = {"source": str(file), "mode": "replace" if replace else "merge"}
+    try:
+        status, document = api_call(url, "/api/apply", params, body=body)
+    except ControlUnreachable as exc:
+        raise _fail(str(exc)) from None
+    if as_json:
+        _print_json(document)
+    if status == 200 and document.get("ok"):
+        if not as_json:
+            changed = ", ".join(document["changed"]) or "-"
+            added = ", ".join(document["added"]) or "-"
+            typer.echo(f"applied {file}: changed {changed}; added {added}")
+            typer.echo("proxies follow within a second (the control plane streams the change)")
+        return
+    if not as_json:
+        problems = document.get("problems") or [{"text": document.get("error", f"HTTP {status}")}]
+        typer.echo(f"tulle apply: {file} refused, nothing changed:", err=True)
+        for problem in problems:
+            typer.echo(f"  {problem['text']}", err=True)
+    raise typer.Exit(1)
+
+
+def wait_for_api(control: str, timeout_s: float = 10.0) -> bool:
+    """True once the API answers (for scripts that start a mesh and then query it)."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        try:
+            api_call(control, "/api", timeout=1.0)
+            return True
+        except ControlUnreachable:
+            time.sleep(0.1)
+    return False

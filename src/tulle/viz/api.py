@@ -1,0 +1,510 @@
+"""The metrics API: one HTTP/JSON API for the CLI and the dashboard (docs/api.md).
+
+Served by `tulle control` on its HTTP port (8084). Figures come from a
+`MetricsSource`: the built-in scraper's window store, or Prometheus when the
+control plane runs with `--prometheus-url`. Live tap is relayed from the
+proxies' `/tap`. Every answer is JSON, except `/api/tap`, which streams one
+JSON object per line (`application/x-ndjson`) until its end or the client
+leaves. Errors are JSON too: `{"error": "..."}` with a 4xx/5xx status.
+
+A deliberately small HTTP/1.1 server on asyncio streams: one request per
+connection, like the admin listener; its traffic is a few calls a second.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import json
+import logging
+import time
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+from urllib.parse import parse_qsl, urlsplit
+
+from tulle.control.manifest import Manifest, ManifestError, load_manifest, parse_duration
+from tulle.viz import aggregate
+from tulle.viz.apply import apply_manifest
+from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
+from tulle.viz.http_client import FetchError, request
+from tulle.viz.prometheus import PrometheusError, PrometheusSource
+from tulle.viz.promtext import ParseError, parse
+from tulle.viz.tap_relay import relay, select_targets, summarize_top
+from tulle.viz.targets import ScrapeTarget
+from tulle.viz.window import WindowData, WindowStore
+
+log = logging.getLogger(__name__)
+
+DEFAULT_WINDOW_S = 60.0
+MAX_WINDOW_S = 600.0
+DEFAULT_TOP_DURATION_S = 5.0
+MAX_REQUEST_BODY = 1024 * 1024
+_READ_TIMEOUT_S = 10.0
+CHECK_TIMEOUT_S = 1.5
+
+
+class MetricsSource(Protocol):
+    async def window(self, seconds: float) -> WindowData: ...
+
+    async def steps(self, seconds: float, step: float) -> list[tuple[float, WindowData]]: ...
+
+
+class StoreSource:
+    """The built-in scraper's window store as a `MetricsSource`."""
+
+    def __init__(self, store: WindowStore) -> None:
+        self.store = store
+
+    async def window(self, seconds: float) -> WindowData:
+        return self.store.window(seconds)
+
+    async def steps(self, seconds: float, step: float) -> list[tuple[float, WindowData]]:
+        now = time.time()
+        slices = self.store.steps(seconds, step, now)
+        first = now - len(slices) * step
+        return [(first + (index + 1) * step, data) for index, data in enumerate(slices)]
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+@dataclass
+class ApiContext:
+    """What the API needs from the control plane around it."""
+
+    targets: Callable[[], list[ScrapeTarget]]
+    source: MetricsSource
+    ready: Callable[[], bool]
+    manifest: Callable[[], Manifest | None]
+    manifest_path: Path | None = None
+    source_name: str = "scrape"
+    target_error: Callable[[], str] = lambda: ""
+
+
+def _seconds(query: dict[str, str], key: str, default: float, high: float) -> float:
+    text = query.get(key, "").strip()
+    if not text:
+        return default
+    value = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
+    if value is None or value <= 0:
+        raise ApiError(400, f"{key}: expected a duration like 60s or 10m, got {text!r}")
+    return min(value, high)
+
+
+def _status_reason(status: int) -> str:
+    return {
+        200: "OK",
+        400: "Bad Request",
+        404: "Not Found",
+        405: "Method Not Allowed",
+        413: "Payload Too Large",
+        422: "Unprocessable Entity",
+        500: "Internal Server Error",
+        502: "Bad Gateway",
+        503: "Service Unavailable",
+    }.get(status, "Unknown")
+
+
+def _head(status: int, content_type: str, length: int | None) -> bytes:
+    head = (
+        f"HTTP/1.1 {status} {_status_reason(status)}\r\ncontent-type: {content_type}\r\n"
+        "cache-control: no-store\r\nconnection: close\r\n"
+    )
+    if length is not None:
+        head += f"content-length: {length}\r\n"
+    return (head + "\r\n").encode()
+
+
+class MetricsApi:
+    """Request handlers; each returns (status, JSON document)."""
+
+    def __init__(self, context: ApiContext) -> None:
+        self.context = context
+
+    async def _window(self, query: dict[str, str]) -> WindowData:
+        seconds = _seconds(query, "window", DEFAULT_WINDOW_S, MAX_WINDOW_S)
+        try:
+            return await self.context.source.window(seconds)
+        except PrometheusError as exc:
+            raise ApiError(502, str(exc)) from None
+
+    def _envelope(self, data: WindowData, rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            "window_s": round(data.seconds, 3),
+            "source": self.context.source_name,
+            "generated_at": round(time.time(), 3),
+            "rows": rows,
+        }
+
+    async def stat(self, query: dict[str, str]) -> dict[str, Any]:
+        data = await self._window(query)
+        kind = query.get("kind", "service")
+        service = query.get("service") or None
+        if kind == "service":
+            rows = aggregate.stat_services(data, service)
+        elif kind == "instance":
+            rows = aggregate.stat_instances(data, service)
+        else:
+            raise ApiError(400, f"kind must be service or instance, got {kind!r}")
+        return self._envelope(data, rows)
+
+    async def routes(self, query: dict[str, str]) -> dict[str, Any]:
+        service = query.get("service", "")
+        if not service:
+            raise ApiError(400, "routes needs ?service=NAME")
+        data = await self._window(query)
+        return self._envelope(data, aggregate.routes(data, service))
+
+    async def edges(self, query: dict[str, str]) -> dict[str, Any]:
+        data = await self._window(query)
+        return self._envelope(data, aggregate.edges(data))
+
+    async def timeseries(self, query: dict[str, str]) -> dict[str, Any]:
+        service = query.get("service", "")
+        if not service:
+            raise ApiError(400, "timeseries needs ?service=NAME")
+        seconds = _seconds(query, "window", MAX_WINDOW_S, MAX_WINDOW_S)
+        step = _seconds(query, "step", 10.0, MAX_WINDOW_S)
+        if step < 1:
+            raise ApiError(400, "step must be at least 1s")
+        try:
+            slices = await self.context.source.steps(seconds, step)
+        except PrometheusError as exc:
+            raise ApiError(502, str(exc)) from None
+        return {
+            "service": service,
+            "window_s": seconds,
+            "step_s": step,
+            "source": self.context.source_name,
+            "points": aggregate.timeseries(slices, service),
+        }
+
+    async def services(self, query: dict[str, str]) -> dict[str, Any]:
+        manifest = self.context.manifest()
+        by_name: dict[str, dict[str, Any]] = {}
+        if manifest is not None:
+            for name, spec in manifest.services.items():
+                by_name[name] = {
+                    "name": name,
+                    "protocol": spec.protocol,
+                    "port": spec.port,
+                    "identity": spec.identity or "",
+                    "endpoints": [
+                        {"address": f"{e.address[0]}:{e.address[1]}", "weight": e.weight}
+                        for e in spec.endpoints
+                    ],
+                    "routes": [route.name for route in spec.profile.routes],
+                    "backends": [
+                        {"name": b.service, "weight": b.weight} for b in spec.profile.backends
+                    ],
+                    "instances": [],
+                }
+        for target in self.context.targets():
+            entry = by_name.setdefault(
+                target.service,
+                {
+                    "name": target.service,
+                    "protocol": "",
+                    "port": None,
+                    "identity": "",
+                    "endpoints": [],
+                    "routes": [],
+                    "backends": [],
+                    "instances": [],
+                },
+            )
+            entry["instances"].append({"instance": target.instance, "admin": target.admin})
+        return {"services": [by_name[name] for name in sorted(by_name)]}
+
+    async def targets(self, query: dict[str, str]) -> dict[str, Any]:
+        store = getattr(self.context.source, "store", None)
+        rows: list[dict[str, Any]] = []
+        for target in self.context.targets():
+            row: dict[str, Any] = target.to_json()
+            health = store.health.get(target) if isinstance(store, WindowStore) else None
+            if health is not None:
+                row.update(
+                    last_ok=health.last_ok,
+                    last_error=health.last_error,
+                    scrapes_ok=health.scrapes_ok,
+                    scrapes_failed=health.scrapes_failed,
+                )
+            rows.append(row)
+        return {"targets": rows, "error": self.context.target_error()}
+
+    async def _probe(self, target: ScrapeTarget) -> tuple[bool, str, bool, str, float | None]:
+        """(ready, why not, metrics ok, why not, certificate expiry) of one proxy."""
+        try:
+            status, _ = await request(target.admin, "/ready", timeout=CHECK_TIMEOUT_S)
+            ready, ready_why = status == 200, f"/ready answered {status}"
+        except FetchError as exc:
+            ready, ready_why = False, str(exc)
+        expiry: float | None = None
+        try:
+            status, body = await request(target.admin, "/metrics", timeout=CHECK_TIMEOUT_S)
+            if status != 200:
+                raise FetchError(f"/metrics answered {status}")
+            for sample in parse(body.decode(errors="replace")):
+                if sample.name == "identity_cert_expiration_timestamp_seconds":
+                    expiry = sample.value
+            metrics_ok, metrics_why = True, ""
+        except (FetchError, ParseError) as exc:
+            metrics_ok, metrics_why = False, str(exc)
+        return ready, ready_why, metrics_ok, metrics_why, expiry
+
+    async def check(self, query: dict[str, str]) -> dict[str, Any]:
+        report = CheckReport()
+        control = report.category("control plane")
+        control.add("HTTP API answers", True, f"metrics from {self.context.source_name}")
+        control.add(
+            "destination API serving", self.context.ready(), "", "see the control plane's log"
+        )
+        path = self.context.manifest_path
+        if path is not None:
+            try:
+                await asyncio.to_thread(load_manifest, path)
+                control.add("manifest valid", True, str(path))
+            except ManifestError as exc:
+                control.add(
+                    "manifest valid",
+                    False,
+                    str(exc),
+                    f"fix {path}; proxies keep the last good state meanwhile "
+                    "(`tulle manifest validate` lists every problem)",
+                )
+        if isinstance(self.context.source, PrometheusSource):
+            try:
+                await self.context.source.targets()
+                control.add("Prometheus answers", True, self.context.source.url)
+            except PrometheusError as exc:
+                control.add("Prometheus answers", False, str(exc), "check --prometheus-url")
+        proxies = report.category("proxies")
+        targets = self.context.targets()
+        target_error = self.context.target_error()
+        proxies.add(
+            "scrape targets known",
+            bool(targets) and not target_error,
+            target_error or f"{len(targets)} proxies",
+            "run the mesh with `tulle up`, or pass `tulle control --scrape-targets`",
+            warn=not target_error,
+        )
+        probes = await asyncio.gather(*(self._probe(target) for target in targets))
+        now = time.time()
+        for target, (ready, ready_why, metrics_ok, metrics_why, expiry) in zip(
+            targets, probes, strict=True
+        ):
+            label = f"{target.service}/{target.instance}"
+            proxies.add(
+                f"{label} ready",
+                ready,
+                "" if ready else ready_why,
+                f"is the proxy at {target.admin} running? see its log; `tulle up` restarts it",
+            )
+            proxies.add(
+                f"{label} metrics scrapeable",
+                metrics_ok,
+                metrics_why,
+                f"GET http://{target.admin}/metrics must answer Prometheus text",
+            )
+            if expiry is not None:
+                left = expiry - now
+                proxies.add(
+                    f"{label} certificate not near expiry",
+                    left > CERT_EXPIRY_WARN_S,
+                    f"expires in {left / 3600:.1f} h",
+                    "the proxy renews at 70% of the leaf's life: "
+                    "is the identity service reachable?",
+                )
+        data_plane = report.category("data plane")
+        try:
+            data = await self.context.source.window(DEFAULT_WINDOW_S)
+            rows = aggregate.stat_services(data)
+        except PrometheusError as exc:
+            data_plane.add("metrics available", False, str(exc), "check --prometheus-url")
+            rows = []
+        total = sum(row["requests"] for row in rows)
+        data_plane.add(
+            "traffic flowing",
+            total > 0,
+            f"{total} requests in the last {DEFAULT_WINDOW_S:g}s",
+            "no requests seen: send some traffic through the mesh",
+            warn=True,
+        )
+        for row in rows:
+            rate = row["success_rate"]
+            if rate is not None:
+                data_plane.add(
+                    f"{row['service']} success rate",
+                    rate >= 0.95,
+                    f"{rate:.1%}",
+                    f"`tulle routes {row['service']}` and `tulle tap {row['service']}` "
+                    "show which calls fail",
+                    warn=True,
+                )
+        return report.to_json()
+
+    async def apply(self, query: dict[str, str], body: bytes) -> tuple[int, dict[str, Any]]:
+        path = self.context.manifest_path
+        if path is None:
+            raise ApiError(503, "this control plane has no manifest file to change")
+        result = await asyncio.to_thread(
+            apply_manifest,
+            body,
+            path,
+            mode=query.get("mode", "merge"),
+            source=query.get("source", "<apply>"),
+        )
+        return (200 if result.ok else 422), result.to_json()
+
+    async def top(self, query: dict[str, str]) -> dict[str, Any]:
+        duration = _seconds(query, "duration", DEFAULT_TOP_DURATION_S, 60.0)
+        targets = select_targets(self.context.targets(), query.get("service", ""))
+        events: list[dict[str, Any]] = []
+        errors: list[str] = []
+        relayed = {**query, "duration": f"{duration:g}"}
+        with contextlib.suppress(TimeoutError):
+            async with asyncio.timeout(duration + 2.0):
+                async for event in relay(targets, relayed):
+                    if "error" in event:
+                        errors.append(f"{event['instance']}: {event['error']}")
+                    else:
+                        events.append(event)
+        return {
+            "duration_s": duration,
+            "events": len(events),
+            "errors": errors,
+            "rows": summarize_top(events),
+        }
+
+
+Handler = Callable[[dict[str, str]], Awaitable[dict[str, Any]]]
+
+
+class ApiServer:
+    """Listens on the control plane's HTTP port and dispatches to `MetricsApi`."""
+
+    def __init__(self, context: ApiContext) -> None:
+        self.api = MetricsApi(context)
+        self._server: asyncio.Server | None = None
+        self._routes: dict[str, Handler] = {
+            "/api/stat": self.api.stat,
+            "/api/routes": self.api.routes,
+            "/api/edges": self.api.edges,
+            "/api/timeseries": self.api.timeseries,
+            "/api/services": self.api.services,
+            "/api/targets": self.api.targets,
+            "/api/check": self.api.check,
+            "/api/top": self.api.top,
+        }
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        self._server = await asyncio.start_server(self._handle, host, port)
+        sockname = self._server.sockets[0].getsockname()
+        return str(sockname[0]), int(sockname[1])
+
+    async def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            with contextlib.suppress(Exception):
+                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+
+    async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        try:
+            await self._serve(reader, writer)
+        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+            pass
+        except Exception:
+            log.exception("API request failed")
+            with contextlib.suppress(Exception):
+                body = b'{"error": "internal error, see the control plane log"}\n'
+                writer.write(_head(500, "application/json", len(body)) + body)
+        finally:
+            writer.close()
+            with contextlib.suppress(Exception):
+                await writer.wait_closed()
+
+    def _json(self, writer: asyncio.StreamWriter, status: int, document: object) -> None:
+        body = json.dumps(document, indent=1).encode() + b"\n"
+        writer.write(_head(status, "application/json", len(body)) + body)
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT_S)
+        lines = raw.decode("latin-1").split("\r\n")
+        parts = lines[0].split()
+        if len(parts) != 3:
+            self._json(writer, 400, {"error": "bad request line"})
+            return
+        method, target = parts[0], parts[1]
+        headers = {
+            name.strip().lower(): value.strip()
+            for name, sep, value in (line.partition(":") for line in lines[1:])
+            if sep
+        }
+        split = urlsplit(target)
+        path = split.path.rstrip("/") or "/"
+        query = dict(parse_qsl(split.query))
+        try:
+            if path == "/api/apply":
+                if method != "POST":
+                    raise ApiError(405, "use POST /api/apply with the YAML as the body")
+                length = int(headers.get("content-length", "0") or 0)
+                if length > MAX_REQUEST_BODY:
+                    raise ApiError(413, f"the body is larger than {MAX_REQUEST_BODY} bytes")
+                body = await asyncio.wait_for(reader.readexactly(length), _READ_TIMEOUT_S)
+                status, document = await self.api.apply(query, body)
+                self._json(writer, status, document)
+            elif method not in ("GET", "HEAD"):
+                raise ApiError(405, f"{method} is not allowed on {path}")
+            elif path == "/api/tap":
+                await self._tap(reader, writer, query)
+            elif path in ("/", "/api"):
+                self._json(
+                    writer, 200, {"endpoints": sorted([*self._routes, "/api/tap", "/api/apply"])}
+                )
+            elif path in self._routes:
+                self._json(writer, 200, await self._routes[path](query))
+            else:
+                raise ApiError(404, f"no such endpoint {path}; GET /api lists them")
+        except ApiError as exc:
+            self._json(writer, exc.status, {"error": str(exc)})
+        except (ValueError, TypeError) as exc:
+            self._json(writer, 400, {"error": f"bad request: {exc}"})
+        await writer.drain()
+
+    async def _tap(
+        self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, query: dict[str, str]
+    ) -> None:
+        targets = select_targets(self.api.context.targets(), query.get("service", ""))
+        if not targets:
+            known = sorted({t.service for t in self.api.context.targets()})
+            raise ApiError(404, f"no proxies of {query.get('service')!r} to tap (known: {known})")
+        writer.write(_head(200, "application/x-ndjson", None))
+        await writer.drain()
+        # The client leaving is seen as EOF on the request side.
+        gone = asyncio.create_task(reader.read(1))
+        stream = relay(targets, query)
+        try:
+            while True:
+                next_event = asyncio.ensure_future(anext(stream))
+                done, _ = await asyncio.wait(
+                    {next_event, gone}, return_when=asyncio.FIRST_COMPLETED
+                )
+                if next_event not in done:
+                    next_event.cancel()
+                    with contextlib.suppress(BaseException):
+                        await next_event
+                    return
+                try:
+                    event = next_event.result()
+                except StopAsyncIteration:
+                    return
+                writer.write(json.dumps(event).encode() + b"\n")
+                await writer.drain()
+        finally:
+            gone.cancel()
+            await stream.aclose()

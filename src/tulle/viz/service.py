@@ -1,0 +1,73 @@
+"""The metrics API as a part of `tulle control`: targets, scraper (or Prometheus) and server.
+
+`ControlPlane` creates one `VizService`, starts it after its other listeners
+and stops it first. Keeping the wiring here keeps the control plane's own
+module unaware of scraping, Prometheus and tap.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from collections.abc import Callable
+from pathlib import Path
+
+from tulle.control.manifest import Manifest
+from tulle.viz.api import ApiContext, ApiServer, MetricsSource, StoreSource
+from tulle.viz.prometheus import PrometheusSource
+from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S, Scraper
+from tulle.viz.targets import ScrapeTarget, TargetSource
+from tulle.viz.window import WindowStore
+
+
+class VizService:
+    def __init__(
+        self,
+        *,
+        scrape_targets: str,
+        prometheus_url: str,
+        manifest_path: Path | None,
+        manifest: Callable[[], Manifest | None],
+        ready: Callable[[], bool],
+        scrape_interval_s: float = DEFAULT_SCRAPE_INTERVAL_S,
+    ) -> None:
+        # Raises TargetError / ValueError on a bad flag: the replica refuses to start.
+        self.targets = TargetSource(scrape_targets)
+        self.store = WindowStore()
+        self.scraper: Scraper | None = None
+        source: MetricsSource
+        if prometheus_url:
+            source = PrometheusSource(prometheus_url, self.targets.current())
+            name = "prometheus"
+        else:
+            self.scraper = Scraper(self._targets, self.store, interval_s=scrape_interval_s)
+            source = StoreSource(self.store)
+            name = "scrape"
+        self.server = ApiServer(
+            ApiContext(
+                targets=self._targets,
+                source=source,
+                ready=ready,
+                manifest=manifest,
+                manifest_path=manifest_path,
+                source_name=name,
+                target_error=lambda: self.targets.error,
+            )
+        )
+        self._task: asyncio.Task[None] | None = None
+
+    def _targets(self) -> list[ScrapeTarget]:
+        return self.targets.current()
+
+    async def start(self, host: str, port: int) -> tuple[str, int]:
+        address = await self.server.start(host, port)
+        if self.scraper is not None:
+            self._task = asyncio.create_task(self.scraper.run(), name="metrics-scraper")
+        return address
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        await self.server.close()

@@ -1,0 +1,150 @@
+"""The metrics API and the CLI against a real mesh: stat, routes, edges, check, apply, top.
+
+Processes: the demo backend, two real `tulle proxy` hops and `tulle control`
+with its metrics API (see viz_mesh.py).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+from support.mesh import Backend
+from support.ports import LOOPBACK, free_port
+from support.process import ProcessGroup
+from viz_mesh import Mesh, eventually, start_mesh
+
+pytestmark = pytest.mark.integration
+
+OK_REQUESTS = 24
+FAILED_REQUESTS = 6
+
+
+@pytest.fixture(scope="module")
+def mesh(
+    module_processes: ProcessGroup, http_backend: Backend, tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[Mesh]:
+    yield start_mesh(module_processes, http_backend, tmp_path_factory.mktemp("viz"))
+
+
+def _scraped_twice(mesh: Mesh) -> bool:
+    targets = mesh.api("/api/targets")["targets"]
+    return len(targets) == 2 and all(t.get("scrapes_ok", 0) >= 2 for t in targets)
+
+
+@pytest.fixture(scope="module")
+def traffic(mesh: Mesh) -> Mesh:
+    eventually(lambda: _scraped_twice(mesh), "both proxies scraped")
+    # The outbound side learns `books` from the control plane first.
+    eventually(lambda: mesh.get("/status/200") == 200, "books reachable through web-0")
+    for _ in range(OK_REQUESTS - 1):
+        assert mesh.get("/status/200") == 200
+    for _ in range(FAILED_REQUESTS):
+        assert mesh.get("/status/500") == 500
+    return mesh
+
+
+def _books(mesh: Mesh) -> dict[str, Any] | None:
+    rows = mesh.cli_json("stat", "books")["rows"]
+    total = OK_REQUESTS + FAILED_REQUESTS
+    return rows[0] if rows and rows[0]["requests"] >= total else None
+
+
+def test_stat_shows_count_rate_and_success_rate(traffic: Mesh) -> None:
+    row = eventually(lambda: _books(traffic), "books' requests in tulle stat")
+    total = OK_REQUESTS + FAILED_REQUESTS
+    assert row["requests"] == total
+    assert row["success_rate"] == pytest.approx(OK_REQUESTS / total)
+    assert row["rps"] > 0
+    assert row["source"] == "inbound"
+    assert row["latency_ms"]["p50"] is not None
+    assert row["status_codes"] == {"200": OK_REQUESTS, "500": FAILED_REQUESTS}
+    table = traffic.cli("stat")
+    assert table.returncode == 0, table.stderr
+    assert "books" in table.stdout and "80.00%" in table.stdout
+    instances = traffic.cli_json("stat", "--kind", "instance")["rows"]
+    assert {(r["service"], r["instance"]) for r in instances} == {
+        ("books", "books-0"),
+        ("web", "web-0"),
+    }
+
+
+def test_routes_split_by_the_manifest_routes(traffic: Mesh) -> None:
+    eventually(lambda: _books(traffic), "books' requests in tulle stat")
+    rows = {row["route"]: row for row in traffic.cli_json("routes", "books")["rows"]}
+    assert rows["status"]["requests"] == OK_REQUESTS + FAILED_REQUESTS
+    assert rows["status"]["source"] == "outbound"
+    assert "status" in traffic.cli("routes", "books").stdout
+
+
+def test_edges_show_who_calls_whom(traffic: Mesh) -> None:
+    eventually(lambda: _books(traffic), "books' requests in tulle stat")
+    edges = traffic.cli_json("edges")["rows"]
+    assert [(e["src"], e["dst"]) for e in edges] == [("web", "books")]
+    assert edges[0]["requests"] == OK_REQUESTS + FAILED_REQUESTS
+    assert edges[0]["success_rate"] == pytest.approx(0.8)
+
+
+def test_timeseries_and_services(traffic: Mesh) -> None:
+    eventually(lambda: _books(traffic), "books' requests in tulle stat")
+    series = traffic.api("/api/timeseries?service=books&window=60s&step=5s")
+    assert len(series["points"]) == 12
+    assert sum(p["rps"] * 5 for p in series["points"]) == pytest.approx(30, abs=0.5)
+    services = {s["name"]: s for s in traffic.api("/api/services")["services"]}
+    assert services["books"]["routes"] == ["slow", "status"]
+    assert services["books"]["instances"][0]["instance"] == "books-0"
+
+
+def test_check_passes_then_fails_with_a_hint_when_a_proxy_is_down(traffic: Mesh) -> None:
+    result = traffic.cli("check")
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "books/books-0 ready" in result.stdout
+    original = traffic.targets_file.read_text()
+    dead = f"gone=gone-0={LOOPBACK}:{free_port()}\n"
+    try:
+        traffic.targets_file.write_text(original + dead)
+        failed = traffic.cli("check")
+        assert failed.returncode == 1
+        assert "gone/gone-0 ready" in failed.stdout
+        assert "hint:" in failed.stdout
+        document = traffic.cli_json_unchecked("check")
+        assert document["ok"] is False
+    finally:
+        traffic.targets_file.write_text(original)
+
+
+def test_check_without_a_control_plane_fails_with_a_hint() -> None:
+    result = Mesh.cli_unbound("check", f"http://{LOOPBACK}:{free_port()}")
+    assert result.returncode == 1
+    assert "control plane reachable" in result.stdout
+    assert "hint:" in result.stdout
+
+
+def test_apply_changes_a_route_timeout_and_the_proxy_follows(traffic: Mesh, tmp_path: Path) -> None:
+    assert traffic.get("/delay/400") == 200
+    broken = tmp_path / "broken.yaml"
+    broken.write_text(
+        "services:\n  - name: books\n    routes:\n      - name: slow\n"
+        "        matches: [{path: {value: /delay}}]\n        timeout: soon\n"
+    )
+    refused = traffic.cli("apply", "-f", str(broken))
+    assert refused.returncode == 1
+    assert f"{broken}:6: services[0].routes[0].timeout" in refused.stderr
+    change = tmp_path / "timeout.yaml"
+    change.write_text(
+        "services:\n  - name: books\n    routes:\n      - name: slow\n"
+        "        matches: [{path: {value: /delay}}]\n        timeout: 100ms\n"
+    )
+    applied = traffic.cli("apply", "-f", str(change))
+    assert applied.returncode == 0, applied.stderr
+    eventually(lambda: traffic.get("/delay/400") == 504, "504 after the timeout change", 10.0)
+    assert traffic.get("/status/200") == 200
+
+
+def test_top_once_lists_busiest_paths_when_tap_exists(traffic: Mesh) -> None:
+    document = traffic.cli_json("top", "--duration", "1")
+    if document["errors"] and all("404" in e for e in document["errors"]):
+        pytest.skip("the proxy's admin has no GET /tap yet")
+    assert document["errors"] == []

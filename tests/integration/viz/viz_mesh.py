@@ -1,0 +1,157 @@
+"""A small real mesh for the observability tests, and helpers to drive the CLI.
+
+backend <- proxy "books-0" (inbound) <- proxy "web-0" (outbound, fed by
+`tulle control`) <- the test's requests. The control plane runs the metrics
+API on a free port and scrapes both proxies, found through a targets file in
+the format `tulle up` writes (`--scrape-targets`).
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, TypeVar
+
+from support.mesh import Backend, Proxy, start_proxy
+from support.ports import LOOPBACK, free_port
+from support.process import ManagedProcess, ProcessGroup
+
+T = TypeVar("T")
+_READY = re.compile(r"tulle control ready grpc=[\d.]+:(\d+) admin=[\d.]+:(\d+) http=[\d.]+:(\d+)")
+SCRAPE_INTERVAL = "0.5"
+
+
+def manifest_text(books_inbound: int, slow_timeout: str = "5s") -> str:
+    return (
+        "services:\n"
+        "  - name: books\n"
+        "    port: 8080\n"
+        f"    endpoints: [{LOOPBACK}:{books_inbound}]\n"
+        "    routes:\n"
+        "      - name: slow\n"
+        "        matches: [{path: {value: /delay}}]\n"
+        f"        timeout: {slow_timeout}\n"
+        "      - name: status\n"
+        "        matches: [{path: {value: /status}}]\n"
+    )
+
+
+@dataclass
+class Mesh:
+    control: ManagedProcess
+    api_url: str
+    web: Proxy
+    books: Proxy
+    targets_file: Path
+    manifest: Path
+
+    def get(self, path: str, timeout: float = 10.0) -> int:
+        """A request to `books` through web-0's outbound side; the status."""
+        connection = http.client.HTTPConnection(*self.web.outbound, timeout=timeout)
+        try:
+            connection.request("GET", path, headers={"Host": "books"})
+            response = connection.getresponse()
+            response.read()
+            return response.status
+        finally:
+            connection.close()
+
+    def api(self, path: str) -> Any:
+        host, port = self.api_url.removeprefix("http://").split(":")
+        connection = http.client.HTTPConnection(host, int(port), timeout=10)
+        try:
+            connection.request("GET", path)
+            return json.loads(connection.getresponse().read())
+        finally:
+            connection.close()
+
+    def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "tulle", *args, "--control", self.api_url],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            check=False,
+        )
+
+    @staticmethod
+    def cli_unbound(command: str, control: str) -> subprocess.CompletedProcess[str]:
+        """A CLI command against a control URL where nothing may listen."""
+        return subprocess.run(
+            [sys.executable, "-m", "tulle", command, "--control", control],
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
+
+    def cli_json_unchecked(self, *args: str) -> Any:
+        return json.loads(self.cli(*args, "--json").stdout)
+
+    def cli_json(self, *args: str) -> Any:
+        result = self.cli(*args, "--json")
+        assert result.returncode == 0, result.stderr
+        return json.loads(result.stdout)
+
+
+def eventually(check: Callable[[], T | None], what: str, timeout: float = 15.0) -> T:
+    """Poll `check` (bounded in time) until it returns something truthy."""
+    deadline = time.monotonic() + timeout
+    last: T | None = None
+    while time.monotonic() < deadline:
+        last = check()
+        if last:
+            return last
+        time.sleep(0.2)
+    raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
+
+
+def start_mesh(group: ProcessGroup, backend: Backend, directory: Path) -> Mesh:
+    books = start_proxy(group, app_addr=backend.addr, name="proxy-books")
+    manifest = directory / "mesh.yaml"
+    manifest.write_text(manifest_text(books.inbound_port))
+    targets_file = directory / "targets.txt"
+    targets_file.write_text(f"books=books-0={LOOPBACK}:{books.admin_port}\n")
+    control = group.tulle(
+        "control",
+        [
+            "control",
+            "--manifest",
+            str(manifest),
+            "--grpc-addr",
+            f"{LOOPBACK}:0",
+            "--admin-addr",
+            f"{LOOPBACK}:0",
+            "--http-addr",
+            f"{LOOPBACK}:{free_port()}",
+            "--poll-interval",
+            "0.1",
+            "--scrape-targets",
+            str(targets_file),
+            "--scrape-interval",
+            SCRAPE_INTERVAL,
+        ],
+    )
+    found: list[re.Match[str]] = []
+
+    def announced() -> bool:
+        match = _READY.search(control.output())
+        if match:
+            found.append(match)
+        return match is not None
+
+    control.wait_for(announced, "the ready line")
+    grpc_port, _, http_port = (int(found[0].group(i)) for i in (1, 2, 3))
+    web = start_proxy(group, extra=["--control-addr", f"{LOOPBACK}:{grpc_port}"], name="proxy-web")
+    # The mesh grows: the control plane re-reads the targets file.
+    targets_file.write_text(
+        f"web=web-0={LOOPBACK}:{web.admin_port}\nbooks=books-0={LOOPBACK}:{books.admin_port}\n"
+    )
+    return Mesh(control, f"http://{LOOPBACK}:{http_port}", web, books, targets_file, manifest)
