@@ -283,7 +283,7 @@ def top(
 
 
 def _event_line(event: dict[str, Any]) -> str:
-    if "error" in event:
+    if event.get("kind") == "error":
         return f"! {event.get('service')}/{event.get('instance')}: {event['error']}"
     parts = [
         f"{event.get('direction', '')[:3]:3}",
@@ -337,7 +337,7 @@ def tap(
                 event = json.loads(line)
                 typer.echo(line.decode() if as_json else _event_line(event))
                 sys.stdout.flush()
-                seen += "error" not in event
+                seen += event.get("kind") == "event"
     except urllib.error.HTTPError as exc:
         try:
             message = json.loads(exc.read()).get("error", "")

@@ -61,13 +61,14 @@ def up(
         envvar="TULLE_STATE_DIR",
         help="Where logs, the pid file and state.json go; one mesh per directory.",
     ),
-    ingress_port: int = typer.Option(
-        DEFAULT_INGRESS_PORT,
+    ingress_port: int | None = typer.Option(
+        None,
         "--ingress-port",
         min=0,
         max=65535,
         envvar="TULLE_INGRESS_PORT",
-        help="Port on 127.0.0.1 where calls from outside reach the services (0: pick a free one).",
+        help="Port on 127.0.0.1 where calls from outside reach the services "
+        f"(0: pick a free one; default: the manifest's ingress.port, else {DEFAULT_INGRESS_PORT}).",
     ),
     detach: bool = typer.Option(
         False, "--detach", "-d", help="Run in the background; stop it with `tulle down`."
@@ -82,6 +83,9 @@ def up(
         manifest, raw = _load(path)
     except ManifestError as exc:
         raise _fail("tulle up", f"the manifest is not valid:\n{exc}") from None
+    if ingress_port is None:
+        configured = manifest.ingress.port if manifest.ingress is not None else None
+        ingress_port = configured if configured is not None else DEFAULT_INGRESS_PORT
     state = StateDir(Path(state_dir))
     if not supervise:
         if state.is_locked():
@@ -108,7 +112,9 @@ def _run(
         raise _fail("tulle up", f"cannot use the state directory {state.root}: {exc}") from None
     logs = LogStream()
     try:
-        plan = build_plan(manifest, raw, manifest_path=source, ingress_port=ingress_port)
+        plan = build_plan(
+            manifest, raw, manifest_path=source, state_dir=state.root, ingress_port=ingress_port
+        )
         logs.width = max(len("tulle up"), *(len(spec.name) for spec in plan.processes))
         supervisor = Supervisor(plan, state, logs)
 

@@ -7,6 +7,7 @@ Layout::
       up.pid                the supervisor's pid
       state.json            every process, pid, port and URL; rewritten on every change
       mesh.generated.yaml   the manifest the control plane serves (instances -> endpoints)
+      mesh.ingress.yaml     with `ingress.services`: what the ingress's own control plane serves
       up.log                the supervisor's own output when detached
       logs/<name>.log       one file per process (web-0.log, web-0.proxy.log, ...)
 
@@ -26,6 +27,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_STATE_DIR = ".tulle"
+GENERATED_MANIFEST = "mesh.generated.yaml"
+INGRESS_MANIFEST = "mesh.ingress.yaml"
 
 
 class MeshAlreadyRunning(Exception):
@@ -61,7 +64,11 @@ class StateDir:
 
     @property
     def generated_manifest(self) -> Path:
-        return self.root / "mesh.generated.yaml"
+        return self.root / GENERATED_MANIFEST
+
+    @property
+    def ingress_manifest(self) -> Path:
+        return self.root / INGRESS_MANIFEST
 
     @property
     def supervisor_log(self) -> Path:

@@ -44,16 +44,21 @@ def print_summary(state: dict[str, Any], console: Console) -> None:
         markup=False,
         highlight=False,
     )
-    services = [s["name"] for s in state.get("services", [])]
+    services = ingress.get("services") or [s["name"] for s in state.get("services", [])]
     if services:
         console.print("\nCall a service through the ingress:")
         first = services[0]
         console.print(f"  curl -H 'Host: {first}' http://{addr}/", markup=False, highlight=False)
         console.print(f"  curl -x http://{addr} http://{first}/", markup=False, highlight=False)
-        console.print(f"  (services: {', '.join(services)})", markup=False, highlight=False)
+        console.print(
+            f"  (reachable through the ingress: {', '.join(services)})",
+            markup=False,
+            highlight=False,
+        )
     console.print(
         f"\nState and logs: {state.get('state_dir')} "
         "(state.json, logs/<process>.log, mesh.generated.yaml)",
         markup=False,
+        soft_wrap=True,
         highlight=False,
     )

@@ -110,16 +110,8 @@ class Supervisor:
 
     # -- starting ----------------------------------------------------------
 
-    def _argv(self, spec: ProcessSpec) -> list[str]:
-        if spec.role == "control":
-            return [
-                str(self.state.generated_manifest) if part == "GENERATED" else part
-                for part in spec.argv
-            ]
-        return list(spec.argv)
-
     def _spawn(self, child: Child) -> None:
-        argv = self._argv(child.spec)
+        argv = list(child.spec.argv)
         log_file = open(child.log_path, "ab")  # noqa: SIM115 -- closed by the pump thread
         stamp = datetime.now(UTC).isoformat(timespec="seconds")
         log_file.write(f"--- {stamp} tulle up: starting {' '.join(argv)}\n".encode())
@@ -151,7 +143,8 @@ class Supervisor:
 
     def start(self) -> None:
         """Start the control plane, wait for it, then everything else."""
-        self.state.generated_manifest.write_text(self.plan.generated_manifest)
+        for name, text in self.plan.generated_files.items():
+            (self.state.root / name).write_text(text)
         control = [c for c in self.children if c.spec.role == "control"]
         for child in control:
             self._spawn(child)
@@ -315,6 +308,7 @@ class Supervisor:
             "ingress": {
                 "addr": ingress,
                 "url": f"http://{ingress}/",
+                "services": list(plan.exposed),
                 "admin": f"{LOOPBACK}:{plan.ingress_admin_port}",
             },
             "services": [{"name": n, "protocol": p} for n, p in plan.services],
@@ -339,7 +333,7 @@ class Supervisor:
                     "pid": c.pid if c.running() else None,
                     "restarts": c.restarts,
                     "log": str(c.log_path.resolve()),
-                    "argv": self._argv(c.spec),
+                    "argv": list(c.spec.argv),
                 }
                 for c in self.children
             ],

@@ -13,10 +13,12 @@ import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, cast
+from urllib.parse import parse_qs
 
 from tulle.codec.http1 import REASONS, Http1Error, RequestDecoder, RequestHead
 from tulle.core.discovery import Address
 from tulle.proxy.metrics import Snapshot, merge, render
+from tulle.proxy.tap import TapHub, serve_tap
 
 log = logging.getLogger(__name__)
 
@@ -29,6 +31,8 @@ class AdminState:
     shutdown: Callable[[], object]
     # Extra text appended to /metrics (e.g. identity gauges).
     extra_metrics: Callable[[], Awaitable[str]] | None = None
+    # The worker's tap hub; None with several workers (tap needs --workers 1).
+    tap: TapHub | None = None
 
 
 class _AdminConnection(asyncio.Protocol):
@@ -96,6 +100,8 @@ class _AdminConnection(asyncio.Protocol):
                 return
             self._write(200, b"text/plain", b"shutting down\n", close)
             state.shutdown()
+        elif path == b"/tap" and method == b"GET":
+            await self._tap(head)
         elif path == b"/config":
             described = await state.describe()
             body = json.dumps(described[0] if len(described) == 1 else described, indent=2)
@@ -105,12 +111,32 @@ class _AdminConnection(asyncio.Protocol):
                 404, b"text/plain", b"not found: try /metrics /ready /live /config\n", close
             )
 
+    async def _tap(self, head: RequestHead) -> None:
+        """Stream live requests. Only loopback clients: tap shows request paths
+        and identities, so it is for the control plane and operators on the host."""
+        transport = self.transport
+        if transport is None:
+            return
+        peer = transport.get_extra_info("peername")
+        host = peer[0] if isinstance(peer, tuple) else ""
+        if not (host.startswith("127.") or host == "::1"):
+            self._write(403, b"text/plain", b"tap is only served to loopback clients\n", True)
+            return
+        hub = self.state.tap
+        if hub is None:
+            self._write(503, b"text/plain", b"tap needs a single worker (--workers 1)\n", True)
+            return
+        _, _, raw_query = head.target.partition(b"?")
+        query = {k: v[-1] for k, v in parse_qs(raw_query.decode("latin-1")).items()}
+        await serve_tap(hub, query, transport.write, transport.is_closing)
+        transport.close()
+
     def _write(self, status: int, ctype: bytes, body: bytes, close: bool) -> None:
         if self.transport is None or self.transport.is_closing():
             return
         head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
             status,
-            REASONS.get(status, b"Method Not Allowed" if status == 405 else b""),
+            REASONS.get(status, b"Method Not Allowed" if status == 405 else b"Error"),
             ctype,
             len(body),
         )

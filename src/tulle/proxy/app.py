@@ -34,6 +34,7 @@ from tulle.proxy.context import ProxyContext
 from tulle.proxy.http1 import EndpointPool, Http1Server
 from tulle.proxy.metrics import Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
+from tulle.proxy.tap import TapHub
 from tulle.proxy.tcp import Tunnel
 
 log = logging.getLogger("tulle.proxy")
@@ -66,6 +67,7 @@ class Worker:
         self.config = config
         self.loop = loop
         self.metrics = Metrics()
+        self.tap = TapHub()
         self.resolver = make_resolver(config)
         self.contexts: list[ProxyContext] = []
         self.acceptors: list[Acceptor] = []
@@ -124,7 +126,7 @@ class Worker:
             max_pending=self.config.limits.max_pending_per_service,
             fixed_target=fixed,
         )
-        ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics)
+        ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics, self.tap)
         holder.append(ctx)
         self.contexts.append(ctx)
         return ctx
@@ -388,6 +390,7 @@ async def _run_single(config: ProxyConfig) -> int:
         ready=lambda: _async_value(worker.ready and not worker.draining),
         shutdown=lambda: loop.create_task(worker.drain()),
         extra_metrics=lambda: _async_value(worker.extra_metrics()),
+        tap=worker.tap,
     )
     try:
         admin = await AdminServer.start(loop, config.admin_addr, state)

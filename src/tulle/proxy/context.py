@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.metrics import Metrics, TcpStats
 from tulle.proxy.router import Router
+from tulle.proxy.tap import TapHub
 
 if TYPE_CHECKING:
     from tulle.net.mtls import MeshTls
@@ -25,12 +26,15 @@ class ProxyContext:
         config: ProxyConfig,
         router: Router,
         metrics: Metrics,
+        tap: TapHub,
     ) -> None:
         self.loop = loop
         self.direction = direction
         self.config = config
         self.router = router
         self.metrics = metrics
+        # Live tap: exchanges are published only while someone listens.
+        self.tap = tap
         self.connections: set[Http1Server] = set()
         self.draining = False
         self.downstream_tcp: TcpStats = metrics.tcp(direction, "src", "")

@@ -46,7 +46,8 @@ from tulle.codec.http1 import (
     error_response,
 )
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
-from tulle.proxy.router import IDEMPOTENT_METHODS, PoolHandle, RoutePolicy, ServiceTarget
+from tulle.proxy.router import PoolHandle, RoutePolicy, ServiceTarget
+from tulle.proxy.tap import TapEvent, TapHub
 from tulle.proxy.tcp import Tunnel
 
 if TYPE_CHECKING:
@@ -393,7 +394,20 @@ class Exchange:
 
     def _encode_request_head(self) -> bytes:
         head = self.head
-        out = [head.method, b" ", head.target, b" HTTP/1.1\r\n", *head.encoded_end_to_end()]
+        out = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
+        server = self.server
+        if server.ctx.direction == "inbound":
+            # The app may trust `tulle-client-id`: only this proxy sets it, from
+            # the verified mTLS identity; a client's own copy is dropped.
+            out.extend(
+                line
+                for line in head.encoded_end_to_end()
+                if line[:16].lower() != b"tulle-client-id:"
+            )
+            if server.client_id:
+                out.append(b"tulle-client-id: " + server.client_id.encode() + b"\r\n")
+        else:
+            out.extend(head.encoded_end_to_end())
         if head.host is None:
             out.append(b"Host: ")
             out.append(self.authority.encode("latin-1") or b"localhost")
@@ -486,7 +500,10 @@ class Exchange:
 
     def _bind(self, conn: UpstreamConn) -> None:
         self.conn = conn
-        self.peer_id = conn.peer_id
+        if conn.peer_id:
+            # Outbound over mesh TLS: the server's verified identity. (Inbound
+            # keeps the client's; the hop to the local app is plaintext.)
+            self.peer_id = conn.peer_id
         conn.exchange = self
         conn.got_bytes = False
         conn.decoder.expect(self, self.head.method == b"HEAD")
@@ -881,8 +898,37 @@ class Exchange:
             target.pending.release()
         stats = self._stats()
         stats.requests += 1
-        stats.record_response(status, success, _monotonic() - self.start, error)
+        latency = _monotonic() - self.start
+        stats.record_response(status, success, latency, error)
+        tap = self.server.ctx.tap
+        if tap.active:
+            self._publish(tap, status, latency, error)
         self.server.exchange_done(self, keep_connection)
+
+    def _publish(self, tap: TapHub, status: int, latency_s: float, error: str) -> None:
+        server = self.server
+        ctx = server.ctx
+        head = self.head
+        inbound = ctx.direction == "inbound"
+        tap.emit(
+            TapEvent(
+                ts=time.time(),
+                direction=ctx.direction,
+                method=head.method.decode("latin-1"),
+                authority=self.authority,
+                path=head.target.decode("latin-1"),
+                status=status,
+                latency_ms=round(latency_s * 1000.0, 3),
+                dst=self.endpoint_label,
+                src=f"{server.peer[0]}:{server.peer[1]}",
+                tls=bool(self.peer_id),
+                client_id=self.peer_id if inbound else "",
+                server_id="" if inbound else self.peer_id,
+                error=error,
+                route=self.route.name if self.route is not None else "",
+                dst_service=self.backend.metrics_labels if self.backend is not None else "",
+            )
+        )
 
     def client_gone(self) -> None:
         """The client went away: abandon the request and its upstream connection."""

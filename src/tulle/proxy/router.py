@@ -236,6 +236,7 @@ class Router:
             view.apply_reset([Endpoint(fixed_target)])
             self._fixed = ServiceTarget(self, "app", view, make_pool, max_pending)
             self._fixed.authority_label = ""
+            self._fixed.metrics_labels = ""
 
     @property
     def fixed(self) -> ServiceTarget | None:

@@ -370,7 +370,7 @@ class MetricsApi:
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration + 2.0):
                 async for event in relay(targets, relayed):
-                    if "error" in event:
+                    if event.get("kind") == "error":
                         errors.append(f"{event['instance']}: {event['error']}")
                     else:
                         events.append(event)

@@ -2,7 +2,8 @@
 
 Each selected proxy's stream is read by its own task into one bounded queue;
 events are tagged with the proxy's service and instance and passed on in
-arrival order. A proxy that cannot be tapped yields one `{"error": ...}` line
+arrival order. Lines are tagged `"kind": "event"`; a proxy that cannot be tapped
+yields one `{"kind": "error", "error": ...}` line
 instead of failing the whole relay. The relay ends when every stream ended,
 when `limit` events were passed on, or when the client went away.
 """
@@ -48,11 +49,19 @@ async def _pump(target: ScrapeTarget, path: str, queue: asyncio.Queue[object]) -
                 continue
             if event.get("end"):
                 continue
+            event["kind"] = "event"
             event["service"] = target.service
             event["instance"] = target.instance
             await queue.put(event)
     except FetchError as exc:
-        await queue.put({"error": str(exc), "service": target.service, "instance": target.instance})
+        await queue.put(
+            {
+                "kind": "error",
+                "error": str(exc),
+                "service": target.service,
+                "instance": target.instance,
+            }
+        )
     finally:
         await queue.put(_END)
 
@@ -76,7 +85,7 @@ async def relay(
                 continue
             assert isinstance(item, dict)
             yield item
-            if "error" not in item:
+            if item.get("kind") == "event":
                 sent += 1
                 if limit and sent >= limit:
                     return
@@ -92,7 +101,7 @@ def summarize_top(events: list[dict[str, Any]]) -> list[dict[str, Any]]:
     """Busiest (service, method, path) first: count, successes, latency extremes."""
     rows: dict[tuple[str, str, str], dict[str, Any]] = {}
     for event in events:
-        if "error" in event:
+        if event.get("kind") == "error":
             continue
         key = (
             str(event.get("service", "")),

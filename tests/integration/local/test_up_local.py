@@ -211,3 +211,37 @@ def test_a_bad_manifest_names_the_field_and_line(tmp_path: Path) -> None:
     assert f"{bad}:5: services[0].instances.replicas" in result.stderr
     assert "Traceback" not in result.stderr
     assert not (tmp_path / "s" / "state.json").exists()
+
+
+RESTRICTED_MANIFEST = """\
+services:
+  - name: hello
+    instances:
+      command: tulle demo backend --addr 127.0.0.1:{port}
+  - name: hidden
+    instances:
+      command: ["tulle", "demo", "backend", "--addr", "127.0.0.1:{port}"]
+ingress:
+  services: [hello]
+"""
+
+
+def test_the_ingress_reaches_only_the_services_the_manifest_names(tmp_path: Path) -> None:
+    manifest = tmp_path / "restricted.yaml"
+    manifest.write_text(RESTRICTED_MANIFEST)
+    run = UpRun([str(manifest), "--ingress-port", "0"], tmp_path / "state", tmp_path)
+    try:
+        state = run.wait_ready()
+        assert state["ingress"]["services"] == ["hello"]
+        ingress = port_of(state["ingress"]["addr"])
+        assert http_get(ingress, "/", {"Host": "hello"}) == (200, b"Hello, Tulle\n")
+        status, body = http_get(ingress, "/", {"Host": "hidden"})
+        assert status == 503 and b"hidden" in body
+        # Inside the mesh, hidden is still reachable: hello's sidecar knows it.
+        hello = next(i for i in state["instances"] if i["service"] == "hello")
+        assert http_get(port_of(hello["outbound"]), "/", {"Host": "hidden"})[0] == 200
+        exposed = (run.state_dir / "mesh.ingress.yaml").read_text()
+        assert "name: hello" in exposed and "name: hidden" not in exposed
+    finally:
+        run.close()
+    assert run.wait_gone(timeout_s=5) == []

@@ -113,12 +113,10 @@ def eventually(check: Callable[[], T | None], what: str, timeout: float = 15.0) 
     raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
 
 
-def start_mesh(group: ProcessGroup, backend: Backend, directory: Path) -> Mesh:
-    books = start_proxy(group, app_addr=backend.addr, name="proxy-books")
-    manifest = directory / "mesh.yaml"
-    manifest.write_text(manifest_text(books.inbound_port))
-    targets_file = directory / "targets.txt"
-    targets_file.write_text(f"books=books-0={LOOPBACK}:{books.admin_port}\n")
+def start_control(
+    group: ProcessGroup, manifest: Path, targets: str, extra: tuple[str, ...] = ()
+) -> tuple[ManagedProcess, int, str]:
+    """`tulle control` with its API on a free port; (process, gRPC port, API URL)."""
     control = group.tulle(
         "control",
         [
@@ -134,9 +132,10 @@ def start_mesh(group: ProcessGroup, backend: Backend, directory: Path) -> Mesh:
             "--poll-interval",
             "0.1",
             "--scrape-targets",
-            str(targets_file),
+            targets,
             "--scrape-interval",
             SCRAPE_INTERVAL,
+            *extra,
         ],
     )
     found: list[re.Match[str]] = []
@@ -148,10 +147,20 @@ def start_mesh(group: ProcessGroup, backend: Backend, directory: Path) -> Mesh:
         return match is not None
 
     control.wait_for(announced, "the ready line")
-    grpc_port, _, http_port = (int(found[0].group(i)) for i in (1, 2, 3))
+    grpc_port, http_port = int(found[0].group(1)), int(found[0].group(3))
+    return control, grpc_port, f"http://{LOOPBACK}:{http_port}"
+
+
+def start_mesh(group: ProcessGroup, backend: Backend, directory: Path) -> Mesh:
+    books = start_proxy(group, app_addr=backend.addr, name="proxy-books")
+    manifest = directory / "mesh.yaml"
+    manifest.write_text(manifest_text(books.inbound_port))
+    targets_file = directory / "targets.txt"
+    targets_file.write_text(f"books=books-0={LOOPBACK}:{books.admin_port}\n")
+    control, grpc_port, api_url = start_control(group, manifest, str(targets_file))
     web = start_proxy(group, extra=["--control-addr", f"{LOOPBACK}:{grpc_port}"], name="proxy-web")
     # The mesh grows: the control plane re-reads the targets file.
     targets_file.write_text(
         f"web=web-0={LOOPBACK}:{web.admin_port}\nbooks=books-0={LOOPBACK}:{books.admin_port}\n"
     )
-    return Mesh(control, f"http://{LOOPBACK}:{http_port}", web, books, targets_file, manifest)
+    return Mesh(control, api_url, web, books, targets_file, manifest)

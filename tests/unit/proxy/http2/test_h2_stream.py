@@ -12,6 +12,7 @@ from collections.abc import Sequence
 
 import h2.config
 import h2.connection
+import h2.errors
 import h2.events
 
 from tulle.codec.http2 import Header
@@ -221,3 +222,47 @@ def test_error_responses() -> None:
     assert plain[b":status"] == b"504" and plain[b"content-length"] == str(len(body)).encode()
     headers, _ = error_response(ProxyError.CONNECT_FAILED, True, "caf\u00e9 100%")
     assert _header_map(headers)[b"grpc-message"] == b"caf? 100%25"
+
+
+def test_upstream_reset_mid_response_resets_the_client_stream_with_its_code() -> None:
+    async def scenario() -> None:
+        stream, client, down, up, upstream, done = await _joined_stream()
+        client.end_stream(1)
+        _feed(stream, down, client.data_to_send(), request=True)
+        upstream.receive_data(up.h2.data_to_send())
+        upstream.send_headers(1, [(b":status", b"200")])
+        upstream.send_data(1, b"partial")
+        upstream.reset_stream(1, h2.errors.ErrorCodes.INTERNAL_ERROR)
+        for event in up.h2.receive_data(upstream.data_to_send()):
+            if isinstance(event, h2.events.ResponseReceived):
+                stream.on_response_headers(list(event.headers), False)
+            elif isinstance(event, h2.events.DataReceived):
+                stream.on_response_data(event.data, event.flow_controlled_length)
+            elif isinstance(event, h2.events.StreamReset):
+                stream.on_upstream_reset(event.error_code)
+        events = client.receive_data(down.h2.data_to_send())
+        resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+        assert resets and resets[0].error_code == h2.errors.ErrorCodes.INTERNAL_ERROR
+        assert done and done[0][3] is False
+
+    asyncio.run(scenario())
+
+
+def test_upstream_reset_before_a_response_becomes_a_502() -> None:
+    async def scenario() -> None:
+        stream, client, down, up, upstream, _ = await _joined_stream()
+        client.end_stream(1)
+        _feed(stream, down, client.data_to_send(), request=True)
+        upstream.receive_data(up.h2.data_to_send())
+        upstream.reset_stream(1, h2.errors.ErrorCodes.REFUSED_STREAM)
+        for event in up.h2.receive_data(upstream.data_to_send()):
+            if isinstance(event, h2.events.StreamReset):
+                stream.on_upstream_reset(event.error_code)
+        events = client.receive_data(down.h2.data_to_send())
+        response = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        assert response
+        headers = dict(response[0].headers)
+        assert headers[b":status"] == b"502"
+        assert headers[b"tulle-proxy-error"] == b"upstream-reset"
+
+    asyncio.run(scenario())
