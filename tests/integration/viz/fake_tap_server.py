@@ -27,6 +27,7 @@ class FakeTapServer:
         self._loop = asyncio.new_event_loop()
         self._ready = threading.Event()
         self._stop: asyncio.Event | None = None
+        self._handlers: set[asyncio.Task[None]] = set()
         self._thread = threading.Thread(target=self._run, name="fake-tap", daemon=True)
 
     @property
@@ -57,6 +58,9 @@ class FakeTapServer:
         await self._stop.wait()
         emitter.cancel()
         server.close()
+        for task in list(self._handlers):
+            task.cancel()
+        await asyncio.gather(emitter, *self._handlers, return_exceptions=True)
         with contextlib.suppress(Exception):
             await asyncio.wait_for(server.wait_closed(), 1.0)
 
@@ -85,6 +89,9 @@ class FakeTapServer:
             )
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        task = asyncio.current_task()
+        assert task is not None
+        self._handlers.add(task)
         try:
             head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), 5.0)
             target = head.split(b"\r\n", 1)[0].split()[1].decode()
@@ -98,4 +105,5 @@ class FakeTapServer:
         except (OSError, TimeoutError, asyncio.IncompleteReadError, IndexError):
             pass
         finally:
+            self._handlers.discard(task)
             writer.close()

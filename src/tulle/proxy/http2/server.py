@@ -82,6 +82,7 @@ class H2ServerProtocol(H2Peer):
         initial_data: bytes = b"",
         limits: H2Limits | None = None,
         flood_limits: dict[FloodKind, FloodLimit] | None = None,
+        idle_timeout_s: float | None = None,
     ) -> None:
         self.dispatcher = dispatcher
         self.pool = pool
@@ -103,6 +104,9 @@ class H2ServerProtocol(H2Peer):
         self._closing = False
         self._force_close: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
+        # A connection without streams for this long is closed (GOAWAY NO_ERROR).
+        self._idle_timeout_s = idle_timeout_s
+        self._idle_timer: asyncio.TimerHandle | None = None
         # Called once with this protocol when the connection is gone (H2Service's registry).
         self.on_closed: Callable[[H2ServerProtocol], None] | None = None
 
@@ -116,8 +120,11 @@ class H2ServerProtocol(H2Peer):
             self.counters.streams_open -= 1
             if self._closing:
                 return
-            if not self.streams and (self._last_accepted is not None or self._peer_going_away):
-                self._close(ErrorCodes.NO_ERROR)
+            if not self.streams:
+                if self._last_accepted is not None or self._peer_going_away:
+                    self._close(ErrorCodes.NO_ERROR)
+                else:
+                    self._arm_idle()
 
     # -- asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -125,6 +132,7 @@ class H2ServerProtocol(H2Peer):
         self.transport = cast(asyncio.Transport, transport)
         self.counters.connections_open += 1
         self.counters.connections_total += 1
+        self._arm_idle()
         self.mark_dirty()
         data, self._initial_data = self._initial_data, b""
         if data:
@@ -216,6 +224,8 @@ class H2ServerProtocol(H2Peer):
         self.streams.clear()
         if self._force_close is not None:
             self._force_close.cancel()
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
         if not self._closed.done():
             self._closed.set_result(None)
         if self.on_closed is not None:
@@ -251,6 +261,9 @@ class H2ServerProtocol(H2Peer):
         )
         self.streams[stream_id] = stream
         self.counters.streams_open += 1
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+            self._idle_timer = None
         timeout = head.grpc_timeout_s
         if decision.timeout_s is not None and (timeout is None or decision.timeout_s < timeout):
             timeout = decision.timeout_s
@@ -325,6 +338,18 @@ class H2ServerProtocol(H2Peer):
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
 
+    def _arm_idle(self) -> None:
+        if self._idle_timeout_s is None:
+            return
+        if self._idle_timer is not None:
+            self._idle_timer.cancel()
+        self._idle_timer = self._loop.call_later(self._idle_timeout_s, self._idle_expired)
+
+    def _idle_expired(self) -> None:
+        self._idle_timer = None
+        if not self.streams:
+            self._close(ErrorCodes.NO_ERROR)
+
     def _grace_expired(self) -> None:
         self._force_close = None
         for stream in list(self.streams.values()):
@@ -381,9 +406,11 @@ class H2Service:
         pool: H2ClientPool | None = None,
         limits: H2Limits | None = None,
         flood_limits: dict[FloodKind, FloodLimit] | None = None,
+        idle_timeout_s: float | None = 300.0,
     ) -> None:
         self.dispatcher = dispatcher
         self.pool = pool or H2ClientPool()
+        self.idle_timeout_s = idle_timeout_s
         self.counters = self.pool.counters
         self.limits = limits
         self.flood_limits = flood_limits
@@ -397,6 +424,7 @@ class H2Service:
             initial_data=initial_data,
             limits=self.limits,
             flood_limits=self.flood_limits,
+            idle_timeout_s=self.idle_timeout_s,
         )
         self.connections.add(protocol)
         protocol.on_closed = self.connections.discard

@@ -124,3 +124,22 @@ def test_shutdown_without_streams_sends_goaway_and_closes() -> None:
         assert transport.closed
 
     asyncio.run(scenario())
+
+
+def test_idle_connection_is_closed_with_goaway() -> None:
+    async def scenario() -> None:
+        peer = client()
+        protocol = H2ServerProtocol(
+            StaticDispatcher({}), H2ClientPool(), initial_data=peer.data_to_send(),
+            idle_timeout_s=0.05,
+        )  # fmt: skip
+        transport = FakeTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        peer.receive_data(transport.take())
+        await asyncio.sleep(0.2)
+        events = peer.receive_data(transport.take())
+        terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert terminated and terminated[0].error_code == h2.errors.ErrorCodes.NO_ERROR
+        assert transport.closed
+
+    asyncio.run(scenario())
