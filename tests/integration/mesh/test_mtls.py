@@ -94,7 +94,7 @@ def test_call_is_mtls_with_both_identities(mesh: tuple[Proxy, Proxy]) -> None:
 
 
 def test_client_cannot_forge_the_identity_header(mesh: tuple[Proxy, Proxy]) -> None:
-    web, books = mesh
+    _, books = mesh
     result = curl("-H", "tulle-client-id: spiffe://evil/ns/x/sa/y", f"{books.inbound_url}/headers")
     assert result.returncode == 0, result.stderr
     headers = {n.lower(): v for n, v in json.loads(result.stdout)["headers"]}
