@@ -155,3 +155,10 @@ def test_refused_connection_is_routed_again(mesh: Mesh) -> None:
         for i in range(6):
             payload = str(i).encode()
             assert stub.Unary(echo_pb2.EchoRequest(payload=payload), timeout=10).payload == payload
+
+
+def test_bulk_server_stream_is_not_mistaken_for_a_ping_flood(echo: echo_pb2_grpc.EchoStub) -> None:
+    """grpc-core sends BDP PINGs with bursts of DATA; 48 MiB must pass untouched."""
+    request = echo_pb2.EchoRequest(count=96, reply_size=512 << 10)
+    sizes = [len(r.payload) for r in echo.ServerStream(request, timeout=60)]
+    assert sizes == [512 << 10] * 96

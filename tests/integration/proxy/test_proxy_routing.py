@@ -78,9 +78,11 @@ def test_inbound_forwards_to_app(one_hop: Proxy) -> None:
 
 def test_two_hop_mesh_with_curl(two_hops: tuple[Proxy, Proxy]) -> None:
     client_side, _ = two_hops
-    result = curl("--proxy", client_side.outbound_url, "http://books/headers")
+    result = curl("--proxy", client_side.outbound_url, "--include", "http://books/headers")
     assert result.returncode == 0, result.stderr
-    document = json.loads(result.stdout)
+    head, _, body = result.stdout.partition("\r\n\r\n")
+    assert head.startswith("HTTP/1.1 200"), head
+    document = json.loads(body)
     headers = {name.lower(): value for name, value in document["headers"]}
     assert headers["host"] == "books"
 
@@ -95,6 +97,8 @@ def test_two_hops_with_async_httpx_client(two_hops: tuple[Proxy, Proxy]) -> None
             )
 
     responses = asyncio.run(fetch_many())
+    failed = [(r.status_code, r.headers.get("tulle-proxy-error")) for r in responses if r.is_error]
+    assert not failed, failed[:3]
     assert [response.status_code for response in responses] == [
         200 + index % 3 for index in range(30)
     ]

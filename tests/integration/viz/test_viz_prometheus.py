@@ -133,8 +133,15 @@ def test_stat_routes_and_edges_from_prometheus(
     assert [(e["src"], e["dst"]) for e in edges] == [("web", "books")]
     routes = mesh.cli_json("routes", "books", "--window", window)["rows"]
     assert sum(r["requests"] for r in routes) >= total * 0.8
-    series = mesh.api("/api/timeseries?service=books&window=60s&step=5s")
-    assert len(series["points"]) == 12
-    assert any(point["rps"] > 0 for point in series["points"])
+
+    def busy_points() -> list[dict[str, Any]]:
+        points: list[dict[str, Any]] = mesh.api("/api/timeseries?service=books&window=60s&step=5s")[
+            "points"
+        ]
+        assert len(points) == 12
+        return [point for point in points if point["rps"] > 0]
+
+    busy = eventually(busy_points, "sparkline points with traffic", 10.0)
+    assert all(point["success_rate"] is not None for point in busy)
     check = mesh.cli("check")
     assert "Prometheus answers" in check.stdout

@@ -98,20 +98,22 @@ class H2ClientConnection(H2Peer):
         waiting = self.waiting
         while waiting and self.transport is not None and len(self.streams) < self.capacity:
             stream = waiting.popleft()
-            if not stream.closed:
-                self._start(stream)
+            if not stream.closed and not self._start(stream):
+                break
 
-    def _start(self, stream: ProxyStream) -> None:
+    def _start(self, stream: ProxyStream) -> bool:
+        """Open the upstream stream; False (stream queued again) when h2 says the peer is full."""
         headers = stream.request_headers
         if headers is None:
-            return
+            return True
         stream_id = self.h2.get_next_available_stream_id()
         end = stream.request.end and not stream.request.chunks and stream.request.trailers is None
         try:
             self.h2.send_headers(stream_id, headers, end_stream=end)
         except h2.exceptions.TooManyStreamsError:
+            # h2 still counts streams we have let go of; retry when one closes.
             self.waiting.appendleft(stream)
-            return
+            return False
         if end:
             stream.request.end_sent = True
         if stream_id >= _LAST_STREAM_ID - 2:
@@ -119,6 +121,7 @@ class H2ClientConnection(H2Peer):
         self.streams[stream_id] = stream
         self.pool.outbox.add(self)
         stream.bind_upstream(self, stream_id)
+        return True
 
     # -- UpSide ----------------------------------------------------------------
     def mark_dirty(self) -> None:
