@@ -19,7 +19,8 @@ tests/integration/http2/h2proxy_harness.py (the same code `tulle proxy` plugs
 in behind protocol detection). For each target the script prints req/s,
 mean latency, the ratio to direct, and the proxy's CPU time per stream (from
 /proc/<pid>/stat: user+system, summed over the hops), which is the cost per
-stream. `--profile` re-runs tulle-1 under cProfile and prints the top
+stream, then the mean latency at c=1 m=1 and what each hop adds to it.
+`--profile` re-runs tulle-1 under cProfile and prints the top
 functions and the share of time spent inside h2/hpack/hyperframe.
 
 Usage: python bench/http2.py [--duration 5] [--profile]
@@ -302,6 +303,19 @@ def main() -> None:
         ]
         print(f"c={args.clients} m={args.streams}, {args.duration:.0f} s per target")
         print_table("HTTP/2 (h2load, 13-byte responses)", rows)
+
+        # One stream at a time: the latency each hop adds, without queueing.
+        single = {"duration": args.duration, "clients": 1, "streams": 1}
+        latency = [
+            h2load(nginx_port, proxies=[], **single).mean_ms,
+            h2load(hop_b_port, proxies=[hop_b], **single).mean_ms,
+            h2load(hop_a_port, proxies=[hop_a, hop_b], **single).mean_ms,
+        ]
+        print(
+            f"\nc=1 m=1 mean latency: direct {latency[0]:.3f} ms, one hop "
+            f"{latency[1]:.3f} ms, two hops {latency[2]:.3f} ms; added per hop "
+            f"{(latency[2] - latency[0]) / 2:.3f} ms"
+        )
 
         if not args.skip_grpc:
             grpc_port = start_grpc_server(procs)

@@ -14,6 +14,7 @@ from tulle.control.manifest import ManifestError, load_manifest
 from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S
 from tulle.control.server import ControlConfig, run
 from tulle.core.discovery import Address, parse_address
+from tulle.identity.store import IdentityStoreError
 from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8084"
@@ -99,6 +100,19 @@ def control(
         max=60.0,
         help="Seconds between scrapes of the proxies' /metrics by the metrics API.",
     ),
+    identity_dir: str = typer.Option(
+        "",
+        "--identity-dir",
+        envvar="TULLE_CONTROL_IDENTITY_DIR",
+        help="Issuer directory (`tulle identity init`): serve Identity.Certify to proxies.",
+    ),
+    identity_leaf_ttl: float = typer.Option(
+        86400.0,
+        "--identity-leaf-ttl",
+        envvar="TULLE_CONTROL_IDENTITY_LEAF_TTL",
+        min=5.0,
+        help="Lifetime in seconds of the workload certificates issued.",
+    ),
     log_level: str = typer.Option(
         "info",
         "--log-level",
@@ -124,14 +138,17 @@ def control(
         prometheus_url=prometheus_url,
         http_optional=http_addr == DEFAULT_HTTP_ADDR,
         scrape_interval_s=scrape_interval,
+        identity_dir=Path(identity_dir) if identity_dir else None,
+        identity_leaf_ttl_s=identity_leaf_ttl,
     )
     try:
         run(config)
     except ManifestError as exc:
         typer.echo(f"tulle control: cannot start, the manifest is unusable:\n{exc}", err=True)
         raise typer.Exit(1) from None
-    except (OSError, ValueError) as exc:
-        # ValueError: unusable --scrape-targets or --prometheus-url.
+    except (OSError, ValueError, IdentityStoreError) as exc:
+        # ValueError: unusable --scrape-targets or --prometheus-url;
+        # IdentityStoreError: an unusable --identity-dir.
         typer.echo(f"tulle control: cannot start: {exc}", err=True)
         raise typer.Exit(1) from None
 

@@ -37,6 +37,8 @@ class ControlMetrics:
         self.stream_overflows = {"get": 0, "profile": 0}
         # Filled by the server so that the gauge reads the live value.
         self.publishers: Callable[[], int] = lambda: 0
+        # More exposition text (the Identity service's counters), when it runs.
+        self.extra: Callable[[], str] | None = None
 
     def render(self) -> str:
         usage = resource.getrusage(resource.RUSAGE_SELF)
@@ -91,4 +93,7 @@ class ControlMetrics:
             "# TYPE process_start_time_seconds gauge",
             f"process_start_time_seconds {self.started_at:.3f}",
         ]
-        return "\n".join(lines) + "\n"
+        text = "\n".join(lines) + "\n"
+        if self.extra is not None:
+            text += self.extra()
+        return text

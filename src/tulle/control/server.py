@@ -14,6 +14,7 @@ import logging
 import signal
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import grpc
 
@@ -27,6 +28,9 @@ from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S, ManifestFileS
 from tulle.control.metrics import ControlMetrics
 from tulle.core.discovery import Address
 from tulle.viz.service import VizService
+
+if TYPE_CHECKING:
+    from tulle.control.identity_service import IdentityService
 
 log = logging.getLogger("tulle.control")
 
@@ -61,6 +65,9 @@ class ControlConfig:
     # machine then runs without the API instead of refusing to start.
     http_optional: bool = False
     scrape_interval_s: float = 2.0
+    # The issuer directory (`tulle identity init`): serves Identity.Certify when set.
+    identity_dir: Path | None = None
+    identity_leaf_ttl_s: float = 24 * 3600.0
 
 
 def format_address(address: Address) -> str:
@@ -91,6 +98,7 @@ class ControlPlane:
         self.admin_address: Address | None = None
         self.http_address: Address | None = None
         self._viz: VizService | None = None
+        self._identity: IdentityService | None = None
         if config.http_addr is not None:
             self._viz = VizService(
                 scrape_targets=config.scrape_targets,
@@ -115,6 +123,14 @@ class ControlPlane:
             self.watcher, self.metrics, queue_capacity=self.config.queue_capacity
         )
         pb_grpc.add_DestinationServicer_to_server(service, server)
+        if self.config.identity_dir is not None:
+            from tulle.control.identity_service import add_identity_servicer
+
+            # Raises IdentityStoreError (a clear message) on an unusable directory.
+            self._identity = add_identity_servicer(
+                server, self.config.identity_dir, leaf_ttl_s=self.config.identity_leaf_ttl_s
+            )
+            self.metrics.extra = self._identity.render_prometheus
         target = format_address(self.config.grpc_addr)
         try:
             bound = server.add_insecure_port(target)
@@ -157,6 +173,8 @@ class ControlPlane:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self._identity is not None:
+            await self._identity.close()
         if self._server is not None:
             await self._server.stop(STOP_GRACE_S)
         await self._admin.close()
