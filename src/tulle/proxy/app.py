@@ -27,11 +27,13 @@ from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
 from tulle.net.listen import Acceptor, bind, original_dst
-from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, MeshTls, offered_mesh_alpn
+from tulle.net.mtls import ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, MeshTls, offered_mesh_alpn
 from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
+from tulle.proxy.h2_dispatch import MeshDispatcher
 from tulle.proxy.http1 import EndpointPool, Http1Server
+from tulle.proxy.http2.server import H2Service
 from tulle.proxy.metrics import Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapHub
@@ -77,6 +79,7 @@ class Worker:
         self.outbound = self._context("outbound", None)
         self.inbound = self._context("inbound", config.app_addr)
         self.mesh: MeshTls | None = None
+        self.h2_services: dict[str, H2Service] = {}
 
     async def start_identity(self) -> None:
         """With an identity configured: ask for a certificate (in the background).
@@ -164,8 +167,11 @@ class Worker:
             if kind is Kind.HTTP1:
                 loop.create_task(self._attach(sock, lambda: Http1Server(ctx, peer, orig)))
                 return
-            # TLS that is not the mesh's, HTTP/2 until its path is wired, and
-            # unknown bytes: opaque TCP to where the connection was going.
+            if kind is Kind.HTTP2:
+                loop.create_task(self._attach(sock, self._h2_service(ctx).protocol))
+                return
+            # TLS that is not the mesh's and unknown bytes: opaque TCP to where
+            # the connection was going.
             dst = ctx.config.app_addr if ctx.direction == "inbound" else orig
             if dst is None:
                 ctx.metrics.proxy_error(ctx.direction, "opaque-no-destination")
@@ -174,6 +180,14 @@ class Worker:
             loop.create_task(self._opaque(ctx, sock, dst))
 
         return on_detected
+
+    def _h2_service(self, ctx: ProxyContext) -> H2Service:
+        """The HTTP/2 path of a direction, made on first use (inside the loop)."""
+        service = self.h2_services.get(ctx.direction)
+        if service is None:
+            service = H2Service(MeshDispatcher(ctx))
+            self.h2_services[ctx.direction] = service
+        return service
 
     @staticmethod
     def _mesh_alpn(data: bytes) -> str | None:
@@ -198,6 +212,8 @@ class Worker:
         tunnel: Tunnel | None = None
         if alpn == ALPN_HTTP1:
             factory = lambda: Http1Server(ctx, peer, None)  # noqa: E731
+        elif alpn == ALPN_H2:
+            factory = self._h2_service(ctx).protocol
         elif alpn == ALPN_OPAQUE and app_addr is not None:
             label = f"{app_addr[0]}:{app_addr[1]}"
             tunnel = Tunnel(
@@ -290,7 +306,11 @@ class Worker:
             for conn in list(ctx.connections):
                 if conn.current is None and not conn.head_started:
                     conn.close()
-        deadline = self.loop.time() + self.config.timeouts.shutdown_grace_s
+        grace = self.config.timeouts.shutdown_grace_s
+        h2_drains = [
+            self.loop.create_task(service.drain(grace)) for service in self.h2_services.values()
+        ]
+        deadline = self.loop.time() + grace
         while self.loop.time() < deadline:
             if not any(ctx.connections for ctx in self.contexts):
                 break
@@ -298,6 +318,8 @@ class Worker:
         for ctx in self.contexts:
             for conn in list(ctx.connections):
                 conn.abort()
+        if h2_drains:
+            await asyncio.gather(*h2_drains, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
         if self.mesh is not None:
@@ -330,6 +352,10 @@ class Worker:
                 self.metrics.counters[("endpoints", labels)] = len(states)
                 open_states = sum(1 for s in states if s.accrual.state != "closed")
                 self.metrics.counters[("endpoints_ejected", labels)] = open_states
+        for direction, service in self.h2_services.items():
+            for name, value in service.counters.snapshot().items():
+                key = ("h2_" + name, (("direction", direction),))
+                self.metrics.counters[key] = value
         snap = self.metrics.snapshot()
         for name in ("endpoints", "endpoints_ejected"):
             if name in snap:

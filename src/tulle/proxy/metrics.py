@@ -37,16 +37,16 @@ class HttpStats:
     def __init__(self, labels: Labels) -> None:
         self.labels = labels
         self.requests = 0
-        # (status_code, classification, error) -> count
-        self.responses: dict[tuple[int, str, str], int] = {}
+        # (status_code, classification, error, grpc_status or -1) -> count
+        self.responses: dict[tuple[int, str, str, int], int] = {}
         self.buckets = [0] * (len(LATENCY_BUCKETS_MS) + 1)
         self.latency_sum_ms = 0.0
         self.latency_count = 0
 
     def record_response(
-        self, status: int, success: bool, latency_s: float, error: str = ""
+        self, status: int, success: bool, latency_s: float, error: str = "", grpc_status: int = -1
     ) -> None:
-        key = (status, "success" if success else "failure", error)
+        key = (status, "success" if success else "failure", error, grpc_status)
         responses = self.responses
         responses[key] = responses.get(key, 0) + 1
         ms = latency_s * 1000.0
@@ -145,12 +145,14 @@ class Metrics:
         )
         for stats in self._http.values():
             req[stats.labels] = req.get(stats.labels, 0) + stats.requests
-            for (status, classification, error), n in stats.responses.items():
+            for (status, classification, error, grpc_status), n in stats.responses.items():
                 labels = (
                     *stats.labels,
                     ("status_code", str(status)),
                     ("classification", classification),
                 )
+                if grpc_status >= 0:
+                    labels = (*labels, ("grpc_status_code", str(grpc_status)))
                 if error:
                     labels = (*labels, ("error", error))
                 resp[labels] = resp.get(labels, 0) + n

@@ -6,6 +6,9 @@ with its metrics API (see viz_mesh.py).
 
 from __future__ import annotations
 
+import contextlib
+import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -143,8 +146,35 @@ def test_apply_changes_a_route_timeout_and_the_proxy_follows(traffic: Mesh, tmp_
     assert traffic.get("/status/200") == 200
 
 
-def test_top_once_lists_busiest_paths_when_tap_exists(traffic: Mesh) -> None:
-    document = traffic.cli_json("top", "--duration", "1")
-    if document["errors"] and all("404" in e for e in document["errors"]):
-        pytest.skip("the proxy's admin has no GET /tap yet")
-    assert document["errors"] == []
+def test_top_and_tap_show_live_requests_of_real_proxies(traffic: Mesh) -> None:
+    stop = threading.Event()
+
+    def send() -> None:
+        # Paced and bounded in time: tap subscribes a moment after this starts.
+        deadline = time.monotonic() + 20.0
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                traffic.get("/status/202")
+            stop.wait(0.02)
+
+    sender = threading.Thread(target=send, daemon=True)
+    sender.start()
+    try:
+        top = traffic.cli_json("top", "--duration", "2")
+        tapped = traffic.cli("tap", "books", "--limit", "3", "--duration", "10")
+    finally:
+        stop.set()
+        sender.join(10)
+    assert top["errors"] == []
+    busiest = top["rows"][0]
+    assert (busiest["method"], busiest["path"], busiest["success_rate"]) == (
+        "GET",
+        "/status/202",
+        1,
+    )
+    # Both hops saw the requests: web-0 outbound and books-0 inbound.
+    assert {row["service"] for row in top["rows"]} == {"web", "books"}
+    assert tapped.returncode == 0, tapped.stderr
+    lines = tapped.stdout.splitlines()
+    assert len(lines) == 3
+    assert all(line.startswith("inb books/books-0 GET") and "status=202" in line for line in lines)

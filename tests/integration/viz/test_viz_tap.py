@@ -7,8 +7,10 @@ serves `GET /tap`, against a real `tulle proxy` as well.
 
 from __future__ import annotations
 
+import http.client
 import json
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -76,17 +78,18 @@ def test_tap_against_a_real_proxy_when_it_serves_tap(
     stop = threading.Event()
 
     def traffic() -> None:
-        import http.client
-
-        for _ in range(200):
-            if stop.is_set():
-                return
+        # Paced and bounded in time: the tap subscribes a moment after this starts.
+        deadline = time.monotonic() + 20.0
+        while not stop.is_set() and time.monotonic() < deadline:
             connection = http.client.HTTPConnection(*proxy.inbound, timeout=5)
             try:
                 connection.request("GET", "/status/201")
                 connection.getresponse().read()
+            except OSError:
+                pass
             finally:
                 connection.close()
+            stop.wait(0.02)
 
     sender = threading.Thread(target=traffic, daemon=True)
     sender.start()
