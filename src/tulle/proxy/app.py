@@ -31,7 +31,7 @@ from tulle.net.mtls import ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, MeshTls, offered_me
 from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
-from tulle.proxy.h2_dispatch import MeshDispatcher
+from tulle.proxy.h2_dispatch import MeshDispatcher, MeshH2Protocol
 from tulle.proxy.http1 import EndpointPool, Http1Server
 from tulle.proxy.http2.server import H2Service
 from tulle.proxy.metrics import Metrics, Snapshot
@@ -213,7 +213,8 @@ class Worker:
         if alpn == ALPN_HTTP1:
             factory = lambda: Http1Server(ctx, peer, None)  # noqa: E731
         elif alpn == ALPN_H2:
-            factory = self._h2_service(ctx).protocol
+            service = self._h2_service(ctx)
+            factory = lambda: MeshH2Protocol(service, ctx)  # noqa: E731
         elif alpn == ALPN_OPAQUE and app_addr is not None:
             label = f"{app_addr[0]}:{app_addr[1]}"
             tunnel = Tunnel(

@@ -12,13 +12,15 @@ with a `grpc_status_code` label for gRPC.
 
 from __future__ import annotations
 
+import asyncio
 import time
 from collections.abc import Callable, Sequence
 
 from tulle.codec.http2 import Header
-from tulle.net.mtls import ALPN_H2
+from tulle.net.mtls import ALPN_H2, transport_peer_identity
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.http2.dispatch import CompletionCallback, RefusalKind, Refused, Routed
+from tulle.proxy.http2.server import H2ServerProtocol, H2Service
 from tulle.proxy.router import ServiceTarget
 
 _monotonic = time.monotonic
@@ -27,8 +29,10 @@ _monotonic = time.monotonic
 class MeshDispatcher:
     """The `Dispatcher` of one direction (inbound or outbound) of a worker."""
 
-    def __init__(self, ctx: ProxyContext) -> None:
+    def __init__(self, ctx: ProxyContext, client_id: str = "") -> None:
         self.ctx = ctx
+        # Inbound over mesh TLS: the verified identity of the calling proxy.
+        self.client_id = client_id
 
     def route(
         self, authority: str, method: str, path: str, headers: Sequence[Header]
@@ -75,7 +79,9 @@ class MeshDispatcher:
             label,
             backend.metrics_labels,
             route.name,
-            (endpoint.identity or "") if ssl_context is not None else "",
+            self.client_id
+            if router.fixed is not None
+            else ((endpoint.identity or "") if ssl_context is not None else ""),
         )
         return Routed(
             endpoint.address,
@@ -110,3 +116,30 @@ def _lookup(headers: Sequence[Header]) -> Callable[[bytes], bytes | None]:
         return None
 
     return header
+
+
+class MeshH2Protocol(H2ServerProtocol):
+    """An HTTP/2 server connection that knows its mTLS peer.
+
+    The dispatcher seam sees streams, not connections, so a connection whose
+    client presented a mesh identity gets its own dispatcher carrying it (for
+    the `client_id` label and, later, authorization)."""
+
+    def __init__(self, service: H2Service, ctx: ProxyContext) -> None:
+        super().__init__(
+            service.dispatcher,
+            service.pool,
+            limits=service.limits,
+            flood_limits=service.flood_limits,
+        )
+        self._ctx = ctx
+        service.connections.add(self)
+        self.on_closed = service.connections.discard
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        ssl_object = transport.get_extra_info("ssl_object")
+        if ssl_object is not None:
+            client_id = transport_peer_identity(ssl_object)
+            if client_id:
+                self.dispatcher = MeshDispatcher(self._ctx, client_id)
+        super().connection_made(transport)

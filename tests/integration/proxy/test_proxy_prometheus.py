@@ -61,6 +61,8 @@ def test_prometheus_scrapes_proxy(processes: ProcessGroup, one_hop: Proxy, tmp_p
             if series:
                 break
         time.sleep(0.5)
-    assert target.get("health") == "up", f"scrape failed: {target.get('lastError')}"
+    assert target.get("health") == "up", (
+        f"scrape failed: {target.get('lastError')}\n{one_hop.process.describe()}"
+    )
     assert target.get("lastError") == ""
     assert sum(float(sample["value"][1]) for sample in series) >= 3
