@@ -22,6 +22,7 @@ from urllib.parse import urlencode
 import typer
 from rich.console import Console
 from rich.live import Live
+from rich import box
 from rich.table import Table
 
 from tulle.cli.main import app
@@ -38,7 +39,8 @@ _CONTROL_HELP = (
 _JSON_HELP = "Print the API's JSON document instead of a table."
 _WINDOW_HELP = "How far back to look: 10s .. 10m."
 
-console = Console()
+# Piped output is not wrapped at 80 columns: the tables are wider than that.
+console = Console(width=None if sys.stdout.isatty() else 200)
 
 
 class ControlUnreachable(Exception):
@@ -124,7 +126,7 @@ def _pct(value: float | None) -> str:
 
 
 def _ms(value: float | None) -> str:
-    return "-" if value is None else f"{value:g}ms"
+    return "-" if value is None else f"{value:.3g}ms"
 
 
 def _print_json(document: Any) -> None:
@@ -164,7 +166,9 @@ def stat(
     if as_json:
         _print_json(document)
         return
-    table = Table(title=f"last {document['window_s']:g}s ({document['source']})")
+    table = Table(
+        box=box.SIMPLE_HEAD, title=f"last {document['window_s']:g}s ({document['source']})"
+    )
     table.add_column("SERVICE")
     if kind == "instance":
         table.add_column("INSTANCE")
@@ -191,7 +195,7 @@ def routes(
     if as_json:
         _print_json(document)
         return
-    table = Table(title=f"{service}: routes, last {document['window_s']:g}s")
+    table = Table(box=box.SIMPLE_HEAD, title=f"{service}: routes, last {document['window_s']:g}s")
     table.add_column("ROUTE")
     table.add_column("REQUESTS", justify="right")
     _golden_columns(table)
@@ -213,7 +217,7 @@ def edges(
     if as_json:
         _print_json(document)
         return
-    table = Table(title=f"edges, last {document['window_s']:g}s")
+    table = Table(box=box.SIMPLE_HEAD, title=f"edges, last {document['window_s']:g}s")
     for column in ("SRC", "DST", "RPS", "SUCCESS", "CLIENT ID", "SERVER ID", "SECURED"):
         table.add_column(column)
     for row in document["rows"]:
@@ -231,7 +235,7 @@ def edges(
 
 def _top_table(document: dict[str, Any], service: str) -> Table:
     title = f"top {service or 'all services'}: {document['events']} requests in the last "
-    table = Table(title=title + f"{document['duration_s']:g}s")
+    table = Table(box=box.SIMPLE_HEAD, title=title + f"{document['duration_s']:g}s")
     for column in ("SERVICE", "METHOD", "PATH", "COUNT", "SUCCESS", "P50", "MAX"):
         table.add_column(column, justify="right" if column in ("COUNT",) else "left")
     for row in document["rows"]:
