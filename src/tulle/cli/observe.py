@@ -20,9 +20,9 @@ from typing import Any
 from urllib.parse import urlencode
 
 import typer
+from rich import box
 from rich.console import Console
 from rich.live import Live
-from rich import box
 from rich.table import Table
 
 from tulle.cli.main import app

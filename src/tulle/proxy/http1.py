@@ -728,7 +728,12 @@ class Exchange:
         if self.status == _DONE or server.transport is None or server.closed:
             tunnel.close()
             return
-        self._end_attempt(True)
+        # TCP is balanced per connection: the endpoint stays "pending" while
+        # the tunnel is open, so P2C sees open connections as load.
+        state, self.state = self.state, None
+        if state is not None:
+            connected_after = _monotonic() - self.attempt_start
+            tunnel.on_close = lambda: state.on_end(_monotonic(), connected_after, True)
         self._finish(200, True, "", keep_connection=True)
         server.out.append(b"HTTP/1.1 200 Connection established\r\n\r\n")
         server.flush()

@@ -11,6 +11,7 @@ are done or either side resets.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import cast
 
 from tulle.proxy.metrics import TcpStats
@@ -82,7 +83,7 @@ class TunnelSide(asyncio.Protocol):
 class Tunnel:
     """A pair of `TunnelSide`s joined together."""
 
-    __slots__ = ("_closed", "downstream", "upstream")
+    __slots__ = ("_closed", "downstream", "on_close", "upstream")
 
     def __init__(self, down_stats: TcpStats | None, up_stats: TcpStats | None) -> None:
         self.downstream = TunnelSide(self, down_stats)
@@ -90,6 +91,8 @@ class Tunnel:
         self.downstream.peer = self.upstream
         self.upstream.peer = self.downstream
         self._closed = False
+        # Called once when the tunnel closes (e.g. to end the balancer's count).
+        self.on_close: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Both sides are attached: let bytes flow."""
@@ -102,6 +105,8 @@ class Tunnel:
         if self._closed:
             return
         self._closed = True
+        if self.on_close is not None:
+            self.on_close()
         for side in (self.downstream, self.upstream):
             t = side.transport
             if t is not None and not t.is_closing():
