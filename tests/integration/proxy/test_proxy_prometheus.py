@@ -60,11 +60,11 @@ def test_prometheus_scrapes_proxy(processes: ProcessGroup, one_hop: Proxy, tmp_p
             series = _api(port, f"/api/v1/query?query={query}")["data"]["result"]
             if series:
                 break
-        import subprocess
-        print(http_status(LOOPBACK, one_hop.admin_port, "/ready"), target.get("lastError"), target.get("scrapeUrl"), [l for l in subprocess.run(["ss","-ltnp"],capture_output=True,text=True).stdout.splitlines() if str(one_hop.admin_port) in l])
         time.sleep(0.5)
     assert target.get("health") == "up", (
-        f"scrape failed: {target.get('lastError')}\n{one_hop.process.describe()}"
+        f"scrape failed: {target.get('lastError')}; /ready from here: "
+        f"{http_status(LOOPBACK, one_hop.admin_port, '/ready')}\n{one_hop.process.describe()}\n"
+        f"{prometheus.describe()}"
     )
     assert target.get("lastError") == ""
     assert sum(float(sample["value"][1]) for sample in series) >= 3

@@ -225,7 +225,7 @@ def test_arbitrary_bytes_never_escape_as_anything_but_http1error(data: bytes) ->
         assert err.status in (400, 431)
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=80, deadline=None)
 @given(
     st.lists(
         st.tuples(st.from_regex(rb"\AX-[A-Za-z0-9]{1,10}\Z"), st.from_regex(rb"\A[!-~]{0,20}\Z")),
