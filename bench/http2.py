@@ -14,22 +14,25 @@ server (grpcio aio, tests/integration/http2/grpc_service):
 * grpc-direct  -- h2load -> gRPC server
 * grpc-tulle-1 -- h2load -> proxy -> gRPC server
 
-The proxy is `H2ServerProtocol` on uvloop, run by
-tests/integration/http2/h2proxy_harness.py (the same code `tulle proxy` plugs
-in behind protocol detection). For each target the script prints req/s,
+With `--proxy harness` (default) each hop is `H2ServerProtocol` on uvloop
+with a static route, run by tests/integration/http2/h2proxy_harness.py: the
+HTTP/2 stream proxy alone. With `--proxy tulle` each hop is a real `tulle
+proxy` (one worker: detection, routing, P2C balancer, metrics); two hops are
+A's outbound -> B's inbound -> nginx. For each target the script prints req/s,
 mean latency, the ratio to direct, and the proxy's CPU time per stream (from
 /proc/<pid>/stat: user+system, summed over the hops), which is the cost per
 stream, then the mean latency at c=1 m=1 and what each hop adds to it.
 `--profile` re-runs tulle-1 under cProfile and prints the top
 functions and the share of time spent inside h2/hpack/hyperframe.
 
-Usage: python bench/http2.py [--duration 5] [--profile]
+Usage: python bench/http2.py [--duration 5] [--profile] [--proxy harness|tulle]
 Needs: h2load (apt-get install nghttp2-client), nginx.
 """
 
 from __future__ import annotations
 
 import argparse
+import http.client
 import os
 import pstats
 import re
@@ -135,10 +138,32 @@ def wait_port(port: int) -> None:
     raise BenchError(f"nothing listens on {port}")
 
 
+def descendants(pid: int) -> list[int]:
+    found: list[int] = []
+    pending = [pid]
+    while pending:
+        parent = pending.pop()
+        for children_file in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                children = [int(child) for child in children_file.read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            pending.extend(children)
+    return found
+
+
 def cpu_seconds(pid: int) -> float:
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    """User + system CPU of a process and its workers (the real proxy forks them)."""
+    total = 0.0
     ticks = os.sysconf("SC_CLK_TCK")
-    return (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    for member in [pid, *descendants(pid)]:
+        try:
+            fields = Path(f"/proc/{member}/stat").read_text().rsplit(")", 1)[1].split()
+        except OSError:
+            continue
+        total += (int(fields[11]) + int(fields[12])) / ticks  # utime + stime
+    return total
 
 
 def start_nginx(procs: Processes, work: Path) -> int:
@@ -182,6 +207,38 @@ def start_hop(
         argv += ["--profile", str(profile)]
     process = procs.start(name, argv, env={"PYTHONPATH": str(HTTP2_TESTS)})
     return procs.listening_port(name, process), process
+
+
+def admin_ready(port: int) -> bool:
+    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=1)
+    try:
+        connection.request("GET", "/ready")
+        return connection.getresponse().status == 200
+    except (OSError, http.client.HTTPException):
+        return False
+    finally:
+        connection.close()
+
+
+def start_tulle(
+    procs: Processes, name: str, *, app_port: int | None = None, dst_port: int | None = None
+) -> tuple[int, int, subprocess.Popen[bytes]]:
+    """A real `tulle proxy` (1 worker); returns its (outbound, inbound) ports and process."""
+    inbound, outbound, admin = free_port(), free_port(), free_port()
+    argv = [sys.executable, "-m", "tulle", "proxy", "--workers", "1", "--log-level", "warning"]
+    argv += ["--inbound-addr", f"{LOOPBACK}:{inbound}", "--outbound-addr", f"{LOOPBACK}:{outbound}"]
+    argv += ["--admin-addr", f"{LOOPBACK}:{admin}"]
+    if app_port is not None:
+        argv += ["--app-addr", f"{LOOPBACK}:{app_port}"]
+    if dst_port is not None:
+        argv += ["--static-dst", f"{AUTHORITY}={LOOPBACK}:{dst_port}"]
+    process = procs.start(name, argv)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while not admin_ready(admin):
+        if process.poll() is not None or time.monotonic() > deadline:
+            raise BenchError(f"{name} did not become ready: {(procs.log_dir / name).name}")
+        time.sleep(0.05)
+    return outbound, inbound, process
 
 
 def start_grpc_server(procs: Processes) -> int:
@@ -280,6 +337,13 @@ def main() -> None:
     parser.add_argument("--streams", type=int, default=10, help="h2load streams per connection")
     parser.add_argument("--profile", action="store_true", help="profile one hop with cProfile")
     parser.add_argument("--skip-grpc", action="store_true", help="only the h2load h2 runs")
+    parser.add_argument(
+        "--proxy",
+        choices=("harness", "tulle"),
+        default="harness",
+        help="harness: H2ServerProtocol alone (StaticDispatcher); tulle: the real "
+        "`tulle proxy` (routing, balancer, metrics), one worker",
+    )
     args = parser.parse_args()
     for tool in ("h2load", "nginx"):
         if shutil.which(tool) is None and not Path(f"/usr/sbin/{tool}").exists():
@@ -290,26 +354,42 @@ def main() -> None:
     load = {"duration": args.duration, "clients": args.clients, "streams": args.streams}
     try:
         nginx_port = start_nginx(procs, work)
-        hop_b_port, hop_b = start_hop(procs, "hop-b", nginx_port)
-        hop_a_port, hop_a = start_hop(procs, "hop-a", hop_b_port)
+        one_hop: tuple[int, list[subprocess.Popen[bytes]]]
+        two_hops: tuple[int, list[subprocess.Popen[bytes]]]
+        if args.proxy == "tulle":
+            # One hop: an outbound -> nginx. Two hops: A's outbound -> B's
+            # inbound -> nginx (B's app), HTTP/2 between the proxies.
+            one_port, _, one_proxy = start_tulle(procs, "proxy-one", dst_port=nginx_port)
+            _, b_inbound, proxy_b = start_tulle(procs, "proxy-b", app_port=nginx_port)
+            a_outbound, _, proxy_a = start_tulle(procs, "proxy-a", dst_port=b_inbound)
+            one_hop = (one_port, [one_proxy])
+            two_hops = (a_outbound, [proxy_a, proxy_b])
+        else:
+            b_port, hop_b = start_hop(procs, "hop-b", nginx_port)
+            a_port, hop_a = start_hop(procs, "hop-a", b_port)
+            one_hop = (b_port, [hop_b])
+            two_hops = (a_port, [hop_a, hop_b])
         rows = [
             ("direct", "h2load -> nginx", h2load(nginx_port, proxies=[], **load)),
-            ("tulle-1", "h2load -> proxy -> nginx", h2load(hop_b_port, proxies=[hop_b], **load)),
+            ("tulle-1", "h2load -> proxy -> nginx", h2load(one_hop[0], proxies=one_hop[1], **load)),
             (
                 "tulle-2",
                 "h2load -> proxy -> proxy -> nginx",
-                h2load(hop_a_port, proxies=[hop_a, hop_b], **load),
+                h2load(two_hops[0], proxies=two_hops[1], **load),
             ),
         ]
-        print(f"c={args.clients} m={args.streams}, {args.duration:.0f} s per target")
+        print(
+            f"proxy: {args.proxy}; c={args.clients} m={args.streams}, "
+            f"{args.duration:.0f} s per target"
+        )
         print_table("HTTP/2 (h2load, 13-byte responses)", rows)
 
         # One stream at a time: the latency each hop adds, without queueing.
         single = {"duration": args.duration, "clients": 1, "streams": 1}
         latency = [
             h2load(nginx_port, proxies=[], **single).mean_ms,
-            h2load(hop_b_port, proxies=[hop_b], **single).mean_ms,
-            h2load(hop_a_port, proxies=[hop_a, hop_b], **single).mean_ms,
+            h2load(one_hop[0], proxies=one_hop[1], **single).mean_ms,
+            h2load(two_hops[0], proxies=two_hops[1], **single).mean_ms,
         ]
         print(
             f"\nc=1 m=1 mean latency: direct {latency[0]:.3f} ms, one hop "
@@ -319,7 +399,10 @@ def main() -> None:
 
         if not args.skip_grpc:
             grpc_port = start_grpc_server(procs)
-            grpc_hop_port, grpc_hop = start_hop(procs, "grpc-hop", grpc_port)
+            if args.proxy == "tulle":
+                grpc_hop_port, _, grpc_hop = start_tulle(procs, "grpc-proxy", dst_port=grpc_port)
+            else:
+                grpc_hop_port, grpc_hop = start_hop(procs, "grpc-hop", grpc_port)
             body = grpc_request_file(work)
             grpc_load = {"duration": args.duration, "clients": 2, "streams": 50}
             grpc_rows = [

@@ -39,6 +39,15 @@ def _loadgen_statuses(state: dict[str, object]) -> dict[str, int]:
     return statuses
 
 
+def _get_until(port: int, path: str, wanted: int, tries: int = 5) -> tuple[int, bytes]:
+    answer = http_get(port, path, {"Host": "web"})
+    for _ in range(tries - 1):
+        if answer[0] == wanted:
+            break
+        answer = http_get(port, path, {"Host": "web"})
+    return answer
+
+
 def test_demo_shop_serves_traffic_through_the_ingress_and_stops_clean(demo: UpRun) -> None:
     state = demo.wait_ready()
     assert {s["name"] for s in state["services"]} == SHOP
@@ -46,9 +55,11 @@ def test_demo_shop_serves_traffic_through_the_ingress_and_stops_clean(demo: UpRu
 
     status, page = http_get(ingress, "/", {"Host": "web"})
     assert status == 200 and b"Tulle shop" in page
-    status, product = http_get(ingress, "/product/2", {"Host": "web"})
+    # catalog fails 10 % of lookups on purpose; the mesh retries once, so a
+    # lookup still fails now and then: allow a few tries.
+    status, product = _get_until(ingress, "/product/2", 200)
     assert status == 200 and json.loads(product)["name"] == "Sidecar mug"
-    assert http_get(ingress, "/product/99", {"Host": "web"})[0] == 404
+    assert _get_until(ingress, "/product/99", 404)[0] == 404
     # payments fails on purpose: some checkouts may not go through.
     checkouts = [http_get(ingress, "/checkout", {"Host": "web"}, 10)[0] for _ in range(8)]
     assert 200 in checkouts and set(checkouts) <= {200, 502}

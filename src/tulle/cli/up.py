@@ -53,7 +53,7 @@ def _load(path: Path) -> tuple[Manifest, Any]:
 @app.command("up")
 def up(
     manifest_file: str = typer.Argument(
-        "", metavar="[MANIFEST]", help="The mesh to run (mesh.yaml); none: the built-in demo shop."
+        "", metavar="MANIFEST", help="The mesh to run (mesh.yaml); none: the built-in demo shop."
     ),
     state_dir: str = typer.Option(
         DEFAULT_STATE_DIR,

@@ -26,6 +26,8 @@ from tulle.control.destination.watcher import DestinationWatcher
 from tulle.control.manifest import Manifest
 from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S, ManifestFileSource
 from tulle.control.metrics import ControlMetrics
+from tulle.control.policy.index import PolicyIndex
+from tulle.control.policy.service import add_policy_servicer
 from tulle.core.discovery import Address
 from tulle.viz.service import VizService
 
@@ -99,6 +101,7 @@ class ControlPlane:
         self.http_address: Address | None = None
         self._viz: VizService | None = None
         self._identity: IdentityService | None = None
+        self.policy: PolicyIndex | None = None
         if config.http_addr is not None:
             self._viz = VizService(
                 scrape_targets=config.scrape_targets,
@@ -114,6 +117,8 @@ class ControlPlane:
 
     def _on_manifest(self, manifest: Manifest) -> None:
         changed = self.watcher.update_manifest(manifest)
+        if self.policy is not None:
+            self.policy.update_manifest(manifest)
         log.info("manifest change sent to %d watched authorities", changed)
 
     async def start(self) -> None:
@@ -131,6 +136,9 @@ class ControlPlane:
                 server, self.config.identity_dir, leaf_ttl_s=self.config.identity_leaf_ttl_s
             )
             self.metrics.extra = self._identity.render_prometheus
+        self.policy = add_policy_servicer(
+            server, self.watcher.manifest, self.metrics, queue_capacity=self.config.queue_capacity
+        )
         target = format_address(self.config.grpc_addr)
         try:
             bound = server.add_insecure_port(target)

@@ -26,7 +26,7 @@ import yaml
 
 from tulle.control.manifest import Manifest
 from tulle.local.ports import LOOPBACK, allocate_ports
-from tulle.local.state import GENERATED_MANIFEST, INGRESS_MANIFEST
+from tulle.local.state import GENERATED_MANIFEST, INGRESS_MANIFEST, STATE_FILE
 
 Role = Literal["control", "ingress", "app", "sidecar"]
 
@@ -67,6 +67,10 @@ class InstancePlan:
     inbound_port: int
     outbound_port: int
     admin_port: int
+    # From `instances.identity` / `instances.serviceAccount`: what the sidecar's
+    # mTLS identity will be once `proxy_argv` passes identity flags.
+    identity: str | None = None
+    service_account: str | None = None
 
     @property
     def name(self) -> str:
@@ -144,12 +148,16 @@ def proxy_argv(
     return tuple(argv)
 
 
-def control_supports_http_addr() -> bool:
-    """Whether this build's `tulle control` has an HTTP API (`--http-addr`)."""
+def control_options() -> frozenset[str]:
+    """The options of this build's `tulle control` (as parameter names).
+
+    The HTTP API (`--http-addr`) and scraping (`--scrape-targets`) are newer
+    than `tulle up`; they are passed only where they exist.
+    """
     from tulle.cli import control as control_cli
 
     command = getattr(control_cli, "control", None)
-    return command is not None and "http_addr" in inspect.signature(command).parameters
+    return frozenset(inspect.signature(command).parameters) if command is not None else frozenset()
 
 
 def app_argv(command: tuple[str, ...], port: int, replica: int) -> tuple[str, ...]:
@@ -251,8 +259,8 @@ def _control(
     manifest: Path,
     grpc_port: int,
     admin_port: int,
-    http_port: int | None,
     env: Mapping[str, str],
+    extra: tuple[str, ...] = (),
 ) -> ProcessSpec:
     argv = [
         *tulle_argv(),
@@ -264,8 +272,7 @@ def _control(
         "--admin-addr",
         f"{LOOPBACK}:{admin_port}",
     ]
-    if http_port is not None:
-        argv += ["--http-addr", f"{LOOPBACK}:{http_port}"]
+    argv += extra
     return ProcessSpec(
         name=name, role="control", argv=tuple(argv), env=env, ready_port=admin_port, ready_http=True
     )
@@ -294,9 +301,10 @@ def build_plan(
         if spec.instances is not None
         for replica in range(spec.instances.replicas)
     ]
-    with_http = control_supports_http_addr()
+    options = control_options()
+    with_http = "http_addr" in options
     fixed = 5 + (1 if with_http else 0) + (1 if ingress_port == 0 else 0)
-    fixed += (3 if with_http else 2) if exposed is not None else 0
+    fixed += 2 if exposed is not None else 0
     ports = iter(allocate_ports(fixed + 4 * len(instance_specs)))
     control_grpc, control_admin = next(ports), next(ports)
     # The ingress has no app; its inbound side forwards to a port nobody
@@ -315,6 +323,8 @@ def build_plan(
                 inbound_port=next(ports),
                 outbound_port=next(ports),
                 admin_port=next(ports),
+                identity=spec.instances.identity if spec.instances else None,
+                service_account=spec.instances.service_account if spec.instances else None,
             )
         )
 
@@ -325,14 +335,21 @@ def build_plan(
             document, manifest_path, "Each service's `instances` became endpoints at its sidecars."
         )
     }
+    control_extra: list[str] = []
+    if control_http is not None:
+        control_extra += ["--http-addr", f"{LOOPBACK}:{control_http}"]
+    if "scrape_targets" in options:
+        # state.json lists every proxy's admin address, and is rewritten when
+        # anything changes; the control plane re-reads it.
+        control_extra += ["--scrape-targets", str((state_dir / STATE_FILE).resolve())]
     processes: list[ProcessSpec] = [
         _control(
             "control",
             state_dir / GENERATED_MANIFEST,
             control_grpc,
             control_admin,
-            control_http,
             base,
+            tuple(control_extra),
         )
     ]
     ingress_control_grpc = control_grpc
@@ -341,8 +358,6 @@ def build_plan(
         # one of its own that knows only the exposed services: everything
         # else is "no such service" to callers from outside.
         ingress_control_grpc, ingress_control_admin = next(ports), next(ports)
-        # Its HTTP API is not the dashboard, but it must not take the default port.
-        ingress_control_http = next(ports) if with_http else None
         files[INGRESS_MANIFEST] = render_document(
             exposed_document(document, exposed),
             manifest_path,
@@ -354,8 +369,9 @@ def build_plan(
                 state_dir / INGRESS_MANIFEST,
                 ingress_control_grpc,
                 ingress_control_admin,
-                ingress_control_http,
                 base,
+                # Not the dashboard: it must not take the HTTP API's default port.
+                ("--http-addr", "off") if with_http else (),
             )
         )
     for instance in instances:

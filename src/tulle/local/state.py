@@ -29,6 +29,7 @@ from typing import Any
 DEFAULT_STATE_DIR = ".tulle"
 GENERATED_MANIFEST = "mesh.generated.yaml"
 INGRESS_MANIFEST = "mesh.ingress.yaml"
+STATE_FILE = "state.json"
 
 
 class MeshAlreadyRunning(Exception):
@@ -60,7 +61,7 @@ class StateDir:
 
     @property
     def state_file(self) -> Path:
-        return self.root / "state.json"
+        return self.root / STATE_FILE
 
     @property
     def generated_manifest(self) -> Path:

@@ -150,6 +150,8 @@ class Supervisor:
             self._spawn(child)
         self.write_state()
         self._wait(control, CONTROL_READY_TIMEOUT_S, fatal=True)
+        if self.stop_requested.is_set():
+            return
         # Sidecars before their apps, so an app's first outbound call finds one.
         for child in self.children:
             if child.spec.role != "control":

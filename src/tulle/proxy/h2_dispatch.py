@@ -88,6 +88,7 @@ class MeshDispatcher:
             done=self._completion(target, state, stats_key),
             ssl_context=ssl_context,
             server_hostname=None,
+            expected_identity=endpoint.identity if ssl_context is not None else None,
             timeout_s=route.timeout_s or ctx.config.timeouts.response_s or None,
         )
 
@@ -131,6 +132,7 @@ class MeshH2Protocol(H2ServerProtocol):
             service.pool,
             limits=service.limits,
             flood_limits=service.flood_limits,
+            idle_timeout_s=service.idle_timeout_s,
         )
         self._ctx = ctx
         service.connections.add(self)

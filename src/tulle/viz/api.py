@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import functools
 import json
 import logging
 import time
@@ -25,7 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from tulle.control.manifest import Manifest, ManifestError, load_manifest, parse_duration
-from tulle.viz import aggregate
+from tulle.viz import aggregate, dashboard
 from tulle.viz.apply import apply_manifest
 from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
 from tulle.viz.http_client import FetchError, request
@@ -400,6 +401,7 @@ class ApiServer:
             "/api/targets": self.api.targets,
             "/api/check": self.api.check,
             "/api/top": self.api.top,
+            "/api/overview": functools.partial(dashboard.overview, self.api),
         }
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
@@ -462,6 +464,8 @@ class ApiServer:
                 raise ApiError(405, f"{method} is not allowed on {path}")
             elif path == "/api/tap":
                 await self._tap(reader, writer, query)
+            elif (page := dashboard.serve_asset(path, query, headers)) is not None:
+                writer.write(page.to_bytes(include_body=method != "HEAD"))
             elif path in ("/", "/api"):
                 self._json(
                     writer, 200, {"endpoints": sorted([*self._routes, "/api/tap", "/api/apply"])}

@@ -120,3 +120,25 @@ def test_unknown_service_is_unavailable(processes: ProcessGroup) -> None:
     with pytest.raises(grpc.RpcError) as info:
         stub_via(proxy, "nowhere").Unary(echo_pb2.EchoRequest(), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+
+
+def test_wrong_server_identity_fails_the_call(
+    processes: ProcessGroup, servers: list[Server], issuer: Path
+) -> None:
+    inbound = start_proxy(
+        processes,
+        app_addr=servers[0].addr,
+        extra=["--identity", ECHO, "--identity-issuer-dir", str(issuer)],
+        name="grpc-inbound-real",
+    )
+    impostor = "spiffe://tulle.test/ns/default/sa/payments"
+    outbound = start_proxy(
+        processes,
+        static_dst={"echo": [f"{LOOPBACK}:{inbound.inbound_port}@{impostor}"]},
+        extra=["--identity", WEB, "--identity-issuer-dir", str(issuer)],
+        name="grpc-outbound-expects-other",
+    )
+    with pytest.raises(grpc.RpcError) as info:
+        stub_via(outbound).Unary(echo_pb2.EchoRequest(), timeout=5)
+    assert info.value.code() == grpc.StatusCode.UNAVAILABLE
+    assert inbound.metrics().total("request_total", direction="inbound") == 0

@@ -77,9 +77,13 @@ def test_an_empty_services_list_is_valid() -> None:
     assert parse_manifest("services:\n").services == {}
 
 
-def test_policy_is_accepted_as_an_opaque_mapping() -> None:
-    manifest = parse_manifest("services: []\npolicy:\n  servers: [{name: a, port: 80}]\n")
-    assert manifest.policy == {"servers": [{"name": "a", "port": 80}]}
+def test_policy_is_kept_as_written_and_validated() -> None:
+    # The validation itself is tested in tests/unit/policy/.
+    manifest = parse_manifest(
+        "services: [{name: a}]\npolicy:\n  servers: [{name: a, workload: a, port: 80}]\n"
+    )
+    assert manifest.policy == {"servers": [{"name": "a", "workload": "a", "port": 80}]}
+    assert manifest.authorization.servers[0].port == 80
 
 
 @pytest.mark.parametrize(
@@ -102,7 +106,8 @@ BAD = [
     ("services: 3\n", 'mesh.yaml:1: services: expected a list, got "3"'),
     (
         "service: []\n",
-        'mesh.yaml:1: service: unknown field (known: services, policy, ingress); did you mean "services"?',
+        "mesh.yaml:1: service: unknown field (known: services, policy, ingress); "
+        'did you mean "services"?',
     ),
     ("policy: 4\nservices: []\n", 'mesh.yaml:1: policy: expected a mapping, got "4"'),
     ("services:\n  - port: 80\n", 'mesh.yaml:2: services[0]: missing required field "name"'),

@@ -3,11 +3,14 @@
 `GET /products` lists them, `GET /products/<id>` gives one (404 if unknown).
 The replica named by `--slow-replica` answers `--slow-factor` times slower
 than the others, so that the mesh's latency-aware balancing has something to
-do: most calls should go to the fast replicas.
+do: most calls should go to the fast replicas. `--failure-rate` makes a share
+of product lookups answer 503, which a retryable route lets the mesh retry
+(HTTP retries show in `tulle routes` today; gRPC ones depend on the proxy).
 """
 
 from __future__ import annotations
 
+import random
 import re
 import sys
 import time
@@ -25,7 +28,9 @@ _PRODUCT_PATH = re.compile(r"^/products/([^/?]+)$")
 BASE_DELAY_S = 0.005
 
 
-def make_handler(delay_s: float, replica: int) -> type[JsonHandler]:
+def make_handler(delay_s: float, replica: int, failure_rate: float = 0.0) -> type[JsonHandler]:
+    rng = random.Random()
+
     class CatalogHandler(JsonHandler):
         def do_GET(self) -> None:
             time.sleep(delay_s)
@@ -37,6 +42,9 @@ def make_handler(delay_s: float, replica: int) -> type[JsonHandler]:
                 self.send_json(200, {"ok": True})
                 return
             match = _PRODUCT_PATH.match(path)
+            if match and rng.random() < failure_rate:
+                self.send_json(503, {"error": "the catalog database is busy, try again"})
+                return
             product = PRODUCTS.get(match.group(1)) if match else None
             if product is None:
                 self.send_json(404, {"error": f"no product at {path}"})
@@ -54,11 +62,14 @@ def main(argv: list[str] | None = None) -> int:
         argv,
         slow_replica=(int, -1, "the replica that answers slowly (-1: none)"),
         slow_factor=(float, 10.0, "how many times slower the slow replica is"),
+        failure_rate=(float, 0.0, "share of product lookups answered with 503 (0..1)"),
     )
     slow = args.replica == args.slow_replica
     delay = BASE_DELAY_S * (args.slow_factor if slow else 1.0)
     what = f"catalog replica {args.replica}" + (" (the slow one)" if slow else "")
-    serve_http(make_handler(delay, args.replica), args.port, what)
+    if args.failure_rate > 0:
+        what += f", failing {args.failure_rate:.0%} of lookups"
+    serve_http(make_handler(delay, args.replica, args.failure_rate), args.port, what)
     return 0
 
 

@@ -27,7 +27,7 @@ def shop(
 
     Extra options go to the service: --port (default $PORT), --replica, and
     per service e.g. catalog --slow-replica, payments --failure-rate,
-    loadgen --rps. `tulle demo shop SERVICE --help` lists them.
+    loadgen --rps; `python -m tulle.demo.shop.SERVICE --help` lists them.
     """
     if service not in SHOP_SERVICES:
         typer.echo(

@@ -31,6 +31,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from tulle.core.discovery import Address
+from tulle.net.mtls import verify_identity
 from tulle.proxy.http2.dispatch import H2Counters
 
 from .connection import H2Limits, H2Peer, Outbox, new_h2_connection
@@ -57,7 +58,7 @@ class PoolSettings:
     idle_timeout_s: float = 60.0
 
 
-PoolKey = tuple[Address, ssl.SSLContext | None, str | None]
+PoolKey = tuple[Address, ssl.SSLContext | None, str | None, str | None]
 
 
 class H2ClientConnection(H2Peer):
@@ -294,7 +295,7 @@ class H2ClientConnection(H2Peer):
 
     # -- connecting ---------------------------------------------------------------
     async def connect(self) -> None:
-        (host, port), ssl_context, server_hostname = self.key
+        (host, port), ssl_context, server_hostname, expected_identity = self.key
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
@@ -321,6 +322,14 @@ class H2ClientConnection(H2Peer):
                 self._fail_all(ProxyError.CONNECT_FAILED, f"{host}:{port} did not agree to h2")
                 self._close()
                 self.pool.outbox.flush()
+                return
+            if expected_identity:
+                try:
+                    verify_identity(ssl_object, expected_identity)
+                except ssl.SSLError as exc:
+                    self._fail_all(ProxyError.CONNECT_FAILED, f"{host}:{port}: {exc}")
+                    self._close()
+                    self.pool.outbox.flush()
 
 
 class H2ClientPool:
@@ -342,7 +351,12 @@ class H2ClientPool:
     def attach(self, stream: ProxyStream) -> None:
         """Give `stream` an upstream stream now, or as soon as a connection has room."""
         routed = stream.routed
-        key: PoolKey = (routed.address, routed.ssl_context, routed.server_hostname)
+        key: PoolKey = (
+            routed.address,
+            routed.ssl_context,
+            routed.server_hostname,
+            routed.expected_identity,
+        )
         connections = self._connections.get(key)
         if connections is None:
             connections = self._connections[key] = []

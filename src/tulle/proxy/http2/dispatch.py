@@ -47,6 +47,9 @@ class Routed:
     # ALPN "h2" or "tulle.h2". None: plaintext prior-knowledge HTTP/2.
     ssl_context: ssl.SSLContext | None = None
     server_hostname: str | None = None
+    # With TLS: the SPIFFE ID the peer proxy must present (checked after the
+    # handshake; a mismatch fails the connection).
+    expected_identity: str | None = None
     # The route's timeout; the proxy applies the smaller of this and grpc-timeout.
     timeout_s: float | None = None
 

@@ -1,0 +1,69 @@
+"""`tulle dashboard`: open the control plane's web dashboard in a browser.
+
+The control plane serves the dashboard on its HTTP port (docs/dashboard.md);
+this command only finds that port (as the observability commands do:
+`--control`, `TULLE_CONTROL_URL`, `.tulle/state.json`, else
+http://127.0.0.1:8084), checks that something answers there, and opens the
+URL, or prints it when there is no browser to open.
+"""
+
+from __future__ import annotations
+
+import webbrowser
+from urllib.parse import quote
+
+import typer
+
+from tulle.cli.main import app
+from tulle.cli.observe import _CONTROL_HELP, ControlUnreachable, api_call, resolve_control_url
+
+PROBE_TIMEOUT_S = 3.0
+
+
+def dashboard_url(control: str, service: str = "") -> str:
+    """The dashboard's URL on the control plane at `control`, optionally at one service."""
+    url = f"{control}/"
+    if service:
+        url += f"#/service/{quote(service, safe='')}"
+    return url
+
+
+def _open_in_browser(url: str) -> bool:
+    try:
+        # `get()` raises when no browser is known (a server, a container).
+        browser = webbrowser.get()
+    except webbrowser.Error:
+        return False
+    try:
+        return browser.open(url)
+    except OSError:
+        return False
+
+
+@app.command()
+def dashboard(
+    service: str = typer.Argument("", help="Open this service's page instead of the overview."),
+    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    no_browser: bool = typer.Option(
+        False, "--no-browser", help="Only print the URL; do not start a browser."
+    ),
+) -> None:
+    """Open the dashboard (served by the control plane) in a browser, or print its URL."""
+    base = resolve_control_url(control)
+    try:
+        status, _ = api_call(base, "/api", timeout=PROBE_TIMEOUT_S)
+    except ControlUnreachable as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    if status != 200:
+        typer.echo(
+            f"{base} answered HTTP {status}: is that the control plane's HTTP port?\n"
+            "hint: `tulle control` prints it as http=HOST:PORT in its ready line",
+            err=True,
+        )
+        raise typer.Exit(1)
+    url = dashboard_url(base, service)
+    if not no_browser and _open_in_browser(url):
+        typer.echo(f"dashboard opened in your browser: {url}")
+    else:
+        typer.echo(url)

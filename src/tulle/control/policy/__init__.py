@@ -1,0 +1,1 @@
+"""The Policy service: the manifest's `policy:` section served per workload port (WatchInbound)."""
