@@ -75,6 +75,8 @@ class H2ClientConnection(H2Peer):
         self.settings_seen = False  # the peer's first SETTINGS (its stream limit) arrived
         self.accepting = True  # may take new streams (no GOAWAY, ids left)
         self.closed = False
+        # Why the TLS peer was refused (wrong ALPN or identity), before any byte went out.
+        self.peer_problem: str | None = None
         self._idle_timer: asyncio.TimerHandle | None = None
 
     # -- capacity ------------------------------------------------------------
@@ -141,6 +143,21 @@ class H2ClientConnection(H2Peer):
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        (host, port), ssl_context, _, expected_identity = self.key
+        if ssl_context is not None:
+            # Check the peer before anything is sent: requests go out from here on.
+            ssl_object = transport.get_extra_info("ssl_object")
+            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
+            if alpn not in _H2_ALPNS:
+                self.peer_problem = f"{host}:{port} did not agree to h2"
+            elif expected_identity:
+                try:
+                    verify_identity(ssl_object, expected_identity)
+                except ssl.SSLError as exc:
+                    self.peer_problem = f"{host}:{port}: {exc}"
+            if self.peer_problem is not None:
+                cast(asyncio.Transport, transport).abort()
+                return
         # uvloop's transports are not asyncio.Transport subclasses, but behave as one.
         self.transport = cast(asyncio.Transport, transport)
         self.pool.counters.upstream_connections_open += 1
@@ -213,7 +230,10 @@ class H2ClientConnection(H2Peer):
         self.pool.forget(self)
         self.closed = True
         self.accepting = False
-        self._fail_all(ProxyError.UPSTREAM_CLOSED, "upstream connection closed")
+        if self.peer_problem is not None:
+            self._fail_all(ProxyError.CONNECT_FAILED, self.peer_problem)
+        else:
+            self._fail_all(ProxyError.UPSTREAM_CLOSED, "upstream connection closed")
         self.pool.outbox.flush()
 
     # -- events ------------------------------------------------------------------
@@ -295,7 +315,7 @@ class H2ClientConnection(H2Peer):
 
     # -- connecting ---------------------------------------------------------------
     async def connect(self) -> None:
-        (host, port), ssl_context, server_hostname, expected_identity = self.key
+        (host, port), ssl_context, server_hostname, _ = self.key
         loop = asyncio.get_running_loop()
         try:
             await asyncio.wait_for(
@@ -315,21 +335,11 @@ class H2ClientConnection(H2Peer):
             self._fail_all(ProxyError.CONNECT_FAILED, detail)
             self.pool.outbox.flush()
             return
-        if ssl_context is not None and self.transport is not None:
-            ssl_object = self.transport.get_extra_info("ssl_object")
-            alpn = ssl_object.selected_alpn_protocol() if ssl_object is not None else None
-            if alpn not in _H2_ALPNS:
-                self._fail_all(ProxyError.CONNECT_FAILED, f"{host}:{port} did not agree to h2")
-                self._close()
-                self.pool.outbox.flush()
-                return
-            if expected_identity:
-                try:
-                    verify_identity(ssl_object, expected_identity)
-                except ssl.SSLError as exc:
-                    self._fail_all(ProxyError.CONNECT_FAILED, f"{host}:{port}: {exc}")
-                    self._close()
-                    self.pool.outbox.flush()
+        if self.peer_problem is not None:
+            self._stop_accepting()
+            self.closed = True
+            self._fail_all(ProxyError.CONNECT_FAILED, self.peer_problem)
+            self.pool.outbox.flush()
 
 
 class H2ClientPool:

@@ -10,10 +10,10 @@ import {
 } from "./ui.js";
 
 const WINDOW = "60s";
-const NODE_W = 176;
-const NODE_H = 56;
-const COLUMN_GAP = 150;
-const ROW_GAP = 34;
+const NODE_W = 200;
+const NODE_H = 62;
+const COLUMN_GAP = 190;
+const ROW_GAP = 40;
 const MARGIN = 30;
 const LOCK_PATH = "M4 7V5a4 4 0 0 1 8 0v2h.5A1.5 1.5 0 0 1 14 8.5v5a1.5 1.5 0 0 1-1.5 1.5h-9A1.5 1.5 0 0 1 2 13.5v-5A1.5 1.5 0 0 1 3.5 7H4zm2 0h4V5a2 2 0 0 0-4 0v2z";
 
@@ -225,8 +225,8 @@ export class TopologyView {
     }
     for (const name of names) {
       const { x, y } = positions.get(name);
-      const title = s("text", { class: "title", x: 14, y: 23, text: name });
-      const figures = s("text", { class: "figures", x: 14, y: 41, text: "" });
+      const title = s("text", { class: "title", x: 16, y: 26, text: name });
+      const figures = s("text", { class: "figures", x: 16, y: 46, text: "" });
       const group = s(
         "g",
         { class: "node", "data-node": name, transform: `translate(${x} ${y})`, tabindex: "0", role: "link" },
