@@ -5,12 +5,13 @@ and `tulle control` serving the metrics API and the dashboard (the mesh of
 tests/integration/viz/viz_mesh.py). A thread sends ~20 requests a second
 (one in ten fails). The browser is Debian's /usr/bin/chromium driven by
 Playwright; the tests skip, saying why, when it is absent. Screenshots of the
-three pages land in docs/img/ for the README.
+three pages go to $TULLE_DASHBOARD_SCREENSHOTS (else a temporary folder).
 """
 
 from __future__ import annotations
 
 import http.client
+import os
 import subprocess
 import sys
 from collections.abc import Iterator
@@ -27,7 +28,7 @@ for _helpers in (
 ):
     sys.path.insert(0, str(_helpers))
 
-from dashboard_browser import SCREENSHOTS, browser_page, chromium_or_skip  # noqa: E402
+from dashboard_browser import browser_page, chromium_or_skip  # noqa: E402
 from dashboard_traffic import steady_traffic  # noqa: E402
 from support.mesh import start_backend  # noqa: E402
 from support.ports import LOOPBACK, free_port  # noqa: E402
@@ -58,6 +59,19 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
             yield mesh
     finally:
         group.close()
+
+
+@pytest.fixture(scope="module")
+def screenshots(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Where the pages' screenshots go: $TULLE_DASHBOARD_SCREENSHOTS, else a temporary folder.
+
+    The README's pictures come from the demo shop instead (dashboard/take_screenshots.py).
+    """
+    chosen = os.environ.get("TULLE_DASHBOARD_SCREENSHOTS")
+    if chosen:
+        Path(chosen).mkdir(parents=True, exist_ok=True)
+        return Path(chosen)
+    return tmp_path_factory.mktemp("screenshots")
 
 
 def _services(mesh: Mesh) -> set[str]:
@@ -117,7 +131,7 @@ def test_overview_endpoint_gives_figures_and_sparklines_for_every_service(mesh: 
     assert mesh.api("/api/overview?step=0.5")["error"].startswith("step must be")
 
 
-def test_overview_lists_every_service_with_live_numbers(mesh: Mesh) -> None:
+def test_overview_lists_every_service_with_live_numbers(mesh: Mesh, screenshots: Path) -> None:
     chromium_or_skip()
     with browser_page() as page:
         page.goto(f"{mesh.api_url}/")
@@ -144,10 +158,10 @@ def test_overview_lists_every_service_with_live_numbers(mesh: Mesh) -> None:
         page.click('th[data-sort="requests"]')
         assert page.get_attribute('th[data-sort="requests"]', "aria-sort") == "descending"
         page.wait_for_timeout(300)
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-overview.png"), full_page=False)
+        page.screenshot(path=str(screenshots / "dashboard-overview.png"), full_page=False)
 
 
-def test_topology_draws_the_edges(mesh: Mesh) -> None:
+def test_topology_draws_the_edges(mesh: Mesh, screenshots: Path) -> None:
     chromium_or_skip()
     with browser_page() as page:
         page.goto(f"{mesh.api_url}/#/topology")
@@ -161,12 +175,12 @@ def test_topology_draws_the_edges(mesh: Mesh) -> None:
         label = page.locator('[data-edge-label="web->books"] text').text_content() or ""
         assert "rps" in label and "%" in label
         assert page.locator('tr[data-key="web->books"]').count() == 1
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-topology.png"))
+        page.screenshot(path=str(screenshots / "dashboard-topology.png"))
         page.click('g[data-node="books"]')
         page.wait_for_selector('[data-page="service"][data-service="books"]')
 
 
-def test_service_page_streams_the_tap_and_filters_it(mesh: Mesh) -> None:
+def test_service_page_streams_the_tap_and_filters_it(mesh: Mesh, screenshots: Path) -> None:
     chromium_or_skip()
     with browser_page() as page:
         page.goto(f"{mesh.api_url}/#/service/books")
@@ -178,7 +192,7 @@ def test_service_page_streams_the_tap_and_filters_it(mesh: Mesh) -> None:
         page.wait_for_function(f"() => {TAP_ROWS}.length >= 5")
         assert page.locator('[data-figure="rps"]').inner_text() != "—"
         page.wait_for_timeout(500)
-        page.screenshot(path=str(SCREENSHOTS / "dashboard-service.png"), full_page=True)
+        page.screenshot(path=str(screenshots / "dashboard-service.png"), full_page=True)
 
         # Filter on failures: new rows are 500s only.
         page.click("text=Clear")

@@ -73,6 +73,12 @@ def up(
     detach: bool = typer.Option(
         False, "--detach", "-d", help="Run in the background; stop it with `tulle down`."
     ),
+    mtls: bool = typer.Option(
+        True,
+        "--mtls/--no-mtls",
+        envvar="TULLE_UP_MTLS",
+        help="Mutual TLS between sidecars, with a CA in the state directory (on by default).",
+    ),
     supervise: bool = typer.Option(
         False, "--supervise", hidden=True, help="Internal: the detached supervisor itself."
     ),
@@ -97,12 +103,21 @@ def up(
                 "pass --ingress-port PORT (0 picks a free one)",
             )
     if detach and not supervise:
-        raise typer.Exit(_detach(path, state, ingress_port))
-    raise typer.Exit(_run(manifest, raw, str(path), state, ingress_port, detached=supervise))
+        raise typer.Exit(_detach(path, state, ingress_port, mtls))
+    raise typer.Exit(
+        _run(manifest, raw, str(path), state, ingress_port, detached=supervise, mtls=mtls)
+    )
 
 
 def _run(
-    manifest: Manifest, raw: Any, source: str, state: StateDir, ingress_port: int, *, detached: bool
+    manifest: Manifest,
+    raw: Any,
+    source: str,
+    state: StateDir,
+    ingress_port: int,
+    *,
+    detached: bool,
+    mtls: bool = True,
 ) -> int:
     try:
         lock = state.acquire()
@@ -113,7 +128,12 @@ def _run(
     logs = LogStream()
     try:
         plan = build_plan(
-            manifest, raw, manifest_path=source, state_dir=state.root, ingress_port=ingress_port
+            manifest,
+            raw,
+            manifest_path=source,
+            state_dir=state.root,
+            ingress_port=ingress_port,
+            mtls=mtls,
         )
         logs.width = max(len("tulle up"), *(len(spec.name) for spec in plan.processes))
         supervisor = Supervisor(plan, state, logs)
@@ -149,7 +169,7 @@ def _run(
         state.release(lock)
 
 
-def _detach(path: Path, state: StateDir, ingress_port: int) -> int:
+def _detach(path: Path, state: StateDir, ingress_port: int, mtls: bool = True) -> int:
     state.create()
     argv = [
         *tulle_argv(),
@@ -159,6 +179,7 @@ def _detach(path: Path, state: StateDir, ingress_port: int) -> int:
         str(state.root.resolve()),
         "--ingress-port",
         str(ingress_port),
+        "--mtls" if mtls else "--no-mtls",
         "--supervise",
     ]
     with contextlib.suppress(OSError):

@@ -17,6 +17,7 @@ from __future__ import annotations
 import inspect
 import os
 import sys
+import time
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -123,6 +124,8 @@ def proxy_argv(
     app_port: int,
     control_grpc_port: int,
     instance: InstancePlan | None,
+    identity: str | None = None,
+    identity_grpc_port: int | None = None,
 ) -> tuple[str, ...]:
     """The command line of a sidecar (or, with `instance=None`, of the ingress).
 
@@ -145,7 +148,48 @@ def proxy_argv(
         "--shutdown-grace",
         f"{SIDECAR_SHUTDOWN_GRACE_S:g}",
     ]
+    if identity:
+        # mTLS: the proxy makes its key, sends a CSR with the join token found
+        # in TULLE_PROXY_IDENTITY_TOKEN (the environment: not visible in `ps`).
+        argv += ["--identity", identity]
+        if identity_grpc_port is not None and identity_grpc_port != control_grpc_port:
+            argv += ["--identity-addr", f"{LOOPBACK}:{identity_grpc_port}"]
     return tuple(argv)
+
+
+TRUST_DOMAIN = "tulle.local"
+INGRESS_IDENTITY = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/tulle-ingress"
+IDENTITY_DIR = "identity"
+# Join tokens are used for every renewal, so they last as long as a local mesh may.
+TOKEN_TTL_S = 30 * 24 * 3600.0
+
+
+def workload_identity(service: str, explicit: str | None, service_account: str | None) -> str:
+    """The SPIFFE ID of a service's sidecars: as given, else from its service account."""
+    if explicit:
+        return explicit
+    return f"spiffe://{TRUST_DOMAIN}/ns/default/sa/{service_account or service}"
+
+
+class MeshIdentity:
+    """The local mesh's CA (in the state dir) and the join tokens it signs."""
+
+    def __init__(self, state_dir: Path) -> None:
+        from tulle.identity.store import IssuerDirectory
+
+        self.directory = (state_dir / IDENTITY_DIR).resolve()
+        self._issuer = IssuerDirectory(self.directory)
+        self._issuer.ensure(TRUST_DOMAIN, now=time.time())
+
+    def token_env(self, base: Mapping[str, str], identity: str) -> dict[str, str]:
+        from tulle.identity.tokens import make_token
+
+        token = make_token(
+            self._issuer.token_secret(), identity, now=time.time(), ttl_s=TOKEN_TTL_S
+        )
+        env = dict(base)
+        env["TULLE_PROXY_IDENTITY_TOKEN"] = token
+        return env
 
 
 def control_options() -> frozenset[str]:
@@ -225,9 +269,8 @@ def generated_document(raw: Any, instances: tuple[InstancePlan, ...]) -> dict[st
                     "address": f"{LOOPBACK}:{instance.inbound_port}",
                     "labels": {"instance": instance.name},
                 }
-                identity = spec.get("identity") if isinstance(spec, dict) else None
-                if identity:
-                    endpoint["identity"] = identity
+                if instance.identity:
+                    endpoint["identity"] = instance.identity
                 endpoints.append(endpoint)
             entry["endpoints"] = endpoints
         services.append(entry)
@@ -285,6 +328,7 @@ def build_plan(
     manifest_path: str,
     state_dir: Path,
     ingress_port: int | None,
+    mtls: bool = True,
 ) -> MeshPlan:
     """Allocate ports and describe every process of the mesh.
 
@@ -323,10 +367,17 @@ def build_plan(
                 inbound_port=next(ports),
                 outbound_port=next(ports),
                 admin_port=next(ports),
-                identity=spec.instances.identity if spec.instances else None,
+                identity=workload_identity(
+                    spec.name,
+                    spec.instances.identity if spec.instances else None,
+                    spec.instances.service_account if spec.instances else None,
+                )
+                if mtls
+                else None,
                 service_account=spec.instances.service_account if spec.instances else None,
             )
         )
+    mesh_identity = MeshIdentity(state_dir) if mtls else None
 
     base = base_environment()
     document = generated_document(raw, tuple(instances))
@@ -338,6 +389,8 @@ def build_plan(
     control_extra: list[str] = []
     if control_http is not None:
         control_extra += ["--http-addr", f"{LOOPBACK}:{control_http}"]
+    if mesh_identity is not None:
+        control_extra += ["--identity-dir", str(mesh_identity.directory)]
     if "scrape_targets" in options:
         # state.json lists every proxy's admin address, and is rewritten when
         # anything changes; the control plane re-reads it.
@@ -388,8 +441,11 @@ def build_plan(
                     app_port=instance.app_port,
                     control_grpc_port=control_grpc,
                     instance=instance,
+                    identity=instance.identity,
                 ),
-                env=base,
+                env=mesh_identity.token_env(base, instance.identity)
+                if mesh_identity is not None and instance.identity
+                else base,
                 service=instance.service,
                 replica=instance.replica,
                 ready_port=instance.admin_port,
@@ -418,8 +474,12 @@ def build_plan(
                 app_port=ingress_void,
                 control_grpc_port=ingress_control_grpc,
                 instance=None,
+                identity=INGRESS_IDENTITY if mesh_identity is not None else None,
+                identity_grpc_port=control_grpc,
             ),
-            env=base,
+            env=mesh_identity.token_env(base, INGRESS_IDENTITY)
+            if mesh_identity is not None
+            else base,
             ready_port=ingress_admin,
             ready_http=True,
         )

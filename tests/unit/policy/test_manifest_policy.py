@@ -6,11 +6,11 @@ from pathlib import Path
 
 import pytest
 
-from tulle.control.manifest import ManifestError, load_manifest, parse_manifest
+from tulle.control.manifest import ManifestError, parse_manifest
 from tulle.core.policy import EMPTY_POLICY, NetworkRule
 
 SERVICES = "services: [{name: web, port: 8080}, {name: db, protocol: opaque}]\n"
-EXAMPLE = Path(__file__).resolve().parents[3] / "examples" / "policy.yaml"
+POLICY_DOC = Path(__file__).resolve().parents[3] / "docs" / "policy.md"
 
 
 def test_a_full_policy_is_converted() -> None:
@@ -47,9 +47,25 @@ def test_no_policy_section_means_the_open_mesh_default() -> None:
     assert EMPTY_POLICY.compile("web", 8080).default_mode == "all-unauthenticated"
 
 
-def test_the_documented_example_is_valid() -> None:
-    spec = load_manifest(EXAMPLE).authorization
-    assert spec.servers and spec.authorization_policies
+def documented_example() -> str:
+    text = POLICY_DOC.read_text()
+    return text.split("```yaml\n", 1)[1].split("```", 1)[0]
+
+
+def test_the_documented_example_is_valid_and_means_what_it_says() -> None:
+    spec = parse_manifest(documented_example(), source="docs/policy.md").authorization
+    web = spec.compile("web", 8080)
+    frontend = "spiffe://tulle.local/ns/default/sa/frontend"
+    web_id = "spiffe://tulle.local/ns/default/sa/web"
+    assert web.authorize_http(None, "192.0.2.1", b"GET", b"/health", lambda n: None).allowed
+    assert web.authorize_http(frontend, "192.0.2.1", b"POST", b"/admin", lambda n: None).allowed
+    assert not web.authorize_http(web_id, "192.0.2.1", b"POST", b"/admin", lambda n: None).allowed
+    assert web.authorize_http(web_id, "10.0.0.1", b"POST", b"/admin", lambda n: None).allowed
+    assert web.authorize_http(None, "127.0.0.1", b"GET", b"/ready", lambda n: None).allowed
+    db = spec.compile("db", 5432)
+    assert db.authorize_tcp(web_id, "192.0.2.1").allowed
+    assert not db.authorize_tcp(frontend, "192.0.2.1").allowed
+    assert spec.compile("frontend", 80).default_mode == "all-authenticated"
 
 
 BAD = [
