@@ -21,6 +21,7 @@ import asyncio
 import contextlib
 import logging
 import random
+import re
 from collections.abc import Callable, Sequence
 
 import grpc
@@ -105,7 +106,7 @@ def policy_from_message(message: pb.InboundPolicy) -> InboundPolicy:
             ),
             probe_paths=tuple(message.probe_paths),
         )
-    except ValueError as exc:  # bad CIDRs, bad regular expressions (re.error is one)
+    except (ValueError, re.error) as exc:  # bad CIDRs, bad regular expressions
         raise PolicyDecodeError(f"cannot enforce the policy: {exc}") from None
 
 
@@ -215,7 +216,11 @@ class PolicyWatcher:
         self.current = policy
         self._known.set()
         for listener in tuple(self._listeners):
-            listener(policy)
+            try:
+                listener(policy)
+            except Exception:
+                # A broken listener must not stop the stream: the policy is in force anyway.
+                log.exception("policy listener failed for %s:%d", self.workload, self.port)
 
     async def _warn_if_unknown(self) -> None:
         await asyncio.sleep(self._warn_after_s)

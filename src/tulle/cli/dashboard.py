@@ -9,6 +9,8 @@ URL, or prints it when there is no browser to open.
 
 from __future__ import annotations
 
+import os
+import sys
 import webbrowser
 from urllib.parse import quote
 
@@ -28,7 +30,20 @@ def dashboard_url(control: str, service: str = "") -> str:
     return url
 
 
+def _can_show_a_browser() -> bool:
+    """A desktop to open a window on, or a browser the user named in $BROWSER.
+
+    Without either, Python's `webbrowser` falls back to text browsers (lynx,
+    w3m) that would take over the terminal: printing the URL is better there.
+    """
+    if os.environ.get("BROWSER") or sys.platform in ("darwin", "win32"):
+        return True
+    return bool(os.environ.get("DISPLAY") or os.environ.get("WAYLAND_DISPLAY"))
+
+
 def _open_in_browser(url: str) -> bool:
+    if not _can_show_a_browser():
+        return False
     try:
         # `get()` raises when no browser is known (a server, a container).
         browser = webbrowser.get()

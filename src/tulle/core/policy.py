@@ -248,7 +248,7 @@ class _CompiledRoute:
         if not self.matches:
             return True
         # A plain loop: `any(generator)` costs a generator per route per request.
-        for match in self.matches:
+        for match in self.matches:  # noqa: SIM110
             if match.matches(method, path, header):
                 return True
         return False
@@ -411,21 +411,6 @@ class InboundPolicy:
     def _from_probe_source(self, client_ip: str) -> bool:
         address = parse_client_ip(client_ip)
         return address is not None and any(address in n for n in self._probe_networks)
-
-    def with_known(self, known: bool) -> InboundPolicy:
-        """The same policy with another `known` flag (compiled again)."""
-        return InboundPolicy(
-            workload=self.workload,
-            port=self.port,
-            server=self.server,
-            protocol=self.protocol,
-            default_mode=self.default_mode,
-            authorizations=self.authorizations,
-            routes=self.routes,
-            probe_paths=self.probe_paths,
-            known=known,
-            default_name=self.default_name,
-        )
 
 
 def fail_closed(workload: str = "", port: int = 0) -> InboundPolicy:

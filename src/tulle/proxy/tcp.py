@@ -20,7 +20,7 @@ from tulle.proxy.metrics import TcpStats
 class TunnelSide(asyncio.Protocol):
     """One end of a tunnel: reads from its transport and writes to the peer side."""
 
-    __slots__ = ("_eof", "_lost", "_paused", "peer", "stats", "transport", "tunnel")
+    __slots__ = ("_eof", "_held", "_lost", "peer", "stats", "transport", "tunnel")
 
     def __init__(self, tunnel: Tunnel, stats: TcpStats | None) -> None:
         self.tunnel = tunnel
@@ -29,6 +29,9 @@ class TunnelSide(asyncio.Protocol):
         self.peer: TunnelSide | None = None
         self._eof = False
         self._lost = False
+        # Bytes read before the peer was attached (a server-speaks-first banner
+        # can arrive first); handed over by `release()`.
+        self._held: list[bytes] | None = None
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = cast(asyncio.Transport, transport)
@@ -44,7 +47,16 @@ class TunnelSide(asyncio.Protocol):
         peer = self.peer
         if self.stats is not None:
             self.stats.read_bytes += len(data)
-        if peer is None or peer.transport is None or peer._lost:
+        if peer is None or peer.transport is None:
+            # The transport may have started reading despite the pause in
+            # connection_made: keep the bytes, and pause now that it counts.
+            if self._held is None:
+                self._held = []
+            self._held.append(data)
+            if self.transport is not None:
+                self.transport.pause_reading()
+            return
+        if peer._lost:
             return
         if peer.stats is not None:
             peer.stats.write_bytes += len(data)
@@ -53,7 +65,9 @@ class TunnelSide(asyncio.Protocol):
     def eof_received(self) -> bool:
         self._eof = True
         peer = self.peer
-        if peer is not None and peer.transport is not None and not peer._lost:
+        if peer is None or peer.transport is None:
+            return True  # passed on by release() once the peer is attached
+        if not peer._lost:
             if peer.transport.can_write_eof():
                 peer.transport.write_eof()
             else:  # TLS cannot half-close: finish the whole tunnel
@@ -63,6 +77,20 @@ class TunnelSide(asyncio.Protocol):
             self.tunnel.close()
             return False
         return True  # keep our write side open for the other direction
+
+    def release(self) -> None:
+        """The peer is attached: hand over what was held, then any EOF."""
+        held, self._held = self._held, None
+        peer = self.peer
+        if peer is None or peer.transport is None or peer._lost:
+            return
+        for data in held or ():
+            if peer.stats is not None:
+                peer.stats.write_bytes += len(data)
+            peer.transport.write(data)
+        if self._eof:
+            self._eof = False
+            self.eof_received()
 
     def connection_lost(self, exc: Exception | None) -> None:
         self._lost = True
@@ -97,8 +125,10 @@ class Tunnel:
     def start(self) -> None:
         """Both sides are attached: let bytes flow."""
         for side in (self.downstream, self.upstream):
+            side.release()
+        for side in (self.downstream, self.upstream):
             t = side.transport
-            if t is not None and not t.is_closing():
+            if t is not None and not t.is_closing() and not side._eof:
                 t.resume_reading()
 
     def close(self, abort: bool = False) -> None:

@@ -22,6 +22,7 @@ from tulle.viz.targets import ScrapeTarget
 
 SeriesKey = tuple[str, Labels]
 DEFAULT_RETENTION_S = 600.0
+MAX_INTERNED_SERIES = 200_000
 # Families whose increments the aggregations read; other counters are not kept.
 KEPT_COUNTERS = frozenset(
     {
@@ -71,14 +72,20 @@ class WindowStore:
         self._first_seen: dict[ScrapeTarget, float] = {}
         self._deltas: deque[Delta] = deque()
         self.health: dict[ScrapeTarget, TargetHealth] = {}
+        # Every scrape parses fresh label tuples; interning them makes the
+        # thousands of deltas of a window share one key object per series.
+        self._keys: dict[SeriesKey, SeriesKey] = {}
 
     def ingest(self, target: ScrapeTarget, ts: float, samples: Iterable[Sample]) -> None:
         counters: dict[SeriesKey, float] = {}
         gauges: dict[SeriesKey, float] = {}
+        keys = self._keys
+        if len(keys) > MAX_INTERNED_SERIES:
+            keys.clear()
         for sample in samples:
             key = (sample.name, sample.labels)
             if sample.name in KEPT_COUNTERS:
-                counters[key] = sample.value
+                counters[keys.setdefault(key, key)] = sample.value
             elif not sample.name.endswith(("_total", "_bucket", "_sum", "_count")):
                 gauges[key] = sample.value
         health = self.health.setdefault(target, TargetHealth())

@@ -58,7 +58,11 @@ def browser_page(color_scheme: str = "dark") -> Iterator[Any]:
             try:
                 page = context.pages[0] if context.pages else context.new_page()
                 page.set_default_timeout(15_000)
+                # An uncaught script error fails the test even if the page looked right.
+                errors: list[str] = []
+                page.on("pageerror", lambda error: errors.append(str(error)))
                 yield page
+                assert not errors, f"script errors in the page: {errors}"
             finally:
                 context.close()
     finally:

@@ -17,13 +17,13 @@ from support.process import ProcessGroup
 
 # The control-plane launcher lives beside the control-plane tests; reuse it.
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "control"))
-from control_launcher import Replica, start_control, write_manifest  # noqa: E402
+from control_launcher import Replica, start_control, write_manifest
 
-from tulle.api.policy_client import PolicyWatcher  # noqa: E402
-from tulle.api.proto import policy_pb2 as pb  # noqa: E402
-from tulle.api.proto import policy_pb2_grpc as pb_grpc  # noqa: E402
-from tulle.core.backoff import BackoffSpec  # noqa: E402
-from tulle.core.policy import InboundPolicy  # noqa: E402
+from tulle.api.policy_client import PolicyWatcher
+from tulle.api.proto import policy_pb2 as pb
+from tulle.api.proto import policy_pb2_grpc as pb_grpc
+from tulle.core.backoff import BackoffSpec
+from tulle.core.policy import InboundPolicy
 
 pytestmark = pytest.mark.integration
 
@@ -41,12 +41,18 @@ services:
     endpoints: [127.0.0.1:9001]
 policy:
   servers:
-    - {{name: web-http, workload: web, port: 8080, defaultPolicy: {default}, probePaths: [/healthz]}}
+    - name: web-http
+      workload: web
+      port: 8080
+      defaultPolicy: {default}
+      probePaths: [/healthz]
   authentications:
     - {{name: admin-id, identities: ["{admin_identity}"]}}
     - {{name: anyone, unauthenticated: true}}
   httpRoutes:
-    - {{name: health, server: web-http, matches: [{{path: {{type: Exact, value: /health}}, method: GET}}]}}
+    - name: health
+      server: web-http
+      matches: [{{path: {{type: Exact, value: /health}}, method: GET}}]
     - {{name: admin, server: web-http, matches: [{{path: {{value: /admin}}, method: POST}}]}}
   authorizationPolicies:
     - {{name: health-open, target: {{httpRoute: health}}, requiredAuthentications: [anyone]}}
@@ -110,9 +116,12 @@ def test_the_watcher_follows_edits_and_refuses_broken_ones(
             write_manifest(manifest, mesh().replace("identities:", "identitiez:"))
             await asyncio.sleep(0.6)  # several polls of the file
             assert may_post_admin(watcher.current, B), "a broken edit replaced the policy"
-            assert await asyncio.to_thread(
-                replica.metric, "control_manifest_reload_total", result="error"
-            ) >= 1
+            assert (
+                await asyncio.to_thread(
+                    replica.metric, "control_manifest_reload_total", result="error"
+                )
+                >= 1
+            )
 
             write_manifest(manifest, mesh(default="audit"))
             await eventually(lambda: watcher.current.default_mode == "audit", "the audit edit")

@@ -16,14 +16,17 @@ from tulle.viz.promtext import parse
 DOC = Path(__file__).resolve().parents[3] / "docs" / "policy.md"
 EXAMPLE = DOC.read_text().split("```yaml\n", 1)[1].split("```", 1)[0]
 
-METRICS = """\
-# TYPE inbound_http_authz_allow_total counter
-inbound_http_authz_allow_total{server="web-http",policy="web-health-open",client_id=""} 7
-inbound_http_authz_allow_total{server="web-http",policy="web-admin-frontend",client_id="spiffe://tulle.local/ns/default/sa/frontend"} 3
-inbound_http_authz_deny_total{server="web-http",policy="default:deny",client_id="spiffe://tulle.local/ns/default/sa/web"} 2
-inbound_http_authz_allow_total{server="web-http",policy="probe",client_id=""} 5
-inbound_http_requests_total{server="web-http"} 99
-"""
+SA = "spiffe://tulle.local/ns/default/sa"
+METRICS = (
+    "# TYPE inbound_http_authz_allow_total counter\n"
+    'inbound_http_authz_allow_total{server="web-http",policy="web-health-open",client_id=""} 7\n'
+    'inbound_http_authz_allow_total{server="web-http",policy="web-admin-frontend",'
+    f'client_id="{SA}/frontend"}} 3\n'
+    'inbound_http_authz_deny_total{server="web-http",policy="default:deny",'
+    f'client_id="{SA}/web"}} 2\n'
+    'inbound_http_authz_allow_total{server="web-http",policy="probe",client_id=""} 5\n'
+    'inbound_http_requests_total{server="web-http"} 99\n'
+)
 
 
 def test_describe_lists_what_applies_to_one_workload() -> None:
@@ -53,7 +56,9 @@ def test_hits_are_summed_by_server_and_policy() -> None:
     assert others["probe"]["allow"] == 10
 
 
-def test_the_command_prints_json_and_tables(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_the_command_prints_json_and_tables(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "mesh.yaml").write_text(EXAMPLE)
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(authz_cli, "fetch_samples", lambda proxy: parse(METRICS))

@@ -14,6 +14,7 @@ from tulle.core.policy import (
     NO_POLICY_NAME,
     Authentication,
     Authorization,
+    HeaderLookup,
     InboundPolicy,
     NetworkRule,
     fail_closed,
@@ -32,7 +33,7 @@ def no_headers(name: bytes) -> bytes | None:
     return None
 
 
-def headers(**values: str) -> object:
+def headers(**values: str) -> HeaderLookup:
     table = {k.replace("_", "-").encode(): v.encode() for k, v in values.items()}
     return table.get
 
@@ -115,7 +116,9 @@ def test_all_required_authentications_must_hold() -> None:
 ROUTES = """
   servers: [{name: web-http, workload: web, port: 8080}]
   httpRoutes:
-    - {name: health, server: web-http, matches: [{path: {type: Exact, value: /health}, method: GET}]}
+    - name: health
+      server: web-http
+      matches: [{path: {type: Exact, value: /health}, method: GET}]
     - name: admin
       server: web-http
       matches: [{path: {value: /admin}, method: POST}]
@@ -191,7 +194,9 @@ def test_default_modes_without_a_server(mode: str, with_id: bool, without_id: bo
 
 
 def test_the_workload_default_beats_the_mesh_default() -> None:
-    policy = compile_policy("  defaultPolicy: deny\n  workloads: [{name: web, defaultPolicy: audit}]\n")
+    policy = compile_policy(
+        "  defaultPolicy: deny\n  workloads: [{name: web, defaultPolicy: audit}]\n"
+    )
     assert policy.default_mode == "audit"
     other = compile_policy("  defaultPolicy: deny\n  workloads: [{name: web}]\n")
     assert other.default_mode == "deny"
@@ -264,8 +269,9 @@ def test_fail_closed_denies_everything_and_says_why() -> None:
 
 
 def test_an_authorization_that_requires_nothing_grants_nothing() -> None:
-    policy = InboundPolicy("web", 80, server="s", default_mode="deny",
-                           authorizations=(Authorization("empty", ()),))
+    policy = InboundPolicy(
+        "web", 80, server="s", default_mode="deny", authorizations=(Authorization("empty", ()),)
+    )
     assert not policy.authorize_tcp(A, LOCAL).allowed
 
 
@@ -316,4 +322,28 @@ def test_networks_agree_with_ipaddress(
     )
     expected = address in network
     assert policy.authorize_tcp(client_id, str(address)).allowed is expected
-    assert policy.authorize_http(client_id, str(address), b"GET", b"/", no_headers).allowed is expected
+    assert (
+        policy.authorize_http(client_id, str(address), b"GET", b"/", no_headers).allowed is expected
+    )
+
+
+PATH_SEGMENT = st.text(alphabet="abcx-", min_size=1, max_size=4)
+PATHS = st.lists(PATH_SEGMENT, min_size=0, max_size=4).map(lambda parts: "/" + "/".join(parts))
+
+
+@given(prefix=PATHS, path=PATHS, trailing=st.booleans())
+def test_prefixes_match_whole_segments(prefix: str, path: str, trailing: bool) -> None:
+    written = prefix + "/" if trailing and prefix != "/" else prefix
+    policy = compile_policy(
+        "  servers: [{name: web-http, workload: web, port: 8080}]\n"
+        "  authentications: [{name: anyone, unauthenticated: true}]\n"
+        "  httpRoutes:\n"
+        f"    - {{name: r, server: web-http, matches: [{{path: {{value: '{written}'}}}}]}}\n"
+        "  authorizationPolicies:\n"
+        "    - {name: p, target: {httpRoute: r}, requiredAuthentications: [anyone]}\n"
+    )
+    base = prefix.rstrip("/")
+    expected = base == "" or path == base or path.startswith(base + "/")
+    decision = policy.authorize_http(None, FAR, b"GET", path.encode(), no_headers)
+    assert decision.allowed is expected
+    assert decision.route == ("r" if expected else "")

@@ -15,14 +15,14 @@ POLICY_DOC = Path(__file__).resolve().parents[3] / "docs" / "policy.md"
 
 def test_a_full_policy_is_converted() -> None:
     manifest = parse_manifest(
-        SERVICES
-        + "policy:\n"
+        SERVICES + "policy:\n"
         "  defaultPolicy: all-authenticated\n"
         "  workloads: [{name: web, defaultPolicy: audit, probePaths: [/ready]}]\n"
         "  servers: [{name: web-http, workload: web, port: 8080, protocol: grpc}]\n"
         "  authentications:\n"
         "    - {name: ids, identities: ['spiffe://tulle.local/ns/*/sa/web', '*']}\n"
-        "    - {name: nets, networks: [127.0.0.1/32, {cidr: '10.0.0.0/8', except: [10.1.0.0/16]}]}\n"
+        "    - name: nets\n"
+        "      networks: [127.0.0.1/32, {cidr: '10.0.0.0/8', except: [10.1.0.0/16]}]\n"
         "    - {name: anyone, unauthenticated: true}\n"
         "  httpRoutes: [{name: r, server: web-http, matches: [{path: {value: /x}}]}]\n"
         "  authorizationPolicies:\n"
@@ -71,12 +71,12 @@ def test_the_documented_example_is_valid_and_means_what_it_says() -> None:
 BAD = [
     (
         "policy:\n  defaultPolicy: allow\n",
-        'mesh.yaml:3: policy.defaultPolicy: expected one of all-unauthenticated, '
+        "mesh.yaml:3: policy.defaultPolicy: expected one of all-unauthenticated, "
         'all-authenticated, deny, audit, got "allow"',
     ),
     (
         "policy:\n  server: []\n",
-        'mesh.yaml:3: policy.server: unknown field (known: defaultPolicy, workloads, servers, '
+        "mesh.yaml:3: policy.server: unknown field (known: defaultPolicy, workloads, servers, "
         'authentications, httpRoutes, authorizationPolicies); did you mean "servers"?',
     ),
     (
@@ -92,7 +92,8 @@ BAD = [
         'mesh.yaml:5: policy.servers: servers "a" and "b" both select every port of workload "web"',
     ),
     (
-        "policy:\n  servers:\n    - {name: a, workload: web}\n    - {name: a, workload: web, port: 1}\n",
+        "policy:\n  servers:\n    - {name: a, workload: web}\n"
+        "    - {name: a, workload: web, port: 1}\n",
         'mesh.yaml:5: policy.servers[1].name: duplicate name "a" (first on line 4)',
     ),
     (
@@ -146,7 +147,7 @@ BAD = [
     (
         "policy:\n  servers: [{name: s, workload: web}]\n  authorizationPolicies:\n"
         "    - {name: p, target: {server: s}, requiredAuthentications: [ghost]}\n",
-        'mesh.yaml:5: policy.authorizationPolicies[0].requiredAuthentications[0]: no '
+        "mesh.yaml:5: policy.authorizationPolicies[0].requiredAuthentications[0]: no "
         'authentication named "ghost" (authentications: none)',
     ),
     (
@@ -162,12 +163,12 @@ BAD = [
     ),
     (
         "policy:\n  authorizationPolicies:\n    - {name: p, target: {httpRoute: r}}\n",
-        'mesh.yaml:4: policy.authorizationPolicies[0]: missing required field '
+        "mesh.yaml:4: policy.authorizationPolicies[0]: missing required field "
         '"requiredAuthentications"',
     ),
     (
         "policy:\n  workloads: [{name: web, defaultPolicy: open}]\n",
-        'mesh.yaml:3: policy.workloads[0].defaultPolicy: expected one of',
+        "mesh.yaml:3: policy.workloads[0].defaultPolicy: expected one of",
     ),
 ]
 
@@ -183,8 +184,7 @@ def test_errors_name_the_field_and_the_line(body: str, expected: str) -> None:
 def test_every_problem_is_reported_in_one_pass() -> None:
     with pytest.raises(ManifestError) as caught:
         parse_manifest(
-            SERVICES
-            + "policy:\n  defaultPolicy: x\n  servers: [{name: s, workload: nope}]\n"
+            SERVICES + "policy:\n  defaultPolicy: x\n  servers: [{name: s, workload: nope}]\n"
             "  authentications: [{name: a}]\n"
         )
     assert [p.line for p in caught.value.problems] == [3, 4, 5]

@@ -6,13 +6,13 @@ from pathlib import Path
 
 import pytest
 
-from tulle.api.policy_client import PolicyDecodeError, policy_from_message
+from tulle.api.policy_client import PolicyDecodeError, PolicyWatcher, policy_from_message
 from tulle.api.proto import policy_pb2 as pb
+from tulle.control.destination.translator import UpdateQueue
 from tulle.control.manifest import Manifest, parse_manifest
 from tulle.control.policy.index import PolicyIndex
 from tulle.control.policy.translate import policy_message
-from tulle.control.destination.translator import UpdateQueue
-from tulle.core.policy import DENY
+from tulle.core.policy import DENY, InboundPolicy
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "policy.md"
 
@@ -73,3 +73,33 @@ def test_a_slow_stream_overflows_instead_of_blocking() -> None:
     index.subscribe("web", 8080, queue)
     index.update_manifest(example_manifest(("defaultPolicy: deny ", "defaultPolicy: audit ")))
     assert queue.overflowed
+
+
+def test_a_bad_regular_expression_is_refused() -> None:
+    message = pb.InboundPolicy(workload="w", port=1, server="s")
+    message.routes.add(name="r").matches.add(path_regex="(")
+    with pytest.raises(PolicyDecodeError, match="cannot enforce"):
+        policy_from_message(message)
+
+
+def test_the_watcher_applies_good_policies_and_keeps_them_over_bad_ones() -> None:
+    watcher = PolicyWatcher([("127.0.0.1", 1)], "web", 8080)
+    seen: list[InboundPolicy] = []
+    watcher.add_listener(seen.append)
+
+    def broken(policy: InboundPolicy) -> None:
+        raise RuntimeError("a broken listener harms nobody")
+
+    watcher.add_listener(broken)
+    assert not watcher.known
+    assert watcher.current.authorize_tcp(None, "127.0.0.1").policy == "default:deny-no-policy"
+    good = policy_message(example_manifest().authorization.compile("web", 8080))
+    watcher._apply(good)
+    assert watcher.known and seen == [watcher.current]
+    watcher._apply(good)  # a repeat changes nothing
+    assert len(seen) == 1
+    bad = pb.InboundPolicy(workload="web", port=8080, server="s")
+    bad.authorizations.add(name="p").required.add(name="n").networks.rules.add(cidr="x")
+    watcher._apply(bad)
+    assert watcher.current == seen[0]
+    assert (watcher.updates_received, watcher.updates_rejected) == (3, 1)

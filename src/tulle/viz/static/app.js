@@ -31,6 +31,11 @@ function setLive(state, text) {
 }
 
 async function poll(view, token) {
+  if (document.hidden) {
+    // A background tab does not poll; it catches up when shown again.
+    timer = setTimeout(() => poll(view, token), POLL_INTERVAL_MS);
+    return;
+  }
   try {
     await view.refresh();
     if (token !== generation) return;

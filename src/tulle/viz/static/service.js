@@ -9,7 +9,7 @@ import {
 
 const WINDOW = "60s";
 const SPARK_WINDOW = "5m";
-const SPARK_STEP = "5s";
+const SPARK_STEP = "10s";
 const TAP_MAX_ROWS = 200;
 const TAP_DURATION_S = 600;
 const TAP_RECONNECT_MS = 1000;
