@@ -28,7 +28,7 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-import http1 as h1  # noqa: E402
+import http1 as h1
 
 WEB = "spiffe://bench.local/ns/default/sa/web"
 BOOKS = "spiffe://bench.local/ns/default/sa/books"
@@ -147,8 +147,9 @@ def main(argv: list[str] | None = None) -> int:
                     result = h1.run_wrk(target, connections, duration)
                     results[(target.name, connections)] = result
                     rows.append(
-                        f"| {target.name} | {target.description} | {connections} | {result.rps:.0f} "
-                        f"| {h1.format_ms(result.p50_ms)} | {h1.format_ms(result.p99_ms)} |"
+                        f"| {target.name} | {target.description} | {connections} "
+                        f"| {result.requests_per_s:.0f} | {h1.format_ms(result.p50_ms)} "
+                        f"| {h1.format_ms(result.p99_ms)} |"
                     )
             rate_1 = asyncio.run(handshakes(mtls_a.inbound, issuer, duration, 1))
             rate_8 = asyncio.run(handshakes(mtls_a.inbound, issuer, duration, 8))
@@ -160,9 +161,9 @@ def main(argv: list[str] | None = None) -> int:
     print("\n".join(rows))
     print()
     for c in (1, 50):
-        mtls = results[("mtls-2", c)].rps
-        plain = results[("plain-2", c)].rps
-        direct = results[("direct", c)].rps
+        mtls = results[("mtls-2", c)].requests_per_s
+        plain = results[("plain-2", c)].requests_per_s
+        direct = results[("direct", c)].requests_per_s
         print(
             f"- c={c}: mTLS / plaintext = {mtls / plain:.2f}x "
             f"(cost {100 * (1 - mtls / plain):.0f} %), mTLS / direct = {mtls / direct:.2f}x"

@@ -20,11 +20,13 @@ the summed bucket increments (see `quantile.py`).
 
 from __future__ import annotations
 
+import functools
 import math
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tulle.proxy.metrics import LATENCY_BUCKETS_MS
 from tulle.viz.promtext import Labels
 from tulle.viz.quantile import histogram_quantile
 from tulle.viz.targets import ScrapeTarget
@@ -33,13 +35,17 @@ from tulle.viz.window import Delta, WindowData
 DEFAULT_ROUTE = "[default]"
 
 
+@functools.lru_cache(maxsize=65536)
+def _as_dict(labels: Labels) -> dict[str, str]:
+    # Series repeat in every delta of a window: each label set is read once.
+    return dict(labels)
+
+
 def _label(labels: Labels, name: str) -> str:
-    for key, value in labels:
-        if key == name:
-            return value
-    return ""
+    return _as_dict(labels).get(name, "")
 
 
+@functools.lru_cache(maxsize=4096)
 def _le(text: str) -> float:
     try:
         return float(text)
@@ -67,17 +73,18 @@ class Golden:
 
     def add(self, name: str, labels: Labels, value: float) -> None:
         if name == "response_total":
+            get = _as_dict(labels).get
             self.responses += value
-            if _label(labels, "classification") == "success":
+            if get("classification") == "success":
                 self.successes += value
-            if _label(labels, "tls") == "true":
+            if get("tls") == "true":
                 self.tls += value
-            code = _label(labels, "status_code")
+            code = get("status_code", "")
             self.status_codes[code] = self.status_codes.get(code, 0.0) + value
-            client = _label(labels, "client_id")
+            client = get("client_id")
             if client:
                 self.client_ids.add(client)
-            server = _label(labels, "server_id")
+            server = get("server_id")
             if server:
                 self.server_ids.add(server)
         elif name == "response_latency_ms_bucket":
@@ -88,17 +95,32 @@ class Golden:
         elif name == "timeout_total":
             self.timeouts += value
 
+    def _histogram(self) -> dict[float, float]:
+        """The summed buckets, with the empty ones below the first observation.
+
+        Only increments are stored, and a cumulative bucket gains nothing only
+        when it lies below every observation of the window; the proxies'
+        bounds are Linkerd's, so those missing bounds are known to be 0.
+        """
+        if not self.buckets:
+            return self.buckets
+        lowest = min(self.buckets)
+        filled = dict.fromkeys((b for b in LATENCY_BUCKETS_MS if b < lowest), 0.0)
+        filled.update(self.buckets)
+        return filled
+
     def to_json(self, seconds: float) -> dict[str, Any]:
         seconds = max(seconds, 1e-9)
         total = self.responses
+        histogram = self._histogram()
         return {
             "requests": round(total),
             "rps": round(total / seconds, 3),
             "success_rate": _rounded(self.successes / total, 4) if total else None,
             "latency_ms": {
-                "p50": _rounded(histogram_quantile(0.5, self.buckets)),
-                "p95": _rounded(histogram_quantile(0.95, self.buckets)),
-                "p99": _rounded(histogram_quantile(0.99, self.buckets)),
+                "p50": _rounded(histogram_quantile(0.5, histogram)),
+                "p95": _rounded(histogram_quantile(0.95, histogram)),
+                "p99": _rounded(histogram_quantile(0.99, histogram)),
             },
             "tls_share": round(self.tls / total, 4) if total else 0.0,
             "retries": round(self.retries),

@@ -103,10 +103,9 @@ class WindowStore:
         for key, value in counters.items():
             before = previous.get(key, 0.0)
             gained = value - before if value >= before else value
-            # Empty buckets are kept: a quantile needs every bucket's lower bound.
-            if gained > 0 or key[0] == "response_latency_ms_bucket":
+            if gained > 0:
                 increments[key] = gained
-        if any(increments.values()):
+        if increments:
             self._deltas.append(Delta(ts, target, increments))
         self._expire(ts)
 
