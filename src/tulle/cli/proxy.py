@@ -120,6 +120,12 @@ def proxy(
         envvar="TULLE_PROXY_IDENTITY_LEAF_TTL",
         help="Leaf lifetime in seconds with --identity-issuer-dir.",
     ),
+    workload: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_WORKLOAD",
+        help="The workload (service) this proxy fronts: with --control-addr, its inbound "
+        "authorization policy is enforced (denied until known: fail closed).",
+    ),
     log_level: str = typer.Option(
         "info", envvar="TULLE_PROXY_LOG_LEVEL", help="debug, info, warning or error."
     ),
@@ -179,6 +185,7 @@ def proxy(
         identity_addrs=identity_addrs,
         identity_issuer_dir=identity_issuer_dir,
         identity_leaf_ttl_s=identity_leaf_ttl,
+        workload=workload,
         log_level=log_level,
     )
     # Replace this process (same pid) with the lean proxy image; see runner.py.

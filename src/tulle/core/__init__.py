@@ -1,1 +1,1 @@
-"""Pure building blocks with no sockets: discovery model, algorithms (EWMA, P2C, backoff, budgets)."""
+"""Pure building blocks with no sockets: discovery model, EWMA, P2C, backoff, budgets."""

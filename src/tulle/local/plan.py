@@ -148,6 +148,9 @@ def proxy_argv(
         "--shutdown-grace",
         f"{SIDECAR_SHUTDOWN_GRACE_S:g}",
     ]
+    if instance is not None:
+        # Selects the workload's inbound authorization policy.
+        argv += ["--workload", instance.service]
     if identity:
         # mTLS: the proxy makes its key, sends a CSR with the join token found
         # in TULLE_PROXY_IDENTITY_TOKEN (the environment: not visible in `ps`).

@@ -21,13 +21,20 @@ import struct
 import sys
 import time
 from collections.abc import Callable, Coroutine
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
 from tulle.net.listen import Acceptor, bind, original_dst
-from tulle.net.mtls import ALPN_H2, ALPN_HTTP1, ALPN_OPAQUE, MeshTls, offered_mesh_alpn
+from tulle.net.mtls import (
+    ALPN_H2,
+    ALPN_HTTP1,
+    ALPN_OPAQUE,
+    MeshTls,
+    offered_mesh_alpn,
+    transport_peer_identity,
+)
 from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
@@ -38,6 +45,9 @@ from tulle.proxy.metrics import Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapHub
 from tulle.proxy.tcp import Tunnel
+
+if TYPE_CHECKING:
+    from tulle.api.policy_client import PolicyWatcher
 
 log = logging.getLogger("tulle.proxy")
 _T = TypeVar("_T")
@@ -80,6 +90,7 @@ class Worker:
         self.inbound = self._context("inbound", config.app_addr)
         self.mesh: MeshTls | None = None
         self.h2_services: dict[str, H2Service] = {}
+        self.policy_watcher: PolicyWatcher | None = None
 
     async def start_identity(self) -> None:
         """With an identity configured: ask for a certificate (in the background).
@@ -108,6 +119,29 @@ class Worker:
         for ctx in self.contexts:
             ctx.mesh = self.mesh
         await certs.start()
+
+    async def start_policy(self) -> None:
+        """With a workload and a control plane: follow its inbound policy.
+
+        Until the first answer every inbound call is denied (fail closed)."""
+        cfg = self.config
+        if not cfg.workload or not cfg.control_addrs:
+            return
+        from tulle.api.policy_client import PolicyWatcher
+        from tulle.proxy.authz import InboundAuthz
+
+        port = cfg.app_addr[1] if cfg.app_addr is not None else 0
+        watcher = PolicyWatcher(list(cfg.control_addrs), cfg.workload, port)
+        watcher.start()
+        self.inbound.authz = InboundAuthz(watcher, self.metrics)
+        self.policy_watcher = watcher
+        if not await watcher.wait_known(self.config.timeouts.discovery_s):
+            log.warning(
+                "no authorization policy for workload %r port %d from the control plane yet: "
+                "denying every inbound call until it answers (fail closed)",
+                cfg.workload,
+                port,
+            )
 
     @property
     def ready(self) -> bool:
@@ -168,13 +202,17 @@ class Worker:
                 loop.create_task(self._attach(sock, lambda: Http1Server(ctx, peer, orig)))
                 return
             if kind is Kind.HTTP2:
-                loop.create_task(self._attach(sock, self._h2_service(ctx).protocol))
+                service = self._h2_service(ctx)
+                loop.create_task(self._attach(sock, lambda: MeshH2Protocol(service, ctx)))
                 return
             # TLS that is not the mesh's and unknown bytes: opaque TCP to where
             # the connection was going.
             dst = ctx.config.app_addr if ctx.direction == "inbound" else orig
             if dst is None:
                 ctx.metrics.proxy_error(ctx.direction, "opaque-no-destination")
+                sock.close()
+                return
+            if not self._tcp_allowed(ctx, None, peer):
                 sock.close()
                 return
             loop.create_task(self._opaque(ctx, sock, dst))
@@ -217,26 +255,18 @@ class Worker:
             factory = lambda: MeshH2Protocol(service, ctx)  # noqa: E731
         elif alpn == ALPN_OPAQUE and app_addr is not None:
             label = f"{app_addr[0]}:{app_addr[1]}"
-            tunnel = Tunnel(
+            opaque = Tunnel(
                 ctx.metrics.tcp(ctx.direction, "src", label),
                 ctx.metrics.tcp(ctx.direction, "dst", label),
             )
-            try:
-                await asyncio.wait_for(
-                    self.loop.create_connection(lambda: tunnel.upstream, *app_addr),
-                    ctx.config.timeouts.connect_s,
-                )
-            except (OSError, TimeoutError):
-                ctx.metrics.proxy_error(ctx.direction, "opaque-connect-failed")
-                sock.close()
-                return
-            factory = lambda: tunnel.downstream  # noqa: E731
+            tunnel = opaque
+            factory = lambda: opaque.downstream  # noqa: E731
         else:
             ctx.metrics.proxy_error(ctx.direction, "unsupported-mesh-protocol")
             sock.close()
             return
         try:
-            await self.loop.connect_accepted_socket(
+            transport, _ = await self.loop.connect_accepted_socket(
                 factory, sock, ssl=server_ctx, ssl_handshake_timeout=10.0
             )
         except (OSError, TimeoutError) as exc:
@@ -244,11 +274,35 @@ class Worker:
             self.metrics.inc("tls_handshake_failure_total", (("direction", ctx.direction),))
             log.info("mesh TLS handshake from %s:%d failed: %s", peer[0], peer[1], exc)
             sock.close()
-            if tunnel is not None:
-                tunnel.close(abort=True)
             return
-        if tunnel is not None:
-            tunnel.start()
+        if tunnel is None or app_addr is None:
+            return
+        # Opaque: the caller's identity is known now; authorize, then connect.
+        client_id = transport_peer_identity(transport.get_extra_info("ssl_object"))
+        if not self._tcp_allowed(ctx, client_id, peer):
+            tunnel.close(abort=True)
+            return
+        upstream = tunnel.upstream
+        try:
+            await asyncio.wait_for(
+                self.loop.create_connection(lambda: upstream, *app_addr),
+                ctx.config.timeouts.connect_s,
+            )
+        except (OSError, TimeoutError):
+            ctx.metrics.proxy_error(ctx.direction, "opaque-connect-failed")
+            tunnel.close(abort=True)
+            return
+        tunnel.start()
+
+    @staticmethod
+    def _tcp_allowed(ctx: ProxyContext, client_id: str | None, peer: Address) -> bool:
+        """Inbound policy for an opaque connection (denied: the caller closes it)."""
+        authz = ctx.authz
+        if authz is None:
+            return True
+        decision = authz.policy.authorize_tcp(client_id or None, peer[0])
+        authz.record("tcp", decision, client_id or "")
+        return decision.allowed
 
     async def _attach(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         try:
@@ -325,6 +379,8 @@ class Worker:
             self._sweeper.cancel()
         if self.mesh is not None:
             await self.mesh.certs.close()
+        if self.policy_watcher is not None:
+            await self.policy_watcher.close()
         await self.resolver.close()
         self.stopped.set()
 
@@ -411,6 +467,7 @@ async def _run_single(config: ProxyConfig) -> int:
         print(f"tulle proxy: cannot listen: {exc}", file=sys.stderr)
         return 2
     await worker.start_identity()
+    await worker.start_policy()
     state = AdminState(
         snapshot=lambda: _async_value([worker.snapshot()]),
         describe=lambda: _async_value([worker.describe()]),
@@ -457,6 +514,7 @@ def _worker_main(config: ProxyConfig, sock: socket.socket) -> None:
             print(f"tulle proxy worker: cannot listen: {exc}", file=sys.stderr)
             return 2
         await worker.start_identity()
+        await worker.start_policy()
         _serve_snapshots(asyncio.get_running_loop(), sock, worker)
         _install_signals(asyncio.get_running_loop(), worker.drain)
         await worker.stopped.wait()

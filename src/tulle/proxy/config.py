@@ -58,6 +58,9 @@ class ProxyConfig:
     # Sign locally with an issuer directory instead (tests, single machine).
     identity_issuer_dir: str = ""
     identity_leaf_ttl_s: float = 24 * 3600.0
+    # The workload this proxy fronts (its service name): selects the inbound
+    # authorization policy served by the control plane.
+    workload: str = ""
     log_level: str = "info"
 
 
@@ -112,5 +115,6 @@ def config_from_json(text: str) -> ProxyConfig:
         identity_addrs=tuple(addr(a) for a in data["identity_addrs"]),
         identity_issuer_dir=data["identity_issuer_dir"],
         identity_leaf_ttl_s=data["identity_leaf_ttl_s"],
+        workload=data.get("workload", ""),
         log_level=data["log_level"],
     )

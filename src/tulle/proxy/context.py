@@ -13,6 +13,7 @@ from tulle.proxy.tap import TapHub
 
 if TYPE_CHECKING:
     from tulle.net.mtls import MeshTls
+    from tulle.proxy.authz import InboundAuthz
     from tulle.proxy.http1 import Http1Server
 
 
@@ -40,6 +41,8 @@ class ProxyContext:
         self.downstream_tcp: TcpStats = metrics.tcp(direction, "src", "")
         # Mesh TLS, when the proxy has an identity; None means plaintext only.
         self.mesh: MeshTls | None = None
+        # Inbound authorization policy; None: every caller is allowed.
+        self.authz: InboundAuthz | None = None
 
     def record_rejected(self, status: int, reason: str) -> None:
         """A request refused before it had an authority (bad input)."""

@@ -29,10 +29,11 @@ _monotonic = time.monotonic
 class MeshDispatcher:
     """The `Dispatcher` of one direction (inbound or outbound) of a worker."""
 
-    def __init__(self, ctx: ProxyContext, client_id: str = "") -> None:
+    def __init__(self, ctx: ProxyContext, client_id: str = "", client_ip: str = "") -> None:
         self.ctx = ctx
         # Inbound over mesh TLS: the verified identity of the calling proxy.
         self.client_id = client_id
+        self.client_ip = client_ip
 
     def route(
         self, authority: str, method: str, path: str, headers: Sequence[Header]
@@ -40,6 +41,21 @@ class MeshDispatcher:
         ctx = self.ctx
         router = ctx.router
         target = router.fixed
+        authz = ctx.authz
+        if authz is not None and target is not None:
+            decision = authz.policy.authorize_http(
+                self.client_id or None,
+                self.client_ip,
+                method.encode("latin-1"),
+                path.encode("latin-1"),
+                _lookup(headers),
+            )
+            authz.record("http", decision, self.client_id)
+            if not decision.allowed:
+                who = self.client_id or "an unauthenticated client"
+                return Refused(
+                    RefusalKind.FORBIDDEN, f"{who} may not call this ({decision.policy})"
+                )
         if target is None:
             if not authority:
                 return Refused(RefusalKind.BAD_REQUEST, "no :authority")
@@ -140,8 +156,8 @@ class MeshH2Protocol(H2ServerProtocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")
-        if ssl_object is not None:
-            client_id = transport_peer_identity(ssl_object)
-            if client_id:
-                self.dispatcher = MeshDispatcher(self._ctx, client_id)
+        client_id = transport_peer_identity(ssl_object) if ssl_object is not None else None
+        peer = transport.get_extra_info("peername")
+        client_ip = peer[0] if isinstance(peer, tuple) else ""
+        self.dispatcher = MeshDispatcher(self._ctx, client_id or "", client_ip)
         super().connection_made(transport)

@@ -323,6 +323,16 @@ class Exchange:
             if head.method == b"CONNECT":
                 self.fail(400, "connect-not-allowed", "CONNECT is only accepted on outbound")
                 return
+            authz = ctx.authz
+            if authz is not None:
+                decision = authz.policy.authorize_http(
+                    server.client_id or None, server.peer[0], head.method, head.target, head.header
+                )
+                authz.record("http", decision, server.client_id)
+                if not decision.allowed:
+                    who = server.client_id or "an unauthenticated client"
+                    self.fail(403, "unauthorized", f"{who} may not call this ({decision.policy})")
+                    return
         else:
             if head.method == b"CONNECT":
                 authority = target_bytes

@@ -42,7 +42,7 @@ class ProxyError(enum.Enum):
 
     NO_ENDPOINTS = ("no-endpoints", 503, GrpcStatus.UNAVAILABLE)
     UNKNOWN_SERVICE = ("unknown-service", 503, GrpcStatus.UNAVAILABLE)
-    FORBIDDEN = ("forbidden", 403, GrpcStatus.PERMISSION_DENIED)
+    FORBIDDEN = ("unauthorized", 403, GrpcStatus.PERMISSION_DENIED)
     BAD_REQUEST = ("bad-request", 400, GrpcStatus.INTERNAL)
     CONNECT_FAILED = ("connect-failed", 502, GrpcStatus.UNAVAILABLE)
     UPSTREAM_RESET = ("upstream-reset", 502, GrpcStatus.UNAVAILABLE)
