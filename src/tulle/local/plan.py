@@ -383,6 +383,8 @@ def build_plan(
     mesh_identity = MeshIdentity(state_dir) if mtls else None
 
     base = base_environment()
+    # Marks every process of this mesh (tests and `tulle down` checks find them by it).
+    base["TULLE_MESH_STATE_DIR"] = str(state_dir.resolve())
     document = generated_document(raw, tuple(instances))
     files = {
         GENERATED_MANIFEST: render_document(

@@ -90,12 +90,22 @@ class MeshWatcher:
         for process in state.get("processes", []):
             if process.get("pid"):
                 self.seen_pids.add(int(process["pid"]))
-        for instance in state.get("instances", []):
-            for key in ("app", "inbound", "outbound", "admin"):
-                self.markers.add(instance[key])
+
+    def _belongs(self, pid: int, cmdline: str) -> bool:
+        # Every process `tulle up` starts carries TULLE_MESH_STATE_DIR in its
+        # environment, and the supervisor has the state dir on its command
+        # line. Ports and pids are not proof: other tests reuse them.
+        if any(marker in cmdline for marker in self.markers):
+            return True
+        try:
+            environ = Path(f"/proc/{pid}/environ").read_bytes()
+        except OSError:
+            return False
+        wanted = f"TULLE_MESH_STATE_DIR={self.state_dir.resolve()}".encode()
+        return wanted in environ.split(b"\0")
 
     def leftovers(self) -> list[str]:
-        """Processes of this mesh still alive: recorded pids or matching command lines."""
+        """Processes of this mesh still alive (found by their marks, never by port)."""
         found = []
         for entry in os.listdir("/proc"):
             if not entry.isdigit():
@@ -104,7 +114,7 @@ class MeshWatcher:
             if pid == os.getpid() or not _alive(pid):
                 continue
             cmdline = _cmdline(pid)
-            if pid in self.seen_pids or any(marker in cmdline for marker in self.markers):
+            if self._belongs(pid, cmdline):
                 found.append(f"{pid}: {cmdline}")
         return found
 
