@@ -26,7 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from tulle.control.manifest import Manifest, ManifestError, load_manifest, parse_duration
-from tulle.viz import aggregate, dashboard
+from tulle.viz import aggregate, authz_report, dashboard
 from tulle.viz.apply import apply_manifest
 from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
 from tulle.viz.http_client import FetchError, request
@@ -402,6 +402,7 @@ class ApiServer:
             "/api/check": self.api.check,
             "/api/top": self.api.top,
             "/api/overview": functools.partial(dashboard.overview, self.api),
+            "/api/authz": functools.partial(authz_report.api_authz, self.api),
         }
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
