@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import signal
+import subprocess
 import sys
 import time
 from collections.abc import Iterator
@@ -15,7 +16,7 @@ import pytest
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration" / "local"))
 from up_harness import UpRun, http_get, port_of
 
-pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(120)]
+pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(240)]
 
 SHOP = {"web", "catalog", "cart", "payments", "loadgen"}
 
@@ -75,6 +76,54 @@ def test_demo_shop_serves_traffic_through_the_ingress_and_stops_clean(demo: UpRu
     metrics = http_get(port_of(web_admin), "/metrics")[1].decode()
     assert 'direction="inbound"' in metrics and "response_total" in metrics
 
+    _observability_shows_the_demo(demo, state)
+
     demo.process.send_signal(signal.SIGINT)
     assert demo.process.wait(timeout=30) == 0
     assert demo.wait_gone(timeout_s=5) == []
+
+
+def _tulle(demo: UpRun, *args: str) -> subprocess.CompletedProcess[str]:
+    control = demo.state()["control"]["http"]
+    return subprocess.run(
+        [sys.executable, "-m", "tulle", *args, "--control", control],
+        capture_output=True, text=True, timeout=60, check=False,
+    )  # fmt: skip
+
+
+def _observability_shows_the_demo(demo: UpRun, state: dict[str, object]) -> None:
+    """The issue's checks: `tulle check` passes, `tulle stat --json` shows every
+    service with traffic, the flaky one below 100 %, retries counted, 100 %
+    meshed TLS; `tulle tap` shows live requests."""
+    deadline = time.monotonic() + 60
+    check = _tulle(demo, "check", "--json")
+    while check.returncode != 0 and time.monotonic() < deadline:
+        time.sleep(2)
+        check = _tulle(demo, "check", "--json")
+    assert check.returncode == 0, check.stdout + check.stderr
+    assert json.loads(check.stdout)["ok"] is True
+
+    wanted = {"web", "catalog", "cart", "payments"}
+    rows: dict[str, dict[str, object]] = {}
+    while time.monotonic() < deadline:
+        stat = _tulle(demo, "stat", "--json")
+        assert stat.returncode == 0, stat.stderr
+        rows = {r["service"]: r for r in json.loads(stat.stdout)["rows"]}
+        busy = {s for s in wanted if (rows.get(s) or {}).get("requests", 0)}
+        retried = sum(float(rows[s].get("retries") or 0) for s in busy)
+        flaky = rows.get("payments", {}).get("success_rate")
+        if busy == wanted and retried > 0 and flaky is not None and float(flaky) < 1.0:  # type: ignore[arg-type]
+            break
+        time.sleep(2)
+    for service in wanted:
+        row = rows[service]
+        assert float(row["requests"]) > 0, (service, row)  # type: ignore[arg-type]
+        assert row["tls_share"] == 1.0, (service, row)  # every call between sidecars is mTLS
+    assert float(rows["payments"]["success_rate"]) < 1.0  # type: ignore[arg-type]
+    assert sum(float(rows[s].get("retries") or 0) for s in wanted) > 0  # type: ignore[arg-type]
+
+    tap = _tulle(demo, "tap", "web", "--limit", "5", "--json")
+    assert tap.returncode == 0, tap.stderr
+    events = [json.loads(line) for line in tap.stdout.splitlines() if line.strip()]
+    live = [e for e in events if e.get("kind", "event") == "event"]
+    assert len(live) >= 3 and all(e["tls"] for e in live), events

@@ -397,10 +397,28 @@ class Exchange:
         timeout = route.timeout_s or ctx.config.timeouts.response_s
         if timeout > 0:
             self.timer = ctx.loop.call_later(timeout, self._timed_out)
+        if backend.view.exists is None:
+            # A split backend that discovery has not answered for yet (it is
+            # resolved when the split first arrives): wait for it, bounded.
+            self.status = _WAITING
+            ctx.loop.create_task(self._await_backend(backend))
+            return
         if head.method == b"CONNECT":
             self._connect_tunnel(backend)
             return
         self._dispatch()
+
+    async def _await_backend(self, backend: ServiceTarget) -> None:
+        known = await backend.view.wait_known(self.server.ctx.config.timeouts.discovery_s)
+        if self.status == _DONE:
+            return
+        if not known:
+            self.fail(503, "discovery-timeout", f"no answer from discovery for {backend.name!r}")
+        elif self.head.method == b"CONNECT":
+            self._connect_tunnel(backend)
+        else:
+            self._dispatch()
+        self.server.flush_all()
 
     def _encode_request_head(self) -> bytes:
         head = self.head

@@ -121,6 +121,9 @@ def test_reset_stream_leaves_the_connection_usable(mesh: Mesh) -> None:
         client.send(rst(1))
         # Hand back the connection window the reset stream's DATA used.
         client.send(window_update(0, 1 << 24))
+        # Let the reset travel through both hops before the next request (a
+        # loaded machine could otherwise race the upstream's own clean-up).
+        client.read_until(None, timeout=0.3)
         client.send(client.request(3, "web", "/"))
         client.read_until(None, timeout=2)
         assert b"hello from" in client.data_of(3)
