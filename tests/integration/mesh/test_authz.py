@@ -73,7 +73,11 @@ POLICIES: dict[str, str] = {
 """,
     "deny": """
   servers:
-    - {name: books-http, workload: books, port: BOOKS_PORT, defaultPolicy: deny}
+    - name: books-http
+      workload: books
+      port: BOOKS_PORT
+      defaultPolicy: deny
+      probePaths: [/status/204]
 """,
     "audit": """
   servers:
@@ -241,6 +245,10 @@ def test_policy_matrix(world: World, policy: str) -> None:
     deny = world.books.metrics().total("inbound_http_authz_deny_total", policy="default:deny")
     if policy == "deny":
         assert deny >= 3
+        # The app's own probe path stays open under deny (plain GET from loopback)...
+        assert world.call("plain", "GET", "/status/204") == 204
+        # ...but only for probes: a meshed caller is still denied there.
+        assert world.call("other", "GET", "/status/204") == 403
 
 
 def test_route_level_policy(world: World) -> None:
