@@ -360,6 +360,20 @@ class _Reader:
             return None
         return text
 
+    def protocol(self, fields: Mapping[str, Node], path: str) -> str:
+        """`protocol:` of a service or server: one of PROTOCOLS, http/1.1 when absent."""
+        if "protocol" not in fields:
+            return "http/1.1"
+        text = self.string(fields["protocol"], f"{path}.protocol")
+        if text is not None and text not in PROTOCOLS:
+            self.problem(
+                fields["protocol"],
+                f"{path}.protocol",
+                f'expected one of {", ".join(PROTOCOLS)}, got "{text}"',
+            )
+            return "http/1.1"
+        return text if text is not None else "http/1.1"
+
     def identity(self, node: Node, path: str) -> str | None:
         text = self.string(node, path, what="a SPIFFE ID")
         if text is None:
@@ -480,17 +494,7 @@ class _Reader:
         if name is not None:
             self.declared.add(name)
         port = self.integer(fields["port"], f"{path}.port", 1, 65535) if "port" in fields else None
-        protocol = "http/1.1"
-        if "protocol" in fields:
-            text = self.string(fields["protocol"], f"{path}.protocol")
-            if text is not None and text not in PROTOCOLS:
-                self.problem(
-                    fields["protocol"],
-                    f"{path}.protocol",
-                    f'expected one of {", ".join(PROTOCOLS)}, got "{text}"',
-                )
-            elif text is not None:
-                protocol = text
+        protocol = self.protocol(fields, path)
         identity = None
         if "identity" in fields:
             identity = self.identity(fields["identity"], f"{path}.identity")
@@ -1040,17 +1044,7 @@ class _Reader:
         port = None
         if "port" in fields:
             port = self.integer(fields["port"], f"{path}.port", 1, 65535)
-        protocol = "http/1.1"
-        if "protocol" in fields:
-            text = self.string(fields["protocol"], f"{path}.protocol")
-            if text is not None and text not in PROTOCOLS:
-                self.problem(
-                    fields["protocol"],
-                    f"{path}.protocol",
-                    f'expected one of {", ".join(PROTOCOLS)}, got "{text}"',
-                )
-            elif text is not None:
-                protocol = text
+        protocol = self.protocol(fields, path)
         mode = None
         if "defaultPolicy" in fields:
             mode = self.policy_mode(fields["defaultPolicy"], f"{path}.defaultPolicy")
