@@ -317,7 +317,6 @@ class ResponseDecoder:
         "_max_head",
         "_parser",
         "_replace_parser",
-        "done_early",
     )
 
     def __init__(self, handler: ResponseHandler, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
@@ -329,7 +328,6 @@ class ResponseDecoder:
         self._in_body = False
         self._head_request = False
         self._replace_parser = False
-        self.done_early = False
 
     def expect(self, handler: ResponseHandler, head_request: bool) -> None:
         """Route the next response's events to `handler` (the exchange)."""
@@ -457,13 +455,7 @@ def encode_last_chunk(out: list[bytes], trailers: list[tuple[bytes, bytes]] | No
         out.append(b"0\r\n\r\n")
 
 
-def status_has_no_body(status: int) -> bool:
-    return status < 200 or status == 204 or status == 304
-
-
-def error_response(
-    status: int, reason: str, message: str, *, close: bool, grpc: bool = False
-) -> bytes:
+def error_response(status: int, reason: str, message: str, *, close: bool) -> bytes:
     """A proxy-made response: `tulle-proxy-error` names the cause."""
     body = message.encode("utf-8", "replace") + b"\n"
     phrase = REASONS.get(status, b"Error")

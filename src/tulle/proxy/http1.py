@@ -112,11 +112,6 @@ class EndpointPool(PoolHandle):
         for conn in idle:
             conn.close()
 
-    def close_all_idle(self) -> None:
-        idle, self.idle = self.idle, []
-        for conn in idle:
-            conn.close()
-
 
 class UpstreamConn(asyncio.Protocol):
     """One keep-alive connection to an endpoint, carrying one exchange at a time."""
@@ -274,7 +269,6 @@ class Exchange:
         "status",
         "target",
         "timer",
-        "tunnel_leftover",
     )
 
     def __init__(self, server: Http1Server, head: RequestHead) -> None:
@@ -307,7 +301,6 @@ class Exchange:
         self.peer_id = server.client_id
         self.timer: asyncio.TimerHandle | None = None
         self.expect_continue = head.expect_continue
-        self.tunnel_leftover: bytes | None = None
 
     # -- request side -------------------------------------------------------
     def begin(self) -> None:

@@ -36,8 +36,6 @@ from tulle.core.split import WeightedPicker
 from tulle.proxy.balance import Balancer, EndpointState
 from tulle.proxy.metrics import Metrics
 
-IDEMPOTENT_METHODS = frozenset({b"GET", b"HEAD", b"OPTIONS", b"TRACE", b"PUT", b"DELETE"})
-
 
 class PoolHandle:
     """What a target needs of a connection pool: close idle connections."""
