@@ -2,7 +2,8 @@
 
 `named_backend` is a tiny real HTTP/1.1 server (its own process) that answers
 every request with its name after an optional delay, so a test can count which
-endpoint served each request and make one endpoint slow.
+endpoint served each request and make one endpoint slow. A backend named
+`flaky...` fails every other request to `/fail` with a 500.
 """
 
 from __future__ import annotations
@@ -23,11 +24,15 @@ from support.process import ManagedProcess, ProcessGroup, http_status
 BACKEND_SCRIPT = r"""
 import asyncio, sys
 name, port, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1000.0
+seen = [0]
 async def handle(reader, writer):
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
-            fail = name.startswith("flaky") and b" /fail" in head.split(b"\r\n", 1)[0]
+            fail = False
+            if name.startswith("flaky") and b" /fail" in head.split(b"\r\n", 1)[0]:
+                seen[0] += 1
+                fail = seen[0] % 2 == 1  # every other /fail request fails
             status = b"500 Internal Server Error" if fail else b"200 OK"
             if delay:
                 await asyncio.sleep(delay)

@@ -177,19 +177,28 @@ def test_route_timeout_and_retry_header(processes: ProcessGroup, tmp_path: Path)
 
 def test_retryable_route_retries_5xx(processes: ProcessGroup, tmp_path: Path) -> None:
     flaky = named_backend(processes, "flaky")
-    good = named_backend(processes, "good")
     path = tmp_path / "mesh.yaml"
-    # Every request to /fail on `flaky` fails; the route is retryable, so the
-    # proxy answers from `good` on a retry.
-    write_manifest(path, manifest([flaky, good]))
+    # `flaky` fails every other request to /fail; the route is retryable, so
+    # each failed attempt is retried and every client request succeeds.
+    write_manifest(path, manifest([flaky]))
     control = start_control(processes, path)
     proxy = client_proxy(processes, control.grpc_addr)
     opener = urllib.request.build_opener(urllib.request.ProxyHandler({"http": proxy.outbound_url}))
     retried = 0
     for _ in range(40):
         with opener.open("http://books/fail", timeout=10) as response:
-            assert response.read() == b"good\n"
+            assert response.read() == b"flaky\n"
             retried += int(response.headers.get("tulle-retry-attempts", "0"))
-    # Every request succeeded; those that landed on `flaky` first said so.
-    assert retried > 0
+    assert retried == 40  # one failed attempt per request, each retried once
     assert proxy.metrics().total("retry_total") == retried
+    # A 5xx on a route that is not retryable goes back to the client as it is.
+    write_manifest(path, manifest([flaky], retryable=False))
+    time.sleep(1.5)
+    statuses = []
+    for _ in range(4):
+        try:
+            with opener.open("http://books/fail", timeout=10) as response:
+                statuses.append(response.status)
+        except urllib.error.HTTPError as exc:
+            statuses.append(exc.code)
+    assert sorted(statuses) == [200, 200, 500, 500]

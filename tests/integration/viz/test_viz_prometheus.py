@@ -124,7 +124,8 @@ def test_stat_routes_and_edges_from_prometheus(
 
     row = eventually(books_row, "books in tulle stat from Prometheus", 20.0)
     assert row["source"] == "inbound"
-    assert total * 0.8 <= row["requests"] <= total * 1.5
+    # Prometheus' increase() extrapolates to the window's edges: close, not exact.
+    assert total * 0.8 <= row["requests"] <= total * 2
     assert row["success_rate"] == pytest.approx(OK_REQUESTS / total, abs=0.06)
     assert row["latency_ms"]["p99"] is not None
     document = mesh.cli_json("stat", "--window", window)
