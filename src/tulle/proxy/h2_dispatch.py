@@ -19,7 +19,7 @@ from collections.abc import Callable, Sequence
 from tulle.codec.http2 import Header
 from tulle.net.mtls import ALPN_H2, transport_peer_identity
 from tulle.proxy.context import ProxyContext
-from tulle.proxy.http2.dispatch import CompletionCallback, RefusalKind, Refused, Routed
+from tulle.proxy.http2.dispatch import CompletionCallback, Pending, RefusalKind, Refused, Routed
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
 from tulle.proxy.router import ServiceTarget
 
@@ -37,7 +37,7 @@ class MeshDispatcher:
 
     def route(
         self, authority: str, method: str, path: str, headers: Sequence[Header]
-    ) -> Routed | Refused:
+    ) -> Routed | Refused | Pending:
         ctx = self.ctx
         router = ctx.router
         target = router.fixed
@@ -61,14 +61,18 @@ class MeshDispatcher:
                 return Refused(RefusalKind.BAD_REQUEST, "no :authority")
             target = router.for_authority(authority.encode("latin-1"))
         view = target.view
-        if view.exists is not True:
-            # Not yet known counts as unknown for HTTP/2: the stream API is
-            # synchronous, and the next stream will find the answer.
-            if view.exists is None:
-                ctx.metrics.proxy_error(ctx.direction, "discovery-pending")
-                return Refused(RefusalKind.NO_ENDPOINTS, f"discovery of {target.name!r} pending")
+        wait_s = ctx.config.timeouts.discovery_s
+        if view.exists is None:
+            # The first stream for a name: wait for discovery, then route again.
+            return Pending(lambda: view.wait_known(wait_s), f"discovery of {target.name!r}")
+        if view.exists is False:
             return Refused(RefusalKind.UNKNOWN_SERVICE, f"no service named {target.name!r}")
         backend = target.backend()
+        backend_view = backend.view
+        if backend_view.exists is None:
+            return Pending(
+                lambda: backend_view.wait_known(wait_s), f"discovery of {backend.name!r}"
+            )
         route = target.route(method.encode("latin-1"), path.encode("latin-1"), _lookup(headers))
         now = _monotonic()
         state = backend.balancer.pick(now)

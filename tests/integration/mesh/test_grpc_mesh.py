@@ -142,3 +142,20 @@ def test_wrong_server_identity_fails_the_call(
         stub_via(outbound).Unary(echo_pb2.EchoRequest(), timeout=5)
     assert info.value.code() == grpc.StatusCode.UNAVAILABLE
     assert inbound.metrics().total("request_total", direction="inbound") == 0
+
+
+def test_first_call_waits_for_discovery(
+    processes: ProcessGroup, servers: list[Server], tmp_path: Path
+) -> None:
+    """The very first stream to a name the proxy has never resolved is held
+    until the control plane answers, then routed: no UNAVAILABLE."""
+    from meshkit import start_control
+
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(
+        f"services:\n  - name: echo\n    protocol: grpc\n    endpoints: [{servers[1].addr}]\n"
+    )
+    control = start_control(processes, manifest)
+    proxy = start_proxy(processes, extra=["--control-addr", control.grpc_addr], name="grpc-cp")
+    reply = stub_via(proxy).Unary(echo_pb2.EchoRequest(payload=b"first"), timeout=10)
+    assert reply.payload == b"first" and reply.server == str(servers[1].port)

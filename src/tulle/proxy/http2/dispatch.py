@@ -16,7 +16,7 @@ from __future__ import annotations
 import enum
 import itertools
 import ssl
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
@@ -60,10 +60,20 @@ class Refused:
     detail: str = ""
 
 
+@dataclass(frozen=True, slots=True)
+class Pending:
+    """Not known yet (discovery has not answered for this authority): the
+    stream waits for `ready()` (True once known, False on timeout), then is
+    routed again. Its request body is held meanwhile, within flow control."""
+
+    ready: Callable[[], Awaitable[bool]]
+    detail: str = ""
+
+
 class Dispatcher(Protocol):
     def route(
         self, authority: str, method: str, path: str, headers: Sequence[Header]
-    ) -> Routed | Refused:
+    ) -> Routed | Refused | Pending:
         """Where one stream goes. Synchronous and cheap; must not raise."""
         ...
 

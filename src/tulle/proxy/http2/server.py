@@ -58,10 +58,13 @@ from tulle.codec.http2 import (
 
 from .client import H2ClientPool
 from .connection import H2Limits, H2Peer, goaway_frame, new_h2_connection
-from .dispatch import Dispatcher, H2Counters, RefusalKind, Refused
+from .dispatch import Dispatcher, H2Counters, Pending, RefusalKind, Refused, Routed
 from .stream import ProxyError, ProxyStream, error_response
 
 _log = logging.getLogger(__name__)
+
+# The provisional route of a stream waiting for discovery (see `Pending`).
+_UNROUTED = Routed(("0.0.0.0", 0))
 
 _REFUSAL_ERRORS = {
     RefusalKind.NO_ENDPOINTS: ProxyError.NO_ENDPOINTS,
@@ -107,6 +110,7 @@ class H2ServerProtocol(H2Peer):
         # A connection without streams for this long is closed (GOAWAY NO_ERROR).
         self._idle_timeout_s = idle_timeout_s
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._pending_routes: set[asyncio.Task[None]] = set()
         # Called once with this protocol when the connection is gone (H2Service's registry).
         self.on_closed: Callable[[H2ServerProtocol], None] | None = None
 
@@ -249,10 +253,12 @@ class H2ServerProtocol(H2Peer):
         if isinstance(decision, Refused):
             self._refuse(stream_id, decision, head.is_grpc, event.stream_ended is not None)
             return
+        pending = decision if isinstance(decision, Pending) else None
+        routed = decision if isinstance(decision, Routed) else _UNROUTED
         stream = ProxyStream(
             self,
             stream_id,
-            decision,
+            routed,
             without_hop_by_hop(headers),
             is_grpc=head.is_grpc,
             outbox=self._outbox,
@@ -265,15 +271,42 @@ class H2ServerProtocol(H2Peer):
             self._idle_timer.cancel()
             self._idle_timer = None
         timeout = head.grpc_timeout_s
-        if decision.timeout_s is not None and (timeout is None or decision.timeout_s < timeout):
-            timeout = decision.timeout_s
+        if routed.timeout_s is not None and (timeout is None or routed.timeout_s < timeout):
+            timeout = routed.timeout_s
         if timeout is not None:
             stream.set_deadline(timeout)
         if event.stream_ended is not None:
             stream.request.end = True
         stream.reroute = self._reroute
         self._heads[stream_id] = head
+        if pending is not None:
+            task = self._loop.create_task(self._route_when_known(stream, pending))
+            self._pending_routes.add(task)
+            task.add_done_callback(self._pending_routes.discard)
+            return
         self.pool.attach(stream)
+
+    async def _route_when_known(self, stream: ProxyStream, pending: Pending) -> None:
+        """Route a stream whose authority discovery had not answered for yet."""
+        await pending.ready()
+        head = self._heads.get(stream.down_id)
+        headers = stream.request_headers
+        if stream.closed or head is None or headers is None:
+            return
+        decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
+        if isinstance(decision, Routed):
+            stream.routed = decision
+            if decision.timeout_s is not None:
+                stream.set_deadline(decision.timeout_s)
+            self.pool.attach(stream)
+        else:
+            error = (
+                _REFUSAL_ERRORS[decision.kind]
+                if isinstance(decision, Refused)
+                else ProxyError.NO_ENDPOINTS
+            )
+            stream.fail(error, decision.detail)
+        self._outbox.flush()
 
     def _reset(self, stream_id: int, code: ErrorCodes) -> None:
         # The client may have reset or ended the stream in the same read.
@@ -287,7 +320,7 @@ class H2ServerProtocol(H2Peer):
         if head is None or headers is None:
             return False
         decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
-        if isinstance(decision, Refused) or decision.address == stream.routed.address:
+        if not isinstance(decision, Routed) or decision.address == stream.routed.address:
             return False
         stream.routed = decision
         self.pool.attach(stream)

@@ -239,7 +239,14 @@ class ProxyStream:
         self.reroute: Callable[[ProxyStream], bool] | None = None
 
     def set_deadline(self, seconds: float) -> None:
-        self._deadline = self._loop.call_later(seconds, self._deadline_passed)
+        """End the stream `seconds` from now, unless an earlier deadline is set."""
+        when = self._loop.time() + seconds
+        current = self._deadline
+        if current is not None:
+            if current.when() <= when:
+                return
+            current.cancel()
+        self._deadline = self._loop.call_at(when, self._deadline_passed)
 
     # -- upstream binding -----------------------------------------------------
     def bind_upstream(self, up: UpSide, up_id: int) -> None:
