@@ -191,6 +191,11 @@ def proxy(
     # Replace this process (same pid) with the lean proxy image; see runner.py.
     env = dict(os.environ)
     env[CONFIG_ENV] = config_to_json(config)
+    # uvloop's TLS layer reads into a fresh 256 KiB buffer on every read; above
+    # glibc's default 128 KiB mmap threshold each one is an mmap/munmap pair
+    # (8 % of a mesh-TLS proxy's CPU in a profile). A higher threshold keeps
+    # them in the heap: +14-35 % requests/s over mTLS, no change in plaintext.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "tulle.proxy.runner"], env)
