@@ -49,6 +49,7 @@ REASONS: dict[int, bytes] = {
     400: b"Bad Request",
     403: b"Forbidden",
     404: b"Not Found",
+    405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
     431: b"Request Header Fields Too Large",

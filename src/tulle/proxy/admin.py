@@ -136,7 +136,7 @@ class _AdminConnection(asyncio.Protocol):
             return
         head = b"HTTP/1.1 %d %s\r\ncontent-type: %s\r\ncontent-length: %d\r\n" % (
             status,
-            REASONS.get(status, b"Method Not Allowed" if status == 405 else b"Error"),
+            REASONS.get(status, b"Error"),
             ctype,
             len(body),
         )

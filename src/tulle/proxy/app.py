@@ -41,7 +41,7 @@ from tulle.proxy.context import ProxyContext
 from tulle.proxy.h2_dispatch import MeshDispatcher, MeshH2Protocol
 from tulle.proxy.http1 import EndpointPool, Http1Server
 from tulle.proxy.http2.server import H2Service
-from tulle.proxy.metrics import Metrics, Snapshot
+from tulle.proxy.metrics import Labels, Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapHub
 from tulle.proxy.tcp import Tunnel
@@ -254,11 +254,7 @@ class Worker:
             service = self._h2_service(ctx)
             factory = lambda: MeshH2Protocol(service, ctx)  # noqa: E731
         elif alpn == ALPN_OPAQUE and app_addr is not None:
-            label = f"{app_addr[0]}:{app_addr[1]}"
-            opaque = Tunnel(
-                ctx.metrics.tcp(ctx.direction, "src", label),
-                ctx.metrics.tcp(ctx.direction, "dst", label),
-            )
+            opaque = self._tunnel_to(ctx, app_addr)
             tunnel = opaque
             factory = lambda: opaque.downstream  # noqa: E731
         else:
@@ -282,14 +278,7 @@ class Worker:
         if not self._tcp_allowed(ctx, client_id, peer):
             tunnel.close(abort=True)
             return
-        upstream = tunnel.upstream
-        try:
-            await asyncio.wait_for(
-                self.loop.create_connection(lambda: upstream, *app_addr),
-                ctx.config.timeouts.connect_s,
-            )
-        except (OSError, TimeoutError):
-            ctx.metrics.proxy_error(ctx.direction, "opaque-connect-failed")
+        if not await self._connect_upstream(ctx, tunnel, app_addr):
             tunnel.close(abort=True)
             return
         tunnel.start()
@@ -310,20 +299,31 @@ class Worker:
         except OSError:
             sock.close()
 
-    async def _opaque(self, ctx: ProxyContext, sock: socket.socket, dst: Address) -> None:
+    @staticmethod
+    def _tunnel_to(ctx: ProxyContext, dst: Address) -> Tunnel:
         label = f"{dst[0]}:{dst[1]}"
-        tunnel = Tunnel(
+        return Tunnel(
             ctx.metrics.tcp(ctx.direction, "src", label),
             ctx.metrics.tcp(ctx.direction, "dst", label),
         )
+
+    async def _connect_upstream(self, ctx: ProxyContext, tunnel: Tunnel, dst: Address) -> bool:
+        """Open the tunnel's upstream side to `dst`; False (counted) when that fails."""
+        upstream = tunnel.upstream
         try:
             await asyncio.wait_for(
-                self.loop.create_connection(lambda: tunnel.upstream, dst[0], dst[1]),
+                self.loop.create_connection(lambda: upstream, dst[0], dst[1]),
                 ctx.config.timeouts.connect_s,
             )
         except (OSError, TimeoutError) as exc:
             ctx.metrics.proxy_error(ctx.direction, "opaque-connect-failed")
-            log.debug("opaque connect to %s failed: %s", label, exc)
+            log.debug("opaque connect to %s:%d failed: %s", dst[0], dst[1], exc)
+            return False
+        return True
+
+    async def _opaque(self, ctx: ProxyContext, sock: socket.socket, dst: Address) -> None:
+        tunnel = self._tunnel_to(ctx, dst)
+        if not await self._connect_upstream(ctx, tunnel, dst):
             sock.close()
             return
         try:
@@ -402,26 +402,31 @@ class Worker:
         return {"services": services}
 
     def snapshot(self) -> Snapshot:
+        snap = self.metrics.snapshot()
+        # Read from the live balancers and HTTP/2 services at scrape time.
+        endpoints: dict[Labels, Any] = {}
+        ejected: dict[Labels, Any] = {}
         for ctx in self.contexts:
             for target in ctx.router.targets():
-                labels = (("direction", ctx.direction), ("dst_service", target.name))
+                labels: Labels = (("direction", ctx.direction), ("dst_service", target.name))
                 states = target.balancer.states()
-                self.metrics.counters[("endpoints", labels)] = len(states)
-                open_states = sum(1 for s in states if s.accrual.state != "closed")
-                self.metrics.counters[("endpoints_ejected", labels)] = open_states
+                endpoints[labels] = len(states)
+                ejected[labels] = sum(1 for s in states if s.accrual.state != "closed")
+        snap["endpoints"] = ("gauge", "Endpoints discovery knows, per service.", endpoints)
+        snap["endpoints_ejected"] = (
+            "gauge",
+            "Endpoints taken out by failure accrual (circuit breaking), per service.",
+            ejected,
+        )
         for direction, service in self.h2_services.items():
+            labels = (("direction", direction),)
             for name, value in service.counters.snapshot().items():
-                key = ("h2_" + name, (("direction", direction),))
-                self.metrics.counters[key] = value
-        snap = self.metrics.snapshot()
-        for name in ("endpoints", "endpoints_ejected"):
-            if name in snap:
-                _kind, _help_text, values = snap[name]
-                snap[name] = (
-                    "gauge",
-                    "Endpoints known per service, and those circuit-broken.",
-                    values,
+                # `*_open` are current levels; the rest only ever grow.
+                kind = "gauge" if name.endswith("_open") else "counter"
+                family = snap.setdefault(
+                    "h2_" + name, (kind, "HTTP/2 " + name.replace("_", " "), {})
                 )
+                family[2][labels] = value
         return snap
 
 
