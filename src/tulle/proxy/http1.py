@@ -32,7 +32,8 @@ import logging
 import ssl
 import time
 from collections import deque
-from typing import TYPE_CHECKING, Literal, cast
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from tulle.codec.http1 import (
     REASONS,
@@ -60,6 +61,20 @@ log = logging.getLogger(__name__)
 _monotonic = time.monotonic
 
 
+class ConnectFailed(Exception):
+    """Opening a connection to an endpoint failed; `status`/`reason` are what the
+    client is told (and what retries and metrics key on)."""
+
+    def __init__(self, status: int, reason: str, message: str) -> None:
+        super().__init__(message)
+        self.status = status
+        self.reason = reason
+        self.message = message
+
+
+_P = TypeVar("_P", bound=asyncio.BaseProtocol)
+
+
 class EndpointPool(PoolHandle):
     """Idle keep-alive connections to one endpoint address."""
 
@@ -83,6 +98,50 @@ class EndpointPool(PoolHandle):
             return None
         context = self.ctx.mesh.client_context(alpn)
         return context if context is not None else False
+
+    async def connect(
+        self, factory: Callable[[], _P], alpn: str
+    ) -> tuple[asyncio.BaseTransport, _P, str]:
+        """A new connection to this endpoint: mesh TLS (with ALPN `alpn`) when it
+        has an identity, whose SPIFFE ID is checked before anything is sent.
+        Returns the transport, the protocol and the verified peer identity ("" in
+        plaintext); raises `ConnectFailed`."""
+        tls = self.tls_context(alpn)
+        if tls is False:
+            raise ConnectFailed(
+                503, "identity-not-ready", "no workload certificate yet for mesh TLS"
+            )
+        ctx = self.ctx
+        try:
+            transport, protocol = await asyncio.wait_for(
+                ctx.loop.create_connection(
+                    factory,
+                    self.address[0],
+                    self.address[1],
+                    ssl=tls,
+                    server_hostname="" if tls is not None else None,
+                ),
+                ctx.config.timeouts.connect_s,
+            )
+        except TimeoutError:
+            raise ConnectFailed(
+                504, "connect-timeout", f"connecting to {self.label} timed out"
+            ) from None
+        except ConnectionRefusedError:
+            raise ConnectFailed(
+                502, "connect-refused", f"{self.label} refused the connection"
+            ) from None
+        except OSError as exc:
+            reason = "tls-handshake-failed" if isinstance(exc, ssl.SSLError) else "connect-error"
+            raise ConnectFailed(502, reason, f"connecting to {self.label}: {exc}") from None
+        peer_id = ""
+        if tls is not None and self.identity:
+            try:
+                peer_id = verify_identity(transport.get_extra_info("ssl_object"), self.identity)
+            except ssl.SSLError as exc:
+                transport.close()
+                raise ConnectFailed(502, "identity-mismatch", f"{self.label}: {exc}") from None
+        return transport, protocol, peer_id
 
     def take(self) -> UpstreamConn | None:
         idle = self.idle
@@ -249,6 +308,7 @@ class Exchange:
         "discarding",
         "endpoint_label",
         "expect_continue",
+        "failed_state",
         "head",
         "outq",
         "outq_bytes",
@@ -280,6 +340,8 @@ class Exchange:
         self.backend: ServiceTarget | None = None
         self.route: RoutePolicy | None = None
         self.state: EndpointState | None = None
+        # The endpoint of the last failed attempt: a retry tries to avoid it.
+        self.failed_state: EndpointState | None = None
         self.conn: UpstreamConn | None = None
         self.authority = ""
         self.req_head = b""
@@ -352,18 +414,19 @@ class Exchange:
         view = target.view
         if view.exists is None:
             self.status = _WAITING
-            ctx.loop.create_task(self._await_discovery(target))
+            ctx.loop.create_task(self._await_known(target, lambda: self._routed(target)))
             return
         self._routed(target)
 
-    async def _await_discovery(self, target: ServiceTarget) -> None:
+    async def _await_known(self, target: ServiceTarget, then: Callable[[], None]) -> None:
+        """Wait (bounded) for discovery's first answer about `target`, then go on."""
         known = await target.view.wait_known(self.server.ctx.config.timeouts.discovery_s)
         if self.status == _DONE:
             return
-        if not known:
+        if known:
+            then()
+        else:
             self.fail(503, "discovery-timeout", f"no answer from discovery for {target.name!r}")
-            return
-        self._routed(target)
         self.server.flush_all()
 
     def _routed(self, target: ServiceTarget) -> None:
@@ -394,24 +457,15 @@ class Exchange:
             # A split backend that discovery has not answered for yet (it is
             # resolved when the split first arrives): wait for it, bounded.
             self.status = _WAITING
-            ctx.loop.create_task(self._await_backend(backend))
+            ctx.loop.create_task(self._await_known(backend, lambda: self._send(backend)))
             return
-        if head.method == b"CONNECT":
-            self._connect_tunnel(backend)
-            return
-        self._dispatch()
+        self._send(backend)
 
-    async def _await_backend(self, backend: ServiceTarget) -> None:
-        known = await backend.view.wait_known(self.server.ctx.config.timeouts.discovery_s)
-        if self.status == _DONE:
-            return
-        if not known:
-            self.fail(503, "discovery-timeout", f"no answer from discovery for {backend.name!r}")
-        elif self.head.method == b"CONNECT":
+    def _send(self, backend: ServiceTarget) -> None:
+        if self.head.method == b"CONNECT":
             self._connect_tunnel(backend)
         else:
             self._dispatch()
-        self.server.flush_all()
 
     def _encode_request_head(self) -> bytes:
         head = self.head
@@ -450,7 +504,13 @@ class Exchange:
         backend = self.backend
         assert backend is not None
         now = _monotonic()
-        state = backend.balancer.pick(now)
+        balancer = backend.balancer
+        state = balancer.pick(now)
+        failed = self.failed_state
+        if failed is not None and state is failed and len(balancer) > 1:
+            # A retry: P2C may well pick the endpoint that just failed (a fast
+            # failure leaves its latency estimate low); ask once more.
+            state = balancer.pick(now)
         if state is None:
             if backend.view.endpoints:
                 self.fail(503, "unavailable", f"every endpoint of {backend.name!r} is failing")
@@ -473,46 +533,12 @@ class Exchange:
             self.server.ctx.loop.create_task(self._connect(pool))
 
     async def _connect(self, pool: EndpointPool) -> None:
-        ctx = self.server.ctx
-        tls = pool.tls_context(ALPN_HTTP1)
-        if tls is False:
-            self._attempt_failed(
-                503, "identity-not-ready", "no workload certificate yet for mesh TLS"
-            )
-            self.server.flush_all()
-            return
         try:
-            transport, conn = await asyncio.wait_for(
-                ctx.loop.create_connection(
-                    lambda: UpstreamConn(pool),
-                    pool.address[0],
-                    pool.address[1],
-                    ssl=tls,
-                    server_hostname="" if tls is not None else None,
-                ),
-                ctx.config.timeouts.connect_s,
-            )
-        except TimeoutError:
-            self._attempt_failed(504, "connect-timeout", f"connecting to {pool.label} timed out")
+            _, conn, peer_id = await pool.connect(lambda: UpstreamConn(pool), ALPN_HTTP1)
+        except ConnectFailed as failed:
+            self._attempt_failed(failed.status, failed.reason, failed.message)
             return
-        except ConnectionRefusedError:
-            self._attempt_failed(502, "connect-refused", f"{pool.label} refused the connection")
-            return
-        except OSError as exc:
-            reason = "tls-handshake-failed" if isinstance(exc, ssl.SSLError) else "connect-error"
-            self._attempt_failed(502, reason, f"connecting to {pool.label}: {exc}")
-            self.server.flush_all()
-            return
-        if tls is not None and pool.identity:
-            try:
-                conn.peer_id = verify_identity(
-                    transport.get_extra_info("ssl_object"), pool.identity
-                )
-            except ssl.SSLError as exc:
-                conn.abort()
-                self._attempt_failed(502, "identity-mismatch", f"{pool.label}: {exc}")
-                self.server.flush_all()
-                return
+        conn.peer_id = peer_id
         if self.status != _SENT or self.conn is not None:
             pool.put(conn)
             return
@@ -709,42 +735,12 @@ class Exchange:
 
     async def _open_tunnel(self, pool: EndpointPool) -> None:
         server = self.server
-        ctx = server.ctx
         tunnel = Tunnel(server.tcp_stats, pool.tcp_stats)
-        tls = pool.tls_context(ALPN_OPAQUE)
-        if tls is False:
-            self._attempt_failed(
-                503, "identity-not-ready", "no workload certificate yet for mesh TLS"
-            )
-            server.flush()
-            return
         try:
-            transport, _ = await asyncio.wait_for(
-                ctx.loop.create_connection(
-                    lambda: tunnel.upstream,
-                    pool.address[0],
-                    pool.address[1],
-                    ssl=tls,
-                    server_hostname="" if tls is not None else None,
-                ),
-                ctx.config.timeouts.connect_s,
-            )
-            if tls is not None and pool.identity:
-                verify_identity(transport.get_extra_info("ssl_object"), pool.identity)
-        except TimeoutError:
-            self._attempt_failed(504, "connect-timeout", f"connecting to {pool.label} timed out")
-            server.flush()
-            return
-        except OSError as exc:
+            await pool.connect(lambda: tunnel.upstream, ALPN_OPAQUE)
+        except ConnectFailed as failed:
             tunnel.close(abort=True)
-            if isinstance(exc, ConnectionRefusedError):
-                reason = "connect-refused"
-            elif isinstance(exc, ssl.SSLError):
-                reason = "tls-handshake-failed"
-            else:
-                reason = "connect-error"
-            self._attempt_failed(502, reason, f"connecting to {pool.label}: {exc}")
-            server.flush()
+            self._attempt_failed(failed.status, failed.reason, failed.message)
             return
         if self.status == _DONE or server.transport is None or server.closed:
             tunnel.close()
@@ -889,6 +885,8 @@ class Exchange:
             self.state = None
             now = _monotonic()
             state.on_end(now, now - self.attempt_start, success)
+            if not success:
+                self.failed_state = state
 
     def fail(self, status: int, reason: str, message: str) -> None:
         """Answer with a proxy-made error (or cut the connection if too late)."""
