@@ -65,6 +65,11 @@ class PeakEwma:
         else:
             self._value = decayed + rtt_s * (1.0 - weight)
 
+    @property
+    def observed(self) -> bool:
+        """Whether any response has been folded in (else the value is the default)."""
+        return self._stamp is not None
+
     def estimate(self, now: float) -> float:
         """The estimate at ``now``: the last value decayed towards zero since then."""
         stamp = self._stamp

@@ -36,6 +36,7 @@ exceptions, no allocation on the common path (both candidates available), and
 from __future__ import annotations
 
 import random
+import time
 from collections.abc import Callable, Iterable, Sequence
 
 from tulle.core.discovery import Address, Endpoint
@@ -164,13 +165,19 @@ class Balancer:
         """Replace the endpoint set; state (EWMA, breaker, pool) survives for kept addresses."""
         previous = self._by_address
         current: dict[Address, EndpointState] = {}
+        # A joining endpoint starts at the best estimate of those already
+        # measured: with the fixed default it would lose every comparison to
+        # faster endpoints under light load and never get a first request.
+        now = time.monotonic()
+        measured = [s.ewma.estimate(now) for s in self._states if s.ewma.observed]
+        seed = min(measured) if measured else self._default_rtt_s
         for endpoint in endpoints:
             state = current.get(endpoint.address) or previous.get(endpoint.address)
             if state is None:
                 state = EndpointState(
                     endpoint,
                     self._accrual_factory(),
-                    PeakEwma(self._default_rtt_s, self._decay_s),
+                    PeakEwma(max(seed, 1e-6), self._decay_s),
                 )
             elif state.endpoint != endpoint:
                 state.replace_endpoint(endpoint)
