@@ -49,6 +49,11 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 ROOT = Path(__file__).resolve().parent.parent
 HTTP2_TESTS = ROOT / "tests" / "integration" / "http2"
+# Prepended to PYTHONPATH, not replacing it: the harness must run the tulle
+# under test (a worktree's src), not whichever copy is installed.
+_TEST_ENV = {
+    "PYTHONPATH": os.pathsep.join(p for p in (str(HTTP2_TESTS), os.environ.get("PYTHONPATH")) if p)
+}
 HARNESS = HTTP2_TESTS / "h2proxy_harness.py"
 READY_TIMEOUT_S = 20.0
 AUTHORITY = "bench"
@@ -205,7 +210,7 @@ def start_hop(
     argv += ["--route", f"{AUTHORITY}={LOOPBACK}:{upstream_port}"]
     if profile is not None:
         argv += ["--profile", str(profile)]
-    process = procs.start(name, argv, env={"PYTHONPATH": str(HTTP2_TESTS)})
+    process = procs.start(name, argv, env=_TEST_ENV)
     return procs.listening_port(name, process), process
 
 
@@ -245,7 +250,7 @@ def start_grpc_server(procs: Processes) -> int:
     process = procs.start(
         "grpc-server",
         [sys.executable, "-m", "grpc_service.server", "--port", "0"],
-        env={"PYTHONPATH": str(HTTP2_TESTS)},
+        env=_TEST_ENV,
     )
     return procs.listening_port("grpc-server", process)
 

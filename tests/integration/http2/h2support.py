@@ -9,6 +9,7 @@ backend, `empty` to no endpoints, `down` to a port where nothing listens,
 
 from __future__ import annotations
 
+import os
 import re
 import sys
 from dataclasses import dataclass
@@ -20,7 +21,9 @@ from support.process import ManagedProcess, ProcessGroup
 HERE = Path(__file__).resolve().parent
 HARNESS = HERE / "h2proxy_harness.py"
 H2_BACKEND = HERE / "h2_backend.py"
-_ENV = {"PYTHONPATH": str(HERE)}
+# Prepended, not replacing: the harness must import the tulle under test (a
+# worktree's src on PYTHONPATH), not whichever copy is installed.
+_ENV = {"PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
 
 
 def listening_port(process: ManagedProcess, timeout: float = 15.0) -> int:
