@@ -13,6 +13,7 @@ import random
 import time
 
 from tulle.core.discovery import Endpoint
+from tulle.core.outcome import SUCCESS
 from tulle.core.retry_budget import RetryBudget
 from tulle.core.split import WeightedPicker
 from tulle.proxy.balance import Balancer
@@ -29,7 +30,7 @@ def per_request_ns(endpoint_count: int, requests: int) -> float:
         if state is None:
             raise SystemExit("balancer returned no endpoint")
         state.on_start()
-        state.on_end(clock, 0.002, True)
+        state.on_end(clock, 0.002, SUCCESS)
     return (time.perf_counter_ns() - started) / requests
 
 

@@ -19,10 +19,12 @@ Theory of operation (linkerd2-proxy's balancer, after tower's p2c + PeakEwma):
 Calling convention, per request: ``state = balancer.pick(now)``; then
 ``state.on_start()`` before the next ``await`` (that is what claims a half-open
 endpoint's single probe, so check the service's ``PendingLimit`` before
-picking, not between pick and start); then exactly one of ``state.on_end(now, rtt_s,
-success)`` (a response, an error, or a timeout, which is a failure) or
-``state.on_cancel()`` (the client went away: says nothing about the endpoint)
-when the request is over, or the endpoint's pending count and probe would leak.
+picking, not between pick and start); then exactly one ``state.on_end(now, rtt_s,
+outcome)`` when the attempt is over, or the endpoint's pending count and probe
+would leak. The `Outcome` (``tulle.core.outcome``) is SUCCESS, FAILURE (an
+error, or a timeout) or CANCELLED: the client went away first, which says
+nothing about the endpoint, so it feeds neither the EWMA nor failure accrual
+(it only frees a half-open breaker's probe slot).
 
 Endpoint changes (``set_endpoints``) replace the list the next pick draws from.
 An endpoint that left is flagged ``removed`` and handed to ``on_removed``; its
@@ -42,6 +44,7 @@ from collections.abc import Callable, Iterable, Sequence
 from tulle.core.discovery import Address, Endpoint
 from tulle.core.ewma import PeakEwma
 from tulle.core.failure_accrual import CLOSED, HALF_OPEN, OPEN, FailureAccrual
+from tulle.core.outcome import CANCELLED, SUCCESS, Outcome
 
 DEFAULT_WEIGHT = 10_000
 
@@ -50,6 +53,18 @@ def _cost_scale(weight: int) -> float:
     # A weight of 0 (or less) makes an endpoint a last resort rather than
     # impossible: it is still used when nothing else is available.
     return DEFAULT_WEIGHT / weight if weight > 0 else float(DEFAULT_WEIGHT)
+
+
+def ejected_detail(service: str, count: int) -> str:
+    """What a caller is told when every one of a service's `count` endpoints is ejected.
+
+    Said apart from "no endpoints" (discovery knows none): an operator looking
+    at the error must see that the endpoints exist and failure accrual took
+    them out (they come back after a probe succeeds).
+    """
+    if count == 1:
+        return f"the only endpoint of {service!r} is ejected by failure accrual"
+    return f"all {count} endpoints of {service!r} are ejected by failure accrual"
 
 
 class EndpointState:
@@ -88,17 +103,21 @@ class EndpointState:
         if accrual.state is not CLOSED:
             accrual.on_dispatch()
 
-    def on_end(self, now: float, rtt_s: float, success: bool) -> None:
-        """The request ended at ``now`` after ``rtt_s`` seconds.
+    def on_end(self, now: float, rtt_s: float, outcome: Outcome) -> None:
+        """The attempt ended at ``now`` after ``rtt_s`` seconds.
 
         Successes always feed the EWMA. A failure feeds it only when it was
         slower than the current estimate: a slow failure (a timeout) is real
         evidence of latency, but a fast one (connection refused, an instant 503)
         must not make a broken endpoint look cheap and draw more traffic; the
-        breaker deals with those.
+        breaker deals with those. A cancellation feeds neither.
         """
         pending = self.pending - 1
         self.pending = pending if pending > 0 else 0
+        success = outcome is SUCCESS
+        if not success and outcome is CANCELLED:
+            self.accrual.on_cancel()
+            return
         ewma = self.ewma
         if success or rtt_s > ewma.estimate(now):
             ewma.observe(rtt_s, now)
@@ -108,12 +127,6 @@ class EndpointState:
             accrual.consecutive_failures = 0
         else:
             accrual.record(success, now)
-
-    def on_cancel(self) -> None:
-        """The request was abandoned by the client: no latency or health evidence."""
-        pending = self.pending - 1
-        self.pending = pending if pending > 0 else 0
-        self.accrual.on_cancel()
 
     def cost(self, now: float) -> float:
         return self.ewma.estimate(now) * (self.pending + 1) * self._cost_scale

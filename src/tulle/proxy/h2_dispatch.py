@@ -17,7 +17,9 @@ import time
 from collections.abc import Callable, Sequence
 
 from tulle.codec.http2 import Header
+from tulle.core.outcome import CANCELLED, SUCCESS, Outcome
 from tulle.net.mtls import ALPN_H2, transport_peer_identity
+from tulle.proxy.balance import EndpointState, ejected_detail
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.http2.dispatch import CompletionCallback, Pending, RefusalKind, Refused, Routed
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
@@ -75,20 +77,23 @@ class MeshDispatcher:
             )
         route = target.route(method.encode("latin-1"), path.encode("latin-1"), _lookup(headers))
         now = _monotonic()
-        state = backend.balancer.pick(now)
+        balancer = backend.balancer
+        state = balancer.pick(now)
         if state is None:
+            if len(balancer):
+                return Refused(
+                    RefusalKind.ENDPOINTS_EJECTED, ejected_detail(backend.name, len(balancer))
+                )
             return Refused(RefusalKind.NO_ENDPOINTS, f"service {backend.name!r} has no endpoints")
         if not target.pending.try_acquire():
-            return Refused(
-                RefusalKind.NO_ENDPOINTS, f"too many pending requests for {target.name!r}"
-            )
+            return Refused(RefusalKind.OVERLOADED, f"too many pending requests for {target.name!r}")
         state.on_start()
         endpoint = state.endpoint
         ssl_context = None
         if endpoint.identity and ctx.mesh is not None:
             ssl_context = ctx.mesh.client_context(ALPN_H2)
             if ssl_context is None:
-                state.on_cancel()
+                state.on_end(now, 0.0, CANCELLED)
                 target.pending.release()
                 return Refused(RefusalKind.NO_ENDPOINTS, "no workload certificate yet")
         target.budget.deposit(now)
@@ -113,17 +118,22 @@ class MeshDispatcher:
         )
 
     def _completion(
-        self, target: ServiceTarget, state: object, key: tuple[str, str, str, str, str, str]
+        self, target: ServiceTarget, state: EndpointState, key: tuple[str, str, str, str, str, str]
     ) -> CompletionCallback:
         metrics = self.ctx.metrics
 
-        def done(status: int, grpc_status: int | None, latency_s: float, success: bool) -> None:
-            state.on_end(_monotonic(), latency_s, success)  # type: ignore[attr-defined]
+        def done(status: int, grpc_status: int | None, latency_s: float, outcome: Outcome) -> None:
+            state.on_end(_monotonic(), latency_s, outcome)
             target.pending.release()
             stats = metrics.http(*key)
             stats.requests += 1
+            # Metrics record what the client saw: a cancelled call is not a success.
             stats.record_response(
-                status, success, latency_s, "", -1 if grpc_status is None else grpc_status
+                status,
+                outcome is SUCCESS,
+                latency_s,
+                "",
+                -1 if grpc_status is None else grpc_status,
             )
 
         return done

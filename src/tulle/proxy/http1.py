@@ -46,7 +46,9 @@ from tulle.codec.http1 import (
     encode_last_chunk,
     error_response,
 )
+from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
+from tulle.proxy.balance import ejected_detail
 from tulle.proxy.router import PoolHandle, RoutePolicy, ServiceTarget
 from tulle.proxy.tap import TapEvent, TapHub
 from tulle.proxy.tcp import Tunnel
@@ -512,10 +514,7 @@ class Exchange:
             # failure leaves its latency estimate low); ask once more.
             state = balancer.pick(now)
         if state is None:
-            if backend.view.endpoints:
-                self.fail(503, "unavailable", f"every endpoint of {backend.name!r} is failing")
-            else:
-                self.fail(503, "no-endpoints", f"service {backend.name!r} has no endpoints")
+            self._nothing_to_pick(backend)
             return
         self.state = state
         state.on_start()
@@ -677,7 +676,7 @@ class Exchange:
             conn.close()
         if self.discarding:
             self.discarding = False
-            self._end_attempt(False)
+            self._end_attempt(FAILURE)
             self._retry_or_fail(status, "upstream-5xx", f"upstream answered {status}")
             return
         if self.resp_chunked:
@@ -689,7 +688,9 @@ class Exchange:
         # A 5xx marks the endpoint unhealthy (failure accrual, EWMA) only on
         # routes declared retryable; elsewhere it is the application's answer.
         route = self.route
-        self._end_attempt(status < 500 or route is None or route.retryable is not True)
+        self._end_attempt(
+            SUCCESS if status < 500 or route is None or route.retryable is not True else FAILURE
+        )
         self._finish(status, status < 500, "")
         if self.head.upgrade is not None:
             self.server.refuse_upgrade()
@@ -699,7 +700,7 @@ class Exchange:
         server = self.server
         conn.exchange = None
         self.conn = None
-        self._end_attempt(True)
+        self._end_attempt(SUCCESS)
         self._finish(101, True, "", keep_connection=True)
         server.flush()
         down, up = server.transport, conn.transport
@@ -724,7 +725,7 @@ class Exchange:
     def _connect_tunnel(self, backend: ServiceTarget) -> None:
         state = backend.balancer.pick(_monotonic())
         if state is None:
-            self.fail(503, "no-endpoints", f"service {backend.name!r} has no endpoints")
+            self._nothing_to_pick(backend)
             return
         self.state = state
         state.on_start()
@@ -750,7 +751,7 @@ class Exchange:
         state, self.state = self.state, None
         if state is not None:
             connected_after = _monotonic() - self.attempt_start
-            tunnel.on_close = lambda: state.on_end(_monotonic(), connected_after, True)
+            tunnel.on_close = lambda: state.on_end(_monotonic(), connected_after, SUCCESS)
         self._finish(200, True, "", keep_connection=True)
         server.out.append(b"HTTP/1.1 200 Connection established\r\n\r\n")
         server.flush()
@@ -806,7 +807,7 @@ class Exchange:
         """A connection attempt failed before any byte of response."""
         if self.status == _DONE:
             return
-        self._end_attempt(False)
+        self._end_attempt(FAILURE)
         self._retry_or_fail(status, reason, message, sent=False)
         # Called from connect tasks, outside any data_received: flush here.
         self.server.flush_all()
@@ -816,7 +817,7 @@ class Exchange:
         if self.status == _DONE:
             return
         if self.resp_started:
-            self._end_attempt(False)
+            self._end_attempt(FAILURE)
             self._finish(self.resp_status, False, "upstream-reset-mid-response")
             self.server.abort()
             return
@@ -838,7 +839,7 @@ class Exchange:
             self.server.flush_all()
             return
         self.discarding = False
-        self._end_attempt(False)
+        self._end_attempt(FAILURE)
         detail = f"{conn.pool.label} closed the connection" + (f": {exc}" if exc else "")
         self._retry_or_fail(502, "upstream-reset", detail)
         self.server.flush()
@@ -850,7 +851,7 @@ class Exchange:
             conn.exchange = None
         if self.status == _DONE:
             return
-        self._end_attempt(False)
+        self._end_attempt(FAILURE)
         if self.resp_started:
             self._finish(self.resp_status, False, reason)
             self.server.abort()
@@ -867,7 +868,7 @@ class Exchange:
         if conn is not None:
             conn.exchange = None
             conn.abort()
-        self._end_attempt(False)
+        self._end_attempt(FAILURE)
         timeout = self.route.timeout_s if self.route else 0.0
         timeout = timeout or self.server.ctx.config.timeouts.response_s
         ctx = self.server.ctx
@@ -879,13 +880,20 @@ class Exchange:
         self.fail(504, "response-timeout", f"no response within {timeout:g}s")
         self.server.flush()
 
-    def _end_attempt(self, success: bool) -> None:
+    def _nothing_to_pick(self, backend: ServiceTarget) -> None:
+        count = len(backend.balancer)
+        if count:
+            self.fail(503, "endpoints-ejected", ejected_detail(backend.name, count))
+        else:
+            self.fail(503, "no-endpoints", f"service {backend.name!r} has no endpoints")
+
+    def _end_attempt(self, outcome: Outcome) -> None:
         state = self.state
         if state is not None:
             self.state = None
             now = _monotonic()
-            state.on_end(now, now - self.attempt_start, success)
-            if not success:
+            state.on_end(now, now - self.attempt_start, outcome)
+            if outcome is FAILURE:
                 self.failed_state = state
 
     def fail(self, status: int, reason: str, message: str) -> None:
@@ -897,7 +905,7 @@ class Exchange:
             self.conn = None
             conn.exchange = None
             conn.abort()
-        self._end_attempt(False)
+        self._end_attempt(FAILURE)
         server = self.server
         server.ctx.metrics.proxy_error(server.ctx.direction, reason)
         if self.resp_started:
@@ -963,7 +971,8 @@ class Exchange:
         if conn is not None:
             conn.exchange = None
             conn.abort()
-        self._end_attempt(False)
+        # The client gave up: that says nothing about the endpoint.
+        self._end_attempt(CANCELLED)
         self.status = _DONE
         if self.timer is not None:
             self.timer.cancel()

@@ -12,7 +12,8 @@ from hypothesis import strategies as st
 from tulle.core.backoff import BackoffSpec
 from tulle.core.discovery import Endpoint
 from tulle.core.failure_accrual import FailureAccrual
-from tulle.proxy.balance import Balancer, EndpointState
+from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS
+from tulle.proxy.balance import Balancer, EndpointState, ejected_detail
 
 
 def endpoints(*ports: int, weight: int = 10_000) -> list[Endpoint]:
@@ -26,7 +27,7 @@ def no_jitter_accrual() -> FailureAccrual:
 def eject(state: EndpointState, now: float) -> None:
     for _ in range(state.accrual.max_failures):
         state.on_start()
-        state.on_end(now, 0.001, False)
+        state.on_end(now, 0.001, FAILURE)
     assert state.accrual.state == "open"
 
 
@@ -51,9 +52,9 @@ def test_two_endpoints_always_give_the_cheaper() -> None:
     balancer.set_endpoints(endpoints(1, 2))
     fast, slow = balancer.states()
     fast.on_start()
-    fast.on_end(0.0, 0.001, True)
+    fast.on_end(0.0, 0.001, SUCCESS)
     slow.on_start()
-    slow.on_end(0.0, 0.1, True)
+    slow.on_end(0.0, 0.1, SUCCESS)
     assert all(balancer.pick(0.1) is fast for _ in range(50))
 
 
@@ -106,7 +107,7 @@ def test_set_endpoints_keeps_state_replaces_metadata_and_reports_removals() -> N
     assert not one.available(0.0)
     # An in-flight request on a removed endpoint still finishes cleanly.
     one.on_start()
-    one.on_end(0.1, 0.01, True)
+    one.on_end(0.1, 0.01, SUCCESS)
     assert one.pending == 0
     # Coming back is a fresh endpoint, not the removed state.
     balancer.set_endpoints(endpoints(1, 2))
@@ -144,9 +145,9 @@ def test_half_open_endpoint_gets_one_probe_then_closes() -> None:
     other.on_start()
     assert balancer.pick(1.0) is None
     assert balancer.breaker_counts() == {"closed": 0, "open": 0, "half-open": 2}
-    probe.on_end(1.1, 0.01, True)
+    probe.on_end(1.1, 0.01, SUCCESS)
     assert probe.accrual.state == "closed"
-    other.on_end(1.1, 0.01, False)
+    other.on_end(1.1, 0.01, FAILURE)
     assert other.accrual.state == "open"
     assert other.accrual.retry_at == 1.1 + 2.0  # the second backoff is longer
     assert all(balancer.pick(1.2) is probe for _ in range(20))
@@ -162,11 +163,42 @@ def test_a_cancelled_probe_lets_another_probe_go_and_counts_nothing() -> None:
     probe.on_start()
     assert balancer.pick(1.0) is None
     estimate = state.ewma.estimate(1.0)
-    probe.on_cancel()
+    probe.on_end(1.5, 0.5, CANCELLED)
     assert state.pending == 0
     assert state.accrual.state == "half-open"
     assert state.ewma.estimate(1.0) == estimate
     assert balancer.pick(1.0) is state
+
+
+def test_cancellations_neither_eject_nor_end_a_failure_run() -> None:
+    """However many clients give up, the endpoint's record is what it was."""
+    balancer = Balancer(accrual_factory=lambda: FailureAccrual(max_failures=3))
+    balancer.set_endpoints(endpoints(1))
+    (state,) = balancer.states()
+    state.on_start()
+    state.on_end(0.0, 0.02, SUCCESS)
+    state.on_start()
+    state.on_end(0.1, 0.01, FAILURE)
+    estimate = state.ewma.estimate(0.1)
+    for i in range(20):
+        state.on_start()
+        state.on_end(0.1, 5.0 + i, CANCELLED)
+    assert state.pending == 0
+    assert state.accrual.state == "closed"
+    assert state.accrual.consecutive_failures == 1
+    # A cancellation after a long wait is the client's patience, not latency.
+    assert state.ewma.estimate(0.1) == estimate
+    for _ in range(2):
+        state.on_start()
+        state.on_end(0.2, 0.01, FAILURE)
+    assert state.accrual.state == "open"
+
+
+def test_ejected_detail_says_how_many_and_why() -> None:
+    assert ejected_detail("books", 1) == (
+        "the only endpoint of 'books' is ejected by failure accrual"
+    )
+    assert ejected_detail("books", 3) == "all 3 endpoints of 'books' are ejected by failure accrual"
 
 
 def test_a_fast_failure_does_not_make_an_endpoint_look_cheap() -> None:
@@ -174,12 +206,12 @@ def test_a_fast_failure_does_not_make_an_endpoint_look_cheap() -> None:
     balancer.set_endpoints(endpoints(1))
     (state,) = balancer.states()
     state.on_start()
-    state.on_end(0.0, 0.05, True)
+    state.on_end(0.0, 0.05, SUCCESS)
     state.on_start()
-    state.on_end(0.0, 0.0001, False)
+    state.on_end(0.0, 0.0001, FAILURE)
     assert state.ewma.estimate(0.0) == 0.05
     state.on_start()
-    state.on_end(0.0, 2.0, False)  # a slow failure (a timeout) is a real peak
+    state.on_end(0.0, 2.0, FAILURE)  # a slow failure (a timeout) is a real peak
     assert state.ewma.estimate(0.0) == 2.0
 
 
@@ -187,9 +219,11 @@ def test_pending_never_goes_negative_on_an_unmatched_end() -> None:
     balancer = Balancer()
     balancer.set_endpoints(endpoints(1))
     (state,) = balancer.states()
-    state.on_end(0.0, 0.01, True)
+    state.on_end(0.0, 0.01, SUCCESS)
     assert state.pending == 0
 
+
+OUTCOMES = {"success": SUCCESS, "failure": FAILURE, "cancel": CANCELLED}
 
 operations = st.lists(
     st.one_of(
@@ -244,10 +278,7 @@ def test_never_returns_an_unavailable_endpoint(ops: list[tuple[object, ...]], se
             assert isinstance(index, int) and isinstance(rtt, float)
             now += rtt
             state = in_flight.pop(index % len(in_flight))
-            if outcome == "cancel":
-                state.on_cancel()
-            else:
-                state.on_end(now, rtt, outcome == "success")
+            state.on_end(now, rtt, OUTCOMES[outcome])
             # Any result or cancel ends the half-open trial (taken as the probe's).
             probing.discard(id(state))
         for state in (*balancer.states(), *in_flight):
@@ -278,7 +309,7 @@ def simulate(
             current = change_at[1]
         while completions and completions[0][0] <= now:
             done_at, _, finished, finished_rtt = heapq.heappop(completions)
-            finished.on_end(done_at, finished_rtt, True)
+            finished.on_end(done_at, finished_rtt, SUCCESS)
         picked = balancer.pick(now)
         assert picked is not None
         picked.on_start()

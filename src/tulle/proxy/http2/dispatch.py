@@ -22,16 +22,21 @@ from typing import Protocol
 
 from tulle.codec.http2 import Header
 from tulle.core.discovery import Address
+from tulle.core.outcome import Outcome
 
-# done(http_status, grpc_status or None, latency_s, success): called exactly once
-# per `Routed` answer when that attempt has ended, failed or been reset. A stream
-# whose endpoint refused the connection is routed once more (nothing was sent),
-# so the balancer hears of the refused endpoint before the next pick.
-CompletionCallback = Callable[[int, int | None, float, bool], None]
+# done(http_status, grpc_status or None, latency_s, outcome): called exactly once
+# per `Routed` answer when that attempt has ended, failed or been reset. The
+# outcome is CANCELLED when the client reset the stream (or went away) first:
+# that says nothing about the endpoint. A stream whose endpoint refused the
+# connection is routed once more (nothing was sent), so the balancer hears of
+# the refused endpoint before the next pick.
+CompletionCallback = Callable[[int, int | None, float, Outcome], None]
 
 
 class RefusalKind(enum.Enum):
     NO_ENDPOINTS = "no-endpoints"  # the service exists but has no endpoints now
+    ENDPOINTS_EJECTED = "endpoints-ejected"  # every endpoint is ejected by failure accrual
+    OVERLOADED = "overloaded"  # the service's pending-request limit is reached
     UNKNOWN_SERVICE = "unknown-service"  # discovery does not know the authority
     FORBIDDEN = "forbidden"  # policy does not allow the call
     BAD_REQUEST = "bad-request"  # the request cannot be routed (e.g. no authority)

@@ -55,6 +55,7 @@ from tulle.codec.http2 import (
     parse_request_head,
     without_hop_by_hop,
 )
+from tulle.core.outcome import CANCELLED
 
 from .client import H2ClientPool
 from .connection import H2Limits, H2Peer, goaway_frame, new_h2_connection
@@ -68,6 +69,8 @@ _UNROUTED = Routed(("0.0.0.0", 0))
 
 _REFUSAL_ERRORS = {
     RefusalKind.NO_ENDPOINTS: ProxyError.NO_ENDPOINTS,
+    RefusalKind.ENDPOINTS_EJECTED: ProxyError.ENDPOINTS_EJECTED,
+    RefusalKind.OVERLOADED: ProxyError.OVERLOADED,
     RefusalKind.UNKNOWN_SERVICE: ProxyError.UNKNOWN_SERVICE,
     RefusalKind.FORBIDDEN: ProxyError.FORBIDDEN,
     RefusalKind.BAD_REQUEST: ProxyError.BAD_REQUEST,
@@ -386,7 +389,8 @@ class H2ServerProtocol(H2Peer):
     def _grace_expired(self) -> None:
         self._force_close = None
         for stream in list(self.streams.values()):
-            stream.fail(ProxyError.UPSTREAM_GOAWAY, "proxy is shutting down")
+            # The proxy's own decision: says nothing about the endpoint.
+            stream.fail(ProxyError.UPSTREAM_GOAWAY, "proxy is shutting down", CANCELLED)
         self._close(ErrorCodes.NO_ERROR)
         self._outbox.flush()
 

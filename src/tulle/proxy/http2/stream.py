@@ -32,6 +32,7 @@ from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
 from tulle.codec.http2 import GrpcStatus, Header, grpc_status_of, is_success
+from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
 from tulle.proxy.http2.dispatch import H2Counters, Routed
 
 from .connection import Outbox
@@ -41,6 +42,8 @@ class ProxyError(enum.Enum):
     """Errors the proxy answers itself: (reason, HTTP status, gRPC status)."""
 
     NO_ENDPOINTS = ("no-endpoints", 503, GrpcStatus.UNAVAILABLE)
+    ENDPOINTS_EJECTED = ("endpoints-ejected", 503, GrpcStatus.UNAVAILABLE)
+    OVERLOADED = ("overloaded", 503, GrpcStatus.UNAVAILABLE)
     UNKNOWN_SERVICE = ("unknown-service", 503, GrpcStatus.UNAVAILABLE)
     FORBIDDEN = ("unauthorized", 403, GrpcStatus.PERMISSION_DENIED)
     BAD_REQUEST = ("bad-request", 400, GrpcStatus.INTERNAL)
@@ -286,7 +289,8 @@ class ProxyStream:
         status = self.status or 499
         grpc = GrpcStatus.CANCELLED if self.is_grpc else None
         self._reset_upstream(ErrorCodes.CANCEL)
-        self._finish(status, grpc, success=False)
+        # The client gave up: nothing is learned about the endpoint.
+        self._finish(status, grpc, CANCELLED)
 
     def pump_request(self) -> None:
         up = self.up
@@ -354,7 +358,7 @@ class ProxyStream:
             self.fail(ProxyError.UPSTREAM_RESET, f"upstream reset the stream ({error_code})")
             return
         self._reset_down(error_code)
-        self._finish(self.status, self.grpc_status, success=False)
+        self._finish(self.status, self.grpc_status, FAILURE)
 
     def on_upstream_failed(self, error: ProxyError, detail: str) -> None:
         """The upstream connection failed or went away without this stream."""
@@ -373,7 +377,7 @@ class ProxyStream:
             if done is not None:
                 status = 200 if self.is_grpc else error.http_status
                 grpc = error.grpc_status if self.is_grpc else None
-                done(status, grpc, self._loop.time() - self.started_at, False)
+                done(status, grpc, self._loop.time() - self.started_at, FAILURE)
             if reroute(self):
                 return
         self.fail(error, detail)
@@ -395,8 +399,11 @@ class ProxyStream:
             self._response_complete()
 
     # -- failures ----------------------------------------------------------------
-    def fail(self, error: ProxyError, detail: str = "") -> None:
-        """End the stream with a proxy-generated error, however far it had got."""
+    def fail(self, error: ProxyError, detail: str = "", outcome: Outcome = FAILURE) -> None:
+        """End the stream with a proxy-generated error, however far it had got.
+
+        `outcome` is what the attempt tells about the endpoint: a failure,
+        unless the proxy itself ended it (a drain), which is CANCELLED."""
         if self.closed:
             return
         self._counters.proxy_errors += 1
@@ -417,7 +424,7 @@ class ProxyStream:
                 # The client may still be sending a body nobody will read.
                 self._reset_down(ErrorCodes.NO_ERROR)
             down.mark_dirty()
-            self._finish(self.status, grpc, success=False)
+            self._finish(self.status, grpc, outcome)
             return
         if self.is_grpc and not self.response.end_sent:
             # Mid-response: end it with a status in trailers, now, whatever the
@@ -434,12 +441,12 @@ class ProxyStream:
             if not self.request.end:
                 self._reset_down(ErrorCodes.NO_ERROR)
             down.mark_dirty()
-            self._finish(self.status, grpc, success=False)
+            self._finish(self.status, grpc, outcome)
             return
         self._reset_down(
             ErrorCodes.CANCEL if error is ProxyError.TIMEOUT else ErrorCodes.INTERNAL_ERROR
         )
-        self._finish(self.status, self.grpc_status, success=False)
+        self._finish(self.status, self.grpc_status, outcome)
 
     def _deadline_passed(self) -> None:
         self._deadline = None
@@ -455,9 +462,10 @@ class ProxyStream:
             self._reset_upstream(ErrorCodes.CANCEL)
             if not self.request.end:
                 self._reset_down(ErrorCodes.NO_ERROR)
-        self._finish(self.status, self.grpc_status, is_success(self.status, self.grpc_status))
+        success = is_success(self.status, self.grpc_status)
+        self._finish(self.status, self.grpc_status, SUCCESS if success else FAILURE)
 
-    def _finish(self, status: int, grpc: int | None, success: bool) -> None:
+    def _finish(self, status: int, grpc: int | None, outcome: Outcome) -> None:
         """Release both sides and report once."""
         if self.closed:
             return
@@ -483,7 +491,7 @@ class ProxyStream:
         self.down.forget_stream(self.down_id)
         done = self.routed.done
         if done is not None:
-            done(status, grpc, self._loop.time() - self.started_at, success)
+            done(status, grpc, self._loop.time() - self.started_at, outcome)
 
     def _reset_upstream(self, code: int) -> None:
         up = self.up

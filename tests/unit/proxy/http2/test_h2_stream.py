@@ -16,6 +16,7 @@ import h2.errors
 import h2.events
 
 from tulle.codec.http2 import Header
+from tulle.core.outcome import CANCELLED, FAILURE
 from tulle.proxy.http2.connection import H2Limits, Outbox, new_h2_connection
 from tulle.proxy.http2.dispatch import H2Counters, Routed
 from tulle.proxy.http2.stream import HalfStream, ProxyError, ProxyStream, error_response, pump
@@ -187,9 +188,29 @@ def test_complete_response_reports_once_and_releases_both_sides() -> None:
         assert stream.closed
         assert down.forgotten == [1] and up.forgotten == [1]
         assert len(done) == 1
-        status, grpc, latency, success = done[0]
-        assert (status, grpc, success) == (503, None, False)
+        status, grpc, latency, outcome = done[0]
+        assert (status, grpc, outcome) == (503, None, FAILURE)
         assert isinstance(latency, float) and latency >= 0
+
+    asyncio.run(scenario())
+
+
+def test_a_client_reset_is_a_cancellation_not_a_failure() -> None:
+    """RST_STREAM from the client: the upstream is cancelled, the endpoint not blamed."""
+
+    async def scenario() -> None:
+        stream, client, down, up, upstream, done = await _joined_stream()
+        client.end_stream(1)
+        _feed(stream, down, client.data_to_send(), request=True)
+        upstream.receive_data(up.h2.data_to_send())
+        upstream.send_headers(1, [(b":status", b"200")])
+        upstream.send_data(1, b"part of it")
+        _feed(stream, up, upstream.data_to_send(), request=False)
+        stream.on_client_reset()
+        events = upstream.receive_data(up.h2.data_to_send())
+        resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
+        assert resets and resets[0].error_code == h2.errors.ErrorCodes.CANCEL
+        assert len(done) == 1 and done[0][3] is CANCELLED
 
     asyncio.run(scenario())
 
@@ -203,7 +224,7 @@ def test_failure_before_a_response_is_a_grpc_status() -> None:
         response = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
         assert response and (b"grpc-status", b"4") in response[0].headers
         assert (b"tulle-proxy-error", b"timeout") in response[0].headers
-        assert done and done[0][1] == 4 and done[0][3] is False
+        assert done and done[0][1] == 4 and done[0][3] is FAILURE
 
     asyncio.run(scenario())
 
@@ -243,7 +264,7 @@ def test_upstream_reset_mid_response_resets_the_client_stream_with_its_code() ->
         events = client.receive_data(down.h2.data_to_send())
         resets = [e for e in events if isinstance(e, h2.events.StreamReset)]
         assert resets and resets[0].error_code == h2.errors.ErrorCodes.INTERNAL_ERROR
-        assert done and done[0][3] is False
+        assert done and done[0][3] is FAILURE
 
     asyncio.run(scenario())
 
