@@ -18,12 +18,17 @@ from types import FrameType
 from typing import Any
 
 import typer
-import yaml
 from rich.console import Console
 from rich.text import Text
 
 from tulle.cli.main import app
-from tulle.control.manifest import Manifest, ManifestError, load_manifest
+from tulle.control.manifest import (
+    Manifest,
+    ManifestError,
+    load_document,
+    parse_manifest,
+    read_manifest_bytes,
+)
 from tulle.demo.shop import cli as _shop_cli  # noqa: F401 -- registers `tulle demo shop`
 from tulle.local.logstream import LogStream
 from tulle.local.plan import DEFAULT_INGRESS_PORT, build_plan, resolve_manifest_path, tulle_argv
@@ -45,9 +50,11 @@ def _fail(command: str, message: str) -> typer.Exit:
 
 
 def _load(path: Path) -> tuple[Manifest, Any]:
-    manifest = load_manifest(path)
+    # Read once, bounded: the same bytes are validated and copied.
+    data = read_manifest_bytes(path)
+    manifest = parse_manifest(data, source=str(path))
     # Valid YAML by now: the raw document is what the generated manifest copies.
-    return manifest, yaml.safe_load(path.read_bytes())
+    return manifest, load_document(data, str(path))[1]
 
 
 @app.command("up")

@@ -20,8 +20,10 @@ import difflib
 import ipaddress
 import re
 import shlex
+import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from fractions import Fraction
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -63,9 +65,28 @@ _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$")
 _HEADER_NAME_RE = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
 _DURATION_RE = re.compile(r"^(?:\d+(?:\.\d+)?(?:h|ms|m|s))+$")
-_DURATION_PART_RE = re.compile(r"(\d+(?:\.\d+)?)(h|ms|m|s)")
-_DURATION_UNITS = {"h": 3600.0, "m": 60.0, "s": 1.0, "ms": 0.001}
+_DURATION_PART_RE = re.compile(r"(\d+)(?:\.(\d+))?(h|ms|m|s)")
+_DURATION_UNITS_MS = {"h": 3_600_000, "m": 60_000, "s": 1000, "ms": 1}
+# Durations are whole milliseconds up to a day: what a route timeout or a
+# retry window can mean. Beyond that a value is a typo (or an attack on the
+# float conversion), not a setting.
+MAX_DURATION_MS = 24 * 3_600_000
+_MAX_DURATION_TEXT = 64
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
+
+# Bounds on what reading a manifest may cost (the file, `POST /api/apply`,
+# `tulle manifest validate`, the file watcher): a manifest of a thousand
+# services is far below each of them.
+MAX_MANIFEST_BYTES = 4 * 1024 * 1024
+# Values that aliases may add to what the text spells out.
+MAX_ALIAS_NODES = 100_000
+MAX_NESTING = 64
+MAX_PARSE_SECONDS = 10.0
+# What YAML 1.1 calls printable, minus nothing: C0 controls but tab, LF and
+# CR, DEL, C1 controls but NEL, surrogates and U+FFFE/U+FFFF are refused.
+_FORBIDDEN_CHARACTER = re.compile(
+    "[^\t\n\r\x20-\x7e\x85\xa0-\ud7ff\ue000-\ufffd\U00010000-\U0010ffff]"
+)
 
 _STR = "tag:yaml.org,2002:str"
 _INT = "tag:yaml.org,2002:int"
@@ -154,20 +175,141 @@ class ManifestError(Exception):
 def load_manifest(path: str | Path) -> Manifest:
     """Read and validate a manifest file; raises ManifestError (also for I/O errors)."""
     source = str(path)
+    return parse_manifest(read_manifest_bytes(path), source=source)
+
+
+def read_manifest_bytes(path: str | Path) -> bytes:
+    """The bytes of a manifest file, at most MAX_MANIFEST_BYTES; raises ManifestError.
+
+    Reads one byte past the limit instead of the whole file, so that
+    `/dev/zero` or a runaway generated file is refused at once.
+    """
+    source = str(path)
     try:
-        data = Path(path).read_bytes()
+        with open(path, "rb") as handle:
+            data = handle.read(MAX_MANIFEST_BYTES + 1)
     except OSError as exc:
         reason = exc.strerror or str(exc)
         raise ManifestError(
             [Problem(source, None, "", f"cannot read the file: {reason}")]
         ) from None
-    return parse_manifest(data, source=source)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError([_too_large(source)])
+    return data
 
 
-def parse_manifest(text: str | bytes, *, source: str = "mesh.yaml") -> Manifest:
-    """Validate manifest text and convert it; raises ManifestError listing every problem."""
+def _too_large(source: str) -> Problem:
+    return Problem(
+        source, None, "", f"the manifest is larger than {MAX_MANIFEST_BYTES // (1024 * 1024)} MiB"
+    )
+
+
+def decode_manifest(data: str | bytes, source: str) -> str:
+    """Manifest bytes as text: UTF-8, no control characters; raises ManifestError with the line.
+
+    YAML's own reader reports these by character offset; a user wants FILE:LINE.
+    """
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError([_too_large(source)])
+    if isinstance(data, bytes):
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as exc:
+            line = data.count(b"\n", 0, exc.start) + 1
+            column = exc.start - (data.rfind(b"\n", 0, exc.start) + 1) + 1
+            raise ManifestError(
+                [
+                    Problem(
+                        source,
+                        line,
+                        "",
+                        f"not UTF-8 text: byte 0x{data[exc.start]:02x} at column {column}",
+                    )
+                ]
+            ) from None
+    else:
+        text = data
+    bad = _FORBIDDEN_CHARACTER.search(text)
+    if bad is not None:
+        line = text.count("\n", 0, bad.start()) + 1
+        column = bad.start() - (text.rfind("\n", 0, bad.start()) + 1) + 1
+        raise ManifestError(
+            [
+                Problem(
+                    source,
+                    line,
+                    "",
+                    f"character U+{ord(bad.group()):04X} at column {column} is not allowed "
+                    "in YAML (control characters and NUL are not text)",
+                )
+            ]
+        )
+    return text
+
+
+def compose_bounded(text: str, source: str) -> Node | None:
+    """The YAML node tree of `text`, refusing what would cost more than a manifest may.
+
+    A first pass over the parser's events (libyaml: iterative, linear) bounds
+    the nesting depth (the composer recurses: 40,000 `[` crash the process),
+    what aliases add to the values the text spells out ("billion laughs": a
+    few hundred bytes that stand for 10^9 values, each of which validation
+    would visit), aliases that contain themselves, and the wall-clock time;
+    only then is the tree composed.
+    Raises ManifestError with the line where a limit was hit.
+    """
+    started = time.monotonic()
+    anchors: dict[str, int] = {}
+    open_anchors: set[str] = set()
+    # One frame per open collection: [expanded nodes so far, its anchor].
+    stack: list[list[Any]] = [[0, None]]
+    events = 0
+    # Values written out in the text; what aliases add on top is bounded.
+    written = 0
+
+    def refuse(event: yaml.Event, message: str) -> ManifestError:
+        line = event.start_mark.line + 1 if event.start_mark is not None else None
+        return ManifestError([Problem(source, line, "", message)])
+
     try:
-        root = yaml.compose(text, Loader=_Loader)
+        for event in yaml.parse(text, Loader=_Loader):
+            events += 1
+            if events % 4096 == 0 and time.monotonic() - started > MAX_PARSE_SECONDS:
+                raise refuse(
+                    event, f"the manifest took longer than {MAX_PARSE_SECONDS:g} s to parse"
+                )
+            if isinstance(event, yaml.AliasEvent):
+                alias = str(event.anchor)
+                if alias in open_anchors:
+                    raise refuse(event, f"alias *{alias} refers to a node that contains it")
+                stack[-1][0] += anchors.get(alias, 1)
+            elif isinstance(event, yaml.ScalarEvent):
+                stack[-1][0] += 1
+                if event.anchor is not None:
+                    anchors[str(event.anchor)] = 1
+            elif isinstance(event, yaml.CollectionStartEvent):
+                if len(stack) > MAX_NESTING:
+                    raise refuse(event, f"nested deeper than {MAX_NESTING} levels")
+                opened = None if event.anchor is None else str(event.anchor)
+                if opened is not None:
+                    open_anchors.add(opened)
+                stack.append([1, opened])
+            elif isinstance(event, yaml.CollectionEndEvent) and len(stack) > 1:
+                size, closed = stack.pop()
+                if closed is not None:
+                    open_anchors.discard(closed)
+                    anchors[closed] = size
+                stack[-1][0] += size
+            else:
+                continue
+            written += not isinstance(event, yaml.CollectionEndEvent | yaml.AliasEvent)
+            if sum(frame[0] for frame in stack) - written > MAX_ALIAS_NODES:
+                raise refuse(
+                    event,
+                    f"aliases expand to more than {MAX_ALIAS_NODES} values "
+                    "(each use of an alias counts its whole anchored value)",
+                )
+        return yaml.compose(text, Loader=_Loader)
     except yaml.MarkedYAMLError as exc:
         mark = exc.problem_mark or exc.context_mark
         line = mark.line + 1 if mark is not None else None
@@ -175,8 +317,29 @@ def parse_manifest(text: str | bytes, *, source: str = "mesh.yaml") -> Manifest:
         raise ManifestError([Problem(source, line, "", f"YAML syntax error: {what}")]) from None
     except yaml.YAMLError as exc:
         raise ManifestError([Problem(source, None, "", f"YAML error: {exc}")]) from None
-    except UnicodeDecodeError:
-        raise ManifestError([Problem(source, None, "", "the file is not UTF-8 text")]) from None
+
+
+def load_document(data: str | bytes, source: str) -> tuple[Node | None, Any]:
+    """(node tree, plain Python value) of a YAML document, within the manifest's bounds.
+
+    For code that edits a manifest as data (`POST /api/apply`, `tulle up`):
+    the same limits as validation; raises ManifestError.
+    """
+    root = compose_bounded(decode_manifest(data, source), source)
+    if root is None:
+        return None, None
+    try:
+        return root, yaml.constructor.SafeConstructor().construct_document(root)
+    except yaml.MarkedYAMLError as exc:
+        mark = exc.problem_mark or exc.context_mark
+        line = mark.line + 1 if mark is not None else None
+        what = exc.problem or exc.context or "invalid YAML"
+        raise ManifestError([Problem(source, line, "", f"YAML error: {what}")]) from None
+
+
+def parse_manifest(text: str | bytes, *, source: str = "mesh.yaml") -> Manifest:
+    """Validate manifest text and convert it; raises ManifestError listing every problem."""
+    root = compose_bounded(decode_manifest(text, source), source)
     reader = _Reader(source)
     manifest = reader.manifest(root)
     if reader.problems or manifest is None:
@@ -206,11 +369,33 @@ def _line(node: Node) -> int:
     return int(node.start_mark.line) + 1
 
 
+def duration_ms(text: str) -> int | str:
+    """A Gateway API duration ("500ms", "2s", "1m30s", "1.5s") in whole milliseconds,
+    or why it is not one (a sentence for a message that names the field).
+
+    Computed exactly in integers, so "99999999999999999999h" is refused as too
+    long and "0.0000001ms" as finer than a millisecond instead of turning into
+    a float the proxy would choke on.
+    """
+    if len(text) > _MAX_DURATION_TEXT or not _DURATION_RE.match(text):
+        return f'expected a duration like "500ms" or "2s", got "{text[:_MAX_DURATION_TEXT]}"'
+    total = Fraction(0)
+    for whole, fraction, unit in _DURATION_PART_RE.findall(text):
+        value = Fraction(int(whole)) + (
+            Fraction(int(fraction), 10 ** len(fraction)) if fraction else 0
+        )
+        total += value * _DURATION_UNITS_MS[unit]
+        if total > MAX_DURATION_MS:
+            return f'must be at most 24h, got "{text}"'
+    if total.denominator != 1:
+        return f'must be a whole number of milliseconds, got "{text}"'
+    return int(total)
+
+
 def parse_duration(text: str) -> float | None:
     """Gateway API duration ("500ms", "2s", "1m30s", "1h") in seconds; None if invalid."""
-    if not _DURATION_RE.match(text):
-        return None
-    return sum(float(n) * _DURATION_UNITS[u] for n, u in _DURATION_PART_RE.findall(text))
+    milliseconds = duration_ms(text)
+    return None if isinstance(milliseconds, str) else milliseconds / 1000
 
 
 class _Reader:
@@ -302,18 +487,19 @@ class _Reader:
         return bool(self._constructor.construct_object(node))
 
     def duration(self, node: Node, path: str) -> float | None:
-        seconds = None
-        if isinstance(node, ScalarNode) and node.tag == _STR:
-            seconds = parse_duration(str(node.value))
-        if seconds is None:
+        if not isinstance(node, ScalarNode) or node.tag != _STR:
             self.problem(
                 node, path, f'expected a duration like "500ms" or "2s", got {_describe(node)}'
             )
             return None
-        if seconds <= 0:
+        milliseconds = duration_ms(str(node.value))
+        if isinstance(milliseconds, str):
+            self.problem(node, path, milliseconds)
+            return None
+        if milliseconds <= 0:
             self.problem(node, path, "must be longer than zero")
             return None
-        return seconds
+        return milliseconds / 1000
 
     def string_map(self, node: Node, path: str) -> dict[str, str] | None:
         """A mapping of names to scalar values; values keep their written text."""

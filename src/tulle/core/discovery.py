@@ -9,6 +9,8 @@ without polling. Nothing here touches a socket.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
+import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -193,6 +195,40 @@ class StaticResolver:
         return None
 
 
+_HOST_LABEL = re.compile(r"^[A-Za-z0-9_]([A-Za-z0-9_-]{0,61}[A-Za-z0-9_])?$")
+
+
+def host_problem(host: str, *, bracketed: bool = False) -> str | None:
+    """Why `host` is neither an IP address nor a DNS name (None when it is one).
+
+    Numbers-and-dots must be a real IPv4 address (`999.1.1.1` is not, and
+    resolvers would take it for a name); a name is RFC 1123 labels (letters,
+    digits, `-`, and `_` as service records use it) of at most 63 characters,
+    253 in all, whose last label is not all digits.
+    """
+    if bracketed or ":" in host:
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv6 address"
+        return None
+    if all(part.isascii() and part.isdigit() for part in host.split(".")):
+        try:
+            ipaddress.IPv4Address(host)
+        except ValueError:
+            return f"{host!r} is not an IPv4 address"
+        return None
+    name = host[:-1] if host.endswith(".") else host
+    labels = name.split(".")
+    if (
+        len(name) > 253
+        or not all(_HOST_LABEL.match(label) for label in labels)
+        or labels[-1].isdigit()
+    ):
+        return f"{host!r} is not a host name (letters, digits, '-' and '.') or an IP address"
+    return None
+
+
 def parse_address(text: str, *, default_host: str | None = None) -> Address:
     """Parse HOST:PORT ([v6]:PORT too); raises ValueError naming what is wrong."""
     text = text.strip()
@@ -208,10 +244,11 @@ def parse_address(text: str, *, default_host: str | None = None) -> Address:
         if default_host is None:
             raise ValueError(f"bad address {text!r}: missing host")
         host = default_host
-    try:
-        port_num = int(port)
-    except ValueError:
-        raise ValueError(f"bad address {text!r}: port {port!r} is not a number") from None
+    elif (why := host_problem(host, bracketed=text.startswith("["))) is not None:
+        raise ValueError(f"bad address {text!r}: {why}")
+    if not port.isascii() or not port.isdigit() or len(port) > 5:
+        raise ValueError(f"bad address {text!r}: port {port!r} is not a number")
+    port_num = int(port)
     if not 0 <= port_num <= 65535:
         raise ValueError(f"bad address {text!r}: port {port_num} out of range")
     return host, port_num

@@ -2,13 +2,16 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from textwrap import dedent
 
 import pytest
 
 from tulle.control.manifest import (
+    MAX_MANIFEST_BYTES,
     ManifestError,
+    duration_ms,
     load_manifest,
     parse_duration,
     parse_manifest,
@@ -341,3 +344,154 @@ def test_every_problem_is_reported_in_file_order() -> None:
 def test_a_missing_file_is_a_manifest_error(tmp_path: Path) -> None:
     with pytest.raises(ManifestError, match="cannot read the file"):
         load_manifest(tmp_path / "absent.yaml")
+
+
+# -- limits: what reading a manifest may cost, and bytes that are not text ----
+
+
+def _laughs(levels: int = 9) -> str:
+    """The "billion laughs": each level is nine aliases of the one before."""
+    lines = ["services: []", 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, levels):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    return "\n".join(lines) + "\n"
+
+
+def _single_problem(text: str | bytes) -> str:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(text)
+    assert len(caught.value.problems) == 1, str(caught.value)
+    return str(caught.value)
+
+
+def test_billion_laughs_are_refused_with_the_line_where_the_limit_was_hit() -> None:
+    started = time.monotonic()
+    message = _single_problem(_laughs())
+    assert message.startswith("mesh.yaml:7: aliases expand to more than 100000 values")
+    assert time.monotonic() - started < 1.0
+
+
+def test_many_uses_of_one_alias_are_refused_too() -> None:
+    text = (
+        "services: []\nx: &a [1, 2, 3, 4, 5, 6, 7, 8, 9]\ny: [" + ", ".join(["*a"] * 20000) + "]\n"
+    )
+    assert "aliases expand to more than" in _single_problem(text)
+
+
+def test_a_few_aliases_are_fine() -> None:
+    text = dedent(
+        """\
+        services:
+          - name: a
+            routes: &routes
+              - {name: all, matches: [{path: {type: PathPrefix, value: /}}], timeout: 1s}
+          - {name: b, routes: *routes}
+        """
+    )
+    manifest = parse_manifest(text)
+    assert [r.name for r in manifest.services["b"].profile.routes] == ["all"]
+
+
+def test_an_alias_inside_its_own_anchor_is_refused() -> None:
+    assert _single_problem("services: &s [*s]\n") == (
+        "mesh.yaml:1: alias *s refers to a node that contains it"
+    )
+
+
+def test_deep_nesting_is_refused_before_the_composer_recurses() -> None:
+    # 40,000 levels crash libyaml's composer (a segfault), 20,000 take seconds.
+    started = time.monotonic()
+    message = _single_problem("services: " + "[" * 400_000 + "]" * 400_000)
+    assert message == "mesh.yaml:1: nested deeper than 64 levels"
+    assert time.monotonic() - started < 1.0
+
+
+def test_a_file_larger_than_the_limit_is_refused_without_reading_it_all() -> None:
+    # /dev/zero never ends: the reader must stop one byte past the limit.
+    started = time.monotonic()
+    with pytest.raises(ManifestError) as caught:
+        load_manifest("/dev/zero")
+    assert (
+        str(caught.value)
+        == f"/dev/zero: the manifest is larger than {MAX_MANIFEST_BYTES >> 20} MiB"
+    )
+    assert time.monotonic() - started < 2.0
+
+
+def test_text_that_is_too_large_is_refused() -> None:
+    assert "larger than" in _single_problem(b" " * (MAX_MANIFEST_BYTES + 1))
+
+
+def test_bytes_that_are_not_utf8_are_reported_by_line_and_column() -> None:
+    text = b"services:\n  - name: a\n    port: 8\xff0\n"
+    assert _single_problem(text) == "mesh.yaml:3: not UTF-8 text: byte 0xff at column 12"
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("services:\n  - name: a\x00\n", "mesh.yaml:2: character U+0000 at column 12"),
+        ("services: []\n\n# bell \x07\n", "mesh.yaml:3: character U+0007 at column 8"),
+        ("services: []\n\x7f\n", "mesh.yaml:2: character U+007F at column 1"),
+    ],
+)
+def test_control_characters_are_reported_by_line_and_column(text: str, expected: str) -> None:
+    assert _single_problem(text).startswith(expected)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        ("99999999999999999999h", 'must be at most 24h, got "99999999999999999999h"'),
+        ("24h1ms", 'must be at most 24h, got "24h1ms"'),
+        ("0.0000001ms", 'must be a whole number of milliseconds, got "0.0000001ms"'),
+        ("1.5ms", 'must be a whole number of milliseconds, got "1.5ms"'),
+        ("0ms", "must be longer than zero"),
+        ("1" * 100 + "s", 'expected a duration like "500ms" or "2s", got "' + "1" * 63),
+    ],
+)
+def test_durations_out_of_range_name_the_field(value: str, message: str) -> None:
+    text = f"services:\n  - name: a\n    routes:\n      - name: r\n        timeout: {value}\n"
+    assert _single_problem(text).startswith(
+        f"mesh.yaml:5: services[0].routes[0].timeout: {message}"
+    )
+
+
+@pytest.mark.parametrize(
+    ("text", "milliseconds"),
+    [
+        ("24h", 86_400_000),
+        ("1.5s", 1500),
+        ("0.001s", 1),
+        ("1m0.5s", 60_500),
+        ("1h1m1s1ms", 3_661_001),
+    ],
+)
+def test_durations_are_exact_whole_milliseconds(text: str, milliseconds: int) -> None:
+    assert duration_ms(text) == milliseconds
+
+
+@pytest.mark.parametrize(
+    ("address", "message"),
+    [
+        ("999.1.1.1:80", "'999.1.1.1' is not an IPv4 address"),
+        ("1.2.3:80", "'1.2.3' is not an IPv4 address"),
+        ("host with space:80", "'host with space' is not a host name"),
+        ("a..b:80", "'a..b' is not a host name"),
+        ("-a:80", "'-a' is not a host name"),
+        ("[::zz]:80", "'::zz' is not an IPv6 address"),
+        ("web:+80", "port '+80' is not a number"),
+    ],
+)
+def test_endpoints_must_be_ip_addresses_or_host_names(address: str, message: str) -> None:
+    text = f"services:\n  - name: a\n    endpoints: ['{address}']\n"
+    assert _single_problem(text).startswith(
+        f"mesh.yaml:3: services[0].endpoints[0]: bad address '{address}': {message}"
+    )
+
+
+@pytest.mark.parametrize(
+    "address", ["localhost:80", "db.internal:5432", "10.0.0.1:1", "[::1]:8080"]
+)
+def test_good_endpoint_addresses_are_accepted(address: str) -> None:
+    parse_manifest(f"services:\n  - name: a\n    endpoints: ['{address}']\n")
