@@ -25,6 +25,9 @@ import enum
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
+from tulle.codec.path import normalize_target, refusal_reason
+from tulle.core.policy import CLIENT_ID_HEADER
+
 Header = tuple[bytes, bytes]
 
 PREFACE = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
@@ -68,6 +71,12 @@ class RequestHead:
     # Seconds from `grpc-timeout`; None when absent or unparseable (gRPC
     # servers ignore a bad value rather than fail the call, and so do we).
     grpc_timeout_s: float | None
+    # `path` is normalised (`tulle.codec.path`); this says whether that changed
+    # it, so that the forwarded `:path` must be replaced.
+    path_rewritten: bool = False
+    # Why the path is refused (400 `bad-path`); "" when it is not. `path` is
+    # then the client's, for logs only.
+    path_problem: str = ""
 
 
 def parse_request_head(headers: Sequence[Header]) -> RequestHead:
@@ -121,13 +130,23 @@ def parse_request_head(headers: Sequence[Header]) -> RequestHead:
             raise MalformedRequest("missing :scheme or :path")
     if not authority:
         authority = host
+    problem = ""
+    normal = path
+    if path:  # CONNECT has none
+        checked = normalize_target(path)
+        if checked is None:
+            problem = refusal_reason(path)
+        else:
+            normal = checked
     return RequestHead(
         method=method.decode("latin-1"),
         scheme=scheme.decode("latin-1"),
         authority=authority.decode("latin-1").lower(),
-        path=path.decode("latin-1"),
+        path=normal.decode("latin-1"),
         is_grpc=is_grpc_content_type(content_type),
         grpc_timeout_s=grpc_timeout,
+        path_rewritten=normal is not path,
+        path_problem=problem,
     )
 
 
@@ -142,6 +161,40 @@ def without_hop_by_hop(headers: Sequence[Header]) -> Sequence[Header]:
         if name in HOP_BY_HOP:
             return [(n, v) for n, v in headers if n not in HOP_BY_HOP]
     return headers
+
+
+def forward_headers(
+    headers: Sequence[Header], path: bytes | None, client_id: bytes | None
+) -> Sequence[Header]:
+    """The request headers to send upstream, in one pass.
+
+    Hop-by-hop headers are dropped (`without_hop_by_hop`); `path`, when not
+    None, replaces `:path` (the normalised one); `client_id`, when not None
+    (the inbound), means every `tulle-client-id` the caller sent is dropped
+    and, if it is not empty, the verified identity is added in their place.
+    With neither (the outbound's common case) the input comes back uncopied.
+    """
+    if path is None and client_id is None:
+        return without_hop_by_hop(headers)
+    out: list[Header] = []
+    for name, value in headers:
+        # h2 refuses upper-case names on input, so one spelling is enough.
+        if name in HOP_BY_HOP or (name == CLIENT_ID_HEADER and client_id is not None):
+            continue
+        if path is not None and name == b":path":
+            value = path
+        out.append((name, value))
+    if client_id:
+        out.append((CLIENT_ID_HEADER, client_id))
+    return out
+
+
+def without_client_id(trailers: list[Header]) -> list[Header]:
+    """Request trailers minus any `tulle-client-id` (the inbound's rule for trailers)."""
+    for name, _ in trailers:
+        if name == CLIENT_ID_HEADER:
+            return [(n, v) for n, v in trailers if n != CLIENT_ID_HEADER]
+    return trailers
 
 
 def is_grpc_content_type(content_type: bytes) -> bool:

@@ -50,6 +50,10 @@ NO_POLICY_NAME: Final = "default:deny-no-policy"
 # local mesh): only these sources may use the probe paths.
 LOOPBACK_NETWORKS: Final = ("127.0.0.0/8", "::1/128")
 _CACHE_LIMIT = 4096
+# The request header in which the inbound proxy tells the app who called: the
+# verified mTLS identity, set by the proxy alone. Every caller's copy is dropped,
+# from headers and trailers, on every protocol; without an identity there is none.
+CLIENT_ID_HEADER: Final = b"tulle-client-id"
 
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 IpAddress = ipaddress.IPv4Address | ipaddress.IPv6Address

@@ -174,4 +174,6 @@ class MeshH2Protocol(H2ServerProtocol):
         peer = transport.get_extra_info("peername")
         client_ip = peer[0] if isinstance(peer, tuple) else ""
         self.dispatcher = MeshDispatcher(self._ctx, client_id or "", client_ip)
+        if self._ctx.direction == "inbound":
+            self.client_id = (client_id or "").encode()
         super().connection_made(transport)

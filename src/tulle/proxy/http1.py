@@ -46,7 +46,9 @@ from tulle.codec.http1 import (
     encode_last_chunk,
     error_response,
 )
+from tulle.codec.path import normalize_target, origin_form, refusal_reason
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
+from tulle.core.policy import CLIENT_ID_HEADER
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
 from tulle.proxy.balance import ejected_detail
 from tulle.proxy.router import PoolHandle, RoutePolicy, ServiceTarget
@@ -61,6 +63,7 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
+_CLIENT_ID_LINE = CLIENT_ID_HEADER + b":"
 
 
 class ConnectFailed(Exception):
@@ -380,6 +383,10 @@ class Exchange:
             if head.method == b"CONNECT":
                 self.fail(400, "connect-not-allowed", "CONNECT is only accepted on outbound")
                 return
+            if target_bytes[:1] != b"/":
+                head.target = origin_form(target_bytes)
+            if not self._normalize_target():
+                return
             authz = ctx.authz
             if authz is not None:
                 decision = authz.policy.authorize_http(
@@ -410,6 +417,8 @@ class Exchange:
             else:
                 self.fail(400, "missing-host", "request has no Host header and no absolute URI")
                 return
+            if head.method != b"CONNECT" and not self._normalize_target():
+                return
             target = ctx.router.for_authority(authority)
             self.authority = target.authority_label
         self.target = target
@@ -419,6 +428,17 @@ class Exchange:
             ctx.loop.create_task(self._await_known(target, lambda: self._routed(target)))
             return
         self._routed(target)
+
+    def _normalize_target(self) -> bool:
+        """Give the request its one normalised path (`tulle.codec.path`): what policy
+        and routes match and what is forwarded. False: refused with a 400."""
+        head = self.head
+        normal = normalize_target(head.target)
+        if normal is None:
+            self.fail(400, "bad-path", refusal_reason(head.target))
+            return False
+        head.target = normal
+        return True
 
     async def _await_known(self, target: ServiceTarget, then: Callable[[], None]) -> None:
         """Wait (bounded) for discovery's first answer about `target`, then go on."""
@@ -477,12 +497,10 @@ class Exchange:
             # The app may trust `tulle-client-id`: only this proxy sets it, from
             # the verified mTLS identity; a client's own copy is dropped.
             out.extend(
-                line
-                for line in head.encoded_end_to_end()
-                if line[:16].lower() != b"tulle-client-id:"
+                line for line in head.encoded_end_to_end() if line[:16].lower() != _CLIENT_ID_LINE
             )
             if server.client_id:
-                out.append(b"tulle-client-id: " + server.client_id.encode() + b"\r\n")
+                out.append(CLIENT_ID_HEADER + b": " + server.client_id.encode() + b"\r\n")
         else:
             out.extend(head.encoded_end_to_end())
         if head.host is None:
@@ -1132,6 +1150,10 @@ class Http1Server(asyncio.Protocol):
         ex = self.receiving
         if ex is None:
             return
+        trailers = head.trailers
+        if trailers and self.ctx.direction == "inbound":
+            # Only this proxy speaks for the caller: a copy in the trailers goes too.
+            head.trailers = [t for t in trailers if t[0].lower() != CLIENT_ID_HEADER]
         if ex is self.current:
             ex.on_request_end()
         else:

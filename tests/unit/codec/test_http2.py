@@ -15,12 +15,14 @@ from tulle.codec.http2 import (
     MalformedRequest,
     PrefaceMatch,
     encode_grpc_timeout,
+    forward_headers,
     grpc_status_of,
     is_grpc_content_type,
     is_success,
     match_preface,
     parse_grpc_timeout,
     parse_request_head,
+    without_client_id,
     without_hop_by_hop,
 )
 
@@ -202,3 +204,46 @@ def test_a_burst_over_the_limit_always_trips(extra: int) -> None:
     guard = FloodGuard({FloodKind.EMPTY_DATA: FloodLimit(burst=100, rate_per_s=20)})
     tripped = [guard.record(FloodKind.EMPTY_DATA, 5.0) for _ in range(100 + extra)]
     assert tripped[-1] and not any(tripped[:100])
+
+
+# -- the path and the identity the upstream sees ----------------------------------
+
+
+def test_request_head_path_is_normalised() -> None:
+    head = parse_request_head([*GET[:3], (b":path", b"/public/%2e%2E/admin?q=/../x")])
+    assert head.path == "/admin?q=/../x" and head.path_rewritten and not head.path_problem
+    same = parse_request_head(GET)
+    assert same.path == "/" and not same.path_rewritten
+
+
+@pytest.mark.parametrize("path", [b"/a/%2f../b", b"/a\\b", b"/%c0%ae%c0%ae/admin", b"/x#y"])
+def test_request_head_names_a_refused_path(path: bytes) -> None:
+    head = parse_request_head([*GET[:3], (b":path", path)])
+    assert head.path_problem
+
+
+def test_forward_headers_outbound_untouched_is_not_copied() -> None:
+    headers = [*GET, (b"tulle-client-id", b"spiffe://x")]
+    assert forward_headers(headers, None, None) is headers
+
+
+def test_forward_headers_replaces_path_only() -> None:
+    headers = [*GET, (b"x-a", b"1")]
+    out = forward_headers(headers, b"/admin", None)
+    assert list(out) == [*GET[:3], (b":path", b"/admin"), (b"x-a", b"1")]
+
+
+@pytest.mark.parametrize("identity", [b"", b"spiffe://tulle.local/ns/default/sa/web"])
+def test_forward_headers_inbound_keeps_only_the_verified_identity(identity: bytes) -> None:
+    forged = b"spiffe://tulle.local/ns/default/sa/admin"
+    headers = [*GET, (b"tulle-client-id", forged), (b"x-a", b"1"), (b"tulle-client-id", forged)]
+    out = list(forward_headers(headers, None, identity))
+    ids = [v for n, v in out if n == b"tulle-client-id"]
+    assert ids == ([identity] if identity else [])
+    assert (b"x-a", b"1") in out and out[:4] == GET
+
+
+def test_trailers_lose_the_callers_identity() -> None:
+    clean = [(b"grpc-status", b"0")]
+    assert without_client_id(clean) is clean
+    assert without_client_id([*clean, (b"tulle-client-id", b"x")]) == clean

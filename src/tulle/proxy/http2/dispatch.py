@@ -40,6 +40,7 @@ class RefusalKind(enum.Enum):
     UNKNOWN_SERVICE = "unknown-service"  # discovery does not know the authority
     FORBIDDEN = "forbidden"  # policy does not allow the call
     BAD_REQUEST = "bad-request"  # the request cannot be routed (e.g. no authority)
+    BAD_PATH = "bad-path"  # the path is refused by the normalisation rule (codec/path)
 
 
 @dataclass(frozen=True, slots=True)

@@ -50,10 +50,12 @@ from tulle.codec.http2 import (
     FloodGuard,
     FloodKind,
     FloodLimit,
+    Header,
     MalformedRequest,
     RequestHead,
+    forward_headers,
     parse_request_head,
-    without_hop_by_hop,
+    without_client_id,
 )
 from tulle.core.outcome import CANCELLED
 
@@ -74,6 +76,7 @@ _REFUSAL_ERRORS = {
     RefusalKind.UNKNOWN_SERVICE: ProxyError.UNKNOWN_SERVICE,
     RefusalKind.FORBIDDEN: ProxyError.FORBIDDEN,
     RefusalKind.BAD_REQUEST: ProxyError.BAD_REQUEST,
+    RefusalKind.BAD_PATH: ProxyError.BAD_PATH,
 }
 
 
@@ -116,6 +119,10 @@ class H2ServerProtocol(H2Peer):
         self._pending_routes: set[asyncio.Task[None]] = set()
         # Called once with this protocol when the connection is gone (H2Service's registry).
         self.on_closed: Callable[[H2ServerProtocol], None] | None = None
+        # Inbound only: the caller's verified identity (b"" when it has none). Not
+        # None means the app must see this identity or none: every `tulle-client-id`
+        # the caller sent, in headers or trailers, is dropped (`forward_headers`).
+        self.client_id: bytes | None = None
 
     # -- DownSide ----------------------------------------------------------------
     def mark_dirty(self) -> None:
@@ -193,7 +200,11 @@ class H2ServerProtocol(H2Peer):
             elif isinstance(event, h2.events.TrailersReceived):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
-                    stream.on_request_end(event.headers)
+                    trailers: list[Header] = event.headers
+                    if self.client_id is not None:
+                        trailers = without_client_id(trailers)
+                    # An empty trailer block is malformed: end with DATA then.
+                    stream.on_request_end(trailers or None)
             elif isinstance(event, h2.events.WindowUpdated):
                 self._window_opened(event.stream_id)
             elif isinstance(event, h2.events.StreamReset):
@@ -252,7 +263,16 @@ class H2ServerProtocol(H2Peer):
             self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
             return
         self.counters.streams_total += 1
-        decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
+        if head.path_problem:
+            refusal = Refused(RefusalKind.BAD_PATH, head.path_problem)
+            self._refuse(stream_id, refusal, head.is_grpc, event.stream_ended is not None)
+            return
+        # What policy and routes match is what goes upstream: the normalised
+        # `:path`, and on the inbound the verified identity only.
+        forwarded = forward_headers(
+            headers, head.path.encode("latin-1") if head.path_rewritten else None, self.client_id
+        )
+        decision = self.dispatcher.route(head.authority, head.method, head.path, forwarded)
         if isinstance(decision, Refused):
             self._refuse(stream_id, decision, head.is_grpc, event.stream_ended is not None)
             return
@@ -262,7 +282,7 @@ class H2ServerProtocol(H2Peer):
             self,
             stream_id,
             routed,
-            without_hop_by_hop(headers),
+            forwarded,
             is_grpc=head.is_grpc,
             outbox=self._outbox,
             counters=self.counters,

@@ -47,6 +47,7 @@ class ProxyError(enum.Enum):
     UNKNOWN_SERVICE = ("unknown-service", 503, GrpcStatus.UNAVAILABLE)
     FORBIDDEN = ("unauthorized", 403, GrpcStatus.PERMISSION_DENIED)
     BAD_REQUEST = ("bad-request", 400, GrpcStatus.INTERNAL)
+    BAD_PATH = ("bad-path", 400, GrpcStatus.INTERNAL)
     CONNECT_FAILED = ("connect-failed", 502, GrpcStatus.UNAVAILABLE)
     UPSTREAM_RESET = ("upstream-reset", 502, GrpcStatus.UNAVAILABLE)
     UPSTREAM_CLOSED = ("upstream-closed", 502, GrpcStatus.UNAVAILABLE)
