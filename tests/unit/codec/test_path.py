@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from tulle.codec.path import normalize_target, refusal_reason
+from tulle.codec.path import normalize_target, origin_form, refusal_reason
 
 # (what a client sends, what policy, routing and the app see)
 NORMALISED = [
@@ -104,6 +104,22 @@ def test_a_normal_target_is_returned_without_a_copy(target: bytes) -> None:
 def test_a_changed_path_keeps_its_query_bytes() -> None:
     target = b"/x/../y?a=%2e%2E&b=//c\\d"
     assert normalize_target(target) == b"/y?a=%2e%2E&b=//c\\d"
+
+
+@pytest.mark.parametrize(
+    ("target", "expected"),
+    [
+        (b"http://books/public/../admin", b"/public/../admin"),
+        (b"HTTPS://books:8443/a?b=1", b"/a?b=1"),
+        (b"http://books", b"/"),
+        (b"http://books?x=/y", b"/?x=/y"),
+        (b"http://books#/../admin", b"/#/../admin"),  # then refused: a fragment
+        (b"/already/origin", b"/already/origin"),
+        (b"books:443", b"books:443"),  # authority-form (CONNECT) is not absolute-form
+    ],
+)
+def test_origin_form(target: bytes, expected: bytes) -> None:
+    assert origin_form(target) == expected
 
 
 # -- properties ---------------------------------------------------------------------
