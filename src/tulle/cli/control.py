@@ -10,6 +10,7 @@ import typer
 
 from tulle.cli.main import app
 from tulle.control.destination.translator import DEFAULT_QUEUE_CAPACITY
+from tulle.control.kubernetes.client import KubeError
 from tulle.control.manifest import ManifestError, load_manifest
 from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S
 from tulle.control.server import ControlConfig, run
@@ -113,6 +114,31 @@ def control(
         min=5.0,
         help="Lifetime in seconds of the workload certificates issued.",
     ),
+    source: str = typer.Option(
+        "manifest",
+        "--source",
+        envvar="TULLE_CONTROL_SOURCE",
+        help="Where the mesh is described: 'manifest' (--manifest) or 'kubernetes' "
+        "(watch the API server: --kubeconfig, $KUBECONFIG, or the pod's service account).",
+    ),
+    kubeconfig: str = typer.Option(
+        "",
+        "--kubeconfig",
+        envvar="TULLE_CONTROL_KUBECONFIG",
+        help="With --source kubernetes: the kubeconfig to use (default: in-cluster).",
+    ),
+    cluster_domain: str = typer.Option(
+        "cluster.local",
+        "--cluster-domain",
+        envvar="TULLE_CONTROL_CLUSTER_DOMAIN",
+        help="With --source kubernetes: the cluster's DNS domain (svc.NS.svc.DOMAIN).",
+    ),
+    trust_domain: str = typer.Option(
+        "cluster.local",
+        "--trust-domain",
+        envvar="TULLE_CONTROL_TRUST_DOMAIN",
+        help="With --source kubernetes: the SPIFFE trust domain of pod identities.",
+    ),
     log_level: str = typer.Option(
         "info",
         "--log-level",
@@ -140,13 +166,19 @@ def control(
         scrape_interval_s=scrape_interval,
         identity_dir=Path(identity_dir) if identity_dir else None,
         identity_leaf_ttl_s=identity_leaf_ttl,
+        source=source,
+        kubeconfig=kubeconfig or None,
+        cluster_domain=cluster_domain,
+        trust_domain=trust_domain,
     )
+    if source not in ("manifest", "kubernetes"):
+        raise typer.BadParameter("expected 'manifest' or 'kubernetes'", param_hint="--source")
     try:
         run(config)
     except ManifestError as exc:
         typer.echo(f"tulle control: cannot start, the manifest is unusable:\n{exc}", err=True)
         raise typer.Exit(1) from None
-    except (OSError, ValueError, IdentityStoreError) as exc:
+    except (OSError, ValueError, IdentityStoreError, KubeError) as exc:
         # ValueError: unusable --scrape-targets or --prometheus-url;
         # IdentityStoreError: an unusable --identity-dir.
         typer.echo(f"tulle control: cannot start: {exc}", err=True)

@@ -33,6 +33,7 @@ from tulle.viz.service import VizService
 
 if TYPE_CHECKING:
     from tulle.control.identity_service import IdentityService
+    from tulle.control.kubernetes.source import KubernetesSource
 
 log = logging.getLogger("tulle.control")
 
@@ -70,6 +71,12 @@ class ControlConfig:
     # The issuer directory (`tulle identity init`): serves Identity.Certify when set.
     identity_dir: Path | None = None
     identity_leaf_ttl_s: float = 24 * 3600.0
+    # "manifest" (the file above) or "kubernetes" (the API server of `kubeconfig`,
+    # or the cluster the replica runs in when it is None).
+    source: str = "manifest"
+    kubeconfig: str | None = None
+    cluster_domain: str = "cluster.local"
+    trust_domain: str = "cluster.local"
 
 
 def format_address(address: Address) -> str:
@@ -83,14 +90,20 @@ class ControlPlane:
     def __init__(self, config: ControlConfig) -> None:
         self.config = config
         self.metrics = ControlMetrics()
-        self._source = ManifestFileSource(
-            config.manifest,
-            self._on_manifest,
-            self.metrics,
-            poll_interval_s=config.poll_interval_s,
-        )
-        # Raises ManifestError: a replica refuses to start on a broken manifest.
-        self.watcher = DestinationWatcher(self._source.load_initial())
+        self._source: ManifestFileSource | None = None
+        self._kube: KubernetesSource | None = None
+        if config.source == "kubernetes":
+            # Filled by start(), once every kind has been listed.
+            self.watcher = DestinationWatcher(Manifest(services={}, source="kubernetes"))
+        else:
+            self._source = ManifestFileSource(
+                config.manifest,
+                self._on_manifest,
+                self.metrics,
+                poll_interval_s=config.poll_interval_s,
+            )
+            # Raises ManifestError: a replica refuses to start on a broken manifest.
+            self.watcher = DestinationWatcher(self._source.load_initial())
         self.metrics.publishers = lambda: self.watcher.publisher_count
         self._server: grpc.aio.Server | None = None
         self._admin = AdminServer(self.metrics, self.ready)
@@ -123,9 +136,16 @@ class ControlPlane:
 
     async def start(self) -> None:
         """Listen and start watching; raises OSError (after cleaning up) if a port is taken."""
+        canonical = None
+        if self.config.source == "kubernetes":
+            await self._start_kubernetes()
+            canonical = self._canonical
         server = grpc.aio.server(options=SERVER_OPTIONS)
         service = DestinationService(
-            self.watcher, self.metrics, queue_capacity=self.config.queue_capacity
+            self.watcher,
+            self.metrics,
+            queue_capacity=self.config.queue_capacity,
+            canonical=canonical,
         )
         pb_grpc.add_DestinationServicer_to_server(service, server)
         if self.config.identity_dir is not None:
@@ -169,7 +189,38 @@ class ControlPlane:
                     raise OSError(
                         f"cannot listen for HTTP on {http}: {exc.strerror or exc}"
                     ) from None
-        self._poller = asyncio.create_task(self._source.run(), name="manifest-poller")
+        if self._source is not None:
+            self._poller = asyncio.create_task(self._source.run(), name="manifest-poller")
+        elif self._kube is not None:
+            self._poller = asyncio.create_task(self._kube.run(), name="kubernetes-source")
+
+    async def _start_kubernetes(self) -> None:
+        """List everything once; raises KubeError with a clear message when it cannot."""
+        from tulle.control.kubernetes.client import KubeClient, KubeConfig
+        from tulle.control.kubernetes.source import KubernetesSource
+        from tulle.control.kubernetes.translate import Settings
+
+        client = KubeClient(KubeConfig.load(self.config.kubeconfig))
+        self._kube = KubernetesSource(
+            client,
+            self._on_manifest,
+            self.metrics,
+            settings=Settings(
+                cluster_domain=self.config.cluster_domain, trust_domain=self.config.trust_domain
+            ),
+        )
+        try:
+            self.watcher.update_manifest(await self._kube.load_initial())
+        except BaseException:
+            await client.aclose()
+            raise
+
+    def _canonical(self, path: str, context_token: str) -> str:
+        from tulle.control.kubernetes.translate import caller_namespace, expand_authority
+
+        return expand_authority(
+            path, caller_namespace(context_token), self.config.cluster_domain
+        )
 
     async def stop(self) -> None:
         if self._stopped.is_set():
@@ -181,6 +232,9 @@ class ControlPlane:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await self._poller
+        if self._kube is not None:
+            await self._kube.close()
+            await self._kube.client.aclose()
         if self._identity is not None:
             await self._identity.close()
         if self._server is not None:

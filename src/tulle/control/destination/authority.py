@@ -37,10 +37,15 @@ def authority_key(path: str) -> str:
 
 
 def lookup(manifest: Manifest, key: str) -> ServiceSpec | None:
+    """The service an authority names.
+
+    A source that registers one service per port (Kubernetes) keys them
+    `name:port`; those are tried when the bare name does not match.
+    """
     name, port = normalize_authority(key)
     spec = manifest.services.get(name)
-    if spec is None:
-        return None
-    if port is None or spec.port is None or port == spec.port:
+    if spec is not None and (port is None or spec.port is None or port == spec.port):
         return spec
+    if port is not None:
+        return manifest.services.get(f"{name}:{port}")
     return None

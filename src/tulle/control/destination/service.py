@@ -9,7 +9,7 @@ never waits for a slow reader.
 from __future__ import annotations
 
 import logging
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import TypeVar
 
 import grpc
@@ -39,7 +39,11 @@ class DestinationService(pb_grpc.DestinationServicer):
         metrics: ControlMetrics,
         *,
         queue_capacity: int = DEFAULT_QUEUE_CAPACITY,
+        canonical: Callable[[str, str], str] | None = None,
     ) -> None:
+        # The source's naming rule, (path, context token) -> the authority to
+        # look up: Kubernetes expands short names in the caller's namespace.
+        self._canonical = canonical
         self._watcher = watcher
         self._metrics = metrics
         self._queue_capacity = queue_capacity
@@ -77,7 +81,10 @@ class DestinationService(pb_grpc.DestinationServicer):
         metrics = self._metrics
         metrics.streams_opened[rpc] += 1
         metrics.streams_active[rpc] += 1
-        publisher = self._watcher.subscribe(request.path, translator)
+        path = request.path
+        if self._canonical is not None:
+            path = self._canonical(path, request.context_token)
+        publisher = self._watcher.subscribe(path, translator)
         log.debug("%s stream for %r from %r", rpc, request.path, request.context_token)
         try:
             while True:
