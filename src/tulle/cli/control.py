@@ -139,6 +139,13 @@ def control(
         envvar="TULLE_CONTROL_TRUST_DOMAIN",
         help="With --source kubernetes: the SPIFFE trust domain of pod identities.",
     ),
+    token_audience: str = typer.Option(
+        "identity.tulle.io",
+        "--token-audience",
+        envvar="TULLE_CONTROL_TOKEN_AUDIENCE",
+        help="With --source kubernetes and --identity-dir: Identity.Certify accepts "
+        "ServiceAccount tokens of this audience (checked with a TokenReview).",
+    ),
     log_level: str = typer.Option(
         "info",
         "--log-level",
@@ -170,6 +177,7 @@ def control(
         kubeconfig=kubeconfig or None,
         cluster_domain=cluster_domain,
         trust_domain=trust_domain,
+        token_audience=token_audience,
     )
     if source not in ("manifest", "kubernetes"):
         raise typer.BadParameter("expected 'manifest' or 'kubernetes'", param_hint="--source")

@@ -32,7 +32,17 @@ def main(
 
 def _register() -> None:
     # Each command group lives in its own module and adds itself to `app`.
-    from tulle.cli import authz, control, dashboard, demo, identity, observe, proxy, up  # noqa: F401
+    from tulle.cli import (  # noqa: F401
+        authz,
+        control,
+        dashboard,
+        demo,
+        identity,
+        install,
+        observe,
+        proxy,
+        up,
+    )
 
 
 def run() -> None:

@@ -387,9 +387,20 @@ def check(
     ),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    kubernetes: bool = typer.Option(
+        False, "--kubernetes", help="Check the mesh installed in a Kubernetes cluster."
+    ),
+    kubeconfig: str = typer.Option("", "--kubeconfig", help="With --kubernetes: the kubeconfig."),
+    namespace: str = typer.Option(
+        "tulle", "--namespace", help="With --kubernetes: the control plane's namespace."
+    ),
 ) -> None:
     """Health checks of the mesh (or --pre: of this machine); exits 1 when one fails."""
-    if pre:
+    if kubernetes:
+        from tulle.cli.kube_check import run_kubernetes_checks
+
+        report = run_kubernetes_checks(kubeconfig or None, namespace)
+    elif pre:
         report = preflight()
     else:
         url = resolve_control_url(control)

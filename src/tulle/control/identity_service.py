@@ -20,6 +20,7 @@ import logging
 import time
 from collections.abc import AsyncIterator, Callable
 from pathlib import Path
+from typing import Protocol
 
 import grpc
 from google.protobuf.timestamp_pb2 import Timestamp
@@ -71,6 +72,12 @@ class CertifyCounters:
         return "\n".join(lines) + "\n"
 
 
+class TokenAuthenticator(Protocol):
+    async def identity_of(self, token: str) -> str | None:
+        """The identity a token proves; None when the token is not of this kind.
+        Raises NotAuthenticated when refused, another exception when unavailable."""
+
+
 class IdentityService(identity_pb2_grpc.IdentityServicer):
     def __init__(
         self,
@@ -79,7 +86,10 @@ class IdentityService(identity_pb2_grpc.IdentityServicer):
         *,
         clock: Callable[[], float] = time.time,
         watch_poll_interval_s: float = 1.0,
+        authenticator: TokenAuthenticator | None = None,
     ) -> None:
+        # Tried before the join tokens: Kubernetes ServiceAccount tokens.
+        self.authenticator = authenticator
         self.certifier = certifier
         self.store = store
         self.counters = CertifyCounters()
@@ -99,11 +109,22 @@ class IdentityService(identity_pb2_grpc.IdentityServicer):
         ],
     ) -> identity_pb2.CertifyResponse:
         try:
+            proven = None
+            if self.authenticator is not None:
+                try:
+                    proven = await self.authenticator.identity_of(request.token)
+                except CertificationRefused:
+                    raise
+                except Exception as error:
+                    raise IssuerUnavailable(str(error)) from None
+            if proven is not None and proven != request.identity:
+                raise NotPermitted(f"the token proves {proven}, not {request.identity}")
             issued = self.certifier.certify(
                 request.identity,
                 request.token,
                 request.certificate_signing_request,
                 now=self._clock(),
+                token_checked=proven is not None,
             )
         except CertificationRefused as error:
             self.counters.record(error.reason)
@@ -212,6 +233,7 @@ def add_identity_servicer(
     *,
     leaf_ttl_s: float = DEFAULT_LEAF_TTL_S,
     check_interval_s: float = 1.0,
+    authenticator: TokenAuthenticator | None = None,
 ) -> IdentityService:
     """Register Identity on `server`, serving from `issuer_dir`.
 
@@ -226,6 +248,7 @@ def add_identity_servicer(
         Certifier(store.current, leaf_ttl_s=leaf_ttl_s),
         store,
         watch_poll_interval_s=check_interval_s,
+        authenticator=authenticator,
     )
     identity_pb2_grpc.add_IdentityServicer_to_server(service, server)
     return service

@@ -77,6 +77,8 @@ class ControlConfig:
     kubeconfig: str | None = None
     cluster_domain: str = "cluster.local"
     trust_domain: str = "cluster.local"
+    # The audience of the ServiceAccount tokens Identity.Certify accepts.
+    token_audience: str = "identity.tulle.io"
 
 
 def format_address(address: Address) -> str:
@@ -152,8 +154,20 @@ class ControlPlane:
             from tulle.control.identity_service import add_identity_servicer
 
             # Raises IdentityStoreError (a clear message) on an unusable directory.
+            authenticator = None
+            if self._kube is not None:
+                from tulle.control.kubernetes.tokens import ServiceAccountAuthenticator
+
+                authenticator = ServiceAccountAuthenticator(
+                    self._kube.client,
+                    self.config.trust_domain,
+                    audience=self.config.token_audience,
+                )
             self._identity = add_identity_servicer(
-                server, self.config.identity_dir, leaf_ttl_s=self.config.identity_leaf_ttl_s
+                server,
+                self.config.identity_dir,
+                leaf_ttl_s=self.config.identity_leaf_ttl_s,
+                authenticator=authenticator,
             )
             self.metrics.extra = self._identity.render_prometheus
         self.policy = add_policy_servicer(

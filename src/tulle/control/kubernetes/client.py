@@ -18,6 +18,7 @@ rotated (projected tokens are refreshed by the kubelet).
 from __future__ import annotations
 
 import base64
+import email.utils
 import json
 import os
 import ssl
@@ -226,6 +227,20 @@ class KubeClient:
         except httpx.HTTPError as exc:
             raise KubeError(f"{method} {path}: {type(exc).__name__}: {exc}") from None
         return _decode(method, path, response.status_code, response.content)
+
+    async def server_version(self) -> tuple[Obj, float | None]:
+        """`GET /version` and the server's clock (its Date header, Unix seconds)."""
+        try:
+            response = await self._http.get("/version", headers=self._headers())
+        except httpx.HTTPError as exc:
+            raise KubeError(f"GET /version: {type(exc).__name__}: {exc}") from None
+        body = _decode("GET", "/version", response.status_code, response.content)
+        date = response.headers.get("date")
+        try:
+            server_time = email.utils.parsedate_to_datetime(date).timestamp() if date else None
+        except (TypeError, ValueError):
+            server_time = None
+        return body, server_time
 
     async def get(self, path: str) -> Obj:
         return await self.request("GET", path)
