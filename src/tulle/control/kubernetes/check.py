@@ -32,6 +32,7 @@ from tulle.control.kubernetes.install import (
     InstallOptions,
     crds,
 )
+from tulle.control.kubernetes.source import endpoint_slice_resource
 from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
 
 MAX_SKEW_S = 5.0
@@ -137,9 +138,11 @@ async def kubernetes_checks(
         deployment = await client.get(f"/apis/apps/v1/namespaces/{namespace}/deployments/{CONTROL}")
         wanted = int((deployment.get("spec") or {}).get("replicas") or 0)
         control.add("Deployment exists", True, f"{wanted} replicas wanted")
-        slices = await client.get(
-            f"/apis/discovery.k8s.io/v1beta1/namespaces/{namespace}/endpointslices"
-            f"?labelSelector=kubernetes.io/service-name={CONTROL}"
+        slice_resource = await endpoint_slice_resource(client)
+        slices = await client.request(
+            "GET",
+            slice_resource.path(namespace),
+            params={"labelSelector": f"kubernetes.io/service-name={CONTROL}"},
         )
     except KubeError as exc:
         control.add(
