@@ -357,7 +357,25 @@ def start_cluster(group: ProcessGroup, root: Path) -> Cluster:
         ],
     )
     KubeletStandIn(cluster).register_node()
+    install_crds(cluster)
     return cluster
+
+
+def install_crds(cluster: Cluster) -> None:
+    """Tulle's CRDs (and Gateway API's routes), as `tulle install` prints them."""
+    from tulle.control.kubernetes.install import InstallOptions, crds
+
+    path = "/apis/apiextensions.k8s.io/v1/customresourcedefinitions"
+    for crd in crds(InstallOptions()):
+        cluster.apply(path, crd)
+    for crd in crds(InstallOptions()):
+        name = crd["metadata"]["name"]
+
+        def established(name: str = name) -> bool:
+            conditions = cluster.get(f"{path}/{name}").get("status", {}).get("conditions", [])
+            return any(c["type"] == "Established" and c["status"] == "True" for c in conditions)
+
+        cluster.wait_for(established, f"CRD {name} established")
 
 
 class KubeletStandIn:
