@@ -153,7 +153,6 @@ class ControlPlane:
         if self.config.identity_dir is not None:
             from tulle.control.identity_service import add_identity_servicer
 
-            # Raises IdentityStoreError (a clear message) on an unusable directory.
             authenticator = None
             if self._kube is not None:
                 from tulle.control.kubernetes.tokens import ServiceAccountAuthenticator
@@ -163,6 +162,7 @@ class ControlPlane:
                     self.config.trust_domain,
                     audience=self.config.token_audience,
                 )
+            # Raises IdentityStoreError (a clear message) on an unusable directory.
             self._identity = add_identity_servicer(
                 server,
                 self.config.identity_dir,
