@@ -28,6 +28,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import json
 import logging
 import random
 from collections.abc import AsyncIterable, Callable, Coroutine, Sequence
@@ -180,6 +181,19 @@ def apply_update(view: ServiceView, message: pb.Update) -> None:
 
 
 # -- the resolver ---------------------------------------------------------------
+
+
+def context_token(workload: str) -> str:
+    """What a proxy tells the control plane about itself in each Destination request.
+
+    A Kubernetes workload (`<namespace>/<pod>`) gives Linkerd's JSON form
+    `{"ns": ...}`, with which the control plane expands short service names in
+    the proxy's namespace; otherwise the workload's name, as it is.
+    """
+    namespace, sep, _ = workload.partition("/")
+    if sep and namespace:
+        return json.dumps({"ns": namespace, "workload": workload}, separators=(",", ":"))
+    return workload
 
 
 class ControlResolver:

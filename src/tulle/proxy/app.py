@@ -66,9 +66,9 @@ def install_loop() -> None:
 
 def make_resolver(config: ProxyConfig) -> Resolver:
     if config.control_addrs:
-        from tulle.api.destination_client import ControlResolver
+        from tulle.api.destination_client import ControlResolver, context_token
 
-        return ControlResolver(list(config.control_addrs))
+        return ControlResolver(list(config.control_addrs), context_token(config.workload))
     return StaticResolver(config.static_dst)
 
 

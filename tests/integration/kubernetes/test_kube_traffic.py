@@ -108,9 +108,15 @@ def test_http_route_split_timeout_and_retry_act_on_real_traffic(
         },
     )
     replica = start_kube_control(processes, cluster)
-    client = start_proxy(processes, extra=["--control-addr", replica.grpc_target])
+    # A Kubernetes workload name tells the control plane the proxy's namespace.
+    client = start_proxy(
+        processes,
+        extra=["--control-addr", replica.grpc_target, "--workload", f"{ns}/client-0"],
+    )
     web = f"web.{ns}.svc.cluster.local:8080"
     wait_status(client, web, "/", 200)
+    # Short names resolve in the proxy's namespace.
+    wait_status(client, "web:8080", "/", 200)
     # Both backends must be known before counting (discovery is per backend service).
     deadline = time.monotonic() + 20
     seen_v2 = False

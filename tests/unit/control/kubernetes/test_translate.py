@@ -226,3 +226,11 @@ def test_server_and_authorization_policy_compile_per_pod() -> None:
     grpc = spec.compile("shop/web-5d8f9-abcde", 9091)
     assert grpc.server == "shop/web-grpc" and grpc.protocol == "grpc"
     assert spec.compile("shop/legacy-0", 9091).server == ""
+
+
+def test_a_proxy_context_token_names_its_namespace() -> None:
+    from tulle.api.destination_client import context_token
+
+    assert caller_namespace(context_token("shop/web-0")) == "shop"
+    assert caller_namespace(context_token("web")) is None
+    assert context_token("") == ""
