@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Builds and caches the Kubernetes test fixture: kube-apiserver,
-# kube-controller-manager and kubectl v1.20.2 (from Debian bookworm's source
+# Builds and caches the Kubernetes test fixture: kube-apiserver and
+# kube-controller-manager v1.20.2 (from Debian bookworm's source
 # package `kubernetes`, compiled with bullseye's golang-1.15 unpacked with
 # `dpkg -x`, never installed) and etcd (Debian's etcd-server, unpacked).
 #
 # Everything lives under $TULLE_K8S_CACHE (default /var/cache/tulle-test/k8s):
-#   bin/{kube-apiserver,kube-controller-manager,kubectl,etcd}
+#   bin/{kube-apiserver,kube-controller-manager,etcd}
+# and, with TULLE_K8S_KUBECTL=1, bin/kubectl (tests otherwise use the kubectl
+# on PATH for `kubectl apply --dry-run=server`).
 # apt runs with a private configuration (own sources.list and state dirs under
 # the cache) pointing at the mirror the machine's apt already uses, so the
 # system's sources and packages are untouched.
@@ -18,7 +20,8 @@ CACHE=${TULLE_K8S_CACHE:-/var/cache/tulle-test/k8s}
 BIN=$CACHE/bin
 K8S_VERSION=v1.20.2
 K8S_COMMIT=faecb196815e248d3ecfb03c680a4507229c2a56
-WANT=(kube-apiserver kube-controller-manager kubectl etcd)
+WANT=(kube-apiserver kube-controller-manager etcd)
+[ "${TULLE_K8S_KUBECTL:-0}" = 1 ] && WANT+=(kubectl)
 
 have_all() {
   local b
@@ -138,7 +141,8 @@ build() { # cmd/<name>
   log "building $1 (go 1.15; minutes)"
   (cd "$tree" && nice -n 19 make WHAT="$1" GOFLAGS=-mod=vendor >&2)
 }
-for b in kube-apiserver kube-controller-manager kubectl; do
+for b in "${WANT[@]}"; do
+  [ "$b" = etcd ] && continue
   if [ ! -x "$BIN/$b" ]; then
     build "cmd/$b"
     out=$(find "$tree/_output" -type f -name "$b" -perm -u+x | head -n1)

@@ -22,6 +22,7 @@ import datetime
 import ipaddress
 import json
 import os
+import shutil
 import ssl
 import time
 import urllib.error
@@ -40,10 +41,23 @@ from support.process import ManagedProcess, ProcessGroup
 REPO = Path(__file__).resolve().parents[3]
 CACHE = Path(os.environ.get("TULLE_K8S_CACHE", "/var/cache/tulle-test/k8s"))
 BIN = CACHE / "bin"
-BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager", "kubectl")
+BINARIES = ("etcd", "kube-apiserver", "kube-controller-manager")
 SERVICE_CIDR = "10.96.0.0/16"
 API_READY_TIMEOUT_S = 90.0
 NODE_NAME = "kubelet-stand-in"
+
+
+def kubectl_path() -> str:
+    """The fixture's kubectl (TULLE_K8S_KUBECTL=1 builds it), else the one on PATH."""
+    if os.access(BIN / "kubectl", os.X_OK):
+        return str(BIN / "kubectl")
+    found = shutil.which("kubectl")
+    if found is None:
+        raise RuntimeError(
+            "no kubectl: install one, or build the fixture's with "
+            f"TULLE_K8S_KUBECTL=1 bash {REPO}/scripts/k8s_fixture.sh"
+        )
+    return found
 
 
 def missing_binaries() -> list[str]:
@@ -55,7 +69,7 @@ def require_binaries() -> None:
     if missing:
         raise RuntimeError(
             f"the Kubernetes test fixture is not built: missing {', '.join(missing)} in {BIN}.\n"
-            f"Build it once (about 15 minutes on two cores): bash {REPO}/scripts/k8s_fixture.sh"
+            f"Build it once (about 15 minutes on two idle cores): bash {REPO}/scripts/k8s_fixture.sh"
         )
 
 

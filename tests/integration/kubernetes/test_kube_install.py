@@ -8,7 +8,7 @@ import sys
 import uuid
 
 import pytest
-from kube_cluster import BIN, Cluster, KubeletStandIn
+from kube_cluster import Cluster, KubeletStandIn, kubectl_path
 from kube_launcher import start_kube_control
 from support.process import ProcessGroup
 
@@ -23,7 +23,7 @@ def tulle(*args: str) -> subprocess.CompletedProcess[str]:
 
 def kubectl(cluster: Cluster, *args: str, stdin: str = "") -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        [str(BIN / "kubectl"), "--kubeconfig", str(cluster.kubeconfig), *args],
+        [kubectl_path(), "--kubeconfig", str(cluster.kubeconfig), *args],
         input=stdin,
         capture_output=True,
         text=True,
