@@ -69,7 +69,7 @@ def require_binaries() -> None:
     if missing:
         raise RuntimeError(
             f"the Kubernetes test fixture is not built: missing {', '.join(missing)} in {BIN}.\n"
-            f"Build it once (about 15 minutes on two idle cores): bash {REPO}/scripts/k8s_fixture.sh"
+            f"Build it once (15 minutes on two idle cores): bash {REPO}/scripts/k8s_fixture.sh"
         )
 
 
