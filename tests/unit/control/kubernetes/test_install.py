@@ -1,0 +1,94 @@
+"""`tulle install` objects: what the cluster gets, checked without a cluster."""
+
+from __future__ import annotations
+
+import base64
+
+from tulle.control.kubernetes.install import (
+    IdentityFiles,
+    InstallOptions,
+    install_objects,
+    uninstall_objects,
+)
+from tulle.control.kubernetes.tokens import looks_like_jwt
+
+FILES = IdentityFiles(b'{"trust_domain": "td"}', b"BUNDLE", b"CRT", b"KEY", b"SECRET")
+
+
+def by_kind(objects: list[dict], kind: str) -> list[dict]:
+    return [o for o in objects if o["kind"] == kind]
+
+
+def test_rbac_is_read_only_except_token_reviews_and_never_secrets() -> None:
+    objects = install_objects(InstallOptions(), FILES)
+    (role,) = by_kind(objects, "ClusterRole")
+    assert not by_kind(objects, "Role")
+    for rule in role["rules"]:
+        assert "secrets" not in rule["resources"]
+        assert "*" not in rule["resources"] and "*" not in rule["verbs"]
+        if rule["resources"] == ["tokenreviews"]:
+            assert rule["verbs"] == ["create"]
+        else:
+            assert rule["verbs"] == ["get", "list", "watch"]
+
+
+def test_deployment_pdb_probes_and_identity_volume() -> None:
+    objects = install_objects(InstallOptions(namespace="mesh", pdb_api="policy/v1beta1"), FILES)
+    (deployment,) = by_kind(objects, "Deployment")
+    assert deployment["metadata"]["namespace"] == "mesh"
+    assert deployment["spec"]["replicas"] == 3
+    pod = deployment["spec"]["template"]["spec"]
+    (container,) = pod["containers"]
+    assert container["readinessProbe"]["httpGet"]["path"] == "/ready"
+    assert container["livenessProbe"]["httpGet"]["path"] == "/live"
+    assert container["securityContext"]["runAsNonRoot"] is True
+    args = container["args"]
+    assert args[args.index("--identity-dir") + 1] == container["volumeMounts"][0]["mountPath"]
+    sources = pod["volumes"][0]["projected"]["sources"]
+    (secret,) = by_kind(objects, "Secret")
+    (config_map,) = by_kind(objects, "ConfigMap")
+    assert {"secret": {"name": secret["metadata"]["name"]}} in sources
+    assert {"configMap": {"name": config_map["metadata"]["name"]}} in sources
+    # The files the issuer directory reads, under their names.
+    assert base64.b64decode(secret["data"]["issuer.key"]) == b"KEY"
+    assert set(secret["data"]) | set(config_map["data"]) == {
+        "issuer.crt",
+        "issuer.key",
+        "token.secret",
+        "bundle.pem",
+        "identity.json",
+    }
+    (pdb,) = by_kind(objects, "PodDisruptionBudget")
+    assert pdb["apiVersion"] == "policy/v1beta1" and pdb["spec"]["maxUnavailable"] == 1
+
+
+def test_crds_first_namespace_before_namespaced_objects_and_uninstall_reverses() -> None:
+    objects = install_objects(InstallOptions(), FILES)
+    kinds = [o["kind"] for o in objects]
+    namespace_at = kinds.index("Namespace")
+    assert all(k == "CustomResourceDefinition" for k in kinds[:namespace_at])
+    gateway = [o for o in objects if o["metadata"]["name"].endswith("gateway.networking.k8s.io")]
+    assert {o["spec"]["names"]["kind"] for o in gateway} == {"HTTPRoute", "GRPCRoute"}
+    for crd in gateway:
+        assert crd["metadata"]["annotations"]["api-approved.kubernetes.io"]
+    without = install_objects(InstallOptions(gateway_api_crds=False), FILES)
+    assert len(without) == len(objects) - 2
+    removal = uninstall_objects(InstallOptions())
+    assert [o["kind"] for o in removal] == kinds[::-1]
+    assert all(set(o) == {"apiVersion", "kind", "metadata"} for o in removal)
+
+
+def test_only_jwt_shaped_tokens_go_to_a_token_review() -> None:
+    header = base64.urlsafe_b64encode(b'{"alg":"RS256","kid":"x"}').rstrip(b"=").decode()
+    assert looks_like_jwt(f"{header}.eyJzdWIiOiJ4In0.c2ln")
+    assert not looks_like_jwt("v1.abc.def")  # a join token's shape
+    assert not looks_like_jwt("a.b")
+    assert not looks_like_jwt(f"{header}..sig")
+    assert not looks_like_jwt("x" * 20000)
+
+
+def test_join_tokens_are_not_taken_for_kubernetes_tokens() -> None:
+    from tulle.identity.tokens import make_token, new_secret
+
+    token = make_token(new_secret(), "spiffe://td/ns/a/sa/b", now=0.0, ttl_s=60)
+    assert not looks_like_jwt(token)
