@@ -6,5 +6,4 @@ cd "$(dirname "$0")/.."
 python3 -m pip install -q -e '.[dev]'
 python3 -m ruff check src tests bench
 python3 -m mypy src
-bash scripts/k8s_fixture.sh  # Kubernetes fixture (tests/integration/kubernetes): built once, cached
 python3 -m pytest -q "$@"
