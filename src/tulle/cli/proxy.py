@@ -10,6 +10,7 @@ import typer
 from tulle.cli.main import app
 from tulle.core.discovery import Address, Endpoint, parse_address, parse_static_dst
 from tulle.proxy.config import Limits, ProxyConfig, Timeouts, config_to_json
+from tulle.proxy.destinations import RAW_MODES
 from tulle.proxy.runner import CONFIG_ENV
 
 
@@ -126,6 +127,20 @@ def proxy(
         help="The workload (service) this proxy fronts: with --control-addr, its inbound "
         "authorization policy is enforced (denied until known: fail closed).",
     ),
+    deny_dst: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_DENY_DST",
+        help="Addresses HOST:PORT[,HOST:PORT...] the outbound never forwards to "
+        "(403 destination-forbidden), e.g. other proxies' admin listeners.",
+    ),
+    outbound_raw_addresses: str = typer.Option(
+        "forward",
+        envvar="TULLE_PROXY_OUTBOUND_RAW_ADDRESSES",
+        help="What the outbound does with a raw IP:PORT destination (Host, absolute-form, "
+        "CONNECT, :authority, original destination): 'forward' it, or 'refuse' it "
+        "(403 destination-forbidden; an ingress that reaches services by name only). "
+        "The proxy's own listeners are always refused (508 loop-detected).",
+    ),
     log_level: str = typer.Option(
         "info", envvar="TULLE_PROXY_LOG_LEVEL", help="debug, info, warning or error."
     ),
@@ -160,6 +175,11 @@ def proxy(
             "an identity token needs --control-addr or --identity-addr to send the CSR to",
             param_hint="--identity",
         )
+    if outbound_raw_addresses not in RAW_MODES:
+        raise typer.BadParameter(
+            f"expected one of {', '.join(RAW_MODES)}", param_hint="--outbound-raw-addresses"
+        )
+    denied = tuple(_addr(a, "--deny-dst") for a in deny_dst.split(",") if a.strip())
     identity_addrs = tuple(
         _addr(a, "--identity-addr") for a in identity_addr.split(",") if a.strip()
     )
@@ -186,6 +206,8 @@ def proxy(
         identity_issuer_dir=identity_issuer_dir,
         identity_leaf_ttl_s=identity_leaf_ttl,
         workload=workload,
+        deny_dst=denied,
+        outbound_raw_addresses=outbound_raw_addresses,
         log_level=log_level,
     )
     # Replace this process (same pid) with the lean proxy image; see runner.py.

@@ -40,6 +40,14 @@ HOP_BY_HOP = frozenset(
     }
 )
 
+# The count of proxy hops a request has crossed: each hop replaces it with
+# its own count plus one, so a request going round a loop of proxies is
+# refused once the count passes the proxy's bound (docs/architecture.md).
+HOPS_HEADER = b"tulle-hops"
+# The request headers a hop does not forward as they came: hop-by-hop ones and
+# the hop count, which the proxy writes afresh.
+_NOT_FORWARDED_REQ = HOP_BY_HOP | {HOPS_HEADER}
+
 REASONS: dict[int, bytes] = {
     100: b"Continue",
     101: b"Switching Protocols",
@@ -57,6 +65,7 @@ REASONS: dict[int, bytes] = {
     502: b"Bad Gateway",
     503: b"Service Unavailable",
     504: b"Gateway Timeout",
+    508: b"Loop Detected",
 }
 
 
@@ -127,7 +136,7 @@ class MessageHead:
 
 
 class RequestHead(MessageHead):
-    __slots__ = ("expect_continue", "host", "method", "target")
+    __slots__ = ("expect_continue", "hops", "host", "method", "target")
 
     def __init__(self) -> None:
         super().__init__()
@@ -135,6 +144,8 @@ class RequestHead(MessageHead):
         self.target = b""
         self.host: bytes | None = None
         self.expect_continue = False
+        # `tulle-hops`: proxies this request crossed before this one (0 if absent).
+        self.hops = 0
 
 
 class ResponseHead(MessageHead):
@@ -181,9 +192,30 @@ _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
 
 # Names whose presence changes framing or routing; everything else is only stored.
 _SPECIAL_REQ = frozenset(
-    {b"host", b"connection", b"transfer-encoding", b"content-length", b"upgrade", b"expect"}
+    {
+        b"host",
+        b"connection",
+        b"transfer-encoding",
+        b"content-length",
+        b"upgrade",
+        b"expect",
+        HOPS_HEADER,
+    }
 )
 _SPECIAL_RESP = frozenset({b"connection", b"transfer-encoding", b"content-length", b"upgrade"})
+
+
+def parse_hops(value: bytes) -> int:
+    """The value of a `tulle-hops` header: a small decimal number, else a 400."""
+    text = value.strip()
+    if not text.isdigit() or len(text) > 4:
+        raise Http1Error(400, "bad-request", "tulle-hops must be a number of hops")
+    return int(text)
+
+
+# b"tulle-hops: N\r\n" for every count a proxy may send, built once (no
+# formatting per request); counts past the bound are refused, never sent.
+HOPS_LINES = tuple(b"tulle-hops: %d\r\n" % n for n in range(256))
 
 
 class RequestDecoder:
@@ -270,7 +302,7 @@ class RequestDecoder:
             raise Http1Error(431, "header-too-large", "request header section too large")
         head.headers.append((name, value))
         lname = name.lower()
-        if lname not in HOP_BY_HOP:
+        if lname not in _NOT_FORWARDED_REQ:
             head.encoded.append(name + b": " + value + b"\r\n")
         if lname in _SPECIAL_REQ:
             if lname == b"host":
@@ -279,6 +311,8 @@ class RequestDecoder:
                 head.host = value
             elif lname == b"expect":
                 head.expect_continue = value.lower() == b"100-continue"
+            elif lname == HOPS_HEADER:
+                head.hops = max(head.hops, parse_hops(value))
             else:
                 _note_special(head, lname, value)
 

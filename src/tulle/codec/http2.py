@@ -52,6 +52,9 @@ def match_preface(data: bytes) -> PrefaceMatch:
 HOP_BY_HOP = frozenset(
     {b"connection", b"keep-alive", b"proxy-connection", b"transfer-encoding", b"upgrade"}
 )
+# The hop count (see `tulle.codec.http1.HOPS_HEADER`) and its values, built once.
+HOPS_HEADER = b"tulle-hops"
+HOPS_VALUES = tuple(str(n).encode() for n in range(256))
 _REQUEST_PSEUDO = frozenset({b":method", b":scheme", b":authority", b":path", b":protocol"})
 
 
@@ -77,6 +80,8 @@ class RequestHead:
     # Why the path is refused (400 `bad-path`); "" when it is not. `path` is
     # then the client's, for logs only.
     path_problem: str = ""
+    # `tulle-hops`: proxies the request crossed before this one (0 if absent).
+    hops: int = 0
 
 
 def parse_request_head(headers: Sequence[Header]) -> RequestHead:
@@ -88,6 +93,7 @@ def parse_request_head(headers: Sequence[Header]) -> RequestHead:
     host = b""
     content_type = b""
     grpc_timeout: float | None = None
+    hops = 0
     seen_regular = False
     seen_pseudo: set[bytes] = set()
     for name, value in headers:
@@ -120,6 +126,11 @@ def parse_request_head(headers: Sequence[Header]) -> RequestHead:
             content_type = value
         elif name == b"grpc-timeout":
             grpc_timeout = parse_grpc_timeout(value)
+        elif name == HOPS_HEADER:
+            text = value.strip()
+            if not text.isdigit() or len(text) > 4:
+                raise MalformedRequest("tulle-hops must be a number of hops")
+            hops = max(hops, int(text))
     if not method:
         raise MalformedRequest("missing :method")
     if method == b"CONNECT" and b":protocol" not in seen_pseudo:
@@ -147,6 +158,7 @@ def parse_request_head(headers: Sequence[Header]) -> RequestHead:
         grpc_timeout_s=grpc_timeout,
         path_rewritten=normal is not path,
         path_problem=problem,
+        hops=hops,
     )
 
 
@@ -195,6 +207,15 @@ def without_client_id(trailers: list[Header]) -> list[Header]:
         if name == CLIENT_ID_HEADER:
             return [(n, v) for n, v in trailers if n != CLIENT_ID_HEADER]
     return trailers
+
+
+def with_hop(headers: Sequence[Header], hops: int) -> list[Header]:
+    """The headers to forward from a hop: any `tulle-hops` replaced by `hops + 1`.
+
+    One list per stream; the count comes from `parse_request_head`."""
+    out = [h for h in headers if h[0] != HOPS_HEADER]
+    out.append((HOPS_HEADER, HOPS_VALUES[hops + 1]))
+    return out
 
 
 def is_grpc_content_type(content_type: bytes) -> bool:

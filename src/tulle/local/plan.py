@@ -126,11 +126,17 @@ def proxy_argv(
     instance: InstancePlan | None,
     identity: str | None = None,
     identity_grpc_port: int | None = None,
+    protected: tuple[int, ...] = (),
 ) -> tuple[str, ...]:
     """The command line of a sidecar (or, with `instance=None`, of the ingress).
 
     The single place where `tulle up` builds proxy arguments: options that
-    every proxy of a local mesh needs (identity, mTLS) are added here.
+    every proxy of a local mesh needs (identity, mTLS, the addresses no
+    outbound may forward to) are added here. `protected`: the mesh's admin
+    and control-plane ports (`--deny-dst`). The ingress reaches services by
+    name only (`--outbound-raw-addresses refuse`): a caller from outside must
+    not reach an app's own port, a sidecar's admin or the control plane by
+    writing `Host: 127.0.0.1:PORT`.
     """
     argv = [
         *tulle_argv(),
@@ -151,6 +157,10 @@ def proxy_argv(
     if instance is not None:
         # Selects the workload's inbound authorization policy.
         argv += ["--workload", instance.service]
+    else:
+        argv += ["--outbound-raw-addresses", "refuse"]
+    if protected:
+        argv += ["--deny-dst", ",".join(f"{LOOPBACK}:{port}" for port in protected)]
     if identity:
         # mTLS: the proxy makes its key, sends a CSR with the join token found
         # in TULLE_PROXY_IDENTITY_TOKEN (the environment: not visible in `ps`).
@@ -400,6 +410,14 @@ def build_plan(
         # state.json lists every proxy's admin address, and is rewritten when
         # anything changes; the control plane re-reads it.
         control_extra += ["--scrape-targets", str((state_dir / STATE_FILE).resolve())]
+    # What no proxy of this mesh forwards to: every proxy's admin (shutdown,
+    # tap) and the control planes' ports. Ports are fixed for the mesh's life
+    # (a restarted process gets the same ones), so a list on the command line
+    # stays true; the ingress-control ports are added below when it exists.
+    protected = [control_grpc, control_admin, ingress_admin]
+    protected += [instance.admin_port for instance in instances]
+    if control_http is not None:
+        protected.append(control_http)
     processes: list[ProcessSpec] = [
         _control(
             "control",
@@ -416,6 +434,7 @@ def build_plan(
         # one of its own that knows only the exposed services: everything
         # else is "no such service" to callers from outside.
         ingress_control_grpc, ingress_control_admin = next(ports), next(ports)
+        protected += [ingress_control_grpc, ingress_control_admin]
         files[INGRESS_MANIFEST] = render_document(
             exposed_document(document, exposed),
             manifest_path,
@@ -447,6 +466,7 @@ def build_plan(
                     control_grpc_port=control_grpc,
                     instance=instance,
                     identity=instance.identity,
+                    protected=tuple(protected),
                 ),
                 env=mesh_identity.token_env(base, instance.identity)
                 if mesh_identity is not None and instance.identity
@@ -481,6 +501,7 @@ def build_plan(
                 instance=None,
                 identity=INGRESS_IDENTITY if mesh_identity is not None else None,
                 identity_grpc_port=control_grpc,
+                protected=tuple(protected),
             ),
             env=mesh_identity.token_env(base, INGRESS_IDENTITY)
             if mesh_identity is not None

@@ -50,6 +50,22 @@ def bind(addr: Address, *, reuse_port: bool, backlog: int = 1024) -> socket.sock
     return sock
 
 
+def is_local_address(ip: str) -> bool:
+    """True if `ip` is an address of this host (so a connection to it stays here).
+
+    The kernel answers: binding a socket to an address succeeds only for a
+    local one (every 127.x.x.x, the interfaces' addresses, the wildcards).
+    One syscall pair; callers cache the answer per destination.
+    """
+    family = socket.AF_INET6 if ":" in ip else socket.AF_INET
+    try:
+        with socket.socket(family, socket.SOCK_DGRAM) as probe:
+            probe.bind((ip, 0))
+    except OSError:
+        return False
+    return True
+
+
 def original_dst(sock: socket.socket) -> Address | None:
     """Where an iptables-REDIRECTed connection was going; None if not redirected."""
     try:

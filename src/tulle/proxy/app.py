@@ -26,7 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
-from tulle.net.listen import Acceptor, bind, original_dst
+from tulle.net.listen import Acceptor, bind, is_local_address, original_dst
 from tulle.net.mtls import (
     ALPN_H2,
     ALPN_HTTP1,
@@ -38,8 +38,10 @@ from tulle.net.mtls import (
 from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
+from tulle.proxy.destinations import DestinationGuard
 from tulle.proxy.h2_dispatch import MeshDispatcher, MeshH2Protocol
 from tulle.proxy.http1 import EndpointPool, Http1Server
+from tulle.proxy.http2.connection import H2Limits
 from tulle.proxy.http2.server import H2Service
 from tulle.proxy.metrics import Labels, Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
@@ -72,6 +74,30 @@ def make_resolver(config: ProxyConfig) -> Resolver:
     return StaticResolver(config.static_dst)
 
 
+def make_guard(config: ProxyConfig) -> DestinationGuard:
+    """The outbound's destination rules (tulle.proxy.destinations) for this proxy."""
+    return DestinationGuard(
+        own=(
+            ("inbound", config.inbound_addr),
+            ("outbound", config.outbound_addr),
+            ("admin", config.admin_addr),
+        ),
+        denied=config.deny_dst,
+        raw_mode=config.outbound_raw_addresses,
+        is_local=is_local_address,
+    )
+
+
+def check_app_addr(config: ProxyConfig) -> str | None:
+    """An inbound whose app is one of the proxy's own listeners would call itself."""
+    if config.app_addr is None:
+        return None
+    refusal = make_guard(config).check_raw(*config.app_addr)
+    if refusal is not None and refusal.status == 508:
+        return f"--app-addr {_fmt(config.app_addr)}: {refusal.detail}"
+    return None
+
+
 class Worker:
     """One event loop's worth of proxy: both directions' listeners and state."""
 
@@ -86,6 +112,7 @@ class Worker:
         self._sweeper: asyncio.Task[None] | None = None
         self.stopped = asyncio.Event()
         self.draining = False
+        self.guard = make_guard(config)
         self.outbound = self._context("outbound", None)
         self.inbound = self._context("inbound", config.app_addr)
         self.mesh: MeshTls | None = None
@@ -162,6 +189,7 @@ class Worker:
             self.metrics,
             max_pending=self.config.limits.max_pending_per_service,
             fixed_target=fixed,
+            guard=self.guard if fixed is None else None,
         )
         ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics, self.tap)
         holder.append(ctx)
@@ -212,6 +240,12 @@ class Worker:
                 ctx.metrics.proxy_error(ctx.direction, "opaque-no-destination")
                 sock.close()
                 return
+            if orig is not None and ctx.direction == "outbound":
+                refusal = self.guard.check_raw(*orig)
+                if refusal is not None:
+                    ctx.metrics.proxy_error(ctx.direction, refusal.reason)
+                    sock.close()
+                    return
             if not self._tcp_allowed(ctx, None, peer):
                 sock.close()
                 return
@@ -223,7 +257,7 @@ class Worker:
         """The HTTP/2 path of a direction, made on first use (inside the loop)."""
         service = self.h2_services.get(ctx.direction)
         if service is None:
-            service = H2Service(MeshDispatcher(ctx))
+            service = H2Service(MeshDispatcher(ctx), limits=H2Limits(max_hops=ctx.max_hops))
             self.h2_services[ctx.direction] = service
         return service
 
@@ -676,6 +710,10 @@ async def _recv_exact(loop: asyncio.AbstractEventLoop, sock: socket.socket, n: i
 
 def run(config: ProxyConfig) -> int:
     """Run the proxy until SIGTERM/SIGINT or POST /shutdown; returns the exit code."""
+    problem = check_app_addr(config)
+    if problem is not None:
+        print(f"tulle proxy: {problem}", file=sys.stderr)
+        return 2
     install_loop()
     if config.workers > 1:
         return asyncio.run(_run_workers(config))

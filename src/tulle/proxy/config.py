@@ -37,6 +37,9 @@ class Limits:
     max_pending_per_service: int = 10_000
     # Pipelined requests queued behind the one in flight before reading pauses.
     max_pipelined: int = 16
+    # Proxy hops a request may already have crossed (`tulle-hops`, added by
+    # every hop) before it is refused as a loop (508 loop-detected).
+    max_hops: int = 16
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +64,12 @@ class ProxyConfig:
     # The workload this proxy fronts (its service name): selects the inbound
     # authorization policy served by the control plane.
     workload: str = ""
+    # Addresses the outbound never forwards to (403 destination-forbidden):
+    # `tulle up` lists every proxy's admin and the control plane's ports.
+    deny_dst: tuple[Address, ...] = ()
+    # A raw `IP:PORT` authority that names no service: "forward" it as it is,
+    # or "refuse" it (the `tulle up` ingress reaches services by name only).
+    outbound_raw_addresses: str = "forward"
     log_level: str = "info"
 
 
@@ -116,5 +125,7 @@ def config_from_json(text: str) -> ProxyConfig:
         identity_issuer_dir=data["identity_issuer_dir"],
         identity_leaf_ttl_s=data["identity_leaf_ttl_s"],
         workload=data.get("workload", ""),
+        deny_dst=tuple(addr(a) for a in data.get("deny_dst", ())),
+        outbound_raw_addresses=data.get("outbound_raw_addresses", "forward"),
         log_level=data["log_level"],
     )

@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING
 
+from tulle.codec.http1 import HOPS_LINES
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.metrics import Metrics, TcpStats
 from tulle.proxy.router import Router
@@ -38,6 +39,9 @@ class ProxyContext:
         self.tap = tap
         self.connections: set[Http1Server] = set()
         self.draining = False
+        # Requests that crossed this many proxy hops are refused (loop-detected);
+        # capped so that the next hop's count is always in the pre-built table.
+        self.max_hops = min(config.limits.max_hops, len(HOPS_LINES) - 2)
         self.downstream_tcp: TcpStats = metrics.tcp(direction, "src", "")
         # Mesh TLS, when the proxy has an identity; None means plaintext only.
         self.mesh: MeshTls | None = None

@@ -21,6 +21,7 @@ from tulle.core.outcome import CANCELLED, SUCCESS, Outcome
 from tulle.net.mtls import ALPN_H2, transport_peer_identity
 from tulle.proxy.balance import EndpointState, ejected_detail
 from tulle.proxy.context import ProxyContext
+from tulle.proxy.destinations import LOOP_DETECTED, Refusal
 from tulle.proxy.http2.dispatch import CompletionCallback, Pending, RefusalKind, Refused, Routed
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
 from tulle.proxy.router import ServiceTarget
@@ -62,6 +63,8 @@ class MeshDispatcher:
             if not authority:
                 return Refused(RefusalKind.BAD_REQUEST, "no :authority")
             target = router.for_authority(authority.encode("latin-1"))
+            if target.refusal is not None:
+                return self._refused(target.refusal)
         view = target.view
         wait_s = ctx.config.timeouts.discovery_s
         if view.exists is None:
@@ -80,6 +83,8 @@ class MeshDispatcher:
         balancer = backend.balancer
         state = balancer.pick(now)
         if state is None:
+            if backend.refusal is not None:
+                return self._refused(backend.refusal)
             if len(balancer):
                 return Refused(
                     RefusalKind.ENDPOINTS_EJECTED, ejected_detail(backend.name, len(balancer))
@@ -116,6 +121,16 @@ class MeshDispatcher:
             expected_identity=endpoint.identity if ssl_context is not None else None,
             timeout_s=route.timeout_s or ctx.config.timeouts.response_s or None,
         )
+
+    @staticmethod
+    def _refused(refusal: Refusal) -> Refused:
+        """A destination the proxy refuses (itself, a denied or a raw address)."""
+        kind = (
+            RefusalKind.LOOP_DETECTED
+            if refusal.reason == LOOP_DETECTED
+            else RefusalKind.DESTINATION_FORBIDDEN
+        )
+        return Refused(kind, refusal.detail)
 
     def _completion(
         self, target: ServiceTarget, state: EndpointState, key: tuple[str, str, str, str, str, str]
@@ -167,6 +182,8 @@ class MeshH2Protocol(H2ServerProtocol):
         self._ctx = ctx
         service.connections.add(self)
         self.on_closed = service.connections.discard
+        metrics, direction = ctx.metrics, ctx.direction
+        self.on_refused = lambda reason: metrics.proxy_error(direction, reason)
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         ssl_object = transport.get_extra_info("ssl_object")

@@ -36,6 +36,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Literal, TypeVar, cast
 
 from tulle.codec.http1 import (
+    HOPS_LINES,
     REASONS,
     Http1Error,
     RequestDecoder,
@@ -375,6 +376,10 @@ class Exchange:
         server = self.server
         ctx = server.ctx
         head = self.head
+        if head.hops >= ctx.max_hops:
+            # Every hop adds one: a request that went round a loop of proxies.
+            self.fail(508, "loop-detected", f"request crossed {head.hops} proxy hops")
+            return
         host = head.host
         target_bytes = head.target
         if ctx.router.fixed is not None:
@@ -421,6 +426,10 @@ class Exchange:
                 return
             target = ctx.router.for_authority(authority)
             self.authority = target.authority_label
+            refusal = target.refusal
+            if refusal is not None:
+                self.fail(refusal.status, refusal.reason, refusal.detail)
+                return
         self.target = target
         view = target.view
         if view.exists is None:
@@ -507,6 +516,8 @@ class Exchange:
             out.append(b"Host: ")
             out.append(self.authority.encode("latin-1") or b"localhost")
             out.append(b"\r\n")
+        # Below the bound (checked in begin), so always within the table.
+        out.append(HOPS_LINES[head.hops + 1])
         if head.chunked:
             out.append(b"Transfer-Encoding: ")
             out.append(head.transfer_encoding or b"chunked")
@@ -899,8 +910,12 @@ class Exchange:
         self.server.flush()
 
     def _nothing_to_pick(self, backend: ServiceTarget) -> None:
+        refusal = backend.refusal
         count = len(backend.balancer)
-        if count:
+        if refusal is not None:
+            # Every endpoint is a destination this proxy refuses (itself, a denied one).
+            self.fail(refusal.status, refusal.reason, refusal.detail)
+        elif count:
             self.fail(503, "endpoints-ejected", ejected_detail(backend.name, count))
         else:
             self.fail(503, "no-endpoints", f"service {backend.name!r} has no endpoints")

@@ -34,6 +34,7 @@ from tulle.core.discovery import (
 from tulle.core.retry_budget import RetryBudget
 from tulle.core.split import WeightedPicker
 from tulle.proxy.balance import Balancer, EndpointState
+from tulle.proxy.destinations import DestinationGuard, Refusal, normalize_ip
 from tulle.proxy.metrics import Metrics
 
 
@@ -126,6 +127,7 @@ class ServiceTarget:
         "metrics_labels",
         "name",
         "pending",
+        "refusal",
         "view",
     )
 
@@ -150,6 +152,9 @@ class ServiceTarget:
         self._backend_picker: WeightedPicker[ServiceTarget] | None = None
         self.authority_label = name
         self.metrics_labels = name
+        # Set when every endpoint is a destination this proxy refuses (its own
+        # listeners, a denied address): requests get that answer at once.
+        self.refusal: Refusal | None = None
         view.subscribe(self._on_view)
         self._on_view(view)
 
@@ -159,7 +164,24 @@ class ServiceTarget:
             pool.close_idle()
 
     def _on_view(self, view: ServiceView) -> None:
-        self.balancer.set_endpoints(view.endpoints.values())
+        endpoints = view.endpoints.values()
+        guard = self._router.guard
+        refusal: Refusal | None = None
+        if guard is not None and endpoints:
+            # Once per discovery update, not per request.
+            allowed = []
+            for ep in endpoints:
+                refused = guard.check_endpoint(ep.address)
+                if refused is None:
+                    allowed.append(ep)
+                elif refusal is None:
+                    refusal = refused
+            if refusal is not None:
+                endpoints = allowed  # type: ignore[assignment]
+                if allowed:
+                    refusal = None
+        self.refusal = refusal
+        self.balancer.set_endpoints(endpoints)
         self._apply_profile(view.profile)
 
     def _apply_profile(self, profile: Profile) -> None:
@@ -221,7 +243,11 @@ class Router:
         *,
         max_pending: int,
         fixed_target: Address | None = None,
+        guard: DestinationGuard | None = None,
     ) -> None:
+        # Outbound: the destinations never to forward to (checked once per
+        # authority or endpoint); None for the inbound, which has a fixed target.
+        self.guard = guard
         self._resolver = resolver
         self._make_pool = make_pool
         self._metrics = metrics
@@ -260,10 +286,15 @@ class Router:
     def _resolve_authority(self, authority: bytes) -> ServiceTarget:
         text = authority.decode("latin-1").strip().lower()
         host, port = split_authority(text)
-        if is_ip(host) and port is not None:
+        ip = normalize_ip(host) if is_ip(host) else None
+        if ip is not None and port is not None:
+            host = ip
             name = f"{host}:{port}" if ":" not in host else f"[{host}]:{port}"
             target = self._services.get(name)
             if target is None:
+                refusal = self.guard.check_raw(host, port) if self.guard is not None else None
+                if refusal is not None:
+                    return self._refused(name, refusal)
                 view = ServiceView(name)
                 view.apply_reset([Endpoint((host, port))])
                 target = ServiceTarget(self, name, view, self._make_pool, self._max_pending)
@@ -277,6 +308,15 @@ class Router:
             if known is not None:
                 return known
         return self.service(host)
+
+    def _refused(self, name: str, refusal: Refusal) -> ServiceTarget:
+        """A target that only answers `refusal` (kept out of `targets()`)."""
+        view = ServiceView(name)
+        view.apply_no_endpoints(exists=True)
+        target = ServiceTarget(self, name, view, self._make_pool, self._max_pending)
+        target.metrics_labels = ""
+        target.refusal = refusal
+        return target
 
     def targets(self) -> list[ServiceTarget]:
         out = list(self._services.values())

@@ -41,6 +41,9 @@ class H2Limits:
     connection_window: int = 4 << 20
     max_frame_size: int = 16_384
     max_header_list_size: int = 64 << 10
+    # Proxy hops (`tulle-hops`) a request may already have crossed: more is a
+    # loop of proxies, refused with 508 loop-detected (not advertised).
+    max_hops: int = 16
 
 
 class GracefulH2Connection(h2.connection.H2Connection):

@@ -41,6 +41,8 @@ class RefusalKind(enum.Enum):
     FORBIDDEN = "forbidden"  # policy does not allow the call
     BAD_REQUEST = "bad-request"  # the request cannot be routed (e.g. no authority)
     BAD_PATH = "bad-path"  # the path is refused by the normalisation rule (codec/path)
+    LOOP_DETECTED = "loop-detected"  # the destination is the proxy itself, or too many hops
+    DESTINATION_FORBIDDEN = "destination-forbidden"  # a destination the proxy never calls
 
 
 @dataclass(frozen=True, slots=True)

@@ -55,6 +55,7 @@ from tulle.codec.http2 import (
     RequestHead,
     forward_headers,
     parse_request_head,
+    with_hop,
     without_client_id,
 )
 from tulle.core.outcome import CANCELLED
@@ -77,6 +78,8 @@ _REFUSAL_ERRORS = {
     RefusalKind.FORBIDDEN: ProxyError.FORBIDDEN,
     RefusalKind.BAD_REQUEST: ProxyError.BAD_REQUEST,
     RefusalKind.BAD_PATH: ProxyError.BAD_PATH,
+    RefusalKind.LOOP_DETECTED: ProxyError.LOOP_DETECTED,
+    RefusalKind.DESTINATION_FORBIDDEN: ProxyError.DESTINATION_FORBIDDEN,
 }
 
 
@@ -123,6 +126,9 @@ class H2ServerProtocol(H2Peer):
         # None means the app must see this identity or none: every `tulle-client-id`
         # the caller sent, in headers or trailers, is dropped (`forward_headers`).
         self.client_id: bytes | None = None
+        # Called with the reason of every stream the proxy refuses itself
+        # (the mesh counts them in proxy_error_total).
+        self.on_refused: Callable[[str], None] | None = None
 
     # -- DownSide ----------------------------------------------------------------
     def mark_dirty(self) -> None:
@@ -272,7 +278,13 @@ class H2ServerProtocol(H2Peer):
         forwarded = forward_headers(
             headers, head.path.encode("latin-1") if head.path_rewritten else None, self.client_id
         )
-        decision = self.dispatcher.route(head.authority, head.method, head.path, forwarded)
+        if head.hops >= self.limits.max_hops:
+            # Every hop adds one: a request that went round a loop of proxies.
+            decision: Routed | Refused | Pending = Refused(
+                RefusalKind.LOOP_DETECTED, f"request crossed {head.hops} proxy hops"
+            )
+        else:
+            decision = self.dispatcher.route(head.authority, head.method, head.path, forwarded)
         if isinstance(decision, Refused):
             self._refuse(stream_id, decision, head.is_grpc, event.stream_ended is not None)
             return
@@ -282,7 +294,7 @@ class H2ServerProtocol(H2Peer):
             self,
             stream_id,
             routed,
-            forwarded,
+            with_hop(forwarded, head.hops),
             is_grpc=head.is_grpc,
             outbox=self._outbox,
             counters=self.counters,
@@ -352,6 +364,8 @@ class H2ServerProtocol(H2Peer):
     def _refuse(self, stream_id: int, refusal: Refused, is_grpc: bool, request_ended: bool) -> None:
         self.counters.proxy_errors += 1
         error = _REFUSAL_ERRORS[refusal.kind]
+        if self.on_refused is not None:
+            self.on_refused(error.reason)
         headers, body = error_response(error, is_grpc, refusal.detail)
         try:
             self.h2.send_headers(stream_id, headers, end_stream=not body)

@@ -53,6 +53,9 @@ class ProxyError(enum.Enum):
     UPSTREAM_CLOSED = ("upstream-closed", 502, GrpcStatus.UNAVAILABLE)
     UPSTREAM_GOAWAY = ("upstream-goaway", 503, GrpcStatus.UNAVAILABLE)
     TIMEOUT = ("timeout", 504, GrpcStatus.DEADLINE_EXCEEDED)
+    # Retrying a loop cannot help, so not UNAVAILABLE: the mesh is misrouted.
+    LOOP_DETECTED = ("loop-detected", 508, GrpcStatus.INTERNAL)
+    DESTINATION_FORBIDDEN = ("destination-forbidden", 403, GrpcStatus.PERMISSION_DENIED)
 
     @property
     def reason(self) -> str:
