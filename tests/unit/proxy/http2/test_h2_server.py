@@ -143,3 +143,30 @@ def test_idle_connection_is_closed_with_goaway() -> None:
         assert transport.closed
 
     asyncio.run(scenario())
+
+
+def test_a_refused_path_is_answered_400_bad_path_before_routing() -> None:
+    async def scenario() -> None:
+        peer = h2.connection.H2Connection(
+            h2.config.H2Configuration(
+                client_side=True, header_encoding=None, validate_outbound_headers=False
+            )
+        )
+        peer.initiate_connection()
+        peer.send_headers(
+            1,
+            [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", b"unknown"),
+             (b":path", b"/public/..%2Fadmin")],
+            end_stream=True,
+        )  # fmt: skip
+        protocol, transport = await start(peer.data_to_send())
+        events = peer.receive_data(transport.take())
+        response = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        assert response, events
+        headers = dict(response[0].headers)
+        # 400, not the 503 unknown-service that routing would have answered.
+        assert headers[b":status"] == b"400"
+        assert headers[b"tulle-proxy-error"] == b"bad-path"
+        assert protocol.counters.proxy_errors == 1 and not transport.closed
+
+    asyncio.run(scenario())
