@@ -38,7 +38,12 @@ class RawH2:
         self.decoder = hpack.Decoder()
         self.buffer = b""
         self.frames: list[Frame] = []
+        # The peer is gone: a read hit EOF or a reset, or a write failed.
         self.closed = False
+        # Reading hit EOF or a reset. A failed write alone does not stop
+        # reading: what the peer sent before it closed (its GOAWAY) may still
+        # be there to read.
+        self._eof = False
         hello = SettingsFrame(0)
         for key, value in (settings or {}).items():
             hello.settings[key] = value
@@ -92,7 +97,7 @@ class RawH2:
         """Read frames until one of type `done` arrives, the peer closes, or `timeout`."""
         deadline = time.monotonic() + timeout
         start = len(self.frames)
-        while time.monotonic() < deadline and not self.closed:
+        while time.monotonic() < deadline and not self._eof:
             if done is not None and any(isinstance(f, done) for f in self.frames[start:]):
                 break
             self.sock.settimeout(max(0.01, deadline - time.monotonic()))
@@ -101,10 +106,10 @@ class RawH2:
             except TimeoutError:
                 break
             except OSError:
-                self.closed = True
+                self.closed = self._eof = True
                 break
             if not chunk:
-                self.closed = True
+                self.closed = self._eof = True
                 break
             self.buffer += chunk
             self._parse()
