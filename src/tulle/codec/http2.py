@@ -312,7 +312,11 @@ def is_success(status: int, grpc_status: int | None) -> bool:
 
 
 class FloodKind(enum.IntEnum):
-    RESET = 0  # streams the client opened and reset before their response ended
+    # Streams that ended without proxied work: reset by the client before
+    # their response ended, or refused by the proxy (unknown authority, no or
+    # ejected endpoints, forbidden, malformed): each costs a parse and an
+    # answer, and a client can open them as fast as it can write.
+    RESET = 0
     SETTINGS = 1
     PING = 2
     EMPTY_DATA = 3  # DATA frames with no payload that do not end the stream

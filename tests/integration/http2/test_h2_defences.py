@@ -6,6 +6,7 @@ without a traceback, and leave the proxy serving other clients.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterator
 
@@ -133,6 +134,78 @@ def test_rapid_reset(client: RawH2, proxy: Server) -> None:
     assert goaway_code(client) == ENHANCE_YOUR_CALM
     assert time.monotonic() - started < 5
     assert rss_kib(proxy.process.pid) - before_kib < 32 << 10
+
+
+def flood_streams(raw: RawH2, authority: str, batches: int = 40, until: float | None = None) -> int:
+    """HEADERS + RST_STREAM pairs, 250 per write, until the proxy closes (or `batches`
+    writes, or the monotonic time `until`); the streams sent."""
+    sent = 0
+    for batch in range(batches):
+        if until is not None and time.monotonic() > until:
+            break
+        frames = []
+        for i in range(250):
+            stream_id = 2 * (batch * 250 + i) + 1
+            frames += [raw.request(stream_id, authority, "/"), rst(stream_id)]
+        raw.send(*frames)
+        if raw.closed:
+            break
+        sent += 250
+    return sent
+
+
+@pytest.mark.parametrize("authority", ["nowhere", "empty"])
+def test_rapid_reset_of_refused_streams(client: RawH2, authority: str) -> None:
+    """Streams the proxy refuses (unknown authority, no endpoints) and the client
+    resets count as resets: the flood is cut within a bounded number of streams."""
+    started = time.monotonic()
+    flood_streams(client, authority)
+    assert goaway_code(client) == ENHANCE_YOUR_CALM
+    assert time.monotonic() - started < 5
+    goaway = client.goaway()
+    assert goaway is not None and goaway.last_stream_id < 2 * 2000
+
+
+def test_flood_of_refused_streams_leaves_other_clients_served(proxy: Server) -> None:
+    """An attacker flooding refused streams, reconnecting whenever cut, for 3 s:
+    a well-behaved client of a healthy service gets every answer meanwhile."""
+    stop = threading.Event()
+    cut = []
+
+    def attack() -> None:
+        deadline = time.monotonic() + 3.0
+        for _ in range(200):  # connections, bounded; ends by time below
+            if stop.is_set() or time.monotonic() > deadline:
+                return
+            raw = RawH2(proxy.port)
+            try:
+                # One connection floods for as long as the proxy lets it.
+                flood_streams(raw, "nowhere", batches=100_000, until=deadline)
+                raw.read_until(GoAwayFrame, timeout=2)
+                goaway = raw.goaway()
+                cut.append(goaway is not None and goaway.error_code == ENHANCE_YOUR_CALM)
+            finally:
+                raw.close()
+
+    attacker = threading.Thread(target=attack, daemon=True)
+    attacker.start()
+    latencies = []
+    try:
+        while attacker.is_alive() and len(latencies) < 100:
+            started = time.monotonic()
+            probe = RawH2(proxy.port)
+            try:
+                probe.send(probe.request(1, "web", "/"))
+                probe.read_until(DataFrame, timeout=5)
+                assert b"hello from" in probe.data_of(1), "no answer within 5 s during the flood"
+            finally:
+                probe.close()
+            latencies.append(time.monotonic() - started)
+    finally:
+        stop.set()
+        attacker.join(10)
+    assert cut and all(cut), cut
+    assert latencies, "the attack ended before the first request"
 
 
 def test_settings_flood(client: RawH2) -> None:

@@ -26,7 +26,9 @@ HTTP2_TESTS = Path(__file__).resolve().parents[1] / "http2"
 sys.path.insert(0, str(HTTP2_TESTS))
 
 from grpc_service import echo_pb2, echo_pb2_grpc  # noqa: E402
+from h2raw import RawH2, rst  # noqa: E402
 from h2support import Server, start_grpc_server  # noqa: E402
+from hyperframe.frame import GoAwayFrame  # noqa: E402
 
 pytestmark = pytest.mark.integration
 
@@ -57,6 +59,7 @@ def proxy(module_processes: ProcessGroup, backend: Backend, grpc_server: Server)
             # Nothing listens: every attempt fails, so the endpoint is ejected.
             "dead-h1": [f"{LOOPBACK}:{refused_port()}"],
             "dead-grpc": [f"{LOOPBACK}:{refused_port()}"],
+            "dead-flood": [f"{LOOPBACK}:{refused_port()}"],
         },
         name="accrual-proxy",
     )
@@ -127,12 +130,13 @@ def test_cancelled_grpc_calls_do_not_eject_the_endpoint(proxy: Proxy, grpc_serve
         )
         for call in calls:
             call.cancel()
-        # The cancellations went through the proxy to the server.
-        grpc_server.process.wait_for(
-            lambda: all(
-                f"CANCELLED c{i}" in grpc_server.process.output() for i in range(CANCELLATIONS)
+        # Each cancellation reached the proxy as a client reset.
+        proxy.process.wait_for(
+            lambda: (
+                proxy.metrics().total("h2_streams_reset_by_client_total", direction="outbound")
+                >= CANCELLATIONS
             ),
-            "every cancellation at the server",
+            "every cancellation at the proxy",
             WAIT_S,
         )
         reply = stub.Unary(echo_pb2.EchoRequest(payload=b"still there"), timeout=WAIT_S)
@@ -140,19 +144,24 @@ def test_cancelled_grpc_calls_do_not_eject_the_endpoint(proxy: Proxy, grpc_serve
     assert _endpoints_ejected(proxy, "echo") == 0
 
 
-def test_http1_error_says_the_endpoints_are_ejected(proxy: Proxy) -> None:
+def _eject(proxy: Proxy, service: str) -> list[str | None]:
+    """Call `service` over HTTP/1 until the proxy says its endpoints are ejected."""
     reasons = []
     for _ in range(30):
-        response = exchange(*proxy.outbound, request_bytes("GET", "/", "dead-h1"))
+        response = exchange(*proxy.outbound, request_bytes("GET", "/", service))
         reasons.append(response.proxy_error)
         if response.proxy_error == "endpoints-ejected":
             assert response.status == 503
             assert (
-                b"the only endpoint of 'dead-h1' is ejected by failure accrual" in response.body
+                f"the only endpoint of '{service}' is ejected by failure accrual".encode()
+                in response.body
             ), response.body
-            break
-    else:
-        pytest.fail(f"never ejected: {reasons}")
+            return reasons
+    pytest.fail(f"never ejected: {reasons}")
+
+
+def test_http1_error_says_the_endpoints_are_ejected(proxy: Proxy) -> None:
+    reasons = _eject(proxy, "dead-h1")
     # Until then the caller saw why each attempt failed, never "no endpoints".
     assert "no-endpoints" not in reasons, reasons
     assert _endpoints_ejected(proxy, "dead-h1") == 1
@@ -177,3 +186,29 @@ def test_grpc_error_says_the_endpoints_are_ejected(proxy: Proxy) -> None:
         else:
             pytest.fail(f"never ejected: {reasons}")
     assert "no-endpoints" not in reasons, reasons
+
+
+def test_rapid_reset_of_streams_to_an_ejected_service_is_cut(proxy: Proxy) -> None:
+    """Once every endpoint is ejected, every stream is refused at once: opening and
+    resetting them is a rapid-reset flood like any other, and is cut."""
+    _eject(proxy, "dead-flood")
+    raw = RawH2(proxy.outbound_port)
+    try:
+        raw.handshake()
+        for batch in range(40):
+            frames = []
+            for i in range(250):
+                stream_id = 2 * (batch * 250 + i) + 1
+                frames += [raw.request(stream_id, "dead-flood", "/"), rst(stream_id)]
+            raw.send(*frames)
+            if raw.closed:
+                break
+        raw.read_until(GoAwayFrame, timeout=WAIT_S)
+        goaway = raw.goaway()
+        assert goaway is not None and goaway.error_code == 0xB  # ENHANCE_YOUR_CALM
+        assert goaway.last_stream_id < 2 * 2000
+    finally:
+        raw.close()
+    # The proxy goes on serving the healthy service.
+    response = exchange(*proxy.outbound, request_bytes("GET", "/", "books"))
+    assert response.status == 200, (response.raw_head, response.body)

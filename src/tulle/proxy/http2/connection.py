@@ -116,8 +116,11 @@ class H2Peer(asyncio.Protocol):
 
     def flush_now(self) -> None:
         data = self.h2.data_to_send()
-        if data and self.transport is not None:
-            self.transport.write(data)
+        transport = self.transport
+        # A transport already closed whose connection_lost has not run yet
+        # (two connections lost in one loop iteration): uvloop raises on write.
+        if data and transport is not None and not transport.is_closing():
+            transport.write(data)
 
     def pause_writing(self) -> None:
         self.writable = False

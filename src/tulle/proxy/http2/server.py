@@ -29,7 +29,12 @@ protocol.wait_closed()` waits for that.
 Defences: the advertised limits (`H2Limits`: concurrent streams, header list
 size, frame size) are enforced by h2 as connection errors; rapid reset and
 SETTINGS, PING and empty-DATA floods are counted with `FloodGuard` and end
-the connection with GOAWAY(ENHANCE_YOUR_CALM). Any h2 protocol error ends the
+the connection with GOAWAY(ENHANCE_YOUR_CALM). A stream the proxy refuses
+(unknown authority, no or ejected endpoints, forbidden, malformed) counts as
+a reset: refusing is cheap but not free, and a client can open refused
+streams as fast as it writes. Bytes reach h2 in bounded slices, so a flood is
+cut within one slice of its budget, and a refused stream the client has
+already reset gets no answer built. Any h2 protocol error ends the
 connection with a GOAWAY carrying h2's error code, never a traceback.
 """
 
@@ -81,6 +86,28 @@ _REFUSAL_ERRORS = {
     RefusalKind.LOOP_DETECTED: ProxyError.LOOP_DETECTED,
     RefusalKind.DESTINATION_FORBIDDEN: ProxyError.DESTINATION_FORBIDDEN,
 }
+
+
+# The most bytes handed to h2 at once (see data_received).
+_RECEIVE_SLICE = 16 << 10
+
+# Refusal answers by (refusal, is_grpc): a client that keeps calling an unknown
+# or ejected service gets the same few answers, built once.
+_REFUSAL_CACHE: dict[tuple[Refused, bool], tuple[list[Header], bytes]] = {}
+_REFUSAL_CACHE_MAX = 256
+
+
+def _refusal_response(refusal: Refused, is_grpc: bool) -> tuple[list[Header], bytes]:
+    key = (refusal, is_grpc)
+    cached = _REFUSAL_CACHE.get(key)
+    if cached is None:
+        if len(_REFUSAL_CACHE) >= _REFUSAL_CACHE_MAX:
+            # Bounded: many distinct details (one per unknown name) start over.
+            _REFUSAL_CACHE.clear()
+        cached = _REFUSAL_CACHE[key] = error_response(
+            _REFUSAL_ERRORS[refusal.kind], is_grpc, refusal.detail
+        )
+    return cached
 
 
 class H2ServerProtocol(H2Peer):
@@ -163,6 +190,23 @@ class H2ServerProtocol(H2Peer):
     def data_received(self, data: bytes) -> None:
         if self.transport is None:
             return
+        if len(data) <= _RECEIVE_SLICE:
+            if not self._receive(data):
+                return
+        else:
+            # h2 parses everything it is given before the flood accounting
+            # sees a single event: one 256 KiB read of HEADERS + RST_STREAM
+            # pairs is ~10,000 streams. Fed in slices, a flood is cut after
+            # at most one slice past its budget.
+            view = memoryview(data)
+            for start in range(0, len(data), _RECEIVE_SLICE):
+                if not self._receive(view[start : start + _RECEIVE_SLICE]):
+                    return
+        self.mark_dirty()
+        self._outbox.flush()
+
+    def _receive(self, data: bytes | memoryview) -> bool:
+        """Feed bytes to h2 and act on its events; False once the connection is ending."""
         try:
             events = self.h2.receive_data(data)
         except h2.exceptions.ProtocolError:
@@ -170,16 +214,18 @@ class H2ServerProtocol(H2Peer):
             # FRAME_SIZE_ERROR, ENHANCE_YOUR_CALM for oversized headers...).
             self.counters.protocol_errors += 1
             self._abort()
-            return
+            return False
         try:
-            self._handle(events)
+            return self._handle(events)
         except Exception:
             # A bug, not the peer's fault: close this connection only, and say
             # why once (not per frame).
             _log.exception("HTTP/2 connection failed; closing it")
             self._close(ErrorCodes.INTERNAL_ERROR)
+            return False
 
-    def _handle(self, events: list[h2.events.Event]) -> None:
+    def _handle(self, events: list[h2.events.Event]) -> bool:
+        """Act on one batch of events; False when the connection ended (flood, GOAWAY)."""
         guard = self._guard
         now = self._loop.time()
         streams = self.streams
@@ -192,13 +238,14 @@ class H2ServerProtocol(H2Peer):
                     and guard.record(FloodKind.EMPTY_DATA, now)
                 ):
                     self._flood()
-                    return
+                    return False
                 if stream is not None:
                     stream.on_request_data(event.data, event.flow_controlled_length)
                 elif event.flow_controlled_length:
                     self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
             elif isinstance(event, h2.events.RequestReceived):
-                self._on_request(event)
+                if not self._on_request(event, now):
+                    return False
             elif isinstance(event, h2.events.StreamEnded):
                 stream = streams.get(event.stream_id)
                 if stream is not None:
@@ -219,24 +266,23 @@ class H2ServerProtocol(H2Peer):
                     stream.on_client_reset()
                     if guard.record(FloodKind.RESET, now):
                         self._flood()
-                        return
+                        return False
             elif isinstance(event, h2.events.PingReceived):
                 if guard.record(FloodKind.PING, now):
                     self._flood()
-                    return
+                    return False
             elif isinstance(event, h2.events.RemoteSettingsChanged):
                 if guard.record(FloodKind.SETTINGS, now):
                     self._flood()
-                    return
+                    return False
                 if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
                     self._window_opened(0)
             elif isinstance(event, h2.events.ConnectionTerminated):
                 self._peer_going_away = True
                 if event.error_code != ErrorCodes.NO_ERROR or not streams:
                     self._abort()
-                    return
-        self.mark_dirty()
-        self._outbox.flush()
+                    return False
+        return True
 
     def connection_lost(self, exc: Exception | None) -> None:
         if self.transport is None:
@@ -257,17 +303,27 @@ class H2ServerProtocol(H2Peer):
         self._outbox.flush()
 
     # -- streams -------------------------------------------------------------------
-    def _on_request(self, event: h2.events.RequestReceived) -> None:
+    def _on_request(self, event: h2.events.RequestReceived, now: float) -> bool:
+        """Start proxying one stream, or refuse it; False when that ended the connection.
+
+        A refused stream costs the proxy a parse and an answer but nothing
+        upstream, so a client can open and reset refused streams (an unknown
+        authority, a service whose endpoints are all ejected) far faster than
+        proxied ones: every refusal counts towards the connection's reset
+        budget, as a client reset does. Streams refused while draining
+        (REFUSED_STREAM after our GOAWAY) do not: a busy client has many in
+        flight when the GOAWAY reaches it, and they are safe to retry.
+        """
         stream_id = event.stream_id
         if self._last_accepted is not None and stream_id > self._last_accepted:
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
-            return
+            return True
         headers = event.headers
         try:
             head = parse_request_head(headers)
         except MalformedRequest:
             self._reset(stream_id, ErrorCodes.PROTOCOL_ERROR)
-            return
+            return self._count_refusal(now)
         self.counters.streams_total += 1
         if head.path_problem:
             refusal = Refused(RefusalKind.BAD_PATH, head.path_problem)
@@ -287,7 +343,7 @@ class H2ServerProtocol(H2Peer):
             decision = self.dispatcher.route(head.authority, head.method, head.path, forwarded)
         if isinstance(decision, Refused):
             self._refuse(stream_id, decision, head.is_grpc, event.stream_ended is not None)
-            return
+            return self._count_refusal(now)
         pending = decision if isinstance(decision, Pending) else None
         routed = decision if isinstance(decision, Routed) else _UNROUTED
         stream = ProxyStream(
@@ -318,8 +374,15 @@ class H2ServerProtocol(H2Peer):
             task = self._loop.create_task(self._route_when_known(stream, pending))
             self._pending_routes.add(task)
             task.add_done_callback(self._pending_routes.discard)
-            return
+            return True
         self.pool.attach(stream)
+        return True
+
+    def _count_refusal(self, now: float) -> bool:
+        if self._guard.record(FloodKind.RESET, now):
+            self._flood()
+            return False
+        return True
 
     async def _route_when_known(self, stream: ProxyStream, pending: Pending) -> None:
         """Route a stream whose authority discovery had not answered for yet."""
@@ -363,10 +426,14 @@ class H2ServerProtocol(H2Peer):
 
     def _refuse(self, stream_id: int, refusal: Refused, is_grpc: bool, request_ended: bool) -> None:
         self.counters.proxy_errors += 1
-        error = _REFUSAL_ERRORS[refusal.kind]
         if self.on_refused is not None:
-            self.on_refused(error.reason)
-        headers, body = error_response(error, is_grpc, refusal.detail)
+            self.on_refused(_REFUSAL_ERRORS[refusal.kind].reason)
+        h2_stream = self.h2.streams.get(stream_id)
+        if h2_stream is None or h2_stream.closed:
+            # The client reset the stream in the same read (rapid reset): an
+            # answer would only be encoded to be refused by h2.
+            return
+        headers, body = _refusal_response(refusal, is_grpc)
         try:
             self.h2.send_headers(stream_id, headers, end_stream=not body)
             if body:

@@ -10,7 +10,7 @@ import h2.errors
 import h2.events
 from hyperframe.frame import PingFrame
 
-from tulle.codec.http2 import PREFACE
+from tulle.codec.http2 import PREFACE, FloodKind, FloodLimit
 from tulle.proxy.http2 import H2ClientPool, H2ServerProtocol, StaticDispatcher
 
 
@@ -25,6 +25,9 @@ class FakeTransport:
 
     def close(self) -> None:
         self.closed = True
+
+    def is_closing(self) -> bool:
+        return self.closed
 
     def set_protocol(self, protocol: object) -> None:
         self.protocol = protocol
@@ -46,9 +49,14 @@ def client() -> h2.connection.H2Connection:
     return conn
 
 
-async def start(initial: bytes) -> tuple[H2ServerProtocol, FakeTransport]:
+async def start(
+    initial: bytes, flood_limits: dict[FloodKind, FloodLimit] | None = None
+) -> tuple[H2ServerProtocol, FakeTransport]:
     protocol = H2ServerProtocol(
-        StaticDispatcher({"empty": []}), H2ClientPool(), initial_data=initial
+        StaticDispatcher({"empty": []}),
+        H2ClientPool(),
+        initial_data=initial,
+        flood_limits=flood_limits,
     )
     transport = FakeTransport()
     protocol.connection_made(transport)  # type: ignore[arg-type]
@@ -93,6 +101,112 @@ def test_ping_flood_ends_with_enhance_your_calm_and_few_acks() -> None:
         assert not any(isinstance(e, h2.events.PingAckReceived) for e in events)
         assert transport.closed
         assert protocol.counters.flood_goaways == 1
+
+    asyncio.run(scenario())
+
+
+REQUEST = [(b":method", b"GET"), (b":scheme", b"http"), (b":path", b"/")]
+
+
+def refused_streams(
+    peer: h2.connection.H2Connection, count: int, reset: bool, first: int = 1
+) -> bytes:
+    """`count` requests to a service without endpoints, each reset at once if `reset`."""
+    for i in range(count):
+        stream_id = first + 2 * i
+        headers = [*REQUEST, (b":authority", b"empty")]
+        peer.send_headers(stream_id, headers, end_stream=True)
+        if reset:
+            peer.reset_stream(stream_id, h2.errors.ErrorCodes.CANCEL)
+    return peer.data_to_send()
+
+
+def answered_in_batches(
+    protocol: H2ServerProtocol,
+    transport: FakeTransport,
+    peer: h2.connection.H2Connection,
+    total: int,
+) -> list[h2.events.Event]:
+    """Refused requests without resets, 200 at a time (the client's stream limit
+    is 250), until `total` or the connection ends; every event the client saw."""
+    seen: list[h2.events.Event] = []
+    for batch in range(total // 200):
+        protocol.data_received(refused_streams(peer, 200, reset=False, first=400 * batch + 1))
+        seen += peer.receive_data(transport.take())
+        if transport.closed:
+            break
+    return seen
+
+
+def test_rapid_reset_of_refused_streams_is_a_flood() -> None:
+    """HEADERS + RST_STREAM to a refused authority: cut within a bounded number of
+    streams, with no answer built for streams the client had already reset."""
+
+    async def scenario() -> None:
+        peer = client()
+        protocol, transport = await start(peer.data_to_send())
+        peer.receive_data(transport.take())
+        protocol.data_received(refused_streams(peer, 3000, reset=True))
+        events = peer.receive_data(transport.take())
+        terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert terminated and terminated[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        # Fed to h2 in slices: the flood is cut within one slice past the budget
+        # (500 streams), not after all 3000.
+        last = terminated[0].last_stream_id
+        assert last is not None and 2 * 500 < last < 2 * 1200
+        assert not any(isinstance(e, h2.events.ResponseReceived) for e in events)
+        assert transport.closed and protocol.counters.flood_goaways == 1
+
+    asyncio.run(scenario())
+
+
+def test_refused_streams_count_towards_the_reset_budget() -> None:
+    """Streams refused with an answer (no client reset) are counted too."""
+
+    async def scenario() -> None:
+        peer = client()
+        # A bucket that does not drain during the test: the count is exact
+        # however slowly a busy machine runs it.
+        limits = {FloodKind.RESET: FloodLimit(burst=300, rate_per_s=1e-6)}
+        protocol, transport = await start(peer.data_to_send(), limits)
+        peer.receive_data(transport.take())
+        events = answered_in_batches(protocol, transport, peer, 1000)
+        answered = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
+        terminated = [e for e in events if isinstance(e, h2.events.ConnectionTerminated)]
+        assert terminated and terminated[0].error_code == h2.errors.ErrorCodes.ENHANCE_YOUR_CALM
+        # The 301st refusal ends the connection, in the second batch of 200.
+        assert terminated[0].last_stream_id == 799
+        assert 200 <= len(answered) <= 300
+        assert all(dict(e.headers)[b"tulle-proxy-error"] == b"no-endpoints" for e in answered)
+
+    asyncio.run(scenario())
+
+
+def test_a_few_refused_streams_are_not_a_flood() -> None:
+    async def scenario() -> None:
+        peer = client()
+        protocol, transport = await start(peer.data_to_send())
+        peer.receive_data(transport.take())
+        events = answered_in_batches(protocol, transport, peer, 400)
+        assert len([e for e in events if isinstance(e, h2.events.ResponseReceived)]) == 400
+        assert not any(isinstance(e, h2.events.ConnectionTerminated) for e in events)
+        assert not transport.closed
+
+    asyncio.run(scenario())
+
+
+def test_nothing_is_written_to_a_transport_already_closing() -> None:
+    """Two connections lost in one loop iteration: the second is flushed before
+    its connection_lost runs, and uvloop raises on a write to a closed handle."""
+
+    async def scenario() -> None:
+        peer = client()
+        protocol, transport = await start(peer.data_to_send())
+        transport.take()
+        transport.close()
+        protocol.h2.ping(b"12345678")
+        protocol.flush_now()
+        assert transport.take() == b""
 
     asyncio.run(scenario())
 
