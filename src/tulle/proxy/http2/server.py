@@ -328,7 +328,7 @@ class H2ServerProtocol(H2Peer):
         if head.path_problem:
             refusal = Refused(RefusalKind.BAD_PATH, head.path_problem)
             self._refuse(stream_id, refusal, head.is_grpc, event.stream_ended is not None)
-            return
+            return self._count_refusal(now)
         # What policy and routes match is what goes upstream: the normalised
         # `:path`, and on the inbound the verified identity only.
         forwarded = forward_headers(
