@@ -1,4 +1,10 @@
-"""`tulle proxy`: run the sidecar proxy."""
+"""`tulle proxy`: run the sidecar proxy (typer's side: --help, messages, rare flags).
+
+`tulle proxy` usually never reaches this module: `tulle.cli.proxy_flags` reads
+the flags and starts the proxy without typer. This command is the reference
+for what the flags are; a flag added here must be added to `proxy_flags.FLAGS`
+too (a unit test compares them), else it works but takes the slow path.
+"""
 
 from __future__ import annotations
 
@@ -8,17 +14,9 @@ import sys
 import typer
 
 from tulle.cli.main import app
-from tulle.core.discovery import Address, Endpoint, parse_address, parse_static_dst
-from tulle.proxy.config import Limits, ProxyConfig, Timeouts, config_to_json
-from tulle.proxy.destinations import RAW_MODES
-from tulle.proxy.runner import CONFIG_ENV
-
-
-def _addr(value: str, flag: str) -> Address:
-    try:
-        return parse_address(value)
-    except ValueError as exc:
-        raise typer.BadParameter(str(exc), param_hint=flag) from None
+from tulle.cli.proxy_flags import FlagError, build_config
+from tulle.proxy.config import config_to_json
+from tulle.proxy.runner import CONFIG_ENV, MMAP_THRESHOLD_BYTES
 
 
 @app.command(
@@ -145,79 +143,42 @@ def proxy(
         "info", envvar="TULLE_PROXY_LOG_LEVEL", help="debug, info, warning or error."
     ),
 ) -> None:
-    services: dict[str, list[Endpoint]] = {}
-    for spec in static_dst:
-        for one in spec.split(";"):
-            if not one.strip():
-                continue
-            try:
-                name, endpoints = parse_static_dst(one)
-            except ValueError as exc:
-                raise typer.BadParameter(str(exc), param_hint="--static-dst") from None
-            services[name] = endpoints
-    controls: tuple[Address, ...] = ()
-    if control_addr:
-        controls = tuple(_addr(a, "--control-addr") for a in control_addr.split(",") if a.strip())
-    token = identity_token
-    if identity_token_file:
-        try:
-            with open(identity_token_file, encoding="utf-8") as f:
-                token = f.read().strip()
-        except OSError as exc:
-            raise typer.BadParameter(str(exc), param_hint="--identity-token-file") from None
-    if identity and not (token or identity_issuer_dir):
-        raise typer.BadParameter(
-            "an identity needs --identity-token(-file) or --identity-issuer-dir",
-            param_hint="--identity",
+    try:
+        config = build_config(
+            {
+                "inbound_addr": inbound_addr,
+                "outbound_addr": outbound_addr,
+                "admin_addr": admin_addr,
+                "app_addr": app_addr,
+                "static_dst": list(static_dst),
+                "control_addr": control_addr,
+                "workers": workers,
+                "detect_timeout": detect_timeout,
+                "header_timeout": header_timeout,
+                "idle_timeout": idle_timeout,
+                "connect_timeout": connect_timeout,
+                "response_timeout": response_timeout,
+                "shutdown_grace": shutdown_grace,
+                "max_head_bytes": max_head_bytes,
+                "identity": identity,
+                "identity_token": identity_token,
+                "identity_token_file": identity_token_file,
+                "identity_addr": identity_addr,
+                "identity_issuer_dir": identity_issuer_dir,
+                "identity_leaf_ttl": identity_leaf_ttl,
+                "workload": workload,
+                "deny_dst": deny_dst,
+                "outbound_raw_addresses": outbound_raw_addresses,
+                "log_level": log_level,
+            }
         )
-    if identity and token and not (controls or identity_addr):
-        raise typer.BadParameter(
-            "an identity token needs --control-addr or --identity-addr to send the CSR to",
-            param_hint="--identity",
-        )
-    if outbound_raw_addresses not in RAW_MODES:
-        raise typer.BadParameter(
-            f"expected one of {', '.join(RAW_MODES)}", param_hint="--outbound-raw-addresses"
-        )
-    denied = tuple(_addr(a, "--deny-dst") for a in deny_dst.split(",") if a.strip())
-    identity_addrs = tuple(
-        _addr(a, "--identity-addr") for a in identity_addr.split(",") if a.strip()
-    )
-    config = ProxyConfig(
-        inbound_addr=_addr(inbound_addr, "--inbound-addr"),
-        outbound_addr=_addr(outbound_addr, "--outbound-addr"),
-        admin_addr=_addr(admin_addr, "--admin-addr"),
-        app_addr=_addr(app_addr, "--app-addr"),
-        static_dst=services,
-        control_addrs=controls,
-        workers=workers,
-        timeouts=Timeouts(
-            detect_s=detect_timeout,
-            header_read_s=header_timeout,
-            idle_s=idle_timeout,
-            connect_s=connect_timeout,
-            response_s=response_timeout,
-            shutdown_grace_s=shutdown_grace,
-        ),
-        limits=Limits(max_head_bytes=max_head_bytes),
-        identity=identity,
-        identity_token=token,
-        identity_addrs=identity_addrs,
-        identity_issuer_dir=identity_issuer_dir,
-        identity_leaf_ttl_s=identity_leaf_ttl,
-        workload=workload,
-        deny_dst=denied,
-        outbound_raw_addresses=outbound_raw_addresses,
-        log_level=log_level,
-    )
+    except FlagError as exc:
+        raise typer.BadParameter(str(exc), param_hint=exc.flag) from None
     # Replace this process (same pid) with the lean proxy image; see runner.py.
     env = dict(os.environ)
     env[CONFIG_ENV] = config_to_json(config)
-    # uvloop's TLS layer reads into a fresh 256 KiB buffer on every read; above
-    # glibc's default 128 KiB mmap threshold each one is an mmap/munmap pair
-    # (8 % of a mesh-TLS proxy's CPU in a profile). A higher threshold keeps
-    # them in the heap: +14-35 % requests/s over mTLS, no change in plaintext.
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(4 << 20))
+    # See runner.raise_mmap_threshold: glibc reads this variable at start.
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD_BYTES))
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, "-m", "tulle.proxy.runner"], env)
