@@ -15,18 +15,19 @@ import sys
 import time
 import urllib.error
 import urllib.request
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode
 
 import typer
-from rich import box
-from rich.console import Console
-from rich.live import Live
-from rich.table import Table
 
 from tulle.cli.main import app
 from tulle.viz.checks import FAIL, OK, WARN, CheckReport, preflight
+
+if TYPE_CHECKING:
+    from rich.console import Console
+    from rich.table import Table
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:8084"
 STATE_FILE = Path(".tulle") / "state.json"
@@ -39,8 +40,22 @@ _CONTROL_HELP = (
 _JSON_HELP = "Print the API's JSON document instead of a table."
 _WINDOW_HELP = "How far back to look: 10s .. 10m."
 
-# Piped output is not wrapped at 80 columns: the tables are wider than that.
-console = Console(width=None if sys.stdout.isatty() else 200)
+
+@cache
+def _console() -> Console:
+    # rich is imported only by the commands that draw with it: `--json` and
+    # plain lines answer without it (it is a tenth of a second of CPU).
+    from rich.console import Console
+
+    # Piped output is not wrapped at 80 columns: the tables are wider than that.
+    return Console(width=None if sys.stdout.isatty() else 200)
+
+
+def _table(title: str) -> Table:
+    from rich import box
+    from rich.table import Table
+
+    return Table(box=box.SIMPLE_HEAD, title=title)
 
 
 class ControlUnreachable(Exception):
@@ -166,9 +181,7 @@ def stat(
     if as_json:
         _print_json(document)
         return
-    table = Table(
-        box=box.SIMPLE_HEAD, title=f"last {document['window_s']:g}s ({document['source']})"
-    )
+    table = _table(f"last {document['window_s']:g}s ({document['source']})")
     table.add_column("SERVICE")
     if kind == "instance":
         table.add_column("INSTANCE")
@@ -179,7 +192,7 @@ def stat(
     for row in document["rows"]:
         second = row["instance"] if kind == "instance" else str(row["instances"])
         table.add_row(row["service"], second, str(row["requests"]), *_golden_cells(row))
-    console.print(table)
+    _console().print(table)
 
 
 @app.command("routes")
@@ -195,14 +208,14 @@ def routes(
     if as_json:
         _print_json(document)
         return
-    table = Table(box=box.SIMPLE_HEAD, title=f"{service}: routes, last {document['window_s']:g}s")
+    table = _table(f"{service}: routes, last {document['window_s']:g}s")
     table.add_column("ROUTE")
     table.add_column("REQUESTS", justify="right")
     _golden_columns(table)
     table.add_column("RETRIES", justify="right")
     for row in document["rows"]:
         table.add_row(row["route"], str(row["requests"]), *_golden_cells(row), str(row["retries"]))
-    console.print(table)
+    _console().print(table)
 
 
 @app.command("edges")
@@ -217,7 +230,7 @@ def edges(
     if as_json:
         _print_json(document)
         return
-    table = Table(box=box.SIMPLE_HEAD, title=f"edges, last {document['window_s']:g}s")
+    table = _table(f"edges, last {document['window_s']:g}s")
     for column in ("SRC", "DST", "RPS", "SUCCESS", "CLIENT ID", "SERVER ID", "SECURED"):
         table.add_column(column)
     for row in document["rows"]:
@@ -230,12 +243,12 @@ def edges(
             row["server_id"] or "-",
             "🔒 yes" if row["secured"] else "no",
         )
-    console.print(table)
+    _console().print(table)
 
 
 def _top_table(document: dict[str, Any], service: str) -> Table:
     title = f"top {service or 'all services'}: {document['events']} requests in the last "
-    table = Table(box=box.SIMPLE_HEAD, title=title + f"{document['duration_s']:g}s")
+    table = _table(title + f"{document['duration_s']:g}s")
     for column in ("SERVICE", "METHOD", "PATH", "COUNT", "SUCCESS", "P50", "MAX"):
         table.add_column(column, justify="right" if column in ("COUNT",) else "left")
     for row in document["rows"]:
@@ -276,10 +289,12 @@ def top(
         if as_json:
             _print_json(document)
         else:
-            console.print(_top_table(document, service))
+            _console().print(_top_table(document, service))
         return
     try:
-        with Live(console=console, auto_refresh=False) as live:
+        from rich.live import Live
+
+        with Live(console=_console(), auto_refresh=False) as live:
             while True:
                 live.update(_top_table(fetch(), service), refresh=True)
     except KeyboardInterrupt:
@@ -364,6 +379,7 @@ _MARKS = {OK: "[green]√[/green]", WARN: "[yellow]‼[/yellow]", FAIL: "[red]�
 
 def render_report(report: CheckReport) -> None:
     """The one way a check report is shown, for the mesh checks and --pre alike."""
+    console = _console()
     for category in report.categories:
         console.print(f"[bold]{category.name}[/bold]")
         console.print("-" * max(len(category.name), 10))
