@@ -39,10 +39,7 @@ from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.destinations import DestinationGuard
-from tulle.proxy.h2_dispatch import MeshDispatcher, MeshH2Protocol
 from tulle.proxy.http1 import EndpointPool, Http1Server
-from tulle.proxy.http2.connection import H2Limits
-from tulle.proxy.http2.server import H2Service
 from tulle.proxy.metrics import Labels, Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapHub
@@ -50,6 +47,7 @@ from tulle.proxy.tcp import Tunnel
 
 if TYPE_CHECKING:
     from tulle.api.policy_client import PolicyWatcher
+    from tulle.proxy.http2.server import H2Service
 
 log = logging.getLogger("tulle.proxy")
 _T = TypeVar("_T")
@@ -230,8 +228,7 @@ class Worker:
                 loop.create_task(self._attach(sock, lambda: Http1Server(ctx, peer, orig)))
                 return
             if kind is Kind.HTTP2:
-                service = self._h2_service(ctx)
-                loop.create_task(self._attach(sock, lambda: MeshH2Protocol(service, ctx)))
+                loop.create_task(self._attach(sock, self._h2_protocol(ctx)))
                 return
             # TLS that is not the mesh's and unknown bytes: opaque TCP to where
             # the connection was going.
@@ -253,13 +250,23 @@ class Worker:
 
         return on_detected
 
-    def _h2_service(self, ctx: ProxyContext) -> H2Service:
-        """The HTTP/2 path of a direction, made on first use (inside the loop)."""
+    def _h2_protocol(self, ctx: ProxyContext) -> Callable[[], asyncio.Protocol]:
+        """The HTTP/2 path of a direction, made on first use (inside the loop).
+
+        h2 and the HTTP/2 layers are imported here, with the first HTTP/2
+        connection, not at start: they are a third of the proxy's import
+        time, which every pod's start would pay while many workloads never
+        speak HTTP/2 (the first HTTP/2 connection pays it once instead)."""
+        from tulle.proxy.h2_dispatch import MeshDispatcher, MeshH2Protocol
+
         service = self.h2_services.get(ctx.direction)
         if service is None:
+            from tulle.proxy.http2.connection import H2Limits
+            from tulle.proxy.http2.server import H2Service
+
             service = H2Service(MeshDispatcher(ctx), limits=H2Limits(max_hops=ctx.max_hops))
             self.h2_services[ctx.direction] = service
-        return service
+        return lambda: MeshH2Protocol(service, ctx)
 
     @staticmethod
     def _mesh_alpn(data: bytes) -> str | None:
@@ -285,8 +292,7 @@ class Worker:
         if alpn == ALPN_HTTP1:
             factory = lambda: Http1Server(ctx, peer, None)  # noqa: E731
         elif alpn == ALPN_H2:
-            service = self._h2_service(ctx)
-            factory = lambda: MeshH2Protocol(service, ctx)  # noqa: E731
+            factory = self._h2_protocol(ctx)
         elif alpn == ALPN_OPAQUE and app_addr is not None:
             opaque = self._tunnel_to(ctx, app_addr)
             tunnel = opaque
