@@ -1,9 +1,18 @@
 #!/usr/bin/env bash
-# The README's test command: installs Tulle with its test dependencies, checks
-# lint and types, and runs the whole test suite (unit, integration, e2e).
+# The README's test command: installs what the tests need (the Debian tools as
+# root, Tulle with its test dependencies; scripts/test-deps.sh), checks lint
+# and types, and runs the whole test suite (unit, integration, e2e).
+#
+# Every test runs: a tool a test needs that is missing fails that test (the
+# suite runs with CI=1 unless CI is already set), it is never skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-python3 -m pip install -q -e '.[dev]'
-python3 -m ruff check src tests bench
-python3 -m mypy src
+bash scripts/test-deps.sh
+export CI="${CI:-1}"
+echo "lint: ruff"
+python3 -m ruff check -q src tests bench
+echo "types: mypy"
+if ! types=$(python3 -m mypy src 2>&1); then echo "$types"; exit 1; fi
+echo "$types" | tail -n 1
+echo "tests: pytest"
 python3 -m pytest -q "$@"

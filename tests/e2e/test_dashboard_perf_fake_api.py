@@ -22,6 +22,7 @@ from urllib.parse import parse_qsl, urlsplit
 
 import pytest
 
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "integration"))
 sys.path.insert(0, str(Path(__file__).resolve().parent / "dashboard"))
 
 from dashboard_browser import browser_page, chromium_or_skip

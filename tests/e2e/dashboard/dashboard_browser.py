@@ -4,7 +4,7 @@ Playwright's own browser downloads are never used (`playwright install` needs
 the internet): the tests launch `/usr/bin/chromium` from Debian's `chromium`
 package, with a fresh profile per test and everything that would phone home
 turned off. `chromium_or_skip()` skips with the reason when either piece is
-missing.
+missing, and fails the test instead under CI.
 """
 
 from __future__ import annotations
@@ -16,7 +16,7 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
-import pytest
+from support.tools import missing, require_module
 
 CHROMIUM = "/usr/bin/chromium"
 CHROMIUM_ARGS = [
@@ -34,9 +34,10 @@ SCREENSHOTS = Path(__file__).resolve().parents[3] / "docs" / "img"
 
 
 def chromium_or_skip() -> None:
+    """Both pieces, or the test is skipped (failed under CI: support/tools.py)."""
     if not Path(CHROMIUM).exists():
-        pytest.skip(f"{CHROMIUM} is absent: `apt-get install -y chromium` to run browser tests")
-    pytest.importorskip("playwright.sync_api", reason="`pip install playwright` (dev extra)")
+        missing(CHROMIUM, "apt-get install -y chromium")
+    require_module("playwright.sync_api", "pip install playwright (the dev extra)")
 
 
 @contextmanager

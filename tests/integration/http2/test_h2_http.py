@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import shutil
 import signal
 import subprocess
 import time
@@ -13,17 +12,16 @@ from h2raw import RawH2, data, grpc_message, rst, window_update
 from h2support import Mesh, start_harness
 from hyperframe.frame import DataFrame, GoAwayFrame, HeadersFrame, RstStreamFrame, SettingsFrame
 from support.process import ProcessGroup, rss_kib
+from support.tools import missing, require_binary
 
 pytestmark = pytest.mark.integration
 
 
 def _curl_h2() -> str:
-    curl = shutil.which("curl")
-    if curl is None:
-        pytest.skip("curl is not installed")
+    curl = require_binary("curl")
     features = subprocess.run([curl, "-V"], capture_output=True, text=True, check=False).stdout
     if "HTTP2" not in features:
-        pytest.skip("this curl has no HTTP/2")
+        missing("a curl with HTTP/2", "apt-get install -y curl (Debian's is built with it)")
     return curl
 
 

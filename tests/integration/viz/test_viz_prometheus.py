@@ -2,14 +2,13 @@
 
 Prometheus (the Debian binary) scrapes two real `tulle proxy` processes every
 second with the scrape config of docs/observability.md; the control plane
-queries it with PromQL. Skipped only when the binary is absent.
+queries it with PromQL.
 """
 
 from __future__ import annotations
 
 import http.client
 import json
-import shutil
 import time
 import urllib.parse
 from pathlib import Path
@@ -19,11 +18,11 @@ import pytest
 from support.mesh import Backend, start_proxy
 from support.ports import LOOPBACK, free_port
 from support.process import ProcessGroup, http_status
+from support.tools import require_binary
 from viz_mesh import Mesh, eventually, manifest_text, start_control
 
 pytestmark = pytest.mark.integration
 
-PROMETHEUS = shutil.which("prometheus") or "/usr/bin/prometheus"
 OK_REQUESTS = 30
 FAILED_REQUESTS = 10
 
@@ -63,10 +62,10 @@ def _get(port: int, path: str) -> int:
         connection.close()
 
 
-@pytest.mark.skipif(not Path(PROMETHEUS).exists(), reason="no prometheus binary")
 def test_stat_routes_and_edges_from_prometheus(
     processes: ProcessGroup, http_backend: Backend, tmp_path: Path
 ) -> None:
+    prometheus_binary = require_binary("prometheus")
     books = start_proxy(processes, app_addr=http_backend.addr, name="proxy-books")
     web = start_proxy(
         processes, static_dst={"books": [f"{LOOPBACK}:{books.inbound_port}"]}, name="proxy-web"
@@ -81,7 +80,7 @@ def test_stat_routes_and_edges_from_prometheus(
     prometheus = processes.start(
         "prometheus",
         [
-            PROMETHEUS,
+            prometheus_binary,
             f"--config.file={config}",
             f"--storage.tsdb.path={tmp_path / 'data'}",
             f"--web.listen-address={LOOPBACK}:{prometheus_port}",

@@ -1,8 +1,8 @@
 """Live tap through the control plane: `/api/tap`, `tulle tap` and `tulle top`.
 
 The relay is tested against FAKE proxy admins (fake_tap_server.py: the real
-TapHub and serve_tap behind a tiny listener) and, when the proxy's admin
-serves `GET /tap`, against a real `tulle proxy` as well.
+TapHub and serve_tap behind a tiny listener) and against a real `tulle proxy`
+as well.
 """
 
 from __future__ import annotations
@@ -18,7 +18,7 @@ import pytest
 from fake_tap_server import FakeTapServer
 from support.mesh import Backend, start_proxy
 from support.ports import LOOPBACK
-from support.process import ProcessGroup, http_status
+from support.process import ProcessGroup
 from viz_mesh import Mesh, eventually, manifest_text, start_control
 
 pytestmark = pytest.mark.integration
@@ -64,12 +64,10 @@ def test_tulle_tap_merges_the_streams_of_every_proxy(
     assert unknown.returncode == 1 and "no proxies" in unknown.stderr
 
 
-def test_tap_against_a_real_proxy_when_it_serves_tap(
+def test_tap_against_a_real_proxy(
     processes: ProcessGroup, http_backend: Backend, tmp_path: Path
 ) -> None:
     proxy = start_proxy(processes, app_addr=http_backend.addr, name="proxy-tapped")
-    if http_status(LOOPBACK, proxy.admin_port, "/tap?duration=0.1") in (404, None):
-        pytest.skip("the proxy's admin has no GET /tap yet")
     manifest = tmp_path / "mesh.yaml"
     manifest.write_text(manifest_text(proxy.inbound_port))
     _, _, api = start_control(processes, manifest, f"books=books-0={LOOPBACK}:{proxy.admin_port}")
