@@ -55,6 +55,16 @@ def print_summary(state: dict[str, Any], console: Console) -> None:
             markup=False,
             highlight=False,
         )
+    for process in state.get("processes", []):
+        if process.get("state") in ("cannot-start", "crash-loop"):
+            console.print(
+                f"\nnot running, given up: {process['name']}: {process.get('error', '')}\n"
+                f"  its log: {process.get('log', '')}; `tulle check` lists it too",
+                style="bold red",
+                markup=False,
+                highlight=False,
+                soft_wrap=True,
+            )
     console.print(
         f"\nState and logs: {state.get('state_dir')} "
         "(state.json, logs/<process>.log, mesh.generated.yaml)",

@@ -8,7 +8,11 @@ thread: the parent-death signal fires when the *thread* that forked exits.
 
 Crashed processes are restarted after an exponential backoff with jitter
 (`tulle.core.backoff`); a process that stayed up for a while starts again
-from the shortest delay. Stopping drains in dependency order: first the
+from the shortest delay. A command that cannot be started, and a process in a
+crash loop, are given up (`tulle.local.crashloop`): reported once with the
+command and the end of its log, recorded in state.json (`state`, `error`),
+and no longer waited for by the ready banner. Crashes are noticed while the
+mesh starts too, not only once it is ready. Stopping drains in dependency order: first the
 proxies (sidecars and ingress), so no new calls enter the apps; then the apps;
 then the control plane; and anything left after a grace period is killed.
 """
@@ -17,8 +21,10 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import http.client
 import os
+import shlex
 import signal
 import subprocess
 import threading
@@ -30,6 +36,7 @@ from pathlib import Path
 from typing import Any
 
 from tulle.core.backoff import Backoff, BackoffSpec
+from tulle.local.crashloop import CrashLoop, CrashLoopSpec, describe_exit
 from tulle.local.logstream import LogStream
 from tulle.local.plan import SIDECAR_SHUTDOWN_GRACE_S, MeshPlan, ProcessSpec
 from tulle.local.ports import LOOPBACK, port_is_listening
@@ -43,6 +50,12 @@ MESH_READY_TIMEOUT_S = 45.0
 APP_STOP_GRACE_S = 5.0
 CONTROL_STOP_GRACE_S = 5.0
 POLL_INTERVAL_S = 0.2
+CRASH_LOOP = CrashLoopSpec(limit=5, window_s=60.0)
+# Log lines quoted when a process fails for the first time or is given up.
+LOG_TAIL_LINES = 5
+# Exec failures that no restart can cure (anything else, e.g. EAGAIN from
+# fork, counts as an ordinary failure).
+_CANNOT_EXEC = frozenset({errno.ENOENT, errno.EACCES, errno.ENOEXEC, errno.ENOTDIR, errno.EISDIR})
 
 _PR_SET_PDEATHSIG = 1
 # Loaded in the parent: the child between fork and exec must not import anything.
@@ -72,6 +85,9 @@ class Child:
     last_exit: int | None = None
     backoff: Backoff = field(default_factory=lambda: Backoff(RESTART_BACKOFF))
     pump: threading.Thread | None = None
+    crash: CrashLoop = field(default_factory=lambda: CrashLoop(CRASH_LOOP))
+    # The last failure, for people: what happened and the end of the log.
+    error: str = ""
 
     @property
     def pid(self) -> int | None:
@@ -79,6 +95,18 @@ class Child:
 
     def running(self) -> bool:
         return self.popen is not None and self.popen.poll() is None
+
+    @property
+    def given_up(self) -> bool:
+        return bool(self.crash.gave_up)
+
+    def state(self) -> str:
+        """running | restarting | cannot-start | crash-loop | stopped (state.json)."""
+        if self.given_up:
+            return "cannot-start" if self.popen is None else "crash-loop"
+        if self.running():
+            return "running"
+        return "restarting" if self.restart_at is not None else "stopped"
 
 
 def http_ready(port: int, path: str = "/ready", timeout_s: float = 0.5) -> bool:
@@ -132,9 +160,11 @@ class Supervisor:
             log_file.write(f"--- cannot start: {exc}\n".encode())
             log_file.close()
             child.popen = None
-            child.last_exit = 127
-            self.logs.supervisor(f"cannot start {child.spec.name}: {exc}", warning=True)
-            self._schedule_restart(child)
+            child.last_exit = None
+            if exc.errno in _CANNOT_EXEC:
+                self._cannot_start(child, exc)
+            else:
+                self._crashed(child)
             return
         child.started_at = time.monotonic()
         child.restart_at = None
@@ -174,8 +204,14 @@ class Supervisor:
             pending = [c for c in pending if not self._is_ready(c)]
             if fatal:
                 for child in pending:
+                    if child.given_up:
+                        raise StartError(f"{child.spec.name}: {child.error}")
                     if child.popen is not None and child.popen.poll() is not None:
                         raise StartError(self._failure(child))
+            else:
+                # Restart what crashed meanwhile, and stop waiting for what was given up.
+                self.poll_once()
+                pending = [c for c in pending if not c.given_up]
             if pending:
                 self.stop_requested.wait(POLL_INTERVAL_S)
         if pending and fatal and not self.stop_requested.is_set():
@@ -185,15 +221,21 @@ class Supervisor:
             )
         return [c.spec.name for c in pending]
 
-    def _failure(self, child: Child) -> str:
-        code = child.popen.returncode if child.popen is not None else None
+    def _log_tail(self, child: Child, lines: int) -> list[str]:
         if child.pump is not None:
             child.pump.join(timeout=1.0)
-        tail = ""
         with contextlib.suppress(OSError):
-            lines = child.log_path.read_text(errors="replace").splitlines()
-            tail = "\n".join(lines[-10:])
+            return child.log_path.read_text(errors="replace").splitlines()[-lines:]
+        return []
+
+    def _failure(self, child: Child) -> str:
+        code = child.popen.returncode if child.popen is not None else None
+        tail = "\n".join(self._log_tail(child, 10))
         return f"{child.spec.name} exited with code {code}; its log ({child.log_path}):\n{tail}"
+
+    def given_up(self) -> list[Child]:
+        """The processes the supervisor no longer restarts."""
+        return [c for c in self.children if c.given_up]
 
     def wait_ready(self, timeout_s: float = MESH_READY_TIMEOUT_S) -> list[str]:
         """Wait for every process; returns those not ready in time (they keep trying)."""
@@ -206,22 +248,58 @@ class Supervisor:
 
     # -- watching ----------------------------------------------------------
 
-    def _schedule_restart(self, child: Child) -> None:
-        ran_for = time.monotonic() - child.started_at if child.started_at else 0.0
-        if ran_for >= STABLE_AFTER_S:
-            child.backoff.reset()
-        delay = child.backoff.next_delay()
-        child.restart_at = time.monotonic() + delay
+    def _cannot_start(self, child: Child, exc: OSError) -> None:
+        """The command cannot be executed: say so once, clearly, and give it up."""
+        program = child.spec.argv[0] if child.spec.argv else "?"
+        child.error = f"cannot start `{program}`: {exc.strerror or exc}"
+        child.crash.cannot_start(time.monotonic(), child.error)
+        child.restart_at = None
         self.logs.supervisor(
-            f"{child.spec.name} exited with code {child.last_exit}; restarting in {delay:.1f}s",
+            f"{child.spec.name}: {child.error}\n"
+            f"    command: {shlex.join(child.spec.argv)}\n"
+            "    not restarting it: fix the command (the manifest's `instances.command`) "
+            "and run `tulle up` again",
             warning=True,
         )
+
+    def _crashed(self, child: Child) -> None:
+        """A failure: restart after a backoff, or give up on a crash loop."""
+        now = time.monotonic()
+        ran_for = now - child.started_at if child.started_at else 0.0
+        if ran_for >= STABLE_AFTER_S:
+            child.backoff.reset()
+        what = describe_exit(child.last_exit)
+        tail = [line for line in self._log_tail(child, LOG_TAIL_LINES) if line.strip()]
+        first = not child.error
+        child.error = what + (f"; last log line: {tail[-1]}" if tail else "")
+        name = child.spec.name
+        if child.crash.failed(now):
+            child.restart_at = None
+            child.error = f"{child.crash.gave_up}; last: {child.error}"
+            self.logs.supervisor(
+                f"{name} {what}: {child.crash.gave_up}\n"
+                f"    command: {shlex.join(child.spec.argv)}\n"
+                f"    its log: {child.log_path}" + "".join(f"\n    | {line}" for line in tail),
+                warning=True,
+            )
+            return
+        delay = child.backoff.next_delay()
+        child.restart_at = now + delay
+        detail = ""
+        if first:
+            # The first failure is the one worth reading; later ones only count.
+            detail = f"\n    command: {shlex.join(child.spec.argv)}" + "".join(
+                f"\n    | {line}" for line in tail
+            )
+        self.logs.supervisor(f"{name} {what}; restarting in {delay:.1f}s{detail}", warning=True)
 
     def poll_once(self) -> None:
         """Notice crashed children and restart those whose backoff is over."""
         now = time.monotonic()
         changed = False
         for child in self.children:
+            if child.given_up:
+                continue
             if child.restart_at is not None:
                 if now >= child.restart_at:
                     child.restarts += 1
@@ -232,7 +310,7 @@ class Supervisor:
                 child.last_exit = child.popen.returncode
                 # Whatever the crashed leader left behind in its group goes too.
                 signal_group(child.popen.pid, signal.SIGKILL)
-                self._schedule_restart(child)
+                self._crashed(child)
                 changed = True
         if changed:
             self.write_state()
@@ -333,6 +411,9 @@ class Supervisor:
                     "role": c.spec.role,
                     "service": c.spec.service,
                     "pid": c.pid if c.running() else None,
+                    "state": c.state(),
+                    "exit_code": c.last_exit,
+                    "error": c.error,
                     "restarts": c.restarts,
                     "log": str(c.log_path.resolve()),
                     "argv": list(c.spec.argv),

@@ -33,7 +33,7 @@ from tulle.viz.http_client import FetchError, request
 from tulle.viz.prometheus import PrometheusError, PrometheusSource
 from tulle.viz.promtext import ParseError, parse
 from tulle.viz.tap_relay import relay, select_targets, summarize_top
-from tulle.viz.targets import ScrapeTarget
+from tulle.viz.targets import GivenUp, ScrapeTarget
 from tulle.viz.window import WindowData, WindowStore
 
 log = logging.getLogger(__name__)
@@ -85,6 +85,8 @@ class ApiContext:
     manifest_path: Path | None = None
     source_name: str = "scrape"
     target_error: Callable[[], str] = lambda: ""
+    # Processes of a `tulle up` mesh that its supervisor gave up (state.json).
+    given_up: Callable[[], list[GivenUp]] = lambda: []
 
 
 def _seconds(query: dict[str, str], key: str, default: float, high: float) -> float:
@@ -294,6 +296,17 @@ class MetricsApi:
             "run the mesh with `tulle up`, or pass `tulle control --scrape-targets`",
             warn=not target_error,
         )
+        given_up = self.context.given_up()
+        if given_up:
+            processes = report.category("processes of tulle up")
+        for process in given_up:
+            processes.add(
+                f"{process.name} running",
+                False,
+                f"{process.state}: {process.error}",
+                f"`tulle up` stopped restarting it; its log: {process.log}; "
+                f"its command: {process.command}; fix it in the manifest, then restart `tulle up`",
+            )
         probes = await asyncio.gather(*(self._probe(target) for target in targets))
         now = time.time()
         for target, (ready, ready_why, metrics_ok, metrics_why, expiry) in zip(

@@ -16,7 +16,7 @@ from tulle.control.manifest import Manifest
 from tulle.viz.api import ApiContext, ApiServer, MetricsSource, StoreSource
 from tulle.viz.prometheus import PrometheusSource
 from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S, Scraper
-from tulle.viz.targets import ScrapeTarget, TargetSource
+from tulle.viz.targets import GivenUp, ScrapeTarget, TargetSource
 from tulle.viz.window import WindowStore
 
 
@@ -52,12 +52,17 @@ class VizService:
                 manifest_path=manifest_path,
                 source_name=name,
                 target_error=lambda: self.targets.error,
+                given_up=self._given_up,
             )
         )
         self._task: asyncio.Task[None] | None = None
 
     def _targets(self) -> list[ScrapeTarget]:
         return self.targets.current()
+
+    def _given_up(self) -> list[GivenUp]:
+        self.targets.current()  # re-reads the file when it changed
+        return self.targets.given_up
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         address = await self.server.start(host, port)

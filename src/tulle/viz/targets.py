@@ -107,6 +107,44 @@ def parse_targets(text: str, source: str = "targets") -> list[ScrapeTarget]:
     return found
 
 
+@dataclass(frozen=True, slots=True)
+class GivenUp:
+    """A process of a `tulle up` mesh that its supervisor no longer restarts."""
+
+    name: str
+    state: str  # cannot-start | crash-loop
+    error: str
+    log: str
+    command: str
+
+
+def given_up_processes(text: str) -> list[GivenUp]:
+    """The given-up processes listed in a `tulle up` state file (none for other files)."""
+    try:
+        document = json.loads(text)
+    except ValueError:
+        return []
+    processes = document.get("processes") if isinstance(document, dict) else None
+    found: list[GivenUp] = []
+    for process in processes if isinstance(processes, list) else []:
+        if not isinstance(process, dict):
+            continue
+        state = process.get("state")
+        if state in ("cannot-start", "crash-loop"):
+            argv = process.get("argv")
+            command = " ".join(str(a) for a in argv) if isinstance(argv, list) else ""
+            found.append(
+                GivenUp(
+                    str(process.get("name", "?")),
+                    str(state),
+                    str(process.get("error", "")),
+                    str(process.get("log", "")),
+                    command,
+                )
+            )
+    return found
+
+
 class TargetSource:
     """The targets of `--scrape-targets`: inline entries and/or a file re-read on change."""
 
@@ -115,6 +153,8 @@ class TargetSource:
         self._path: Path | None = None
         self._stamp: tuple[int, int] | None = None
         self._from_file: list[ScrapeTarget] = []
+        # From a `tulle up` state file: processes its supervisor gave up.
+        self.given_up: list[GivenUp] = []
         self.error = ""
         spec = spec.strip()
         if not spec:
@@ -131,7 +171,9 @@ class TargetSource:
                 stat = self._path.stat()
                 stamp = (stat.st_mtime_ns, stat.st_size)
                 if stamp != self._stamp:
-                    self._from_file = parse_targets(self._path.read_text(), str(self._path))
+                    text = self._path.read_text()
+                    self._from_file = parse_targets(text, str(self._path))
+                    self.given_up = given_up_processes(text)
                     self._stamp = stamp
                     self.error = ""
             except (OSError, TargetError) as exc:

@@ -98,7 +98,7 @@ def test_a_killed_app_is_restarted(mesh: UpRun) -> None:
             break
         time.sleep(0.2)
     assert restarted is not None, mesh.read_output()
-    assert "hello-1 exited with code -9; restarting" in mesh.read_output()
+    assert "hello-1 was killed by signal 9; restarting" in mesh.read_output()
     app_port = port_of(next(i for i in state["instances"] if i["name"] == "hello-1")["app"])
     deadline = time.monotonic() + 10
     status = 0
