@@ -232,9 +232,7 @@ class ControlPlane:
     def _canonical(self, path: str, context_token: str) -> str:
         from tulle.control.kubernetes.translate import caller_namespace, expand_authority
 
-        return expand_authority(
-            path, caller_namespace(context_token), self.config.cluster_domain
-        )
+        return expand_authority(path, caller_namespace(context_token), self.config.cluster_domain)
 
     async def stop(self) -> None:
         if self._stopped.is_set():

@@ -21,6 +21,7 @@ from collections.abc import Callable
 
 from tulle.codec.detect import Kind, detect
 from tulle.core.discovery import Address
+from tulle.net.descriptors import DescriptorBudget
 
 log = logging.getLogger(__name__)
 
@@ -92,6 +93,8 @@ class Acceptor:
         *,
         detect_timeout_s: float,
         on_accept: Callable[[], None] | None = None,
+        budget: DescriptorBudget | None = None,
+        on_shed: Callable[[], None] | None = None,
     ) -> None:
         self._loop = loop
         self._sock = sock
@@ -100,12 +103,19 @@ class Acceptor:
         self._detect_timeout = detect_timeout_s
         self._pending: dict[int, tuple[socket.socket, Address, asyncio.TimerHandle]] = {}
         self.closed = False
+        # Descriptors running out: connections past the budget are shed (see
+        # tulle.net.descriptors), each reported to `on_shed`.
+        self._budget = budget
+        self._on_shed = on_shed
+        # Since when accept() has been failing for want of resources (0: it is not).
+        self.paused_since = 0.0
+        name = sock.getsockname()
+        self._address: Address = (name[0], name[1])
         loop.add_reader(sock.fileno(), self._accept_ready)
 
     @property
     def address(self) -> Address:
-        name = self._sock.getsockname()
-        return name[0], name[1]
+        return self._address
 
     def close(self) -> None:
         """Stop accepting (connections already accepted carry on)."""
@@ -116,30 +126,60 @@ class Acceptor:
         self._sock.close()
 
     def _accept_ready(self) -> None:
+        budget = self._budget
         for _ in range(64):  # bounded so one busy listener cannot starve the loop
             try:
                 conn, peer = self._sock.accept()
             except (BlockingIOError, InterruptedError):
+                self.paused_since = 0.0  # accept() works: nothing is waiting
                 return
             except OSError as exc:
+                # No descriptor even to accept: close the waiting connection
+                # with the spare one rather than leave it hanging.
+                if (
+                    exc.errno in (errno.EMFILE, errno.ENFILE)
+                    and budget is not None
+                    and budget.shed_waiting(self._sock)
+                ):
+                    self._shed()
+                    continue
                 if exc.errno in (errno.EMFILE, errno.ENFILE, errno.ENOBUFS, errno.ENOMEM):
-                    log.warning("accept failed: %s; pausing accepts for 100 ms", exc)
-                    self._loop.remove_reader(self._sock.fileno())
-                    self._loop.call_later(0.1, self._resume_accept)
+                    self._pause(exc)
                     return
                 if exc.errno == errno.EBADF:
                     return
+                continue
+            if budget is not None and not budget.accept_ok(conn.fileno()):
+                conn.close()
+                self._shed()
                 continue
             conn.setblocking(False)
             if conn.family != socket.AF_UNIX:
                 conn.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             if self._on_accept is not None:
                 self._on_accept()
+            self.paused_since = 0.0
             self._start_detect(conn, (peer[0], peer[1]))
+
+    def _shed(self) -> None:
+        if self._budget is not None:
+            self._budget.note_shed("connections")
+        if self._on_shed is not None:
+            self._on_shed()
+
+    def _pause(self, exc: OSError) -> None:
+        """Accepting fails for want of resources: retry in 100 ms (logged once a pause)."""
+        if not self.paused_since:
+            self.paused_since = self._loop.time()
+            log.warning("accept failed: %s; pausing accepts, retrying every 100 ms", exc)
+        self._loop.remove_reader(self._sock.fileno())
+        self._loop.call_later(0.1, self._resume_accept)
 
     def _resume_accept(self) -> None:
         if not self.closed:
             self._loop.add_reader(self._sock.fileno(), self._accept_ready)
+            # Try at once: with nobody waiting, this is what clears `paused_since`.
+            self._accept_ready()
 
     def _start_detect(self, conn: socket.socket, peer: Address) -> None:
         fd = conn.fileno()

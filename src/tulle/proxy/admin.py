@@ -33,6 +33,8 @@ class AdminState:
     extra_metrics: Callable[[], Awaitable[str]] | None = None
     # The worker's tap hub; None with several workers (tap needs --workers 1).
     tap: TapHub | None = None
+    # Why the process is wedged ("" when live): `/live` answers 503 with it.
+    live: Callable[[], Awaitable[str]] | None = None
 
 
 class _AdminConnection(asyncio.Protocol):
@@ -88,7 +90,11 @@ class _AdminConnection(asyncio.Protocol):
                 text += await state.extra_metrics()
             self._write(200, b"text/plain; version=0.0.4; charset=utf-8", text.encode(), close)
         elif path == b"/live":
-            self._write(200, b"text/plain", b"live\n", close)
+            problem = await state.live() if state.live is not None else ""
+            if problem:
+                self._write(503, b"text/plain", b"wedged: " + problem.encode() + b"\n", close)
+            else:
+                self._write(200, b"text/plain", b"live\n", close)
         elif path == b"/ready":
             if await state.ready():
                 self._write(200, b"text/plain", b"ready\n", close)

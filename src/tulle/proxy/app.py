@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
+from tulle.net.descriptors import DescriptorBudget
 from tulle.net.listen import Acceptor, bind, is_local_address, original_dst
 from tulle.net.mtls import (
     ALPN_H2,
@@ -53,6 +54,11 @@ log = logging.getLogger("tulle.proxy")
 _T = TypeVar("_T")
 
 SWEEP_INTERVAL_S = 0.25
+# A loop that has not run the sweeper, or a listener that has not been able to
+# accept, for this long is wedged: /live answers 503 so a supervisor restarts it.
+STALL_S = 30.0
+# With workers, /live waits this long for each worker's answer.
+WORKER_ANSWER_S = 5.0
 
 
 def install_loop() -> None:
@@ -111,6 +117,9 @@ class Worker:
         self.stopped = asyncio.Event()
         self.draining = False
         self.guard = make_guard(config)
+        self.fds = DescriptorBudget()
+        # The sweeper's last run (loop time): a stale one means a stalled loop.
+        self.heartbeat = loop.time()
         self.outbound = self._context("outbound", None)
         self.inbound = self._context("inbound", config.app_addr)
         self.mesh: MeshTls | None = None
@@ -190,6 +199,7 @@ class Worker:
             guard=self.guard if fixed is None else None,
         )
         ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics, self.tap)
+        ctx.fds = self.fds
         holder.append(ctx)
         self.contexts.append(ctx)
         return ctx
@@ -205,9 +215,15 @@ class Worker:
                     sock,
                     self._detected_handler(ctx),
                     detect_timeout_s=timeout,
+                    budget=self.fds,
+                    on_shed=self._shed_counter(ctx.direction),
                 )
             )
         self._sweeper = self.loop.create_task(self._sweep())
+
+    def _shed_counter(self, direction: str) -> Callable[[], None]:
+        labels = (("direction", direction),)
+        return lambda: self.metrics.inc("accept_shed_total", labels)
 
     def _detected_handler(
         self, ctx: ProxyContext
@@ -359,6 +375,13 @@ class Worker:
             ctx.metrics.proxy_error(ctx.direction, "opaque-connect-failed")
             log.debug("opaque connect to %s:%d failed: %s", dst[0], dst[1], exc)
             return False
+        transport = upstream.transport
+        sock = transport.get_extra_info("socket") if transport is not None else None
+        if sock is not None and not self.fds.connect_ok(sock.fileno()):
+            # The last descriptors are the admin listener's (tulle.net.descriptors).
+            self.fds.note_shed("upstream connections")
+            ctx.metrics.proxy_error(ctx.direction, "descriptors-exhausted")
+            return False
         return True
 
     async def _opaque(self, ctx: ProxyContext, sock: socket.socket, dst: Address) -> None:
@@ -373,11 +396,34 @@ class Worker:
             return
         tunnel.start()
 
+    def liveness(self) -> str:
+        """Why this worker is wedged and should be restarted; "" when it is live.
+
+        A supervisor acts on this through `/live`: the event loop stalled (the
+        sweeper, which runs every 250 ms, has not for `STALL_S`), the sweeper
+        died, a listener stopped accepting while not draining, or accepting
+        has failed for want of resources for `STALL_S` on end. Shedding
+        connections for want of descriptors is not wedged: it is the proxy
+        protecting itself, and it recovers on its own."""
+        now = self.loop.time()
+        if now - self.heartbeat > STALL_S:
+            return f"event loop stalled for {now - self.heartbeat:.1f}s"
+        if self._sweeper is not None and self._sweeper.done():
+            return "the connection sweeper stopped"
+        if not self.draining:
+            for acceptor in self.acceptors:
+                if acceptor.closed:
+                    return f"listener {_fmt(acceptor.address)} is closed"
+                if acceptor.paused_since and now - acceptor.paused_since > STALL_S:
+                    return f"accept() has failed for {now - acceptor.paused_since:.0f}s"
+        return ""
+
     async def _sweep(self) -> None:
         timeouts = self.config.timeouts
         while True:
             await asyncio.sleep(SWEEP_INTERVAL_S)
             now = self.loop.time()
+            self.heartbeat = now
             for ctx in self.contexts:
                 for conn in list(ctx.connections):
                     if conn.current is not None or conn.closed:
@@ -485,7 +531,13 @@ def _serve_snapshots(loop: asyncio.AbstractEventLoop, sock: socket.socket, worke
             loop.remove_reader(sock.fileno())
             return
         payload = pickle.dumps(
-            (worker.snapshot(), worker.describe(), worker.ready, worker.extra_metrics())
+            (
+                worker.snapshot(),
+                worker.describe(),
+                worker.ready,
+                worker.extra_metrics(),
+                worker.liveness(),
+            )
         )
         sock.setblocking(True)
         try:
@@ -520,6 +572,7 @@ async def _run_single(config: ProxyConfig) -> int:
         shutdown=lambda: loop.create_task(worker.drain()),
         extra_metrics=lambda: _async_value(worker.extra_metrics()),
         tap=worker.tap,
+        live=lambda: _async_value(worker.liveness()),
     )
     try:
         admin = await AdminServer.start(loop, config.admin_addr, state)
@@ -606,7 +659,7 @@ async def _run_workers(config: ProxyConfig) -> int:
     for h in handles:
         spawn(h)
 
-    async def ask(h: _WorkerHandle) -> tuple[Snapshot, dict[str, Any], bool, str] | None:
+    async def ask(h: _WorkerHandle) -> tuple[Snapshot, dict[str, Any], bool, str, str] | None:
         if h.sock is None:
             return None
         async with h.lock:
@@ -617,7 +670,7 @@ async def _run_workers(config: ProxyConfig) -> int:
                 payload = await _recv_exact(loop, h.sock, size)
             except (OSError, EOFError):
                 return None
-        result: tuple[Snapshot, dict[str, Any], bool, str] = pickle.loads(payload)
+        result: tuple[Snapshot, dict[str, Any], bool, str, str] = pickle.loads(payload)
         return result
 
     async def snapshots() -> list[Snapshot]:
@@ -640,6 +693,20 @@ async def _run_workers(config: ProxyConfig) -> int:
         texts = sorted((r[3] for r in results if r[3]), key=len)
         return texts[0] if texts else ""
 
+    async def live() -> str:
+        # A worker that cannot answer within the bound is as wedged as one that says so.
+        async def one(h: _WorkerHandle) -> str:
+            try:
+                result = await asyncio.wait_for(ask(h), WORKER_ANSWER_S)
+            except TimeoutError:
+                return f"worker {h.index} (pid {h.pid}) did not answer in {WORKER_ANSWER_S:g}s"
+            if result is None:
+                return ""  # gone: the parent restarts it
+            return f"worker {h.index}: {result[4]}" if result[4] else ""
+
+        problems = [p for p in await asyncio.gather(*(one(h) for h in handles)) if p]
+        return "; ".join(problems)
+
     stopped = asyncio.Event()
 
     async def stop() -> None:
@@ -658,6 +725,7 @@ async def _run_workers(config: ProxyConfig) -> int:
         ready=ready,
         shutdown=lambda: loop.create_task(stop()),
         extra_metrics=extra,
+        live=live,
     )
     try:
         admin = await AdminServer.start(loop, config.admin_addr, state)

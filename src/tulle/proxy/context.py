@@ -13,6 +13,7 @@ from tulle.proxy.router import Router
 from tulle.proxy.tap import TapHub
 
 if TYPE_CHECKING:
+    from tulle.net.descriptors import DescriptorBudget
     from tulle.net.mtls import MeshTls
     from tulle.proxy.authz import InboundAuthz
     from tulle.proxy.http1 import Http1Server
@@ -47,6 +48,8 @@ class ProxyContext:
         self.mesh: MeshTls | None = None
         # Inbound authorization policy; None: every caller is allowed.
         self.authz: InboundAuthz | None = None
+        # The process's descriptor budget (tulle.net.descriptors); None: unchecked.
+        self.fds: DescriptorBudget | None = None
 
     def record_rejected(self, status: int, reason: str) -> None:
         """A request refused before it had an authority (bad input)."""

@@ -28,6 +28,7 @@ Layering, innermost first (each step says why it sits where it does):
 from __future__ import annotations
 
 import asyncio
+import errno
 import logging
 import ssl
 import time
@@ -65,6 +66,10 @@ log = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
 _CLIENT_ID_LINE = CLIENT_ID_HEADER + b":"
+
+
+# A new upstream connection would eat into the descriptors kept for admin.
+DESCRIPTORS_EXHAUSTED = "descriptors-exhausted"
 
 
 class ConnectFailed(Exception):
@@ -138,8 +143,20 @@ class EndpointPool(PoolHandle):
                 502, "connect-refused", f"{self.label} refused the connection"
             ) from None
         except OSError as exc:
+            if exc.errno in (errno.EMFILE, errno.ENFILE):
+                raise ConnectFailed(503, DESCRIPTORS_EXHAUSTED, str(exc)) from None
             reason = "tls-handshake-failed" if isinstance(exc, ssl.SSLError) else "connect-error"
             raise ConnectFailed(502, reason, f"connecting to {self.label}: {exc}") from None
+        budget = ctx.fds
+        if budget is not None:
+            sock = transport.get_extra_info("socket")
+            if sock is not None and not budget.connect_ok(sock.fileno()):
+                # The last descriptors are the admin listener's (tulle.net.descriptors).
+                transport.abort()
+                budget.note_shed("upstream connections")
+                raise ConnectFailed(
+                    503, DESCRIPTORS_EXHAUSTED, "the proxy is out of file descriptors"
+                )
         peer_id = ""
         if tls is not None and self.identity:
             try:
@@ -836,7 +853,8 @@ class Exchange:
         """A connection attempt failed before any byte of response."""
         if self.status == _DONE:
             return
-        self._end_attempt(FAILURE)
+        # Running out of descriptors says nothing about the endpoint.
+        self._end_attempt(CANCELLED if reason == DESCRIPTORS_EXHAUSTED else FAILURE)
         self._retry_or_fail(status, reason, message, sent=False)
         # Called from connect tasks, outside any data_received: flush here.
         self.server.flush_all()

@@ -137,3 +137,17 @@ def test_http2_hop_count() -> None:
     assert with_hop([*base, (b"tulle-hops", b"5")], head.hops) == [*base, (b"tulle-hops", b"6")]
     with pytest.raises(MalformedRequest):
         parse_request_head([*base, (b"tulle-hops", b"many")])
+
+
+def test_descriptor_budget_keeps_a_reserve_for_admin() -> None:
+    from tulle.net.descriptors import ADMIN_RESERVE, DescriptorBudget
+
+    budget = DescriptorBudget(limit=1024)
+    try:
+        assert budget.connect_at == 1024 - ADMIN_RESERVE
+        # Accepting stops an eighth of the limit before upstream connects do.
+        assert budget.shed_at == budget.connect_at - 128
+        assert budget.accept_ok(budget.shed_at - 1) and not budget.accept_ok(budget.shed_at)
+        assert budget.connect_ok(budget.shed_at) and not budget.connect_ok(budget.connect_at)
+    finally:
+        budget.close()
