@@ -242,7 +242,9 @@ class ControlResolver:
         key = normalize_service_name(name)
         view = self._views.get(key)
         if view is None:
-            view = ServiceView(key)
+            # Routes and the traffic split come on the profile stream: the view
+            # is ready once both streams have answered.
+            view = ServiceView(key, profile_expected=True)
             self._views[key] = view
             self._pending.append(key)
         if self._pending and not self._closed:

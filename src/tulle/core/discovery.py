@@ -88,21 +88,42 @@ EMPTY_PROFILE = Profile()
 class ServiceView:
     """What the proxy currently knows of one logical service.
 
-    `exists` is None until the first answer, then True or False. Sources call
-    the `apply_*` methods; they are idempotent so that repeated or reordered
-    updates converge (a Remove of an unknown address is ignored; an Add of a
-    known address replaces it).
+    `exists` is None until the first answer about endpoints, then True or
+    False. A source that also serves profiles (the control plane: routes and
+    the traffic split come on a stream of their own) creates the view with
+    `profile_expected=True`; the view is then `ready` only once both first
+    answers are in, whichever comes first. The request path routes a name only
+    when its view is ready: a split's apex usually has no endpoints of its own,
+    so routing on the endpoints answer alone would send the first requests to
+    an empty set (`503 no-endpoints`) while the split is still on its way.
+
+    Sources call the `apply_*` methods; they are idempotent so that repeated or
+    reordered updates converge (a Remove of an unknown address is ignored; an
+    Add of a known address replaces it).
     """
 
-    __slots__ = ("_listeners", "_ready", "endpoints", "exists", "name", "profile")
+    __slots__ = (
+        "_listeners",
+        "_ready_event",
+        "endpoints",
+        "exists",
+        "name",
+        "profile",
+        "profile_known",
+        "ready",
+    )
 
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, *, profile_expected: bool = False) -> None:
         self.name = name
         self.endpoints: dict[Address, Endpoint] = {}
         self.exists: bool | None = None
         self.profile: Profile = EMPTY_PROFILE
+        self.profile_known = not profile_expected
+        # Discovery has answered: endpoints (or their absence) and, when
+        # expected, the profile. A plain attribute: the request path reads it.
+        self.ready = False
         self._listeners: list[Callable[[ServiceView], None]] = []
-        self._ready: asyncio.Event | None = None
+        self._ready_event: asyncio.Event | None = None
 
     # -- written by sources ------------------------------------------------
     def apply_add(self, endpoints: Iterable[Endpoint]) -> None:
@@ -128,12 +149,13 @@ class ServiceView:
 
     def apply_profile(self, profile: Profile) -> None:
         self.profile = profile
+        self.profile_known = True
         self._changed()
 
     # -- read by the proxy -------------------------------------------------
     @property
     def known(self) -> bool:
-        return self.exists is not None
+        return self.ready
 
     def subscribe(self, listener: Callable[[ServiceView], None]) -> None:
         self._listeners.append(listener)
@@ -143,20 +165,34 @@ class ServiceView:
             self._listeners.remove(listener)
 
     async def wait_known(self, timeout_s: float) -> bool:
-        """Wait until discovery has answered once; False on timeout."""
-        if self.exists is not None:
+        """Wait until the view is `ready`; False when endpoints never came.
+
+        When the endpoints answered but the profile did not within the
+        timeout, the view stops waiting for it and serves without one (as it
+        would with an empty profile): availability over a missing split, and
+        later requests do not wait again. A profile that arrives later still
+        applies.
+        """
+        if self.ready:
             return True
-        if self._ready is None:
-            self._ready = asyncio.Event()
+        event = self._ready_event
+        if event is None:
+            event = self._ready_event = asyncio.Event()
         try:
-            await asyncio.wait_for(self._ready.wait(), timeout_s)
+            await asyncio.wait_for(event.wait(), timeout_s)
         except TimeoutError:
-            return False
+            if self.exists is None:
+                return False
+            self.profile_known = True
+            self.ready = True
+            event.set()
         return True
 
     def _changed(self) -> None:
-        if self._ready is not None and self.exists is not None:
-            self._ready.set()
+        if not self.ready and self.exists is not None and self.profile_known:
+            self.ready = True
+            if self._ready_event is not None:
+                self._ready_event.set()
         for listener in tuple(self._listeners):
             listener(self)
 

@@ -67,14 +67,15 @@ class MeshDispatcher:
                 return self._refused(target.refusal)
         view = target.view
         wait_s = ctx.config.timeouts.discovery_s
-        if view.exists is None:
-            # The first stream for a name: wait for discovery, then route again.
+        if not view.ready:
+            # The first stream for a name: wait for discovery (endpoints and
+            # profile, so that a split is known), then route again.
             return Pending(lambda: view.wait_known(wait_s), f"discovery of {target.name!r}")
         if view.exists is False:
             return Refused(RefusalKind.UNKNOWN_SERVICE, f"no service named {target.name!r}")
         backend = target.backend()
         backend_view = backend.view
-        if backend_view.exists is None:
+        if not backend_view.ready:
             return Pending(
                 lambda: backend_view.wait_known(wait_s), f"discovery of {backend.name!r}"
             )

@@ -448,8 +448,9 @@ class Exchange:
                 self.fail(refusal.status, refusal.reason, refusal.detail)
                 return
         self.target = target
-        view = target.view
-        if view.exists is None:
+        if not target.view.ready:
+            # The first request for a name waits (bounded) until discovery has
+            # answered for its endpoints and its profile (routes, split).
             self.status = _WAITING
             ctx.loop.create_task(self._await_known(target, lambda: self._routed(target)))
             return
@@ -501,7 +502,7 @@ class Exchange:
         timeout = route.timeout_s or ctx.config.timeouts.response_s
         if timeout > 0:
             self.timer = ctx.loop.call_later(timeout, self._timed_out)
-        if backend.view.exists is None:
+        if not backend.view.ready:
             # A split backend that discovery has not answered for yet (it is
             # resolved when the split first arrives): wait for it, bounded.
             self.status = _WAITING
