@@ -248,6 +248,17 @@ class Balancer:
             return a if a.cost(now) <= b.cost(now) else b
         return candidates[0] if count == 1 else None
 
+    def pick_avoiding(self, now: float, avoid: EndpointState) -> EndpointState | None:
+        """For a retry: P2C among the available endpoints other than `avoid`
+        (the one whose attempt just failed), or `avoid` itself when it is the
+        only one left. A plain `pick` would often return a fast-failing
+        endpoint again: its failures keep its latency estimate low.
+        """
+        candidates = tuple(s for s in self._states if s is not avoid and s.available(now))
+        if candidates:
+            return self._pick_among_available(candidates, now)
+        return avoid if avoid.available(now) and not avoid.removed else None
+
     def states(self) -> Sequence[EndpointState]:
         """Current endpoints (not the removed ones), for metrics."""
         return self._states

@@ -51,6 +51,7 @@ from tulle.codec.http1 import (
 from tulle.codec.path import normalize_target, origin_form, refusal_reason
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
 from tulle.core.policy import CLIENT_ID_HEADER
+from tulle.core.retry import NOT_SENT, RESET, STATUS, retry_allowed
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
 from tulle.proxy.balance import ejected_detail
 from tulle.proxy.router import PoolHandle, RoutePolicy, ServiceTarget
@@ -208,6 +209,7 @@ class UpstreamConn(asyncio.Protocol):
         "peer_id",
         "pool",
         "transport",
+        "written",
     )
 
     def __init__(self, pool: EndpointPool) -> None:
@@ -221,6 +223,9 @@ class UpstreamConn(asyncio.Protocol):
         self.lost = False
         self.idle = False
         self.got_bytes = False
+        # Whether any byte of the current exchange's request reached the
+        # socket: until then a failure means the upstream never saw it.
+        self.written = False
 
     # -- asyncio.Protocol ---------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -298,7 +303,12 @@ class UpstreamConn(asyncio.Protocol):
             stats = self.pool.tcp_stats
             data = out[0] if len(out) == 1 else b"".join(out)
             stats.write_bytes += len(data)
-            self.transport.write(data)
+            transport = self.transport
+            transport.write(data)
+            if not self.written:
+                # A write that fails at once (the peer had already reset the
+                # connection) leaves the transport closing: nothing was sent.
+                self.written = not transport.is_closing()
         out.clear()
 
     def close(self) -> None:
@@ -554,12 +564,9 @@ class Exchange:
         assert backend is not None
         now = _monotonic()
         balancer = backend.balancer
-        state = balancer.pick(now)
         failed = self.failed_state
-        if failed is not None and state is failed and len(balancer) > 1:
-            # A retry: P2C may well pick the endpoint that just failed (a fast
-            # failure leaves its latency estimate low); ask once more.
-            state = balancer.pick(now)
+        # A retry goes to another endpoint than the one that failed, if any.
+        state = balancer.pick(now) if failed is None else balancer.pick_avoiding(now, failed)
         if state is None:
             self._nothing_to_pick(backend)
             return
@@ -599,6 +606,7 @@ class Exchange:
             self.peer_id = conn.peer_id
         conn.exchange = self
         conn.got_bytes = False
+        conn.written = False
         conn.decoder.expect(self, self.head.method == b"HEAD")
         if self.attempts > 1 and self.replay is not None:
             for chunk in self.replay:
@@ -660,8 +668,8 @@ class Exchange:
         if (
             status >= 500
             and self.route is not None
-            and self.route.retryable
-            and self._may_retry(status)
+            and self.route.retryable is True
+            and self._may_retry(STATUS, status)
         ):
             self.discarding = True
             return
@@ -724,7 +732,7 @@ class Exchange:
         if self.discarding:
             self.discarding = False
             self._end_attempt(FAILURE)
-            self._retry_or_fail(status, "upstream-5xx", f"upstream answered {status}")
+            self._retry_granted()
             return
         if self.resp_chunked:
             encode_last_chunk(self.server.out, head.trailers)
@@ -812,37 +820,43 @@ class Exchange:
         tunnel.start()
 
     # -- failures, retries, completion ---------------------------------------
-    def _may_retry(self, status: int, sent: bool = True) -> bool:
-        """Whether this failed attempt may be tried again.
+    def _may_retry(self, failure: int, status: int = 0) -> bool:
+        """Whether this failed attempt may be tried again (`tulle.core.retry`).
 
-        A request that never reached the upstream (the connection failed) is
-        always safe to resend, whatever its method. One that did reach it is
-        resent only on a route the operator marked retryable (as Linkerd's
-        ServiceProfiles do): a 5xx from an unmarked route is the application's
-        answer and goes back to the client. Every retry draws on the service's
-        retry budget so that retries cannot multiply an outage.
+        A request that never reached the upstream is always resent, whatever
+        its method and route (bounded by the attempt cap, not by the budget:
+        it cost the upstream nothing). One that may have reached it is resent
+        as the route's rule says (idempotent methods after a reset when
+        `retryable` is absent), only once its whole body was read and kept, and
+        each such retry draws on the service's retry budget so that retries
+        cannot multiply an outage.
         """
         route = self.route
-        if route is None or self.replay is None or route.retryable is False:
+        if route is None or self.replay is None or self.attempts >= 1 + MAX_RETRIES:
             return False
-        if sent:
-            if route.retryable is not True or not self.req_done:
-                return False
-            if route.retry_statuses and status not in route.retry_statuses:
-                return False
+        if failure == NOT_SENT:
+            return True
+        if not self.req_done or not retry_allowed(
+            route.retryable, self.head.method, failure, status, route.retry_statuses
+        ):
+            return False
         target = self.target
-        if target is None or self.attempts >= 1 + MAX_RETRIES:
-            return False
-        return target.budget.try_withdraw(_monotonic())
+        return target is not None and target.budget.try_withdraw(_monotonic())
 
-    def _retry_or_fail(self, status: int, reason: str, message: str, sent: bool = True) -> None:
+    def _retry_or_fail(self, status: int, reason: str, message: str, failure: int) -> None:
         if self.status == _DONE:
             return
-        if self.attempts and self._may_retry(status, sent):
+        if self.attempts and self._may_retry(failure, status):
             self._count_retry()
             self._dispatch()
             return
         self.fail(status if status >= 500 else 502, reason, message)
+
+    def _retry_granted(self) -> None:
+        """A 5xx head was discarded because `_may_retry` granted a retry (and
+        drew on the budget) when it arrived: send the next attempt."""
+        self._count_retry()
+        self._dispatch()
 
     def _count_retry(self) -> None:
         ctx = self.server.ctx
@@ -856,7 +870,7 @@ class Exchange:
             return
         # Running out of descriptors says nothing about the endpoint.
         self._end_attempt(CANCELLED if reason == DESCRIPTORS_EXHAUSTED else FAILURE)
-        self._retry_or_fail(status, reason, message, sent=False)
+        self._retry_or_fail(status, reason, message, NOT_SENT)
         # Called from connect tasks, outside any data_received: flush here.
         self.server.flush_all()
 
@@ -869,15 +883,11 @@ class Exchange:
             self._finish(self.resp_status, False, "upstream-reset-mid-response")
             self.server.abort()
             return
-        if (
-            self.reused_conn
-            and not conn.got_bytes
-            and self.replay is not None
-            and self.req_done
-            and self.discarding is False
-        ):
-            # A pooled connection that the upstream had already closed: the
-            # request never reached it, so sending it again is always safe.
+        written = conn.written
+        if not written and self.reused_conn and self.replay is not None:
+            # A pooled connection found dead before any byte of the request
+            # was written: the upstream never saw it, so it is sent again at
+            # once, whatever the method (not counted as a retry).
             state = self.state
             if state is not None:
                 state.pending -= 1
@@ -886,10 +896,17 @@ class Exchange:
             self._dispatch()
             self.server.flush_all()
             return
-        self.discarding = False
         self._end_attempt(FAILURE)
+        if self.discarding:
+            # Lost while discarding a 5xx whose retry was already granted.
+            self.discarding = False
+            self._retry_granted()
+            self.server.flush()
+            return
         detail = f"{conn.pool.label} closed the connection" + (f": {exc}" if exc else "")
-        self._retry_or_fail(502, "upstream-reset", detail)
+        # Written: the upstream may have run the request (a reset, retried as
+        # the route's rule says); not written: it never saw it.
+        self._retry_or_fail(502, "upstream-reset", detail, RESET if written else NOT_SENT)
         self.server.flush()
 
     def upstream_failed(self, status: int, reason: str, message: str) -> None:

@@ -123,6 +123,7 @@ class ServiceTarget:
         "balancer",
         "budget",
         "budget_spec",
+        "default_retryable",
         "default_route",
         "metrics_labels",
         "name",
@@ -138,6 +139,8 @@ class ServiceTarget:
         view: ServiceView,
         make_pool: PoolFactory,
         max_pending: int,
+        *,
+        default_retryable: bool | None = None,
     ) -> None:
         self._router = router
         self.name = name
@@ -148,6 +151,8 @@ class ServiceTarget:
         self.budget_spec = RetryBudgetSpec()
         self.budget = RetryBudget.from_spec(self.budget_spec)
         self._routes: list[_CompiledRoute] = []
+        # The retry rule of requests no route matches (None: the default rule).
+        self.default_retryable = default_retryable
         self.default_route = DEFAULT_ROUTE
         self._backend_picker: WeightedPicker[ServiceTarget] | None = None
         self.authority_label = name
@@ -187,7 +192,9 @@ class ServiceTarget:
     def _apply_profile(self, profile: Profile) -> None:
         default_timeout = profile.timeout_s or 0.0
         self._routes = [_CompiledRoute(r, default_timeout) for r in profile.routes]
-        self.default_route = RoutePolicy("default", default_timeout, None, frozenset())
+        self.default_route = RoutePolicy(
+            "default", default_timeout, self.default_retryable, frozenset()
+        )
         spec = profile.retry_budget
         if spec != self.budget_spec:
             # A new budget starts empty; keep the old one while the spec is unchanged.
@@ -258,9 +265,15 @@ class Router:
         if fixed_target is not None:
             view = ServiceView("app")
             view.apply_reset([Endpoint(fixed_target)])
-            self._fixed = ServiceTarget(self, "app", view, make_pool, max_pending)
-            self._fixed.authority_label = ""
-            self._fixed.metrics_labels = ""
+            # Inbound: retries belong to the caller's side (the outbound proxy,
+            # which can pick another endpoint); the local app is one address.
+            # Only requests the app never received are resent.
+            fixed = ServiceTarget(
+                self, "app", view, make_pool, max_pending, default_retryable=False
+            )
+            fixed.authority_label = ""
+            fixed.metrics_labels = ""
+            self._fixed = fixed
 
     @property
     def fixed(self) -> ServiceTarget | None:

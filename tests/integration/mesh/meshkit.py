@@ -2,7 +2,8 @@
 
 `named_backend` is a tiny real HTTP/1.1 server (its own process) that answers
 every request with its name after an optional delay, so a test can count which
-endpoint served each request and make one endpoint slow. A backend named
+endpoint served each request and make one endpoint slow; it can also log every
+request it reads, so a test can tell which requests reached it. A backend named
 `flaky...` fails every other request to `/fail` with a 500.
 """
 
@@ -24,11 +25,14 @@ from support.process import ManagedProcess, ProcessGroup, http_status
 BACKEND_SCRIPT = r"""
 import asyncio, sys
 name, port, delay = sys.argv[1], int(sys.argv[2]), float(sys.argv[3]) / 1000.0
+log_requests = sys.argv[4:5] == ["1"]
 seen = [0]
 async def handle(reader, writer):
     try:
         while True:
             head = await reader.readuntil(b"\r\n\r\n")
+            if log_requests:
+                print("seen", head.split(b"\r\n", 1)[0].decode("latin-1"), flush=True)
             fail = False
             if name.startswith("flaky") and b" /fail" in head.split(b"\r\n", 1)[0]:
                 seen[0] += 1
@@ -65,12 +69,24 @@ class NamedBackend:
     def addr(self) -> str:
         return f"{LOOPBACK}:{self.port}"
 
+    def seen(self) -> list[str]:
+        """The request lines it logged (started with `log_requests=True`)."""
+        return [
+            line.removeprefix("seen ")
+            for line in self.process.output().splitlines()
+            if line.startswith("seen ")
+        ]
+
 
 def named_backend(
-    group: ProcessGroup, name: str, delay_ms: float = 0, port: int = 0
+    group: ProcessGroup, name: str, delay_ms: float = 0, port: int = 0, log_requests: bool = False
 ) -> NamedBackend:
+    """With `log_requests`, the backend prints `seen <request line>` for every
+    request head it reads, before answering (see `NamedBackend.seen`)."""
     process = group.start(
-        name, [sys.executable, "-c", BACKEND_SCRIPT, name, str(port), str(delay_ms)]
+        name,
+        [sys.executable, "-c", BACKEND_SCRIPT, name, str(port), str(delay_ms)]
+        + (["1"] if log_requests else []),
     )
     found: list[re.Match[str]] = []
 

@@ -343,3 +343,26 @@ def test_a_slow_endpoint_that_recovers_wins_traffic_back() -> None:
     )
     assert share(picks, 3, 0.0, 5.0) < 0.10
     assert share(picks, 3, 50.0, 60.0) > 0.20
+
+
+def test_a_retry_avoids_the_endpoint_that_just_failed() -> None:
+    balancer = Balancer(rng=random.Random(7))
+    balancer.set_endpoints(endpoints(1, 2, 3))
+    failed = balancer.states()[0]
+    # A fast-failing endpoint looks cheapest to P2C; a retry must still go elsewhere.
+    for _ in range(3):
+        failed.on_start()
+        failed.on_end(0.0, 0.0001, False)
+    picks = Counter(balancer.pick_avoiding(0.1, failed) for _ in range(300))
+    assert failed not in picks
+    assert set(picks) == set(balancer.states()[1:])
+
+
+def test_a_retry_falls_back_to_the_failed_endpoint_when_it_is_the_only_one() -> None:
+    balancer = Balancer(accrual_factory=no_jitter_accrual)
+    balancer.set_endpoints(endpoints(1, 2))
+    first, second = balancer.states()
+    eject(second, 0.0)
+    assert balancer.pick_avoiding(0.1, first) is first
+    eject(first, 0.0)
+    assert balancer.pick_avoiding(0.1, first) is None

@@ -45,20 +45,36 @@ class _Retryability:
 class _RetryabilityEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_Retryability.ValueType], _builtins.type):
     DESCRIPTOR: _descriptor.EnumDescriptor
     RETRYABILITY_DEFAULT: _Retryability.ValueType  # 0
-    """The client's default rule: idempotent methods are retried after a
-    retryable status or a failed connection.
+    """The client's default rule: requests with idempotent methods (GET, HEAD,
+    OPTIONS, TRACE, PUT, DELETE) are retried when the connection fails after
+    the request was sent; a response status is the application's answer and
+    MUST NOT be retried.
     """
     RETRYABILITY_RETRYABLE: _Retryability.ValueType  # 1
+    """Every method is retried after a failed connection and after a retryable
+    status (`retry_statuses`, 5xx when empty).
+    """
     RETRYABILITY_NOT_RETRYABLE: _Retryability.ValueType  # 2
+    """Nothing is retried but requests the upstream never received."""
 
-class Retryability(_Retryability, metaclass=_RetryabilityEnumTypeWrapper): ...
+class Retryability(_Retryability, metaclass=_RetryabilityEnumTypeWrapper):
+    """Whatever the value, a client MUST retry a request that the upstream never
+    received (connection refused or failed, a pooled connection found dead
+    before any byte was written), within its attempt cap.
+    """
 
 RETRYABILITY_DEFAULT: Retryability.ValueType  # 0
-"""The client's default rule: idempotent methods are retried after a
-retryable status or a failed connection.
+"""The client's default rule: requests with idempotent methods (GET, HEAD,
+OPTIONS, TRACE, PUT, DELETE) are retried when the connection fails after
+the request was sent; a response status is the application's answer and
+MUST NOT be retried.
 """
 RETRYABILITY_RETRYABLE: Retryability.ValueType  # 1
+"""Every method is retried after a failed connection and after a retryable
+status (`retry_statuses`, 5xx when empty).
+"""
 RETRYABILITY_NOT_RETRYABLE: Retryability.ValueType  # 2
+"""Nothing is retried but requests the upstream never received."""
 Global___Retryability: _TypeAlias = Retryability  # noqa: Y015
 
 @_typing.final
