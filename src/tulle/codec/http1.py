@@ -11,7 +11,11 @@ and they call a handler. They enforce the proxy's input rules (RFC 9112):
 * hop-by-hop headers (RFC 9110 7.6.1: `Connection` and the fields it names,
   `Keep-Alive`, `Proxy-Connection`, `TE`, `Upgrade` unless upgrading,
   `Transfer-Encoding`/`Content-Length` which the proxy re-frames) are removed
-  when a head is re-encoded; `Host` and end-to-end headers pass untouched.
+  when a head is re-encoded; `Host` and end-to-end headers pass untouched,
+  and so do the framing and identity headers a `Connection` header may not
+  nominate (`_NOT_NOMINABLE`);
+* after a request that ends the connection (`Connection: close`, HTTP/1.0
+  without keep-alive) every further byte is ignored, not an error.
 
 Bodies are re-framed, never buffered: a Content-Length body keeps its length,
 a chunked body is re-chunked piece by piece as it arrives (trailers kept), and
@@ -174,10 +178,11 @@ def _note_special(head: MessageHead, lname: bytes, value: bytes) -> None:
         low = value.lower()
         if low not in _PLAIN_CONNECTION:
             # Only names other than the hop-by-hop ones matter: they are extra
-            # fields the sender wants removed.
+            # fields the sender wants removed (RFC 9110 7.6.1), except those
+            # a sender may not make hop-by-hop (see _NOT_NOMINABLE).
             tokens = [t.strip() for t in low.split(b",")]
             head.connection_tokens = head.connection_tokens + tuple(
-                t for t in tokens if t and t not in _PLAIN_CONNECTION
+                t for t in tokens if t and t not in _NOT_NOMINABLE
             )
     elif lname == b"transfer-encoding":
         head.transfer_encoding = value
@@ -189,6 +194,25 @@ def _note_special(head: MessageHead, lname: bytes, value: bytes) -> None:
 
 
 _PLAIN_CONNECTION = frozenset({b"keep-alive", b"close", b"upgrade"})
+
+# Connection tokens that are ignored rather than honoured. `Host` is needed by
+# every hop (RFC 9110 7.2: a proxy MUST NOT drop it; 7.6.1: a sender MUST NOT
+# nominate a field meant for all recipients); the framing headers are
+# re-written by the proxy from the parsed message anyway; and the headers that
+# say who the caller is (`X-Forwarded-For`, `Forwarded`, `X-Real-IP`, and the
+# mesh's own `tulle-client-id` and `tulle-hops`) are exactly what a client
+# would nominate to strip what a proxy in front of it added. nginx honours no
+# nomination at all; this keeps RFC 9110's rule for every other name.
+_NOT_NOMINABLE = _PLAIN_CONNECTION | {
+    b"host",
+    b"content-length",
+    b"transfer-encoding",
+    b"x-forwarded-for",
+    b"forwarded",
+    b"x-real-ip",
+    b"tulle-client-id",
+    b"tulle-hops",
+}
 
 # Names whose presence changes framing or routing; everything else is only stored.
 _SPECIAL_REQ = frozenset(
@@ -229,10 +253,12 @@ class RequestDecoder:
         "_handler",
         "_head",
         "_head_bytes",
+        "_ignoring",
         "_in_body",
         "_max_head",
         "_parser",
         "_url_parts",
+        "finished",
         "messages_begun",
     )
 
@@ -245,6 +271,12 @@ class RequestDecoder:
         self._in_body = False
         self._url_parts: list[bytes] = []
         self.messages_begun = 0
+        # A request that ends the connection (`Connection: close`, HTTP/1.0
+        # without keep-alive) is complete, or `stop()` was called: whatever
+        # follows is ignored, as nginx does, never an error that would replace
+        # the answer to the request before it.
+        self.finished = False
+        self._ignoring = False
 
     @property
     def in_head(self) -> bool:
@@ -253,14 +285,27 @@ class RequestDecoder:
 
     def reset(self) -> None:
         """Start afresh after a refused upgrade (llhttp stays paused after one)."""
+        if self._ignoring:
+            return
         self._parser = httptools.HttpRequestParser(self)
         self._head_bytes = 0
         self._in_body = False
+
+    def stop(self) -> None:
+        """Ignore every byte from now on (the connection is being closed)."""
+        self.finished = True
+        self._ignoring = True
+        # A parser with no callbacks: what it parses goes nowhere, and the
+        # errors it raises are ignored below.
+        self._parser = httptools.HttpRequestParser(_NO_CALLBACKS)
 
     def feed(self, data: bytes) -> int | None:
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
+            if self._ignoring:
+                self._parser = httptools.HttpRequestParser(_NO_CALLBACKS)
+                return None
             return int(upgrade.args[0])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
@@ -268,8 +313,13 @@ class RequestDecoder:
                 raise cause from None
             raise
         except httptools.HttpParserInvalidMethodError:
+            if self.finished:
+                return None
             raise Http1Error(400, "bad-request", "invalid method") from None
         except httptools.HttpParserError as exc:
+            if self.finished:
+                # Bytes after a request that ended the connection.
+                return None
             detail = str(exc.args[0]) if exc.args else "malformed request"
             raise Http1Error(400, "bad-request", detail) from None
         if not self._in_body and self._head_bytes > self._max_head:
@@ -333,7 +383,14 @@ class RequestDecoder:
     def on_message_complete(self) -> None:
         self._head_bytes = 0
         self._in_body = False
-        self._handler.on_request_end(self._head)
+        head = self._head
+        if not head.keep_alive:
+            self.finished = True
+        self._handler.on_request_end(head)
+
+
+# The protocol object of a parser whose output is ignored: it has no callbacks.
+_NO_CALLBACKS = object()
 
 
 class ResponseDecoder:

@@ -432,16 +432,11 @@ class Exchange:
         else:
             if head.method == b"CONNECT":
                 authority = target_bytes
-            elif target_bytes[:7].lower() == b"http://":
-                authority, _, path = target_bytes[7:].partition(b"/")
-                head.target = b"/" + path
-                if host != authority:
-                    # RFC 9112 3.2.2: the absolute-form authority replaces Host.
-                    head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
-                    head.headers.insert(0, (b"Host", authority))
-                    head.encoded = [line for line in head.encoded if line[:5].lower() != b"host:"]
-                    head.encoded.insert(0, b"Host: " + authority + b"\r\n")
-                    head.host = authority
+            elif target_bytes[:1] != b"/" and b"://" in target_bytes:
+                absolute = self._absolute_form()
+                if absolute is None:
+                    return
+                authority = absolute
             elif host:
                 authority = host
             elif server.orig_dst is not None:
@@ -465,6 +460,49 @@ class Exchange:
             ctx.loop.create_task(self._await_known(target, lambda: self._routed(target)))
             return
         self._routed(target)
+
+    def _absolute_form(self) -> bytes | None:
+        """An absolute-form target (`http_proxy` clients, RFC 9112 3.2.2): its
+        authority, which replaces Host and names the service, and the target
+        made origin-form. None: refused (answered here).
+
+        The authority ends at the first `/`, `?` or `#` (RFC 3986 3.2), so
+        `http://echo?x=1` is service `echo`, path `/?x=1`. Userinfo is refused
+        (RFC 9110 4.2.4). Only `http` is proxied: an `https://` target would
+        have to be sent in plaintext, or its TLS made up by the proxy; a client
+        that wants TLS through a proxy uses CONNECT (`https_proxy`), as with
+        Envoy, which refuses an https scheme on a plaintext listener too.
+        """
+        head = self.head
+        scheme, _, rest = head.target.partition(b"://")
+        if scheme.lower() != b"http":
+            shown = scheme[:16].decode("latin-1")
+            self.fail(
+                400,
+                "unsupported-scheme",
+                f"absolute-form {shown}:// is not proxied; only http:// is"
+                " (for TLS through the proxy, use CONNECT, as https_proxy does)",
+            )
+            return None
+        cut = len(rest)
+        for mark in (b"/", b"?", b"#"):
+            at = rest.find(mark, 0, cut)
+            if at >= 0:
+                cut = at
+        authority = rest[:cut]
+        if not authority or b"@" in authority:
+            self.fail(400, "bad-request", "absolute-form target needs a host (and no user info)")
+            return None
+        path = rest[cut:]
+        head.target = path if path[:1] == b"/" else b"/" + path
+        if head.host != authority:
+            # RFC 9112 3.2.2: the absolute-form authority replaces Host.
+            head.headers = [(n, v) for n, v in head.headers if n.lower() != b"host"]
+            head.headers.insert(0, (b"Host", authority))
+            head.encoded = [line for line in head.encoded if line[:5].lower() != b"host:"]
+            head.encoded.insert(0, b"Host: " + authority + b"\r\n")
+            head.host = authority
+        return authority
 
     def _normalize_target(self) -> bool:
         """Give the request its one normalised path (`tulle.codec.path`): what policy
@@ -1076,6 +1114,7 @@ class Http1Server(asyncio.Protocol):
         "ctx",
         "current",
         "decoder",
+        "deferred_error",
         "head_started",
         "last_active",
         "orig_dst",
@@ -1098,6 +1137,9 @@ class Http1Server(asyncio.Protocol):
         self.orig_dst = orig_dst
         self.transport: asyncio.Transport | None = None
         self.decoder = RequestDecoder(self, ctx.config.limits.max_head_bytes)
+        # The answer to bad input that followed pipelined requests still in
+        # flight: sent once they are answered (`_bad_input`).
+        self.deferred_error: bytes | None = None
         self.out: list[bytes] = []
         self.current: Exchange | None = None
         self.receiving: Exchange | None = None
@@ -1253,6 +1295,12 @@ class Http1Server(asyncio.Protocol):
             nxt.begin()
             if nxt.conn is not None:
                 nxt.conn.flush()
+        elif self.deferred_error is not None:
+            # Every request before a bad one is answered: now its error.
+            self.out.append(self.deferred_error)
+            self.deferred_error = None
+            self.flush()
+            self.close()
         elif self.ctx.draining:
             self.flush()
             self.close()
@@ -1318,9 +1366,17 @@ class Http1Server(asyncio.Protocol):
     def _bad_input(self, err: Http1Error) -> None:
         self.ctx.metrics.proxy_error(self.ctx.direction, err.reason)
         self.ctx.record_rejected(err.status, err.reason)
-        self.out.append(
-            error_response(err.status, err.reason, err.detail or err.reason, close=True)
-        )
+        response = error_response(err.status, err.reason, err.detail or err.reason, close=True)
+        receiving = self.receiving
+        if self.current is not None and (receiving is None or receiving.req_done):
+            # Pipelined: the requests before the bad one are whole and on their
+            # way, so they are answered first, in order; then this 400, then
+            # the connection closes. Nothing after the bad bytes is read.
+            self.deferred_error = response
+            self.decoder.stop()
+            self.flush_all()
+            return
+        self.out.append(response)
         self.flush()
         self.close()
 

@@ -246,3 +246,66 @@ def test_valid_requests_survive_any_split(
         d.feed(raw[i : i + step])
     assert h.ended == 1 and h.bodies[0] == body
     assert [n for n, _ in h.heads[0].headers[1:-1]] == [n for n, _ in headers]
+
+
+@pytest.mark.parametrize(
+    "first",
+    [
+        b"GET /a HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n",
+        b"GET /a HTTP/1.0\r\nHost: a\r\n\r\n",
+    ],
+)
+@pytest.mark.parametrize(
+    "after",
+    [b"GET /b HTTP/1.1\r\nHost: a\r\n\r\n", b"\x00\x01garbage\r\n\r\n", b"GET /ws HTTP/1.1\r\n"],
+)
+def test_bytes_after_a_request_that_ends_the_connection_are_ignored(
+    first: bytes, after: bytes
+) -> None:
+    handler = Requests()
+    decoder = RequestDecoder(handler)
+    assert decoder.feed(first + after) is None
+    assert decoder.feed(after) is None
+    assert [h.target for h in handler.heads] == [b"/a"]
+    assert handler.ended == 1
+    assert decoder.finished
+
+
+def test_a_keep_alive_request_does_not_finish_the_decoder() -> None:
+    handler = Requests()
+    decoder = RequestDecoder(handler)
+    decoder.feed(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\nGET /b HTTP/1.1\r\nHost: a\r\n\r\n")
+    assert [h.target for h in handler.heads] == [b"/a", b"/b"]
+    assert not decoder.finished
+    with pytest.raises(Http1Error):
+        decoder.feed(b"\x00garbage\r\n\r\n")
+
+
+def test_stop_ignores_everything_after_it_upgrades_included() -> None:
+    handler = Requests()
+    decoder = RequestDecoder(handler)
+    decoder.feed(b"GET /a HTTP/1.1\r\nHost: a\r\n\r\n")
+    decoder.stop()
+    upgrade = b"GET /ws HTTP/1.1\r\nHost: a\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n\r\n"
+    assert decoder.feed(upgrade + b"RAW") is None
+    assert decoder.feed(b"\x00garbage\r\n\r\n") is None
+    decoder.reset()
+    assert decoder.feed(b"GET /c HTTP/1.1\r\nHost: a\r\n\r\n") is None
+    assert [h.target for h in handler.heads] == [b"/a"]
+
+
+def test_connection_cannot_nominate_host_framing_or_identity_headers() -> None:
+    (head,) = parse(
+        b"POST /a HTTP/1.1\r\nHost: books\r\n"
+        b"Connection: host, content-length, transfer-encoding, x-forwarded-for\r\n"
+        b"Connection: forwarded, x-real-ip, tulle-client-id, tulle-hops, X-Hop\r\n"
+        b"X-Forwarded-For: 192.0.2.1\r\nForwarded: for=192.0.2.1\r\nX-Real-IP: 192.0.2.1\r\n"
+        b"X-Hop: gone\r\nContent-Length: 2\r\n\r\nhi"
+    ).heads
+    assert head.connection_tokens == (b"x-hop",)
+    kept = b"".join(head.encoded_end_to_end())
+    assert b"Host: books\r\n" in kept
+    assert b"X-Forwarded-For: 192.0.2.1\r\n" in kept
+    assert b"Forwarded: for=192.0.2.1\r\n" in kept
+    assert b"X-Real-IP: 192.0.2.1\r\n" in kept
+    assert b"X-Hop" not in kept
