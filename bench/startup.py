@@ -21,7 +21,8 @@ install -y hyperfine`), else through repeated timed runs here; both report the
 wall-clock time of the whole process, start to exit. The proxy measures start
 the process and poll `/ready` every 2 ms with a raw socket (a refused connect
 costs microseconds), then stop it with SIGTERM before the next run; each run
-uses fresh ports. `tulle` is the console script beside this interpreter (what
+uses fresh ports; one second after ready the proxy's resident memory (idle
+RSS) is read too. `tulle` is the console script beside this interpreter (what
 `pip install` puts on PATH), else `python -m tulle`; pass `--tulle` to choose.
 Everything runs on 127.0.0.1; every process is stopped at the end.
 
@@ -47,13 +48,14 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 READY_TIMEOUT_S = 20.0
 POLL_INTERVAL_S = 0.002
 STOP_TIMEOUT_S = 10.0
+IDLE_AFTER_READY_S = 1.0
 TRUST_DOMAIN = "bench.local"
 CLIENT_ID = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/web"
 
@@ -85,6 +87,7 @@ class Result:
     times_s: list[float]
     tool: str
     cpu_s: list[float]
+    rss_kib: list[int] = field(default_factory=list)
 
     @property
     def median(self) -> float:
@@ -210,6 +213,13 @@ def _children_cpu() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
+def rss_kib(pid: int) -> int:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("VmRSS:"):
+            return int(line.split()[1])
+    return 0
+
+
 def process_cpu_s(pid: int) -> float:
     """User + system CPU seconds `pid` has used so far (from /proc)."""
     fields = Path(f"/proc/{pid}/stat").read_text().rpartition(")")[2].split()
@@ -223,9 +233,11 @@ def _quote(arg: str) -> str:
 
 def time_proxy_ready(
     processes: Processes, tulle: list[str], flags: Callable[[], list[str]], runs: int, name: str
-) -> tuple[list[float], list[float]]:
-    """Seconds (wall, CPU) from starting `tulle proxy` to its first `/ready` 200, `runs` times."""
-    times, cpu = [], []
+) -> tuple[list[float], list[float], list[int]]:
+    """Seconds (wall, CPU) from starting `tulle proxy` to its first `/ready` 200, `runs` times.
+
+    Also its resident memory once idle (one second after ready)."""
+    times, cpu, rss = [], [], []
     for index in range(runs + 1):  # the first run warms the page cache and is dropped
         admin_port = free_port()
         argv = [
@@ -241,6 +253,8 @@ def time_proxy_ready(
             wait_for(child, f"`tulle proxy` ({name})", _ready_probe(admin_port))
             elapsed = time.perf_counter() - started
             used = process_cpu_s(child.pid)
+            time.sleep(IDLE_AFTER_READY_S)  # RSS when idle, not mid-start
+            resident = rss_kib(child.pid)
         except BenchError as exc:
             raise BenchError(f"{exc}\n{processes.log_tail(name)}") from None
         finally:
@@ -248,7 +262,8 @@ def time_proxy_ready(
         if index:
             times.append(elapsed)
             cpu.append(used)
-    return times, cpu
+            rss.append(resident)
+    return times, cpu, rss
 
 
 def _ready_probe(admin_port: int) -> Callable[[], bool]:
@@ -331,8 +346,10 @@ def run(args: argparse.Namespace) -> list[Result]:
             if "proxy-static" in wanted:
                 print("[startup] proxy-static", file=sys.stderr)
                 static = ["--static-dst", f"books={LOOPBACK}:{free_port()}"]
-                times, cpu = time_proxy_ready(processes, tulle, lambda: static, args.runs, "proxy")
-                results.append(Result("proxy-static", times, "timed runs", cpu))
+                times, cpu, rss = time_proxy_ready(
+                    processes, tulle, lambda: static, args.runs, "proxy"
+                )
+                results.append(Result("proxy-static", times, "timed runs", cpu, rss))
             if {"proxy-mtls", "stat"} & set(wanted):
                 with running_mesh(processes, tulle, work) as mesh:
                     if "proxy-mtls" in wanted:
@@ -341,10 +358,10 @@ def run(args: argparse.Namespace) -> list[Result]:
                             "--control-addr", f"{LOOPBACK}:{mesh.grpc_port}",
                             "--identity", CLIENT_ID, "--identity-token", mesh.token,
                         ]  # fmt: skip
-                        times, cpu = time_proxy_ready(
+                        times, cpu, rss = time_proxy_ready(
                             processes, tulle, lambda: flags, args.runs, "mtls"
                         )
-                        results.append(Result("proxy-mtls", times, "timed runs", cpu))
+                        results.append(Result("proxy-mtls", times, "timed runs", cpu, rss))
                     control_url = f"http://{LOOPBACK}:{mesh.http_port}"
                     cli("stat", [*tulle, "stat", "--json", "--control", control_url])
         finally:
@@ -369,6 +386,12 @@ def render(results: list[Result], tulle: list[str], runs: int, bytecode: str) ->
             f"{'-' if target is None else f'{target:.1f}'} | {verdict} | {result.cpu_median:.3f} | "
             f"{result.tool} |"
         )
+    for result in results:
+        if result.rss_kib:
+            lines.append(
+                f"\n{DESCRIPTIONS[result.name]}: idle RSS "
+                f"{statistics.median(result.rss_kib) / 1024:.1f} MiB (median, 1 s after ready)"
+            )
     return "\n".join(lines)
 
 
@@ -409,7 +432,8 @@ def main() -> int:
     if args.json:
         document = {
             r.name: {"median_s": r.median, "p90_s": r.p90, "target_s": TARGETS_S[r.name],
-                     "times_s": r.times_s, "cpu_s": r.cpu_s, "tool": r.tool}
+                     "times_s": r.times_s, "cpu_s": r.cpu_s, "rss_kib": r.rss_kib,
+                     "tool": r.tool}
             for r in results
         }  # fmt: skip
         print(json.dumps(document, indent=2))
