@@ -457,9 +457,16 @@ class ResponseDecoder:
             raise Http1Error(502, "upstream-header-too-large", "response header section too large")
         return None
 
-    def finish_close_delimited(self) -> bool:
-        """The upstream closed: end a close-delimited body. False if none was open."""
-        if self.in_close_delimited_body:
+    def connection_closed(self, clean: bool) -> bool:
+        """The upstream's connection ended; True when that completed the response.
+
+        Only a close-delimited body ends at the close (RFC 9112 6.3), and only
+        at a clean one (FIN): a reset means the upstream crashed or was killed
+        partway through, so the body is cut short, as is any Content-Length
+        or chunked body still open. On False the caller treats whatever
+        response is in progress as broken; nothing is signalled here.
+        """
+        if clean and self.in_close_delimited_body:
             self._in_body = False
             self._handler.on_response_end(self._head)
             return True

@@ -28,9 +28,12 @@ Layering, innermost first (each step says why it sits where it does):
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import errno
 import logging
+import socket
 import ssl
+import struct
 import time
 from collections import deque
 from collections.abc import Callable
@@ -268,7 +271,8 @@ class UpstreamConn(asyncio.Protocol):
         self.exchange = None
         if ex is None:
             return
-        if self.decoder.finish_close_delimited():
+        # exc is set on a reset: the upstream crashed or was killed mid-response.
+        if self.decoder.connection_closed(clean=exc is None):
             ex.server.flush()
             return
         ex.upstream_lost(self, exc)
@@ -917,9 +921,14 @@ class Exchange:
         if self.status == _DONE:
             return
         if self.resp_started:
+            # Cut short mid-body (a reset, or a Content-Length or chunked body
+            # that ended early): no last chunk, and a reset to the client, the
+            # only signal a close-delimited HTTP/1.0 response has.
+            # Reset before _finish: finishing may close the connection
+            # cleanly (Connection: close), which would pass the cut for whole.
             self._end_attempt(FAILURE)
-            self._finish(self.resp_status, False, "upstream-reset-mid-response")
             self.server.abort()
+            self._finish(self.resp_status, False, "upstream-reset-mid-response")
             return
         written = conn.written
         if not written and self.reused_conn and self.replay is not None:
@@ -956,8 +965,8 @@ class Exchange:
             return
         self._end_attempt(FAILURE)
         if self.resp_started:
-            self._finish(self.resp_status, False, reason)
             self.server.abort()
+            self._finish(self.resp_status, False, reason)
             return
         self.fail(status, reason, message)
         self.server.flush()
@@ -977,8 +986,8 @@ class Exchange:
         ctx = self.server.ctx
         ctx.metrics.inc("timeout_total", (("direction", ctx.direction),))
         if self.resp_started:
-            self._finish(self.resp_status, False, "response-timeout")
             self.server.abort()
+            self._finish(self.resp_status, False, "response-timeout")
             return
         self.fail(504, "response-timeout", f"no response within {timeout:g}s")
         self.server.flush()
@@ -1016,8 +1025,8 @@ class Exchange:
         server = self.server
         server.ctx.metrics.proxy_error(server.ctx.direction, reason)
         if self.resp_started:
-            self._finish(self.resp_status, False, reason)
             server.abort()
+            self._finish(self.resp_status, False, reason)
             return
         close = not self.req_done or not self.head.keep_alive or server.ctx.draining
         server.out.append(error_response(status, reason, message, close=close))
@@ -1392,9 +1401,24 @@ class Http1Server(asyncio.Protocol):
             self.transport.close()
 
     def abort(self) -> None:
-        if self.transport is not None and not self.closed:
+        """Cut the connection with a TCP reset: the response in progress is broken.
+
+        A plain close would tell a client reading a close-delimited body
+        (HTTP/1.0) that it got all of it; a reset says it did not.
+        """
+        transport = self.transport
+        if transport is not None and not self.closed:
             self.closed = True
-            self.transport.abort()
+            sock = transport.get_extra_info("socket")
+            if sock is not None:
+                # OSError: already gone, nothing left to cut.
+                with contextlib.suppress(OSError):
+                    sock.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, _LINGER_RESET)
+            transport.abort()
+
+
+# SO_LINGER on with a zero timeout: close() sends RST instead of FIN.
+_LINGER_RESET = struct.pack("ii", 1, 0)
 
 
 def _chunk(data: bytes) -> bytes:

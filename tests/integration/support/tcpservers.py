@@ -1,14 +1,33 @@
 """Tiny single-purpose TCP servers run on a thread inside a test, for
-behaviours the demo backend does not have (a server that half-closes first)."""
+behaviours the demo backend does not have (a server that half-closes first,
+an HTTP upstream that dies partway through its responses)."""
 
 from __future__ import annotations
 
+import fcntl
 import socket
+import struct
 import threading
+import time
 
 from support.ports import LOOPBACK
 
 ACCEPT_TIMEOUT_S = 10.0
+# Linux's SIOCOUTQ: bytes in a socket's send queue not yet acknowledged by the peer.
+_SIOCOUTQ = 0x5411
+
+
+def arm_reset(connection: socket.socket, timeout_s: float = 5.0) -> None:
+    """Make closing `connection` send a TCP RST (SO_LINGER 0), as a crashed peer does,
+    once what was sent has reached the peer: a reset discards unsent data, and a
+    test of "part of a body, then a reset" must deliver the part."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        unacked = struct.unpack("i", fcntl.ioctl(connection, _SIOCOUTQ, b"\0\0\0\0"))[0]
+        if unacked == 0:
+            break
+        time.sleep(0.001)
+    connection.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, struct.pack("ii", 1, 0))
 
 
 class ServerHalfCloseFirst:
@@ -45,5 +64,61 @@ class ServerHalfCloseFirst:
             self.done.set()
 
     def close(self) -> None:
+        self._listener.close()
+        self._thread.join(timeout=ACCEPT_TIMEOUT_S)
+
+
+class CutShortHttpServer:
+    """An HTTP/1 upstream that dies partway through every response.
+
+    For each connection (any number, until `close()`): reads one request
+    head, sends `response` (a head and part of a body), then ends the
+    connection with a TCP RST (`reset=True`: SO_LINGER 0, as a crashed or
+    killed peer does) or a plain FIN. Counts the requests it answered.
+    """
+
+    def __init__(self, response: bytes, *, reset: bool) -> None:
+        self.response = response
+        self.reset = reset
+        self.answered = 0
+        self._stopped = threading.Event()
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def addr(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(ACCEPT_TIMEOUT_S)
+                head = b""
+                try:
+                    while b"\r\n\r\n" not in head and len(head) < 65536:
+                        chunk = connection.recv(65536)
+                        if not chunk:
+                            break
+                        head += chunk
+                    if b"\r\n\r\n" not in head:
+                        continue
+                    connection.sendall(self.response)
+                except OSError:
+                    continue
+                self.answered += 1
+                if self.reset:
+                    arm_reset(connection)
+
+    def close(self) -> None:
+        self._stopped.set()
         self._listener.close()
         self._thread.join(timeout=ACCEPT_TIMEOUT_S)

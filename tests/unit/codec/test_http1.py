@@ -177,8 +177,40 @@ def test_close_delimited_response_ends_at_eof() -> None:
     d.feed(b"HTTP/1.1 200 OK\r\n\r\npart1")
     d.feed(b"part2")
     assert r.ended == 0 and d.in_close_delimited_body
-    assert d.finish_close_delimited()
+    assert d.connection_closed(clean=True)
     assert r.ended == 1 and r.body == b"part1part2"
+
+
+@pytest.mark.parametrize(
+    ("response", "clean"),
+    [
+        # A close-delimited body ended by a reset: the upstream died partway.
+        (b"HTTP/1.1 200 OK\r\n\r\npart", False),
+        # A Content-Length body that ended early, by a clean close or a reset.
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart", True),
+        (b"HTTP/1.1 200 OK\r\nContent-Length: 10\r\n\r\npart", False),
+        # A chunked body without its last chunk.
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npart\r\n", True),
+        (b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n4\r\npart\r\n", False),
+        # A head cut short.
+        (b"HTTP/1.1 200 OK\r\nContent-Le", True),
+    ],
+)
+def test_a_response_cut_short_is_not_completed_by_the_close(response: bytes, clean: bool) -> None:
+    r = Responses()
+    d = ResponseDecoder(r)
+    d.feed(response)
+    assert not d.connection_closed(clean=clean)
+    assert r.ended == 0
+
+
+def test_a_close_between_responses_completes_nothing() -> None:
+    r = Responses()
+    d = ResponseDecoder(r)
+    d.feed(b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok")
+    assert r.ended == 1
+    assert not d.connection_closed(clean=True) and not d.connection_closed(clean=False)
+    assert r.ended == 1
 
 
 def test_response_keeps_reason_and_drops_hop_headers() -> None:
