@@ -15,8 +15,8 @@ times a minute, so `run()` imports only what the command line needs:
 - `tulle stat|routes|edges ...`: the same with `tulle.cli.observe_fast` (running
   a typer command imports pydantic, a fifth of a second);
 - `tulle NAME ...` for a name in `COMMANDS`: only that group's modules, then typer;
-- anything else (an unknown command, `--install-completion`): every group, then
-  typer, exactly as before.
+- anything else (an unknown command, `--install-completion`, shell completion):
+  every group, then typer, exactly as before.
 
 `app` itself is built on first use (PEP 562 module `__getattr__`), so a module
 that registers commands imports typer and nothing here has to. A command added
@@ -25,6 +25,7 @@ to a group must be added to `COMMANDS` too (the unit tests compare the two).
 
 from __future__ import annotations
 
+import os
 import sys
 from typing import TYPE_CHECKING, Any
 
@@ -161,9 +162,17 @@ def register_all() -> None:
             importlib.import_module(module)
 
 
+def _completing() -> bool:
+    # Shell completion runs the program with _<PROG>_COMPLETE set (click's
+    # convention, e.g. _TULLE_COMPLETE): only the full typer app answers it.
+    return any(k.startswith("_") and k.endswith("_COMPLETE") for k in os.environ)
+
+
 def run() -> None:
     args = sys.argv[1:]
     first = args[0] if args else None
+    if _completing():
+        first = ""  # neither a fast path nor a single group: typer, with every group
     if first == "--version":
         print(f"{NAME} {__version__}")
         return
