@@ -8,6 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 bash scripts/test-deps.sh
+bash scripts/k8s_fixture.sh  # Kubernetes fixture (tests/integration/kubernetes): built once, cached
 export CI="${CI:-1}"
 echo "lint: ruff"
 python3 -m ruff check -q src tests bench

@@ -1,0 +1,31 @@
+"""Fixtures of the Kubernetes tests: one real API server for the session."""
+
+from __future__ import annotations
+
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from kube_cluster import Cluster, KubeletStandIn, require_binaries, start_cluster
+from support.process import ProcessGroup
+
+
+@pytest.fixture(scope="session")
+def cluster() -> Iterator[Cluster]:
+    try:
+        require_binaries()
+    except RuntimeError as exc:
+        # A failure, not a skip: these tests must not pass by not running.
+        pytest.fail(str(exc), pytrace=False)
+    group = ProcessGroup()
+    root = Path(tempfile.mkdtemp(prefix="tulle-k8s-"))
+    try:
+        yield start_cluster(group, root)
+    finally:
+        group.close()
+
+
+@pytest.fixture
+def kubelet(cluster: Cluster) -> KubeletStandIn:
+    return KubeletStandIn(cluster)
