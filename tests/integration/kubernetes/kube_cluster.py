@@ -315,7 +315,6 @@ def start_cluster(group: ProcessGroup, root: Path) -> Cluster:
             "--logger=zap",
             "--log-level=warn",
         ],
-        env={"ETCD_UNSUPPORTED_ARCH": ""},
     )
     url = f"https://{LOOPBACK}:{api_port}"
     apiserver = group.start(
