@@ -168,7 +168,7 @@ def main() -> None:
     try:
         root = Path(tempfile.mkdtemp(prefix="tulle-kube-bench-"))
         print("starting the API server", file=sys.stderr)
-        cluster = start_cluster(group, root)
+        cluster = start_cluster(group, root, controllers=False)
         ns = cluster.namespace("bench")
         t0 = time.monotonic()
         make_objects(cluster, ns, args.services, args.endpoints)

@@ -60,12 +60,12 @@ def kubectl_path() -> str:
     return found
 
 
-def missing_binaries() -> list[str]:
-    return [b for b in BINARIES if not os.access(BIN / b, os.X_OK)]
+def missing_binaries(binaries: tuple[str, ...] = BINARIES) -> list[str]:
+    return [b for b in binaries if not os.access(BIN / b, os.X_OK)]
 
 
-def require_binaries() -> None:
-    missing = missing_binaries()
+def require_binaries(binaries: tuple[str, ...] = BINARIES) -> None:
+    missing = missing_binaries(binaries)
     if missing:
         raise RuntimeError(
             f"the Kubernetes test fixture is not built: missing {', '.join(missing)} in {BIN}.\n"
@@ -296,8 +296,9 @@ def write_kubeconfig(path: Path, url: str, pki: Pki) -> None:
     path.write_text(json.dumps(config))
 
 
-def start_cluster(group: ProcessGroup, root: Path) -> Cluster:
-    require_binaries()
+def start_cluster(group: ProcessGroup, root: Path, *, controllers: bool = True) -> Cluster:
+    """etcd, kube-apiserver and (with `controllers`) the EndpointSlice controller."""
+    require_binaries(BINARIES if controllers else BINARIES[:2])
     root.mkdir(parents=True, exist_ok=True)
     pki = Pki.make(root)
     etcd_client, etcd_peer, api_port = free_ports(3)
@@ -355,6 +356,10 @@ def start_cluster(group: ProcessGroup, root: Path) -> Cluster:
             return False
 
     apiserver.wait_for(healthy, "/readyz", timeout=API_READY_TIMEOUT_S)
+    KubeletStandIn(cluster).register_node()
+    install_crds(cluster)
+    if not controllers:
+        return cluster
     cluster.controller_manager = group.start(
         "kube-controller-manager",
         [
@@ -369,8 +374,6 @@ def start_cluster(group: ProcessGroup, root: Path) -> Cluster:
             "--v=1",
         ],
     )
-    KubeletStandIn(cluster).register_node()
-    install_crds(cluster)
     return cluster
 
 

@@ -20,6 +20,7 @@ from __future__ import annotations
 import base64
 import email.utils
 import json
+import logging
 import os
 import ssl
 import tempfile
@@ -197,6 +198,10 @@ class KubeClient:
     """The verbs Tulle uses, on JSON objects. One per process; `aclose()` when done."""
 
     def __init__(self, config: KubeConfig) -> None:
+        # httpx logs every request at INFO: a TokenReview per Certify would
+        # flood the control plane's log. Failures are reported by the callers.
+        for name in ("httpx", "httpcore"):
+            logging.getLogger(name).setLevel(max(logging.WARNING, logging.getLogger(name).level))
         self.config = config
         self._http = httpx.AsyncClient(
             base_url=config.server,
