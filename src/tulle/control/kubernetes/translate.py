@@ -6,8 +6,11 @@ through the same watchers -> translators -> streams path. That is what makes
 a proxy unable to tell the two sources apart.
 
 Names. Each port of a Service is one destination, registered under
-`<svc>.<ns>.svc.<cluster-domain>:<port>` and `<cluster-ip>:<port>` (port 80
-also under the bare name, as an authority without a port means 80). Short
+`<svc>.<ns>.svc.<cluster-domain>:<port>` and `<cluster-ip>:<port>`. The bare
+name (no port) names port 80 when the Service has it, else its first port:
+an authority without a port means 80, and today's proxy asks for names
+without their port (it keys services by name), so a one-port Service on 8080
+must answer to its bare name too. Short
 names (`svc`, `svc.ns`, `svc.ns.svc`) are expanded in the caller's namespace
 by `expand_authority`, before the lookup.
 
@@ -496,7 +499,14 @@ def _services(
             budget, default_timeout = _profile_settings(
                 state.service_profiles.get((namespace, name))
             )
-            for port in _list(spec.get("ports"), "spec.ports"):
+            ports = _list(spec.get("ports"), "spec.ports")
+            numbers = [
+                _port(_map(p, "spec.ports[]").get("port"), "spec.ports[].port") for p in ports
+            ]
+            # The port a name without one means: 80, else the Service's first.
+            bare_port = 80 if 80 in numbers else (numbers[0] if numbers else None)
+            built: dict[str, ServiceSpec] = {}
+            for port in ports:
                 port = _map(port, "spec.ports[]")
                 number = _port(port.get("port"), "spec.ports[].port")
                 protocol = _protocol_of_port(port)
@@ -527,10 +537,11 @@ def _services(
                 keys = [f"{fqdn}:{number}"]
                 if cluster_ip and cluster_ip != "None":
                     keys.append(f"{_ip_authority(cluster_ip)}:{number}")
-                if number == 80:
+                if number == bare_port:
                     keys += [k.rpartition(":")[0] for k in keys]
                 for key in keys:
-                    result[key] = service
+                    built[key] = service
+            result.update(built)  # all the Service's ports, or none of them
         except Invalid as exc:
             problems.append(f"Service {namespace}/{name}: {exc}")
     return result

@@ -234,3 +234,21 @@ def test_a_proxy_context_token_names_its_namespace() -> None:
     assert caller_namespace(context_token("shop/web-0")) == "shop"
     assert caller_namespace(context_token("web")) is None
     assert context_token("") == ""
+
+
+def test_a_name_without_a_port_names_port_80_else_the_first_port() -> None:
+    state = recorded_state()
+    state.services[("shop", "api")] = {
+        "metadata": {"name": "api", "namespace": "shop"},
+        "spec": {
+            "clusterIP": "10.96.0.9",
+            "ports": [{"name": "a", "port": 8080}, {"name": "b", "port": 9090}],
+        },
+    }
+    manifest = translate(state).manifest
+    bare = lookup(manifest, "api.shop.svc.cluster.local")
+    assert bare is not None and bare.port == 8080
+    nine = lookup(manifest, "api.shop.svc.cluster.local:9090")
+    assert nine is not None and nine.port == 9090
+    web = lookup(manifest, FQDN)
+    assert web is not None and web.port == 80
