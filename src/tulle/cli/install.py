@@ -38,6 +38,11 @@ GATEWAY_OPTION = typer.Option(
     help="Include Gateway API's HTTPRoute and GRPCRoute CRDs (leave them out when the "
     "cluster already has Gateway API installed).",
 )
+PDB_OPTION = typer.Option(
+    "policy/v1",
+    "--pdb-api",
+    help="PodDisruptionBudget API: policy/v1 (Kubernetes 1.21+) or policy/v1beta1 (1.20).",
+)
 
 
 def _identity_files(directory: Path | None, trust_domain: str) -> IdentityFiles:
@@ -91,16 +96,11 @@ def install(
     trust_domain: str = typer.Option("cluster.local", "--trust-domain"),
     cluster_domain: str = typer.Option("cluster.local", "--cluster-domain"),
     token_audience: str = typer.Option("identity.tulle.io", "--token-audience"),
-    pdb_api: str = typer.Option(
-        "policy/v1",
-        "--pdb-api",
-        help="PodDisruptionBudget API: policy/v1 (Kubernetes 1.21+) or policy/v1beta1.",
-    ),
+    pdb_api: str = PDB_OPTION,
     gateway_api_crds: bool = GATEWAY_OPTION,
 ) -> None:
     """Print the control plane's Kubernetes objects: `tulle install | kubectl apply -f -`."""
-    if pdb_api not in ("policy/v1", "policy/v1beta1"):
-        raise typer.BadParameter("expected policy/v1 or policy/v1beta1", param_hint="--pdb-api")
+    _check_pdb_api(pdb_api)
     options = InstallOptions(
         namespace=namespace,
         image=image,
@@ -117,7 +117,17 @@ def install(
 @app.command("uninstall")
 def uninstall(
     namespace: str = NAMESPACE_OPTION,
+    pdb_api: str = PDB_OPTION,
     gateway_api_crds: bool = GATEWAY_OPTION,
 ) -> None:
     """Print what removes Tulle: `tulle uninstall | kubectl delete -f -`."""
-    _dump(uninstall_objects(InstallOptions(namespace=namespace, gateway_api_crds=gateway_api_crds)))
+    _check_pdb_api(pdb_api)
+    options = InstallOptions(
+        namespace=namespace, pdb_api=pdb_api, gateway_api_crds=gateway_api_crds
+    )
+    _dump(uninstall_objects(options))
+
+
+def _check_pdb_api(pdb_api: str) -> None:
+    if pdb_api not in ("policy/v1", "policy/v1beta1"):
+        raise typer.BadParameter("expected policy/v1 or policy/v1beta1", param_hint="--pdb-api")

@@ -87,6 +87,6 @@ def test_install_is_accepted_and_check_passes_then_fails_with_a_hint(
         "--dry-run=server",
         "-f",
         "-",
-        stdin=tulle("uninstall", "--namespace", ns).stdout,
+        stdin=tulle("uninstall", "--namespace", ns, "--pdb-api", "policy/v1beta1").stdout,
     )
     assert removed.returncode == 0, removed.stderr
