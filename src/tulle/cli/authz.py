@@ -1,11 +1,12 @@
 """`tulle authz SERVICE`: the authorization policy that applies to a service, and its hit counts.
 
-The policy comes from the manifest (`--manifest`, else the one a `tulle up`
-mesh in this directory serves, else `mesh.yaml`). Hit counts come straight from
+The policy comes from the manifest (`--manifest`, else the one the `tulle up`
+mesh serves, else `mesh.yaml`). Hit counts come straight from
 the service's proxies: their `/metrics` counters
 `inbound_{http,tcp}_authz_{allow,deny}_total{server,policy,client_id}`, read
-from the admin listeners given with `--proxy-admin` or listed in
-`.tulle/state.json`. The metrics API offers no raw series, and a proxy's own
+from the admin listeners given with `--proxy-admin` or listed in the
+`state.json` of the mesh (`tulle.local.registry.find_state_dir` picks it).
+The metrics API offers no raw series, and a proxy's own
 counters are the exact numbers anyway.
 """
 
@@ -26,7 +27,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tulle.cli.main import app
-from tulle.cli.observe import find_state_file
+from tulle.cli.observe import STATE_DIR_OPTION, find_state_file
 from tulle.control.manifest import Manifest, ManifestError, load_manifest
 from tulle.core.discovery import parse_address
 from tulle.viz.authz_report import (
@@ -141,19 +142,20 @@ def authz(
         None,
         "--manifest",
         "-m",
-        help="The manifest to read. Default: the one the `tulle up` mesh of ./.tulle serves, "
-        "else ./mesh.yaml.",
+        help="The manifest to read. Default: the one the `tulle up` mesh serves (--state-dir, "
+        "./.tulle or the current mesh), else ./mesh.yaml.",
     ),
     proxy_admin: list[str] = typer.Option(
         [],
         "--proxy-admin",
         help="HOST:PORT of a proxy admin listener to read hit counts from (repeatable). "
-        "Default: the service's proxies in ./.tulle/state.json.",
+        "Default: the service's proxies in the mesh's state.json.",
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON document instead of tables."),
+    state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Show the authorization policies that apply to SERVICE, and how often each decided."""
-    state_file = find_state_file()
+    state_file = find_state_file(explicit_dir=state_dir)
     state = _state_document(state_file)
     path = _choose_manifest(manifest_path, state, state_file)
     try:

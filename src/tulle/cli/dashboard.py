@@ -2,7 +2,8 @@
 
 The control plane serves the dashboard on its HTTP port (docs/dashboard.md);
 this command only finds that port (as the observability commands do:
-`--control`, `TULLE_CONTROL_URL`, `.tulle/state.json`, else
+`--control`, `TULLE_CONTROL_URL`, the state.json of the mesh found by
+`--state-dir`, `./.tulle` or the registered current mesh, else
 http://127.0.0.1:8084), checks that something answers there, and opens the
 URL, or prints it when there is no browser to open.
 """
@@ -17,7 +18,13 @@ from urllib.parse import quote
 import typer
 
 from tulle.cli.main import app
-from tulle.cli.observe import _CONTROL_HELP, ControlUnreachable, api_call, resolve_control_url
+from tulle.cli.observe import (
+    _CONTROL_HELP,
+    STATE_DIR_OPTION,
+    ControlUnreachable,
+    api_call,
+    resolve_control_url,
+)
 
 PROBE_TIMEOUT_S = 3.0
 
@@ -59,12 +66,13 @@ def _open_in_browser(url: str) -> bool:
 def dashboard(
     service: str = typer.Argument("", help="Open this service's page instead of the overview."),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    state_dir: str = STATE_DIR_OPTION,
     no_browser: bool = typer.Option(
         False, "--no-browser", help="Only print the URL; do not start a browser."
     ),
 ) -> None:
     """Open the dashboard (served by the control plane) in a browser, or print its URL."""
-    base = resolve_control_url(control)
+    base = resolve_control_url(control, state_dir=state_dir)
     try:
         status, _ = api_call(base, "/api", timeout=PROBE_TIMEOUT_S)
     except ControlUnreachable as exc:

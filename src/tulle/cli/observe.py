@@ -4,8 +4,9 @@ Every command is a thin client of the control plane's metrics API
 (docs/api.md), so the CLI and the dashboard show the same numbers. Each has
 `--json` (the API's document, unchanged) and a readable table. The API is
 found with `--control`, else `TULLE_CONTROL_URL`, else the `control.http`
-address in `.tulle/state.json` of a `tulle up` mesh in this directory or a
-parent, else http://127.0.0.1:8084.
+address in the `state.json` of the mesh `tulle.local.registry.find_state_dir`
+picks (`--state-dir`, a running `.tulle/` here or in a parent, the current
+mesh `tulle up` registered), else http://127.0.0.1:8084.
 """
 
 from __future__ import annotations
@@ -23,6 +24,7 @@ from urllib.parse import urlencode
 import typer
 
 from tulle.cli.main import app
+from tulle.local.registry import find_state_dir
 from tulle.viz.checks import FAIL, OK, WARN, CheckReport, preflight
 
 if TYPE_CHECKING:
@@ -34,9 +36,15 @@ STATE_FILE = Path(".tulle") / "state.json"
 REQUEST_TIMEOUT_S = 10.0
 
 _CONTROL_HELP = (
-    "URL of the control plane's HTTP API. Default: TULLE_CONTROL_URL, else the mesh of "
-    "./.tulle/state.json (key control.http), else http://127.0.0.1:8084."
+    "URL of the control plane's HTTP API. Default: TULLE_CONTROL_URL, else the control.http "
+    "of the mesh's state.json (--state-dir, else ./.tulle, else the current mesh that "
+    "`tulle up` registered), else http://127.0.0.1:8084."
 )
+STATE_DIR_HELP = (
+    "The state directory of the mesh to act on. Default: ./.tulle (or a parent's) when its "
+    "mesh runs, else the current mesh that `tulle up` registered (docs/local.md)."
+)
+STATE_DIR_OPTION = typer.Option("", "--state-dir", envvar="TULLE_STATE_DIR", help=STATE_DIR_HELP)
 _JSON_HELP = "Print the API's JSON document instead of a table."
 _WINDOW_HELP = "How far back to look: 10s .. 10m."
 
@@ -62,22 +70,21 @@ class ControlUnreachable(Exception):
     pass
 
 
-def find_state_file(start: Path | None = None) -> Path | None:
-    """The `.tulle/state.json` of this directory or the nearest parent, if any."""
-    here = (start or Path.cwd()).resolve()
-    for directory in (here, *here.parents):
-        candidate = directory / STATE_FILE
-        if candidate.is_file():
-            return candidate
-    return None
+def find_state_file(start: Path | None = None, *, explicit_dir: str = "") -> Path | None:
+    """The `state.json` of the mesh this command acts on (`find_state_dir`), if any."""
+    state_dir = find_state_dir(explicit_dir, start)
+    if state_dir is None or not (state_dir / STATE_FILE.name).is_file():
+        return None
+    return state_dir / STATE_FILE.name
 
 
-def resolve_control_url(explicit: str, start: Path | None = None) -> str:
+def resolve_control_url(explicit: str, start: Path | None = None, *, state_dir: str = "") -> str:
+    """--control as given; else the `control.http` of the mesh's state.json; else 8084."""
     if explicit:
         url = explicit
     else:
         url = DEFAULT_CONTROL_URL
-        state = find_state_file(start)
+        state = find_state_file(start, explicit_dir=state_dir)
         if state is not None:
             try:
                 document = json.loads(state.read_text())
@@ -172,11 +179,12 @@ def stat(
     window: str = typer.Option("60s", "--window", "-w", help=_WINDOW_HELP),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Golden metrics per service or instance: success rate, RPS, latency, meshed TLS."""
     if kind not in ("service", "instance"):
         raise typer.BadParameter("expected service or instance", param_hint="--kind")
-    url = resolve_control_url(control)
+    url = resolve_control_url(control, state_dir=state_dir)
     document = _get(url, "/api/stat", {"kind": kind, "window": window, "service": service})
     if as_json:
         _print_json(document)
@@ -201,9 +209,10 @@ def routes(
     window: str = typer.Option("60s", "--window", "-w", help=_WINDOW_HELP),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Golden metrics per route of one service (as its callers see it)."""
-    url = resolve_control_url(control)
+    url = resolve_control_url(control, state_dir=state_dir)
     document = _get(url, "/api/routes", {"service": service, "window": window})
     if as_json:
         _print_json(document)
@@ -223,9 +232,10 @@ def edges(
     window: str = typer.Option("60s", "--window", "-w", help=_WINDOW_HELP),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Who calls whom: rate, success, identities and whether the edge is mTLS."""
-    url = resolve_control_url(control)
+    url = resolve_control_url(control, state_dir=state_dir)
     document = _get(url, "/api/edges", {"window": window})
     if as_json:
         _print_json(document)
@@ -275,9 +285,10 @@ def top(
     once: bool = typer.Option(False, "--once", help="Show one refresh and exit."),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP + " Implies --once."),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """The busiest paths right now (live, from tap), refreshing until Ctrl-C."""
-    url = resolve_control_url(control)
+    url = resolve_control_url(control, state_dir=state_dir)
     params = {"service": service, "duration": f"{duration:g}s"}
 
     def fetch() -> dict[str, Any]:
@@ -334,9 +345,10 @@ def tap(
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON event per line."),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Watch live requests through a service's proxies: method, path, status, latency, identity."""
-    url = resolve_control_url(control)
+    url = resolve_control_url(control, state_dir=state_dir)
     query = {
         "service": "" if service == "all" else service,
         "path": path,
@@ -403,6 +415,7 @@ def check(
     ),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    state_dir: str = STATE_DIR_OPTION,
     kubernetes: bool = typer.Option(
         False, "--kubernetes", help="Check the mesh installed in a Kubernetes cluster."
     ),
@@ -419,7 +432,7 @@ def check(
     elif pre:
         report = preflight()
     else:
-        url = resolve_control_url(control)
+        url = resolve_control_url(control, state_dir=state_dir)
         try:
             status, document = api_call(url, "/api/check")
         except ControlUnreachable as exc:
@@ -448,13 +461,14 @@ def apply(
     ),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Change a running mesh: merge FILE into the control plane's manifest (validated first)."""
     try:
         body = file.read_bytes()
     except OSError as exc:
         raise _fail(f"tulle apply: cannot read {file}: {exc.strerror or exc}") from None
-    url = resolve_control_url(control)
+    url = resolve_control_url(control, state_dir=state_dir)
     params = {"source": str(file), "mode": "replace" if replace else "merge"}
     try:
         status, document = api_call(url, "/api/apply", params, body=body)

@@ -30,8 +30,16 @@ from tulle.control.manifest import (
     read_manifest_bytes,
 )
 from tulle.demo.shop import cli as _shop_cli  # noqa: F401 -- registers `tulle demo shop`
+from tulle.local import registry
 from tulle.local.logstream import LogStream
-from tulle.local.plan import DEFAULT_INGRESS_PORT, build_plan, resolve_manifest_path, tulle_argv
+from tulle.local.plan import (
+    DEFAULT_INGRESS_PORT,
+    NO_PREFERRED_PORTS,
+    PreferredPorts,
+    build_plan,
+    resolve_manifest_path,
+    tulle_argv,
+)
 from tulle.local.ports import port_is_free
 from tulle.local.state import DEFAULT_STATE_DIR, MeshAlreadyRunning, StateDir, pid_alive
 from tulle.local.summary import print_summary
@@ -86,6 +94,13 @@ def up(
         envvar="TULLE_UP_MTLS",
         help="Mutual TLS between sidecars, with a CA in the state directory (on by default).",
     ),
+    default_ports: bool = typer.Option(
+        True,
+        "--default-ports/--no-default-ports",
+        envvar="TULLE_UP_DEFAULT_PORTS",
+        help="Give the control plane its documented ports (HTTP API 8084, gRPC 8086, admin "
+        "9990) where free; --no-default-ports allocates every port.",
+    ),
     supervise: bool = typer.Option(
         False, "--supervise", hidden=True, help="Internal: the detached supervisor itself."
     ),
@@ -109,10 +124,20 @@ def up(
                 f"the ingress port 127.0.0.1:{ingress_port} is in use; "
                 "pass --ingress-port PORT (0 picks a free one)",
             )
+    preferred = PreferredPorts() if default_ports else NO_PREFERRED_PORTS
     if detach and not supervise:
-        raise typer.Exit(_detach(path, state, ingress_port, mtls))
+        raise typer.Exit(_detach(path, state, ingress_port, mtls, default_ports))
     raise typer.Exit(
-        _run(manifest, raw, str(path), state, ingress_port, detached=supervise, mtls=mtls)
+        _run(
+            manifest,
+            raw,
+            str(path),
+            state,
+            ingress_port,
+            detached=supervise,
+            mtls=mtls,
+            preferred=preferred,
+        )
     )
 
 
@@ -125,6 +150,7 @@ def _run(
     *,
     detached: bool,
     mtls: bool = True,
+    preferred: PreferredPorts = NO_PREFERRED_PORTS,
 ) -> int:
     try:
         lock = state.acquire()
@@ -133,6 +159,11 @@ def _run(
     except OSError as exc:
         raise _fail("tulle up", f"cannot use the state directory {state.root}: {exc}") from None
     logs = LogStream()
+    # The current mesh: the CLI finds it from any directory (tulle.local.registry).
+    try:
+        registry.register(state.root)
+    except OSError as exc:
+        logs.supervisor(f"cannot register the mesh in {registry.tulle_home()}: {exc}")
     try:
         plan = build_plan(
             manifest,
@@ -141,6 +172,7 @@ def _run(
             state_dir=state.root,
             ingress_port=ingress_port,
             mtls=mtls,
+            preferred=preferred,
         )
         logs.width = max(len("tulle up"), *(len(spec.name) for spec in plan.processes))
         supervisor = Supervisor(plan, state, logs)
@@ -173,10 +205,13 @@ def _run(
             supervisor.stop()
             logs.supervisor("stopped")
     finally:
+        registry.unregister(state.root)
         state.release(lock)
 
 
-def _detach(path: Path, state: StateDir, ingress_port: int, mtls: bool = True) -> int:
+def _detach(
+    path: Path, state: StateDir, ingress_port: int, mtls: bool = True, default_ports: bool = True
+) -> int:
     state.create()
     argv = [
         *tulle_argv(),
@@ -187,6 +222,7 @@ def _detach(path: Path, state: StateDir, ingress_port: int, mtls: bool = True) -
         "--ingress-port",
         str(ingress_port),
         "--mtls" if mtls else "--no-mtls",
+        "--default-ports" if default_ports else "--no-default-ports",
         "--supervise",
     ]
     with contextlib.suppress(OSError):
@@ -211,7 +247,7 @@ def _detach(path: Path, state: StateDir, ingress_port: int, mtls: bool = True) -
             print_summary(current, console)
             console.print(
                 f"\nRunning in the background (supervisor pid {child.pid}); "
-                f"logs in {state.root}/logs. Stop it with: tulle down --state-dir {state.root}",
+                f"logs in {state.root}/logs. Stop it with: tulle down (from any directory)",
                 markup=False,
                 highlight=False,
             )
@@ -227,10 +263,11 @@ def _detach(path: Path, state: StateDir, ingress_port: int, mtls: bool = True) -
 @app.command("down")
 def down(
     state_dir: str = typer.Option(
-        DEFAULT_STATE_DIR,
+        "",
         "--state-dir",
         envvar="TULLE_STATE_DIR",
-        help="The state directory of the mesh to stop (as given to `tulle up`).",
+        help="The state directory of the mesh to stop (as given to `tulle up`). Default: "
+        "./.tulle (or a parent's) when its mesh runs, else the current mesh `tulle up` registered.",
     ),
     timeout: float = typer.Option(
         DOWN_TIMEOUT_S,
@@ -240,16 +277,34 @@ def down(
     ),
 ) -> None:
     """Stop a mesh started with `tulle up --detach`, and wait until no process is left."""
-    state = StateDir(Path(state_dir))
+    found = registry.find_state_dir(state_dir)
+    if found is None:
+        console.print(
+            "no mesh is running here and none is registered as current "
+            f"({registry.tulle_home()}); pass --state-dir DIR",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(0)
+    state = StateDir(found)
     pid = state.read_pid()
     if not state.is_locked() or pid is None:
-        console.print(f"no mesh is running in {state.root}", markup=False, highlight=False)
+        registry.unregister(state.root)
+        console.print(
+            f"no mesh is running in {state.root}", markup=False, highlight=False, soft_wrap=True
+        )
         raise typer.Exit(0)
     recorded = state.read_state() or {}
     children = [p.get("pid") for p in recorded.get("processes", []) if p.get("pid")]
     with contextlib.suppress(ProcessLookupError):
         os.kill(pid, signal.SIGTERM)
-    console.print(f"stopping the mesh in {state.root} (supervisor pid {pid})...", markup=False)
+    console.print(
+        f"stopping the mesh in {state.root} (supervisor pid {pid})...",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
     deadline = time.monotonic() + timeout
     while time.monotonic() < deadline and (state.is_locked() or pid_alive(pid)):
         time.sleep(0.2)
@@ -264,4 +319,6 @@ def down(
             signal_group(child, signal.SIGKILL)
     if forced:
         console.print("some processes did not stop in time and were killed", style="yellow")
+    # The supervisor unregisters on a clean stop; not when it had to be killed.
+    registry.unregister(state.root)
     console.print("stopped", markup=False)

@@ -26,12 +26,26 @@ from typing import Any, Literal
 import yaml
 
 from tulle.control.manifest import Manifest
-from tulle.local.ports import LOOPBACK, allocate_ports
+from tulle.local.ports import LOOPBACK, allocate_ports, port_is_free
 from tulle.local.state import GENERATED_MANIFEST, INGRESS_MANIFEST, STATE_FILE
 
 Role = Literal["control", "ingress", "app", "sidecar"]
 
 DEFAULT_INGRESS_PORT = 4140
+
+
+@dataclass(frozen=True, slots=True)
+class PreferredPorts:
+    """The control plane's documented default ports (DESIGN.md), taken when free so
+    that a client's defaults (`tulle check` on 8084, `tulle proxy --control-addr`
+    on 8086) find the mesh; a port in use falls back to an allocated one."""
+
+    grpc: int | None = 8086
+    admin: int | None = 9990
+    http: int | None = 8084
+
+
+NO_PREFERRED_PORTS = PreferredPorts(None, None, None)
 # Seconds a sidecar gets to finish in-flight requests on SIGTERM: short, since
 # `tulle up` is for development and Ctrl-C should feel immediate.
 SIDECAR_SHUTDOWN_GRACE_S = 3.0
@@ -342,11 +356,12 @@ def build_plan(
     state_dir: Path,
     ingress_port: int | None,
     mtls: bool = True,
+    preferred: PreferredPorts = NO_PREFERRED_PORTS,
 ) -> MeshPlan:
     """Allocate ports and describe every process of the mesh.
 
     `ingress_port`: None takes the manifest's `ingress.port`, else the default;
-    0 picks a free port.
+    0 picks a free port. `preferred`: the control plane's ports, where free.
     """
     if ingress_port is None:
         configured = manifest.ingress.port if manifest.ingress is not None else None
@@ -363,11 +378,12 @@ def build_plan(
     fixed = 5 + (1 if with_http else 0) + (1 if ingress_port == 0 else 0)
     fixed += 2 if exposed is not None else 0
     ports = iter(allocate_ports(fixed + 4 * len(instance_specs)))
-    control_grpc, control_admin = next(ports), next(ports)
+    control_grpc = _prefer(preferred.grpc, next(ports))
+    control_admin = _prefer(preferred.admin, next(ports))
     # The ingress has no app; its inbound side forwards to a port nobody
     # listens on, so a stray call there fails fast instead of looping.
     ingress_inbound, ingress_admin, ingress_void = next(ports), next(ports), next(ports)
-    control_http = next(ports) if with_http else None
+    control_http = _prefer(preferred.http, next(ports)) if with_http else None
     ingress = ingress_port if ingress_port != 0 else next(ports)
     instances: list[InstancePlan] = []
     for spec, replica in instance_specs:
@@ -525,6 +541,10 @@ def build_plan(
         services=tuple((s.name, s.protocol) for s in manifest.services.values()),
         exposed=exposed if exposed is not None else all_services,
     )
+
+
+def _prefer(port: int | None, allocated: int) -> int:
+    return port if port and port_is_free(port) else allocated
 
 
 def resolve_manifest_path(path: str | None) -> Path:

@@ -2,14 +2,16 @@
 
 from __future__ import annotations
 
+import socket
 import sys
 from pathlib import Path
 
 import pytest
 import yaml
+from support.ports import free_port
 
 from tulle.control.manifest import parse_manifest
-from tulle.local.plan import build_plan, exposed_document
+from tulle.local.plan import PreferredPorts, build_plan, exposed_document
 
 pytestmark = pytest.mark.integration  # allocates ports (binds sockets briefly)
 
@@ -99,3 +101,28 @@ def test_an_exposed_service_brings_its_split_backends() -> None:
     kept = exposed_document(document, ("api",))
     assert [s["name"] for s in kept["services"]] == ["api", "api-v2"]
     assert exposed_document(document, ("other",))["services"][0]["name"] == "other"
+
+
+def test_the_control_plane_takes_its_default_ports_where_free(tmp_path: Path) -> None:
+    # Stand-ins for 8086/9990/8084 that this test owns: two free, one held.
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    holder.listen(1)
+    held = holder.getsockname()[1]
+    try:
+        grpc, http = free_port(), free_port()
+        manifest = parse_manifest(MANIFEST)
+        plan = build_plan(
+            manifest,
+            yaml.safe_load(MANIFEST),
+            manifest_path="mesh.yaml",
+            state_dir=tmp_path,
+            ingress_port=0,
+            preferred=PreferredPorts(grpc=grpc, admin=held, http=http),
+        )
+    finally:
+        holder.close()
+    assert plan.control_grpc_port == grpc
+    assert plan.control_http_port == http
+    assert plan.control_admin_port not in (held, grpc, http)  # in use: allocated instead
+    assert PreferredPorts() == PreferredPorts(grpc=8086, admin=9990, http=8084)
