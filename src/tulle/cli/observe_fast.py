@@ -46,6 +46,7 @@ class Command:
 _WINDOW = Option("window", ("--window", "-w"), "60s")
 _JSON = Option("as_json", ("--json",), False)
 _CONTROL = Option("control", ("--control",), "", envvar="TULLE_CONTROL_URL")
+_STATE_DIR = Option("state_dir", ("--state-dir",), "", envvar="TULLE_STATE_DIR")
 
 COMMANDS: dict[str, Command] = {
     "stat": Command(
@@ -56,10 +57,11 @@ COMMANDS: dict[str, Command] = {
             _WINDOW,
             _JSON,
             _CONTROL,
+            _STATE_DIR,
         ),
     ),
-    "routes": Command("service", None, (_WINDOW, _JSON, _CONTROL)),
-    "edges": Command("", "", (_WINDOW, _JSON, _CONTROL)),
+    "routes": Command("service", None, (_WINDOW, _JSON, _CONTROL, _STATE_DIR)),
+    "edges": Command("", "", (_WINDOW, _JSON, _CONTROL, _STATE_DIR)),
 }
 
 
