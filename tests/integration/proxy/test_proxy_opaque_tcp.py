@@ -169,3 +169,18 @@ def test_many_opaque_connections_in_a_row(echo_proxy: Proxy) -> None:
             assert received == message, (
                 f"connection {index}: got {received!r}\n{echo_proxy.process.describe()}"
             )
+
+
+def test_first_bytes_after_the_detect_timeout_still_go_through(echo_proxy: Proxy) -> None:
+    """A client slower than the detect timeout (a loaded machine, a slow peer) is
+    handed over as opaque with nothing peeked; its bytes, when they come, are
+    forwarded like any others. Delays straddle the 300 ms detect timeout."""
+    for index, delay_s in enumerate((0.0, 0.2, 0.29, 0.3, 0.31, 0.4, 0.8)):
+        with _connect(echo_proxy.inbound) as sock:
+            time.sleep(delay_s)  # the condition under test: nothing sent for this long
+            message = f"late connection {index}\n".encode()
+            sock.sendall(message)
+            received = _read_until(sock, len(message))
+            assert received == message, (
+                f"first bytes after {delay_s} s: got {received!r}\n{echo_proxy.process.describe()}"
+            )

@@ -51,6 +51,9 @@ class Mesh:
     books: Proxy
     targets_file: Path
     manifest: Path
+    # Warm-up requests web-0's proxy answered itself (books not yet discovered):
+    # they count on web's outbound side (edges) but never reached books (stat).
+    answered_by_web: int = 0
 
     def get(self, path: str, timeout: float = 10.0) -> int:
         """A request to `books` through web-0's outbound side; the status."""
