@@ -22,7 +22,12 @@ from collections.abc import Callable
 
 from tulle.control.kubernetes.client import KubeClient, KubeError, Resource
 from tulle.control.kubernetes.reflector import Reflector
-from tulle.control.kubernetes.translate import ClusterState, Settings, translate
+from tulle.control.kubernetes.translate import (
+    ClusterState,
+    Settings,
+    TranslationCache,
+    translate,
+)
 from tulle.control.manifest import Manifest
 from tulle.control.metrics import ControlMetrics
 
@@ -72,6 +77,7 @@ class KubernetesSource:
         self._reflectors: dict[str, Reflector] = {}
         self._tasks: list[asyncio.Task[None]] = []
         self._reported: set[str] = set()
+        self._cache = TranslationCache()
         self.manifest: Manifest | None = None
         self.slice_resource: Resource | None = None
 
@@ -117,7 +123,7 @@ class KubernetesSource:
 
     def _rebuild(self) -> Manifest:
         started = time.perf_counter()
-        translation = translate(self.state(), self.settings)
+        translation = translate(self.state(), self.settings, self._cache)
         for problem in translation.problems:
             if problem not in self._reported:
                 log.warning("ignoring an object: %s", problem)

@@ -252,3 +252,29 @@ def test_a_name_without_a_port_names_port_80_else_the_first_port() -> None:
     assert nine is not None and nine.port == 9090
     web = lookup(manifest, FQDN)
     assert web is not None and web.port == 80
+
+
+def test_the_cache_gives_what_a_fresh_translation_gives_after_changes() -> None:
+    from tulle.control.kubernetes.translate import TranslationCache
+
+    state = recorded_state()
+    for i, pod in enumerate(state.pods.values()):
+        pod["metadata"]["resourceVersion"] = str(1300 + i)
+    cache = TranslationCache()
+    first = translate(state, cache=cache).manifest
+    assert ("shop", "web") in cache.services  # every version known: cached
+    assert first.services == translate(state).manifest.services
+    # A pod turns unmeshed and a slice loses an endpoint: new resourceVersions.
+    pod = copy.deepcopy(state.pods[("shop", "web-5d8f9-abcde")])
+    pod["metadata"]["annotations"] = {}
+    pod["metadata"]["resourceVersion"] = "2001"
+    state.pods[("shop", "web-5d8f9-abcde")] = pod
+    slice_ = copy.deepcopy(state.endpoint_slices[("shop", "web-x7k2p")])
+    del slice_["endpoints"][2]
+    slice_["metadata"]["resourceVersion"] = "2002"
+    state.endpoint_slices[("shop", "web-x7k2p")] = slice_
+    second = translate(state, cache=cache).manifest
+    assert second.services == translate(state).manifest.services
+    spec = lookup(second, f"{FQDN}:80")
+    assert spec is not None
+    assert [(ep.address, ep.identity) for ep in spec.endpoints] == [(("10.244.1.5", 8080), None)]
