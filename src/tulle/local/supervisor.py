@@ -15,6 +15,8 @@ and no longer waited for by the ready banner. Crashes are noticed while the
 mesh starts too, not only once it is ready. Stopping drains in dependency order: first the
 proxies (sidecars and ingress), so no new calls enter the apps; then the apps;
 then the control plane; and anything left after a grace period is killed.
+A proxy that stays alive but wedged (its `GET /live` failing three times in a
+row, 5 s apart) is killed and restarted like a crashed one.
 """
 
 from __future__ import annotations
@@ -51,6 +53,15 @@ APP_STOP_GRACE_S = 5.0
 CONTROL_STOP_GRACE_S = 5.0
 POLL_INTERVAL_S = 0.2
 CRASH_LOOP = CrashLoopSpec(limit=5, window_s=60.0)
+# A proxy whose `/live` fails this many times in a row, checked this often, is
+# wedged (a stalled event loop, a dead listener: tulle.proxy.app): alive, yet
+# of no use. It is killed, and restarted as a crashed process would be.
+LIVENESS_INTERVAL_S = 5.0
+LIVENESS_FAILURES = 3
+LIVENESS_TIMEOUT_S = 2.0
+# A proxy that has never answered (neither /ready nor /live) is still starting
+# for this long; after it, silence counts as wedged too.
+LIVENESS_STARTUP_S = 60.0
 # Log lines quoted when a process fails for the first time or is given up.
 LOG_TAIL_LINES = 5
 # Exec failures that no restart can cure (anything else, e.g. EAGAIN from
@@ -88,6 +99,11 @@ class Child:
     crash: CrashLoop = field(default_factory=lambda: CrashLoop(CRASH_LOOP))
     # The last failure, for people: what happened and the end of the log.
     error: str = ""
+    # Liveness of a proxy: failures count once it has answered `/ready` or
+    # `/live` (it has started), or has had LIVENESS_STARTUP_S to do so.
+    live_seen: bool = False
+    live_failures: int = 0
+    next_live_check: float = 0.0
 
     @property
     def pid(self) -> int | None:
@@ -168,6 +184,8 @@ class Supervisor:
             return
         child.started_at = time.monotonic()
         child.restart_at = None
+        child.live_seen = False
+        child.live_failures = 0
         assert child.popen.stdout is not None
         child.pump = self.logs.pump(child.spec.name, child.popen.stdout, log_file)
 
@@ -193,7 +211,9 @@ class Supervisor:
         if port is None:
             return child.running()
         if child.spec.ready_http:
-            return http_ready(port)
+            ready = http_ready(port)
+            child.live_seen = child.live_seen or ready
+            return ready
         return port_is_listening(port)
 
     def _wait(self, children: list[Child], timeout_s: float, *, fatal: bool) -> list[str]:
@@ -314,6 +334,32 @@ class Supervisor:
                 changed = True
         if changed:
             self.write_state()
+        self._check_liveness(now)
+
+    def _check_liveness(self, now: float) -> None:
+        """Kill proxies that are alive but wedged (`/live` failing); poll_once restarts them."""
+        for child in self.children:
+            port = child.spec.ready_port
+            if child.spec.role not in ("sidecar", "ingress") or port is None:
+                continue
+            if now < child.next_live_check or child.popen is None or not child.running():
+                continue
+            child.next_live_check = now + LIVENESS_INTERVAL_S
+            if http_ready(port, "/live", LIVENESS_TIMEOUT_S):
+                child.live_seen = True
+                child.live_failures = 0
+                continue
+            if not child.live_seen and now - child.started_at < LIVENESS_STARTUP_S:
+                continue  # still starting
+            child.live_failures += 1
+            if child.live_failures >= LIVENESS_FAILURES:
+                self.logs.supervisor(
+                    f"{child.spec.name} is wedged (GET /live failed {child.live_failures} "
+                    "times in a row): killing it to restart it",
+                    warning=True,
+                )
+                child.live_failures = 0
+                signal_group(child.popen.pid, signal.SIGKILL)
 
     def run(self) -> None:
         """Supervise until a stop is requested."""
