@@ -97,6 +97,10 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
         "inbound for calls to the app, admin for metrics and health.",
         ("tulle.cli.proxy",),
     ),
+    "init": (
+        "Capture this network namespace's TCP for the sidecar (iptables), or --remove it.",
+        ("tulle.cli.init",),
+    ),
     "up": (
         "Run a whole mesh on this machine: control plane, every service with its sidecar, ingress.",
         ("tulle.cli.up",),

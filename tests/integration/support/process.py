@@ -36,6 +36,7 @@ class ManagedProcess:
         argv: Sequence[str],
         log_dir: Path,
         env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> None:
         self.name = name
         self.argv = list(argv)
@@ -50,6 +51,7 @@ class ManagedProcess:
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
             env=full_env,
+            preexec_fn=preexec_fn,
         )
 
     @property
@@ -111,9 +113,14 @@ class ProcessGroup:
         self.processes: list[ManagedProcess] = []
 
     def start(
-        self, name: str, argv: Sequence[str], env: dict[str, str] | None = None
+        self,
+        name: str,
+        argv: Sequence[str],
+        env: dict[str, str] | None = None,
+        preexec_fn: Callable[[], None] | None = None,
     ) -> ManagedProcess:
-        process = ManagedProcess(name, argv, self._log_dir, env)
+        """`preexec_fn` runs in the child before exec (e.g. enter a namespace, drop to a uid)."""
+        process = ManagedProcess(name, argv, self._log_dir, env, preexec_fn)
         self.processes.append(process)
         return process
 

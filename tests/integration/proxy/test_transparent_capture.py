@@ -1,0 +1,231 @@
+"""`tulle init` and transparent capture, for real: two network namespaces made
+here (a veth pair, 10.231.0.0/24), real iptables rules in them (both
+backends where the machine has them), real backends and real proxies running
+as the sidecar uid 2102.
+
+The app in namespace a calls a server in namespace b by its IP:port and
+knows nothing of the mesh: no proxy setting, no Host trick.
+"""
+
+from __future__ import annotations
+
+import http.client
+import re
+import socket
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+
+import pytest
+from support.mesh import Metrics
+from support.netns import (
+    Pair,
+    as_uid,
+    iptables_backends,
+    netns_pair,
+    preexec,
+    require_netns,
+    run,
+    run_in,
+)
+from support.process import ManagedProcess, ProcessGroup, http_status
+from support.tools import missing
+
+PROXY_UID = 2102
+APP_PORT = 8080
+BANNER_PORT = 2525
+IGNORED_PORT = 9443
+ADMIN = ("127.0.0.1", 4191)
+BANNER = b"220 ready\r\n"  # what `tulle demo backend --mode banner` says first
+IO_TIMEOUT_S = 20.0
+_LISTENING = re.compile(r"listening (\S+) ([\d.]+):(\d+)")
+
+
+def _backends() -> list[str]:
+    found = iptables_backends()
+    return found or ["iptables-missing"]
+
+
+@pytest.fixture(params=_backends())
+def firewall(request: pytest.FixtureRequest) -> str:
+    require_netns()
+    name: str = request.param
+    if name == "iptables-missing":
+        missing("iptables", "apt-get install -y iptables")
+    return name
+
+
+@pytest.fixture
+def pair() -> Iterator[Pair]:
+    require_netns()
+    with netns_pair("cap") as made:
+        yield made
+
+
+def tulle_init(ns: str, firewall: str, *args: str, uid: int | None = None) -> str:
+    done = run(
+        ns, [sys.executable, "-m", "tulle", "init", "--firewall-bin", firewall, *args], uid=uid
+    )
+    if uid is None:
+        assert done.returncode == 0, done.stderr
+    return done.stdout + done.stderr
+
+
+def start_backend(group: ProcessGroup, ns: str, mode: str, port: int) -> ManagedProcess:
+    process = group.start(
+        f"backend-{mode}-{ns}",
+        [sys.executable, "-m", "tulle", "demo", "backend", "--addr", f"0.0.0.0:{port}",
+         "--mode", mode],
+        preexec_fn=preexec(ns),
+    )  # fmt: skip
+    process.wait_for(lambda: _LISTENING.search(process.output()) is not None, "listening line")
+    return process
+
+
+def start_sidecar(group: ProcessGroup, ns: str) -> ManagedProcess:
+    """`tulle proxy` with its default ports, as uid 2102 (the uid `tulle init` exempts)."""
+    process = group.start(
+        f"proxy-{ns}",
+        as_uid(
+            PROXY_UID,
+            [sys.executable, "-m", "tulle", "proxy", "--app-addr", f"127.0.0.1:{APP_PORT}"],
+        ),
+        preexec_fn=preexec(ns),
+    )
+    process.wait_for(
+        lambda: run_in(ns, lambda: http_status(*ADMIN, "/ready")) == 200, "GET /ready = 200"
+    )
+    return process
+
+
+def metrics(ns: str) -> Metrics:
+    def scrape() -> str:
+        with urllib.request.urlopen(f"http://{ADMIN[0]}:{ADMIN[1]}/metrics", timeout=5) as r:
+            text: str = r.read().decode()
+            return text
+
+    return Metrics(run_in(ns, scrape))
+
+
+def http_get(ip: str, port: int, path: str = "/") -> tuple[int, bytes]:
+    """A plain HTTP client, as an app that knows nothing of the mesh."""
+    conn = http.client.HTTPConnection(ip, port, timeout=IO_TIMEOUT_S)
+    try:
+        conn.request("GET", path)
+        response = conn.getresponse()
+        return response.status, response.read()
+    finally:
+        conn.close()
+
+
+def read_banner(ip: str, port: int) -> bytes:
+    """Connect and send nothing: the server speaks first."""
+    with socket.create_connection((ip, port), timeout=IO_TIMEOUT_S) as sock:
+        got = b""
+        deadline = time.monotonic() + IO_TIMEOUT_S
+        while not got.endswith(b"\r\n") and time.monotonic() < deadline:
+            chunk = sock.recv(1024)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def echo(ip: str, port: int, data: bytes) -> bytes:
+    with socket.create_connection((ip, port), timeout=IO_TIMEOUT_S) as sock:
+        sock.sendall(data)
+        sock.shutdown(socket.SHUT_WR)
+        got = b""
+        for _ in range(1000):
+            chunk = sock.recv(65536)
+            if not chunk:
+                break
+            got += chunk
+        return got
+
+
+def nat_rules(ns: str, firewall: str) -> list[str]:
+    done = run(ns, [f"{firewall}-save", "-t", "nat"])
+    assert done.returncode == 0, done.stderr
+    return [line for line in done.stdout.splitlines() if line.startswith("-A ")]
+
+
+def test_init_is_idempotent_and_remove_undoes_it(pair: Pair, firewall: str) -> None:
+    printed = tulle_init(pair.a, firewall, "--outbound-ports-to-ignore", "443")
+    assert f"{firewall} -t nat -A TULLE_OUTBOUND -p tcp --dport 443 -j RETURN" in printed
+    first = nat_rules(pair.a, firewall)
+    tulle_init(pair.a, firewall, "--outbound-ports-to-ignore", "443")
+    assert nat_rules(pair.a, firewall) == first  # twice: one set of rules
+    assert len([r for r in first if r.startswith(("-A PREROUTING", "-A OUTPUT"))]) == 2
+    assert any("--uid-owner 2102" in r for r in first)
+    # Changed settings replace the rules (443 no longer ignored).
+    tulle_init(pair.a, firewall)
+    assert not any("--dport 443" in r for r in nat_rules(pair.a, firewall))
+    tulle_init(pair.a, firewall, "--remove")
+    assert not any("TULLE" in r for r in nat_rules(pair.a, firewall))
+    saved = run(pair.a, [f"{firewall}-save", "-t", "nat"]).stdout
+    assert "TULLE_" not in saved
+    # Removing again is not an error.
+    tulle_init(pair.a, firewall, "--remove")
+
+
+def test_init_without_net_admin_is_a_clear_error(pair: Pair, firewall: str) -> None:
+    done = run(
+        pair.a,
+        [sys.executable, "-m", "tulle", "init", "--firewall-bin", firewall],
+        uid=PROXY_UID,
+    )
+    assert done.returncode == 1
+    assert "needs root or CAP_NET_ADMIN" in done.stderr
+    assert "Traceback" not in done.stderr
+
+
+def test_outbound_capture(pair: Pair, firewall: str, processes: ProcessGroup) -> None:
+    start_backend(processes, pair.b, "http", APP_PORT)
+    start_backend(processes, pair.b, "banner", BANNER_PORT)
+    start_backend(processes, pair.b, "tcp-echo", IGNORED_PORT)
+    tulle_init(pair.a, firewall, "--outbound-ports-to-ignore", str(IGNORED_PORT))
+    start_sidecar(processes, pair.a)
+
+    # The app calls b by IP:port: captured, forwarded, counted once (the
+    # proxy's own upstream connection is not captured again: no loop).
+    status, _ = run_in(pair.a, lambda: http_get(pair.b_ip, APP_PORT, "/"))
+    assert status == 200
+    m = metrics(pair.a)
+    target = f"{pair.b_ip}:{APP_PORT}"
+    assert m.total("request_total", direction="outbound", target_addr=target) == 1
+    assert m.total("response_total", direction="outbound", status_code="200") == 1
+    assert m.total("proxy_error_total") == 0
+
+    # A server-speaks-first protocol passes (opaque once detection times out).
+    assert run_in(pair.a, lambda: read_banner(pair.b_ip, BANNER_PORT)) == BANNER
+    banner_target = f"{pair.b_ip}:{BANNER_PORT}"
+    m = metrics(pair.a)
+    assert m.total("tcp_open_total", direction="outbound", target_addr=banner_target) >= 1
+
+    # An ignored port is not captured: it works, and the proxy never sees it.
+    assert run_in(pair.a, lambda: echo(pair.b_ip, IGNORED_PORT, b"x" * 5000)) == b"x" * 5000
+    assert str(IGNORED_PORT) not in metrics(pair.a).text
+
+    # Loopback is not captured: the app reaching its own sidecar's admin is direct.
+    assert run_in(pair.a, lambda: http_status(*ADMIN, "/ready")) == 200
+    assert metrics(pair.a).total("request_total", direction="outbound") == 1
+
+
+def test_inbound_capture_reaches_the_app(
+    pair: Pair, firewall: str, processes: ProcessGroup
+) -> None:
+    start_backend(processes, pair.b, "http", APP_PORT)
+    tulle_init(pair.a, firewall)
+    tulle_init(pair.b, firewall)
+    start_sidecar(processes, pair.a)
+    start_sidecar(processes, pair.b)
+
+    status, body = run_in(pair.a, lambda: http_get(pair.b_ip, APP_PORT, "/"))
+    assert status == 200, body
+    # Both sidecars saw the call: a's outbound and b's inbound, which sent it to the app.
+    assert metrics(pair.a).total("request_total", direction="outbound") == 1
+    inbound = metrics(pair.b)
+    assert inbound.total("request_total", direction="inbound") == 1
+    assert inbound.total("response_total", direction="inbound", status_code="200") == 1
