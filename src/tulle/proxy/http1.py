@@ -331,6 +331,21 @@ _ROUTING, _WAITING, _SENT, _DONE = 0, 1, 2, 3
 # Retries per request at most, whatever the budget allows.
 MAX_RETRIES = 3
 
+# A peer proxy's `tulle-proxy-error` (on a 5xx) as the kind of failure it
+# reports (`tulle.core.retry`); any other error is a plain status.
+# The peer answered these without sending the request on (its app refused
+# or failed the connection, or it had no app endpoint to pick): never received.
+_PEER_FAILURES = {
+    b"connect-refused": NOT_SENT,
+    b"connect-error": NOT_SENT,
+    b"connect-timeout": NOT_SENT,
+    b"endpoints-ejected": NOT_SENT,
+    b"no-endpoints": NOT_SENT,
+    b"overloaded": NOT_SENT,
+    b"descriptors-exhausted": NOT_SENT,
+    b"upstream-reset": RESET,
+}
+
 
 class Exchange:
     """One request/response through the proxy, across its attempts."""
@@ -707,12 +722,7 @@ class Exchange:
             if status == 100 and self.expect_continue and not self.resp_started:
                 self.server.out.append(b"HTTP/1.1 100 Continue\r\n\r\n")
             return
-        if (
-            status >= 500
-            and self.route is not None
-            and self.route.retryable is True
-            and self._may_retry(STATUS, status)
-        ):
+        if status >= 500 and self.route is not None and self._retry_response(head, status):
             self.discarding = True
             return
         self.resp_started = True
@@ -862,6 +872,25 @@ class Exchange:
         tunnel.start()
 
     # -- failures, retries, completion ---------------------------------------
+    def _retry_response(self, head: ResponseHead, status: int) -> bool:
+        """Whether a 5xx response is discarded and the request retried.
+
+        From an app it is a status, retried only on a `retryable: true` route.
+        From a peer proxy, verified over mTLS, a proxy-made error says how the
+        request failed at that proxy's app, and is judged as if this proxy
+        had seen that failure itself: the app refused the connection (never
+        received: retried) or reset it after the request was sent (idempotent
+        methods retried when `retryable` is absent). So a killed app behind a
+        sidecar costs its callers what a killed plain endpoint would.
+        """
+        failure = STATUS
+        conn = self.conn
+        if conn is not None and conn.peer_id:
+            reason = head.header(b"tulle-proxy-error")
+            if reason is not None:
+                failure = _PEER_FAILURES.get(reason, STATUS)
+        return self._may_retry(failure, status)
+
     def _may_retry(self, failure: int, status: int = 0) -> bool:
         """Whether this failed attempt may be tried again (`tulle.core.retry`).
 

@@ -5,13 +5,18 @@ that may have reached the dead endpoint are retried elsewhere, requests it
 never received are always retried, and a POST it may have run is never sent
 again: the client gets `502 upstream-reset` for it, and no backend sees it
 twice. Backends log every request line they read, so the test knows which
-requests reached which endpoint, the killed one included.
+requests reached which endpoint, the killed one included. The same holds
+when the endpoints are sidecars over mTLS and the app behind one dies: the
+caller's proxy reads the sidecar's `502` (`upstream-reset`, `connect-refused`)
+as the failure it reports.
 """
 
 from __future__ import annotations
 
 import http.client
 import signal
+import subprocess
+import sys
 import threading
 import time
 from collections import Counter
@@ -19,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 import pytest
-from meshkit import named_backend, start_control, wait_until, write_manifest
+from meshkit import NamedBackend, named_backend, start_control, wait_until, write_manifest
 from support.mesh import Proxy, start_proxy
 from support.ports import LOOPBACK
 from support.process import ProcessGroup
@@ -107,27 +112,17 @@ class Clients:
             return len(self.outcomes)
 
 
-def test_killed_endpoint_retries_idempotent_requests_and_never_replays_posts(
-    processes: ProcessGroup, tmp_path: Path
-) -> None:
-    backends = [
-        named_backend(processes, name, delay_ms=DELAY_MS, log_requests=True)
-        for name in ("a", "b", "c")
-    ]
-    victim = backends[0]
-    path = tmp_path / "mesh.yaml"
-    write_manifest(path, _manifest([b.addr for b in backends]))
-    control = start_control(processes, path)
-    proxy = start_proxy(processes, extra=["--control-addr", control.grpc_addr])
-    assert proxy.outbound[0] == LOOPBACK
+def _kill_under_load(proxy: Proxy, victim: NamedBackend) -> list[Outcome]:
     with Clients(proxy) as clients:
         wait_until(lambda: len(victim.seen()) >= 20, 60, "the victim to take traffic")
         victim.process.signal(signal.SIGKILL)
         victim.process.wait_exit(10)
         killed_at = clients.count()
         wait_until(lambda: clients.count() >= killed_at + 150, 90, "150 more requests")
-    outcomes = clients.outcomes
+    return clients.outcomes
 
+
+def _check(outcomes: list[Outcome], backends: list[NamedBackend], victim: NamedBackend) -> None:
     seen_by: dict[str, list[str]] = {}
     for backend in backends:
         for line in backend.seen():
@@ -136,9 +131,11 @@ def test_killed_endpoint_retries_idempotent_requests_and_never_replays_posts(
                 backend.name
             )
     # Requests the victim read but never answered: in flight when it died.
-    answered_by_victim = {f"{o.method} {o.path}" for o in outcomes if o.detail == "a"}
+    answered_by_victim = {f"{o.method} {o.path}" for o in outcomes if o.detail == victim.name}
     in_flight = {
-        key for key, names in seen_by.items() if "a" in names and key not in answered_by_victim
+        key
+        for key, names in seen_by.items()
+        if victim.name in names and key not in answered_by_victim
     }
     assert any(key.startswith("POST ") for key in in_flight), (
         "no POST was in flight on the killed endpoint; the test proved nothing",
@@ -165,5 +162,51 @@ def test_killed_endpoint_retries_idempotent_requests_and_never_replays_posts(
     get_outcome = {f"GET {o.path}": o.detail for o in outcomes if o.method == "GET"}
     for key in in_flight:
         if key.startswith("GET ") and key in get_outcome:
-            assert get_outcome[key] in ("b", "c"), (key, get_outcome[key])
+            assert get_outcome[key] != victim.name, (key, get_outcome[key])
     assert Counter(o.status for o in outcomes)[200] > 150
+
+
+def test_killed_endpoint_retries_idempotent_requests_and_never_replays_posts(
+    processes: ProcessGroup, tmp_path: Path
+) -> None:
+    backends = [
+        named_backend(processes, name, delay_ms=DELAY_MS, log_requests=True)
+        for name in ("a", "b", "c")
+    ]
+    path = tmp_path / "mesh.yaml"
+    write_manifest(path, _manifest([b.addr for b in backends]))
+    control = start_control(processes, path)
+    proxy = start_proxy(processes, extra=["--control-addr", control.grpc_addr])
+    _check(_kill_under_load(proxy, backends[0]), backends, backends[0])
+
+
+def test_killed_app_behind_a_meshed_sidecar_follows_the_same_rule(
+    processes: ProcessGroup, tmp_path: Path
+) -> None:
+    """The endpoints are sidecars (mTLS) in front of the apps; the app dies,
+    its sidecar answers `502 upstream-reset` (or `connect-refused`), and the
+    caller's proxy applies the rule as if it had seen the failure itself."""
+    issuer = tmp_path / "issuer"
+    subprocess.run(
+        [sys.executable, "-m", "tulle", "identity", "init", "--dir", str(issuer),
+         "--trust-domain", "tulle.test"],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    books_id = "spiffe://tulle.test/ns/default/sa/books"
+    web_id = "spiffe://tulle.test/ns/default/sa/web"
+    identity = ["--identity-issuer-dir", str(issuer), "--identity"]
+    backends = [
+        named_backend(processes, name, delay_ms=DELAY_MS, log_requests=True)
+        for name in ("a", "b", "c")
+    ]
+    sidecars = [
+        start_proxy(
+            processes, app_addr=b.addr, extra=[*identity, books_id], name=f"sidecar-{b.name}"
+        )
+        for b in backends
+    ]
+    endpoints = [f"{LOOPBACK}:{s.inbound_port}@{books_id}" for s in sidecars]
+    proxy = start_proxy(
+        processes, static_dst={"books": endpoints}, extra=[*identity, web_id], name="web"
+    )
+    _check(_kill_under_load(proxy, backends[0]), backends, backends[0])
