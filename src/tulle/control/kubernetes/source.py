@@ -141,7 +141,16 @@ class KubernetesSource:
             await self._dirty.wait()
             await asyncio.sleep(self._batch_s)
             self._dirty.clear()
-            self._on_change(self._rebuild())
+            try:
+                manifest = self._rebuild()
+            except Exception:
+                # A bug met by some object must not stop the source: the last
+                # good model keeps being served (fail static), and the next
+                # change tries again.
+                self._metrics.reload_error += 1
+                log.exception("cannot rebuild the model; keeping the last good one")
+                continue
+            self._on_change(manifest)
 
     async def close(self) -> None:
         for task in self._tasks:
