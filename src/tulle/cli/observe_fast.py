@@ -115,6 +115,11 @@ def run_fast(name: str, args: Sequence[str]) -> None:
     from tulle.cli import observe
 
     function = getattr(observe, name)
+    code = function.__code__
+    if set(code.co_varnames[: code.co_argcount + code.co_kwonlyargcount]) != set(values):
+        # The command gained or lost a parameter this table does not know:
+        # calling it directly would pass typer's OptionInfo as a value.
+        return
     try:
         function(**values)
     except typer.Exit as done:

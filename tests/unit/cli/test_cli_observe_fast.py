@@ -82,3 +82,18 @@ def test_same_values_as_typer(
 )
 def test_leaves_anything_unusual_to_typer(name: str, args: list[str]) -> None:
     assert parse(COMMANDS[name], args, {}) is None
+
+
+def test_a_parameter_the_table_does_not_know_goes_to_typer(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    from tulle.cli import observe, observe_fast
+
+    called: list[dict[str, Any]] = []
+
+    def stat(service: str, kind: str, window: str, as_json: bool, control: str, token: str) -> None:
+        called.append({})
+
+    monkeypatch.setattr(observe, "stat", stat)
+    observe_fast.run_fast("stat", ["--json"])  # returns: typer must parse
+    assert called == []
