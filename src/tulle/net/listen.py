@@ -26,6 +26,7 @@ from tulle.net.descriptors import DescriptorBudget
 log = logging.getLogger(__name__)
 
 SO_ORIGINAL_DST = 80
+IP6T_SO_ORIGINAL_DST = 80  # on SOL_IPV6 (linux/netfilter_ipv6/ip6_tables.h)
 PEEK_BYTES = 1024
 # While a peek shows only a prefix (e.g. b"GE"), poll again this often.
 REPEEK_INTERVAL_S = 0.005
@@ -68,17 +69,40 @@ def is_local_address(ip: str) -> bool:
 
 
 def original_dst(sock: socket.socket) -> Address | None:
-    """Where an iptables-REDIRECTed connection was going; None if not redirected."""
-    try:
-        raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
-    except OSError:
-        return None
-    port, packed = struct.unpack_from("!2xH4s", raw)
-    dst = (socket.inet_ntoa(packed), port)
+    """Where an iptables-REDIRECTed connection was going; None if not redirected.
+
+    IPv4 asks `SOL_IP`/`SO_ORIGINAL_DST` (a `sockaddr_in`), IPv6
+    `SOL_IPV6`/`IP6T_SO_ORIGINAL_DST` (the same number, a `sockaddr_in6`). An
+    IPv6 listener also accepts IPv4 connections (as `::ffff:a.b.c.d`), whose
+    redirect is IPv4's: both are asked there. Once per connection.
+    """
+    dst: Address | None = None
+    if sock.family == socket.AF_INET6:
+        try:
+            raw = sock.getsockopt(socket.IPPROTO_IPV6, IP6T_SO_ORIGINAL_DST, 28)
+        except OSError:
+            pass
+        else:
+            port, packed = struct.unpack_from("!2xH4x16s", raw)
+            dst = (socket.inet_ntop(socket.AF_INET6, packed), port)
+    if dst is None:
+        try:
+            raw = sock.getsockopt(socket.SOL_IP, SO_ORIGINAL_DST, 16)
+        except OSError:
+            return None
+        port, packed = struct.unpack_from("!2xH4s", raw)
+        dst = (socket.inet_ntoa(packed), port)
     local = sock.getsockname()
-    if dst[0] == local[0] and dst[1] == local[1]:
+    if dst[1] == local[1] and _same_ip(dst[0], local[0]):
         return None
     return dst
+
+
+def _same_ip(a: str, b: str) -> bool:
+    if a == b:
+        return True
+    mapped = "::ffff:"
+    return a.removeprefix(mapped) == b.removeprefix(mapped)
 
 
 class Acceptor:

@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
+from tulle.core.outcome import FAILURE, SUCCESS
 from tulle.net.descriptors import DescriptorBudget
 from tulle.net.listen import Acceptor, bind, is_local_address, original_dst
 from tulle.net.mtls import (
@@ -40,7 +41,7 @@ from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.destinations import DestinationGuard
-from tulle.proxy.http1 import EndpointPool, Http1Server
+from tulle.proxy.http1 import ConnectFailed, EndpointPool, Http1Server, original_authority
 from tulle.proxy.metrics import Labels, Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapHub
@@ -59,6 +60,9 @@ SWEEP_INTERVAL_S = 0.25
 STALL_S = 30.0
 # With workers, /live waits this long for each worker's answer.
 WORKER_ANSWER_S = 5.0
+
+
+_PASSTHROUGH_TCP = (("direction", "outbound"), ("protocol", "tcp"))
 
 
 def install_loop() -> None:
@@ -262,6 +266,9 @@ class Worker:
             if not self._tcp_allowed(ctx, None, peer):
                 sock.close()
                 return
+            if orig is not None and ctx.direction == "outbound":
+                loop.create_task(self._opaque_outbound(ctx, sock, orig))
+                return
             loop.create_task(self._opaque(ctx, sock, dst))
 
         return on_detected
@@ -389,6 +396,48 @@ class Worker:
         if not await self._connect_upstream(ctx, tunnel, dst):
             sock.close()
             return
+        try:
+            await self.loop.connect_accepted_socket(lambda: tunnel.downstream, sock)
+        except OSError:
+            tunnel.close(abort=True)
+            return
+        tunnel.start()
+
+    async def _opaque_outbound(self, ctx: ProxyContext, sock: socket.socket, orig: Address) -> None:
+        """A captured connection that is not HTTP, routed by its original destination.
+
+        An address discovery knows (a service's virtual address, an endpoint
+        of a followed service) is balanced over that service's endpoints, with
+        mTLS to the endpoint's identity (ALPN opaque, as `CONNECT` tunnels);
+        any other address is forwarded as it is (`outbound_passthrough_total`).
+        """
+        target = ctx.router.for_authority(original_authority(orig))
+        if not target.view.ready:
+            await target.view.wait_known(ctx.config.timeouts.discovery_s)
+        if target.passthrough or not target.view.ready or target.view.exists is False:
+            ctx.metrics.inc("outbound_passthrough_total", _PASSTHROUGH_TCP)
+            await self._opaque(ctx, sock, orig)
+            return
+        backend = target.backend()
+        state = backend.balancer.pick(time.monotonic())
+        if state is None:
+            ctx.metrics.proxy_error(ctx.direction, "no-endpoints")
+            sock.close()
+            return
+        pool: EndpointPool = backend.pool_for(state)  # type: ignore[assignment]
+        tunnel = Tunnel(ctx.metrics.tcp(ctx.direction, "src", pool.label), pool.tcp_stats)
+        started = time.monotonic()
+        state.on_start()
+        try:
+            await pool.connect(lambda: tunnel.upstream, ALPN_OPAQUE)
+        except ConnectFailed as failed:
+            state.on_end(time.monotonic(), time.monotonic() - started, FAILURE)
+            ctx.metrics.proxy_error(ctx.direction, failed.reason)
+            tunnel.close(abort=True)
+            sock.close()
+            return
+        connected_after = time.monotonic() - started
+        tunnel.on_close = lambda: state.on_end(time.monotonic(), connected_after, SUCCESS)
         try:
             await self.loop.connect_accepted_socket(lambda: tunnel.downstream, sock)
         except OSError:

@@ -459,7 +459,7 @@ class Exchange:
             elif host:
                 authority = host
             elif server.orig_dst is not None:
-                authority = b"%s:%d" % (server.orig_dst[0].encode(), server.orig_dst[1])
+                authority = original_authority(server.orig_dst)
             else:
                 self.fail(400, "missing-host", "request has no Host header and no absolute URI")
                 return
@@ -545,11 +545,36 @@ class Exchange:
             self.fail(503, "discovery-timeout", f"no answer from discovery for {target.name!r}")
         self.server.flush_all()
 
+    def _route_original(self, orig: tuple[str, int]) -> None:
+        """Route to a captured connection's original destination (raw IP:PORT)."""
+        target = self.server.ctx.router.for_authority(original_authority(orig))
+        self.authority = target.authority_label
+        refusal = target.refusal
+        if refusal is not None:
+            self.fail(refusal.status, refusal.reason, refusal.detail)
+            return
+        self.target = target
+        if not target.view.ready:
+            self.status = _WAITING
+            self.server.ctx.loop.create_task(
+                self._await_known(target, lambda: self._routed(target))
+            )
+            return
+        self._routed(target)
+
     def _routed(self, target: ServiceTarget) -> None:
         ctx = self.server.ctx
         if target.view.exists is False:
+            orig = self.server.orig_dst
+            if orig is not None:
+                # A captured connection whose Host names no service (a site
+                # outside the mesh): it goes where the app was connecting.
+                self._route_original(orig)
+                return
             self.fail(503, "unknown-service", f"no service named {target.name!r}")
             return
+        if target.passthrough:
+            ctx.metrics.inc("outbound_passthrough_total", _PASSTHROUGH_HTTP)
         head = self.head
         if not target.pending.try_acquire():
             self.fail(503, "overloaded", f"too many pending requests for {target.name!r}")
@@ -1454,3 +1479,14 @@ def _chunk(data: bytes) -> bytes:
     parts: list[bytes] = []
     encode_chunk(parts, data)
     return b"".join(parts)
+
+
+_PASSTHROUGH_HTTP = (("direction", "outbound"), ("protocol", "http"))
+
+
+def original_authority(orig: tuple[str, int]) -> bytes:
+    """A captured connection's original destination as an authority."""
+    host = orig[0]
+    if ":" in host:
+        return b"[%s]:%d" % (host.encode(), orig[1])
+    return b"%s:%d" % (host.encode(), orig[1])

@@ -16,6 +16,7 @@ requests finish on it; its idle connections are closed).
 
 from __future__ import annotations
 
+import asyncio
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -127,6 +128,7 @@ class ServiceTarget:
         "default_route",
         "metrics_labels",
         "name",
+        "passthrough",
         "pending",
         "refusal",
         "view",
@@ -160,6 +162,8 @@ class ServiceTarget:
         # Set when every endpoint is a destination this proxy refuses (its own
         # listeners, a denied address): requests get that answer at once.
         self.refusal: Refusal | None = None
+        # A raw address no discovery knows: forwarded as it is (counted).
+        self.passthrough = False
         view.subscribe(self._on_view)
         self._on_view(view)
 
@@ -308,10 +312,7 @@ class Router:
                 refusal = self.guard.check_raw(host, port) if self.guard is not None else None
                 if refusal is not None:
                     return self._refused(name, refusal)
-                view = ServiceView(name)
-                view.apply_reset([Endpoint((host, port))])
-                target = ServiceTarget(self, name, view, self._make_pool, self._max_pending)
-                target.metrics_labels = ""
+                target = self._raw_target(name, (host, port))
                 self._services[name] = target
             return target
         host = host.rstrip(".")
@@ -321,6 +322,37 @@ class Router:
             if known is not None:
                 return known
         return self.service(host)
+
+    def _raw_target(self, name: str, address: Address) -> ServiceTarget:
+        """A raw `IP:PORT` (an IP authority, or a captured connection's original
+        destination), routed by what discovery knows of that address.
+
+        Discovery is asked for the name `IP:PORT`: a service's virtual address
+        (a Kubernetes ClusterIP) gets that service's endpoints, identities,
+        routes and split. Otherwise, an address that is an endpoint of a
+        service this proxy follows is called with that endpoint's identity
+        (mTLS); anything else is forwarded as it is (passthrough: the outbound
+        is not a firewall), with `dst_service` empty and
+        `outbound_passthrough_total` counting it. The first request waits for
+        discovery's answer at most `RAW_DISCOVERY_WAIT_S`, then passes through.
+        """
+        view = ServiceView(name)
+        target = ServiceTarget(self, name, view, self._make_pool, self._max_pending)
+        target.metrics_labels = ""
+        _AddressMirror(self, target, address, self._resolver.resolve(name))
+        return target
+
+    def endpoint_at(self, address: Address, exclude: ServiceTarget) -> Endpoint | None:
+        """An endpoint of a followed service at `address` (its identity), if any.
+
+        Called once per discovery answer about a raw address, never per request."""
+        for target in self._services.values():
+            if target is exclude or target.passthrough:
+                continue
+            ep = target.view.endpoints.get(address)
+            if ep is not None:
+                return ep
+        return None
 
     def _refused(self, name: str, refusal: Refusal) -> ServiceTarget:
         """A target that only answers `refusal` (kept out of `targets()`)."""
@@ -336,6 +368,63 @@ class Router:
         if self._fixed is not None:
             out.append(self._fixed)
         return out
+
+
+# How long the first request to a raw address waits for discovery's answer
+# before it is forwarded as it is (availability over a slow control plane).
+RAW_DISCOVERY_WAIT_S = 1.0
+
+
+class _AddressMirror:
+    """Keeps a raw address's target in step with discovery's view of it."""
+
+    __slots__ = ("_address", "_router", "_target", "_timer")
+
+    def __init__(
+        self, router: Router, target: ServiceTarget, address: Address, discovered: ServiceView
+    ) -> None:
+        self._router = router
+        self._target = target
+        self._address = address
+        self._timer: asyncio.TimerHandle | None = None
+        discovered.subscribe(self._update)
+        if discovered.exists is None:
+            try:
+                loop = asyncio.get_running_loop()
+            except RuntimeError:
+                self._pass_through()
+            else:
+                self._timer = loop.call_later(RAW_DISCOVERY_WAIT_S, self._waited)
+        else:
+            self._update(discovered)
+
+    def _waited(self) -> None:
+        self._timer = None
+        if self._target.view.exists is None:
+            self._pass_through()
+
+    def _update(self, discovered: ServiceView) -> None:
+        if discovered.exists is None:
+            return
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        view = self._target.view
+        if discovered.exists and discovered.endpoints:
+            self._target.passthrough = False
+            # Discovery names no service for an address: the address is the label.
+            self._target.metrics_labels = self._target.name
+            view.apply_profile(discovered.profile)
+            view.apply_reset(discovered.endpoints.values())
+        else:
+            self._pass_through()
+
+    def _pass_through(self) -> None:
+        target = self._target
+        known = self._router.endpoint_at(self._address, target)
+        target.passthrough = known is None
+        target.metrics_labels = ""
+        target.view.apply_reset([known if known is not None else Endpoint(self._address)])
 
 
 def split_authority(text: str) -> tuple[str, int | None]:

@@ -83,14 +83,12 @@ def start_backend(group: ProcessGroup, ns: str, mode: str, port: int) -> Managed
     return process
 
 
-def start_sidecar(group: ProcessGroup, ns: str) -> ManagedProcess:
+def start_sidecar(group: ProcessGroup, ns: str, *extra: str) -> ManagedProcess:
     """`tulle proxy` with its default ports, as uid 2102 (the uid `tulle init` exempts)."""
+    argv = [sys.executable, "-m", "tulle", "proxy", "--app-addr", f"127.0.0.1:{APP_PORT}"]
     process = group.start(
         f"proxy-{ns}",
-        as_uid(
-            PROXY_UID,
-            [sys.executable, "-m", "tulle", "proxy", "--app-addr", f"127.0.0.1:{APP_PORT}"],
-        ),
+        as_uid(PROXY_UID, [*argv, *extra]),
         preexec_fn=preexec(ns),
     )
     process.wait_for(
@@ -197,12 +195,15 @@ def test_outbound_capture(pair: Pair, firewall: str, processes: ProcessGroup) ->
     assert m.total("request_total", direction="outbound", target_addr=target) == 1
     assert m.total("response_total", direction="outbound", status_code="200") == 1
     assert m.total("proxy_error_total") == 0
+    # No discovery knows that address: forwarded as it is, and counted so.
+    assert m.total("outbound_passthrough_total", protocol="http") == 1
 
     # A server-speaks-first protocol passes (opaque once detection times out).
     assert run_in(pair.a, lambda: read_banner(pair.b_ip, BANNER_PORT)) == BANNER
     banner_target = f"{pair.b_ip}:{BANNER_PORT}"
     m = metrics(pair.a)
     assert m.total("tcp_open_total", direction="outbound", target_addr=banner_target) >= 1
+    assert m.total("outbound_passthrough_total", protocol="tcp") == 1
 
     # An ignored port is not captured: it works, and the proxy never sees it.
     assert run_in(pair.a, lambda: echo(pair.b_ip, IGNORED_PORT, b"x" * 5000)) == b"x" * 5000
@@ -229,3 +230,70 @@ def test_inbound_capture_reaches_the_app(
     inbound = metrics(pair.b)
     assert inbound.total("request_total", direction="inbound") == 1
     assert inbound.total("response_total", direction="inbound", status_code="200") == 1
+
+
+VIRTUAL_IP = "10.231.0.9"  # no interface has it: only discovery knows where it goes
+
+
+def test_routing_by_original_destination(
+    pair: Pair, firewall: str, processes: ProcessGroup
+) -> None:
+    start_backend(processes, pair.b, "http", APP_PORT)
+    start_backend(processes, pair.b, "banner", BANNER_PORT)
+    # Two more that discovery knows nothing of (neither as a service address
+    # nor as an endpoint): they get passthrough.
+    start_backend(processes, pair.b, "http", APP_PORT + 1)
+    start_backend(processes, pair.b, "banner", BANNER_PORT + 1)
+    tulle_init(pair.a, firewall)
+    # Discovery knows two virtual addresses (as a ClusterIP:port is known).
+    start_sidecar(
+        processes,
+        pair.a,
+        "--static-dst", f"{VIRTUAL_IP}:{APP_PORT}={pair.b_ip}:{APP_PORT}",
+        "--static-dst", f"{VIRTUAL_IP}:{BANNER_PORT}={pair.b_ip}:{BANNER_PORT}",
+    )  # fmt: skip
+
+    # HTTP to the virtual address: discovery's endpoints, no passthrough. The
+    # address itself answers nothing, so a 200 means the proxy routed it.
+    status, _ = run_in(pair.a, lambda: http_get(VIRTUAL_IP, APP_PORT, "/"))
+    assert status == 200
+    m = metrics(pair.a)
+    assert (
+        m.total(
+            "request_total",
+            direction="outbound",
+            dst_service=f"{VIRTUAL_IP}:{APP_PORT}",
+            target_addr=f"{pair.b_ip}:{APP_PORT}",
+        )
+        == 1
+    )
+    assert m.total("outbound_passthrough_total") == 0
+
+    # Not HTTP (a banner) to a virtual address: balanced over its endpoints too.
+    assert run_in(pair.a, lambda: read_banner(VIRTUAL_IP, BANNER_PORT)) == BANNER
+    m = metrics(pair.a)
+    assert m.total("tcp_open_total", peer="dst", target_addr=f"{pair.b_ip}:{BANNER_PORT}") >= 1
+    assert m.total("outbound_passthrough_total") == 0
+
+    # A Host that names no service, on a captured connection: it goes where the
+    # app was connecting (a site outside the mesh), counted as passthrough.
+    def unknown_host() -> tuple[int, bytes]:
+        conn = http.client.HTTPConnection(pair.b_ip, APP_PORT + 1, timeout=IO_TIMEOUT_S)
+        try:
+            conn.request("GET", "/", headers={"Host": "outside.example"})
+            response = conn.getresponse()
+            return response.status, response.read()
+        finally:
+            conn.close()
+
+    status, body = run_in(pair.a, unknown_host)
+    assert status == 200, body
+    m = metrics(pair.a)
+    assert m.total("outbound_passthrough_total", protocol="http") == 1
+    # A banner to an address nobody knows: forwarded as it is, counted.
+    assert run_in(pair.a, lambda: read_banner(pair.b_ip, BANNER_PORT + 1)) == BANNER
+    assert metrics(pair.a).total("outbound_passthrough_total", protocol="tcp") == 1
+    # An endpoint of a service discovery knows is not passthrough (it would
+    # get the endpoint's identity, were it meshed).
+    assert run_in(pair.a, lambda: read_banner(pair.b_ip, BANNER_PORT)) == BANNER
+    assert metrics(pair.a).total("outbound_passthrough_total", protocol="tcp") == 1
