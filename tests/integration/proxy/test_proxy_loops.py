@@ -7,9 +7,11 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support.mesh import Backend, Proxy, proxy_args, start_proxy, wait_ready
@@ -281,3 +283,39 @@ def test_denied_address_is_refused_in_forward_mode(
     response = exchange(*proxy.outbound, request_bytes("GET", "/status/202", http_backend.addr))
     assert response.status == 202
     assert one_hop.process.alive()
+
+
+def test_original_destination_that_is_the_proxy_itself_is_refused() -> None:
+    """Transparent capture: an iptables REDIRECT hands the outbound a connection
+    whose original destination is the proxy's own inbound (in a network
+    namespace of the test's own, so the rule touches nothing else)."""
+    for tool in ("unshare", "iptables", "ip"):
+        if shutil.which(tool) is None:
+            pytest.skip(f"needs {tool}")
+    if os.geteuid() != 0:
+        pytest.skip("needs root for a network namespace")
+    probe = Path(__file__).with_name("origdst_probe.py")
+    result = subprocess.run(
+        ["unshare", "-n", sys.executable, str(probe)],
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+    if result.returncode != 0 and "unshare" in result.stderr:
+        pytest.skip(f"no network namespace here: {result.stderr.strip()}")
+    assert result.returncode == 0, result.stdout + result.stderr
+    seen = json.loads(result.stdout.strip().splitlines()[-1])
+    # Opaque: closed at once (a reset, as its bytes were never read), not
+    # forwarded round and round.
+    assert seen["opaque"] in ("closed", "reset"), seen["opaque"]
+    assert seen["http"].startswith("HTTP/1.1 508"), seen["http"]
+    assert "tulle-proxy-error: loop-detected" in seen["http"]
+    assert seen["fds"] < FD_CEILING
+    assert seen["live"] == 200
+    counted = [
+        line
+        for line in seen["metrics"].splitlines()
+        if line.startswith("proxy_error_total") and 'reason="loop-detected"' in line
+    ]
+    assert counted and float(counted[0].rsplit(" ", 1)[1]) == 2, counted
