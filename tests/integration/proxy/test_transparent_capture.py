@@ -10,7 +10,6 @@ knows nothing of the mesh: no proxy setting, no Host trick.
 from __future__ import annotations
 
 import http.client
-import re
 import socket
 import sys
 import time
@@ -39,7 +38,6 @@ IGNORED_PORT = 9443
 ADMIN = ("127.0.0.1", 4191)
 BANNER = b"220 ready\r\n"  # what `tulle demo backend --mode banner` says first
 IO_TIMEOUT_S = 20.0
-_LISTENING = re.compile(r"listening (\S+) ([\d.]+):(\d+)")
 
 
 def _backends() -> list[str]:
@@ -72,14 +70,16 @@ def tulle_init(ns: str, firewall: str, *args: str, uid: int | None = None) -> st
     return done.stdout + done.stderr
 
 
-def start_backend(group: ProcessGroup, ns: str, mode: str, port: int) -> ManagedProcess:
+def start_backend(
+    group: ProcessGroup, ns: str, mode: str, port: int, host: str = "0.0.0.0"
+) -> ManagedProcess:
     process = group.start(
         f"backend-{mode}-{ns}",
-        [sys.executable, "-m", "tulle", "demo", "backend", "--addr", f"0.0.0.0:{port}",
+        [sys.executable, "-m", "tulle", "demo", "backend", "--addr", f"{host}:{port}",
          "--mode", mode],
         preexec_fn=preexec(ns),
     )  # fmt: skip
-    process.wait_for(lambda: _LISTENING.search(process.output()) is not None, "listening line")
+    process.wait_for(lambda: "listening" in process.output(), "listening line")
     return process
 
 
@@ -297,3 +297,34 @@ def test_routing_by_original_destination(
     # get the endpoint's identity, were it meshed).
     assert run_in(pair.a, lambda: read_banner(pair.b_ip, BANNER_PORT)) == BANNER
     assert metrics(pair.a).total("outbound_passthrough_total", protocol="tcp") == 1
+
+
+A_IP6, B_IP6 = "fd00:231::1", "fd00:231::2"
+
+
+def _add_ipv6(pair: Pair) -> None:
+    for ns, ip in ((pair.a, A_IP6), (pair.b, B_IP6)):
+        # nodad: usable at once (duplicate detection would delay it ~1 s).
+        done = run(ns, ["ip", "addr", "add", f"{ip}/64", "dev", "veth0", "nodad"])
+        assert done.returncode == 0, done.stderr
+
+
+def test_ipv6_capture_reads_the_ipv6_original_destination(
+    pair: Pair, firewall: str, processes: ProcessGroup
+) -> None:
+    _add_ipv6(pair)
+    start_backend(processes, pair.b, "http", APP_PORT, host="[::]")
+    start_backend(processes, pair.b, "banner", BANNER_PORT, host="[::]")
+    printed = tulle_init(pair.a, firewall)
+    assert "ip6tables" in printed and "::1/128" in printed
+    # ip6tables REDIRECTs locally made connections to ::1.
+    start_sidecar(processes, pair.a, "--outbound-addr", "[::1]:4140")
+
+    status, _ = run_in(pair.a, lambda: http_get(B_IP6, APP_PORT, "/"))
+    assert status == 200
+    m = metrics(pair.a)
+    assert m.total("request_total", direction="outbound", target_addr=f"{B_IP6}:{APP_PORT}") == 1
+    assert run_in(pair.a, lambda: read_banner(B_IP6, BANNER_PORT)) == BANNER
+    m = metrics(pair.a)
+    assert m.total("tcp_open_total", peer="dst", target_addr=f"{B_IP6}:{BANNER_PORT}") >= 1
+    assert m.total("outbound_passthrough_total", protocol="tcp") == 1
