@@ -10,11 +10,14 @@ knows nothing of the mesh: no proxy setting, no Host trick.
 from __future__ import annotations
 
 import http.client
+import json
 import socket
+import subprocess
 import sys
 import time
 import urllib.request
 from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 from support.mesh import Metrics
@@ -328,3 +331,43 @@ def test_ipv6_capture_reads_the_ipv6_original_destination(
     m = metrics(pair.a)
     assert m.total("tcp_open_total", peer="dst", target_addr=f"{B_IP6}:{BANNER_PORT}") >= 1
     assert m.total("outbound_passthrough_total", protocol="tcp") == 1
+
+
+TRUST_DOMAIN = "tulle.test"
+WEB_ID = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/web"
+BOOKS_ID = f"spiffe://{TRUST_DOMAIN}/ns/default/sa/books"
+
+
+def test_captured_call_to_a_service_address_is_mtls(
+    pair: Pair, firewall: str, processes: ProcessGroup, tmp_path: Path
+) -> None:
+    issuer = tmp_path / "issuer"
+    subprocess.run(
+        [sys.executable, "-m", "tulle", "identity", "init", "--dir", str(issuer),
+         "--trust-domain", TRUST_DOMAIN],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    start_backend(processes, pair.b, "http", APP_PORT)
+    tulle_init(pair.a, firewall)
+    tulle_init(pair.b, firewall)
+    # b's app as a meshed endpoint of the service at the virtual address: a's
+    # proxy dials b's app port with mTLS; b's rules hand that to b's inbound.
+    start_sidecar(
+        processes,
+        pair.a,
+        "--static-dst", f"{VIRTUAL_IP}:{APP_PORT}={pair.b_ip}:{APP_PORT}@{BOOKS_ID}",
+        "--identity", WEB_ID, "--identity-issuer-dir", str(issuer),
+    )  # fmt: skip
+    start_sidecar(processes, pair.b, "--identity", BOOKS_ID, "--identity-issuer-dir", str(issuer))
+
+    status, body = run_in(pair.a, lambda: http_get(VIRTUAL_IP, APP_PORT, "/headers"))
+    assert status == 200, body
+    headers = {name.lower(): value for name, value in json.loads(body)["headers"]}
+    # The app in b learns its caller's verified identity: mTLS end to end,
+    # though neither app knows there is a mesh.
+    assert headers["tulle-client-id"] == WEB_ID
+    out = metrics(pair.a)
+    assert out.total("request_total", direction="outbound", tls="true", server_id=BOOKS_ID) == 1
+    assert out.total("outbound_passthrough_total") == 0
+    inbound = metrics(pair.b)
+    assert inbound.total("request_total", direction="inbound", tls="true", client_id=WEB_ID) == 1
