@@ -206,13 +206,22 @@ class CertManager:
 
     def server_context(self) -> ssl.SSLContext:
         if self._server_context is None:
-            raise NotReady(f"no certificate for {self.identity} yet")
+            self._server_context = build_server_context(
+                self._certificate_or_raise(), self.alpn_protocols, self._select_server_context
+            )
         return self._server_context
 
     def client_context(self) -> ssl.SSLContext:
         if self._client_context is None:
-            raise NotReady(f"no certificate for {self.identity} yet")
+            self._client_context = build_client_context(
+                self._certificate_or_raise(), self.alpn_protocols
+            )
         return self._client_context
+
+    def _certificate_or_raise(self) -> WorkloadCertificate:
+        if self._current is None:
+            raise NotReady(f"no certificate for {self.identity} yet")
+        return self._current
 
     @staticmethod
     def peer_identity(ssl_object: SslEndpoint) -> str | None:
@@ -294,9 +303,10 @@ class CertManager:
             raise CertifyFailed(f"the issued leaf does not verify: {error}") from None
 
     def _install(self, certificate: WorkloadCertificate) -> None:
-        server = build_server_context(certificate, self.alpn_protocols, self._select_server_context)
-        client = build_client_context(certificate, self.alpn_protocols)
-        self._current, self._server_context, self._client_context = certificate, server, client
+        # The contexts are built on first use: the proxy builds its own
+        # (`tulle.net.mtls`), so building these at every install cost it two
+        # TLS setups per renewal, and its start.
+        self._current, self._server_context, self._client_context = certificate, None, None
         self._first.set()
         for listener in self._listeners:
             listener(certificate)
@@ -306,8 +316,8 @@ class CertManager:
     ) -> None:
         # Runs inside each handshake: move it onto the newest context, which
         # carries the newest leaf and trust bundle.
-        newest = self._server_context
-        if newest is not None and newest is not context:
+        newest = self.server_context()
+        if newest is not context:
             ssl_object.context = newest
 
     def _anchored(self, certificate: WorkloadCertificate, bundle: TrustBundle) -> bool:

@@ -9,8 +9,8 @@ proxy needs no detection after the handshake:
 * `tulle.opaque` -- an opaque TCP stream.
 
 A Python `SSLContext` carries one ALPN list, so the client side keeps one
-context per protocol; all are swapped atomically when `CertManager` installs a
-renewed leaf or a rotated trust bundle. Connections already open keep the
+context per protocol, each built on first use; all are replaced at once when
+`CertManager` installs a renewed leaf or a rotated trust bundle. Connections already open keep the
 context they were made with; new ones take the new one.
 """
 
@@ -38,6 +38,7 @@ class MeshTls:
         self.certs = certs
         self.identity = certs.identity
         self._server: ssl.SSLContext | None = None
+        self._certificate: WorkloadCertificate | None = None
         self._clients: dict[str, ssl.SSLContext] = {}
         certs.add_listener(self._install)
         current = certs.current
@@ -49,18 +50,25 @@ class MeshTls:
         return self._server is not None and self.certs.ready
 
     def _install(self, certificate: WorkloadCertificate) -> None:
-        from tulle.identity.tls import build_client_context, build_server_context
+        from tulle.identity.tls import build_server_context
 
-        server = build_server_context(certificate, MESH_ALPNS)
-        clients = {alpn: build_client_context(certificate, (alpn,)) for alpn in MESH_ALPNS}
-        self._server = server
-        self._clients = clients
+        # Client contexts are built on first use, per ALPN: each is a few ms
+        # of key and chain loading that the start (the proxy is ready once it
+        # can serve) and many proxies (one or two protocols used) need not pay.
+        self._server = build_server_context(certificate, MESH_ALPNS)
+        self._certificate, self._clients = certificate, {}
 
     def server_context(self) -> ssl.SSLContext | None:
         return self._server
 
     def client_context(self, alpn: str) -> ssl.SSLContext | None:
-        return self._clients.get(alpn)
+        context = self._clients.get(alpn)
+        if context is None and self._certificate is not None and alpn in MESH_ALPNS:
+            from tulle.identity.tls import build_client_context
+
+            context = build_client_context(self._certificate, (alpn,))
+            self._clients[alpn] = context
+        return context
 
 
 def offered_mesh_alpn(alpns: tuple[str, ...]) -> str | None:
