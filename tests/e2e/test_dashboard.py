@@ -33,7 +33,7 @@ from dashboard_traffic import steady_traffic  # noqa: E402
 from support.mesh import start_backend  # noqa: E402
 from support.ports import LOOPBACK, free_port  # noqa: E402
 from support.process import ProcessGroup  # noqa: E402
-from viz_mesh import Mesh, eventually, start_mesh  # noqa: E402
+from viz_mesh import API_TOKENS, Mesh, eventually, start_mesh  # noqa: E402
 
 TAP_ROWS = "document.querySelectorAll('table[data-tap] tbody tr')"
 
@@ -182,9 +182,17 @@ def test_topology_draws_the_edges(mesh: Mesh, screenshots: Path) -> None:
 
 def test_service_page_streams_the_tap_and_filters_it(mesh: Mesh, screenshots: Path) -> None:
     chromium_or_skip()
+    # Opened as `tulle dashboard` opens it: the API token in the fragment.
+    opened = mesh.cli("dashboard", "books", "--no-browser")
+    assert opened.returncode == 0, opened.stderr
     with browser_page() as page:
-        page.goto(f"{mesh.api_url}/#/service/books")
+        page.goto(opened.stdout.strip())
         page.wait_for_selector('tr[data-key="books-0"]')
+        # The page keeps the token in the tab's sessionStorage, not in the URL.
+        assert page.evaluate("location.hash") == "#/service/books"
+        assert (
+            page.evaluate("sessionStorage.getItem('tulle-api-token')") == API_TOKENS[mesh.api_url]
+        )
         page.wait_for_selector('[data-page="service"] tr[data-key="web"]')
         page.wait_for_selector('[data-policy="none"]')
         assert "No policy data" in page.locator('[data-policy="none"]').inner_text()
@@ -215,10 +223,22 @@ def test_service_page_streams_the_tap_and_filters_it(mesh: Mesh, screenshots: Pa
         assert "paused" in page.locator("[data-tap-state]").inner_text()
 
 
+def test_without_the_token_the_read_views_work_and_tap_says_what_it_needs(mesh: Mesh) -> None:
+    chromium_or_skip()
+    with browser_page() as page:
+        page.goto(f"{mesh.api_url}/#/service/books")
+        page.wait_for_selector('tr[data-key="books-0"]')
+        page.wait_for_selector('[data-page="service"] tr[data-key="web"]')
+        page.wait_for_selector('[data-tap-state="unauthorized"]')
+        assert "needs the API token" in page.locator("[data-tap-state]").inner_text()
+        assert page.locator("table[data-tap] tbody tr").count() == 0
+
+
 def test_cli_prints_the_dashboard_url(mesh: Mesh) -> None:
     result = mesh.cli("dashboard", "books", "--no-browser")
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == f"{mesh.api_url}/#/service/books"
+    token = API_TOKENS[mesh.api_url]
+    assert result.stdout.strip() == f"{mesh.api_url}/#/service/books&token={token}"
     nobody = f"http://{LOOPBACK}:{free_port()}"
     unreachable = subprocess.run(
         [sys.executable, "-m", "tulle", "dashboard", "--control", nobody, "--no-browser"],

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -88,6 +89,8 @@ def _tulle(demo: UpRun, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
         [sys.executable, "-m", "tulle", *args, "--control", control],
         capture_output=True, text=True, timeout=60, check=False,
+        # The CLI reads the mesh's API token (tap needs it) from its state dir.
+        env={**os.environ, "TULLE_STATE_DIR": str(demo.state_dir)},
     )  # fmt: skip
 
 

@@ -14,8 +14,10 @@ from tulle.control.kubernetes.client import KubeError
 from tulle.control.manifest import ManifestError, load_manifest
 from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S
 from tulle.control.server import ControlConfig, run
+from tulle.core.credentials import CredentialError, ensure_token_file, read_token_file
 from tulle.core.discovery import Address, parse_address
 from tulle.identity.store import IdentityStoreError
+from tulle.local.state import API_TOKEN_FILE, DEFAULT_STATE_DIR
 from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8084"
@@ -26,6 +28,11 @@ manifest_app = typer.Typer(
     no_args_is_help=True,
 )
 app.add_typer(manifest_app, name="manifest")
+
+
+def default_api_token_file(manifest: str) -> Path:
+    """`.tulle/api-token` beside the manifest: where the CLI, run there, finds it."""
+    return Path(manifest).resolve().parent / DEFAULT_STATE_DIR / API_TOKEN_FILE
 
 
 def _address(text: str, option: str) -> Address:
@@ -146,6 +153,26 @@ def control(
         help="With --source kubernetes and --identity-dir: Identity.Certify accepts "
         "ServiceAccount tokens of this audience (checked with a TokenReview).",
     ),
+    api_token_file: str = typer.Option(
+        "",
+        "--api-token-file",
+        envvar="TULLE_CONTROL_API_TOKEN_FILE",
+        help="The bearer token that writes (POST /api/apply) and tap on the HTTP API need; "
+        "created (mode 0600) when absent. Default: .tulle/api-token beside the manifest.",
+    ),
+    api_allowed_hosts: str = typer.Option(
+        "",
+        "--api-allowed-hosts",
+        envvar="TULLE_CONTROL_API_ALLOWED_HOSTS",
+        help="Host names (comma-separated) the HTTP API answers to besides IP addresses and "
+        "localhost (DNS-rebinding protection).",
+    ),
+    proxy_admin_token_file: str = typer.Option(
+        "",
+        "--proxy-admin-token-file",
+        envvar="TULLE_CONTROL_PROXY_ADMIN_TOKEN_FILE",
+        help="The proxies' admin token (their --admin-token-file), which tap needs.",
+    ),
     log_level: str = typer.Option(
         "info",
         "--log-level",
@@ -160,6 +187,21 @@ def control(
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    api_token = proxy_admin_token = ""
+    try:
+        if http_addr != "off":
+            token_path = (
+                Path(api_token_file) if api_token_file else default_api_token_file(manifest)
+            )
+            api_token = ensure_token_file(token_path)
+            logging.getLogger("tulle.control").info(
+                "HTTP API writes and tap need the token in %s", token_path.resolve()
+            )
+        if proxy_admin_token_file:
+            proxy_admin_token = read_token_file(Path(proxy_admin_token_file))
+    except CredentialError as exc:
+        typer.echo(f"tulle control: cannot start: {exc}", err=True)
+        raise typer.Exit(1) from None
     config = ControlConfig(
         manifest=Path(manifest),
         grpc_addr=_address(grpc_addr, "--grpc-addr"),
@@ -178,6 +220,9 @@ def control(
         cluster_domain=cluster_domain,
         trust_domain=trust_domain,
         token_audience=token_audience,
+        api_token=api_token,
+        api_allowed_hosts=tuple(h.strip() for h in api_allowed_hosts.split(",") if h.strip()),
+        proxy_admin_token=proxy_admin_token,
     )
     if source not in ("manifest", "kubernetes"):
         raise typer.BadParameter("expected 'manifest' or 'kubernetes'", param_hint="--source")

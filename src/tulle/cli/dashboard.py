@@ -5,7 +5,8 @@ this command only finds that port (as the observability commands do:
 `--control`, `TULLE_CONTROL_URL`, the state.json of the mesh found by
 `--state-dir`, `./.tulle` or the registered current mesh, else
 http://127.0.0.1:8084), checks that something answers there, and opens the
-URL, or prints it when there is no browser to open.
+URL, or prints it when there is no browser to open. The URL carries the API
+token in its fragment when the CLI has one, so that the page's live tap works.
 """
 
 from __future__ import annotations
@@ -20,21 +21,30 @@ import typer
 from tulle.cli.main import app
 from tulle.cli.observe import (
     _CONTROL_HELP,
+    _TOKEN_HELP,
     STATE_DIR_OPTION,
     ControlUnreachable,
     api_call,
+    resolve_api_token,
     resolve_control_url,
 )
 
 PROBE_TIMEOUT_S = 3.0
 
 
-def dashboard_url(control: str, service: str = "") -> str:
-    """The dashboard's URL on the control plane at `control`, optionally at one service."""
-    url = f"{control}/"
-    if service:
-        url += f"#/service/{quote(service, safe='')}"
-    return url
+def dashboard_url(control: str, service: str = "", token: str = "") -> str:
+    """The dashboard's URL on the control plane at `control`, optionally at one service.
+
+    With `token`, the API token rides in the fragment (`&token=` after the
+    route): browsers never send a fragment to a server, and the page moves
+    it to the tab's sessionStorage at once (static/api.js), so live tap works.
+    """
+    fragment = f"/service/{quote(service, safe='')}" if service else ""
+    if token:
+        fragment += (
+            f"&token={quote(token, safe='')}" if fragment else f"token={quote(token, safe='')}"
+        )
+    return f"{control}/" + (f"#{fragment}" if fragment else "")
 
 
 def _can_show_a_browser() -> bool:
@@ -70,6 +80,7 @@ def dashboard(
     no_browser: bool = typer.Option(
         False, "--no-browser", help="Only print the URL; do not start a browser."
     ),
+    token: str = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP),
 ) -> None:
     """Open the dashboard (served by the control plane) in a browser, or print its URL."""
     base = resolve_control_url(control, state_dir=state_dir)
@@ -85,7 +96,7 @@ def dashboard(
             err=True,
         )
         raise typer.Exit(1)
-    url = dashboard_url(base, service)
+    url = dashboard_url(base, service, resolve_api_token(token, base, state_dir=state_dir))
     if not no_browser and _open_in_browser(url):
         typer.echo(f"dashboard opened in your browser: {url}")
     else:

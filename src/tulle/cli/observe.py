@@ -6,11 +6,14 @@ Every command is a thin client of the control plane's metrics API
 found with `--control`, else `TULLE_CONTROL_URL`, else the `control.http`
 address in the `state.json` of the mesh `tulle.local.registry.find_state_dir`
 picks (`--state-dir`, a running `.tulle/` here or in a parent, the current
-mesh `tulle up` registered), else http://127.0.0.1:8084.
+mesh `tulle up` registered), else http://127.0.0.1:8084. Writes and tap send
+the API token: `--token`, else `TULLE_API_TOKEN`, else the `api-token` file
+of that same state directory, to a loopback control plane only.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import sys
 import time
@@ -19,12 +22,14 @@ import urllib.request
 from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
-from urllib.parse import urlencode
+from urllib.parse import urlencode, urlsplit
 
 import typer
 
 from tulle.cli.main import app
+from tulle.core.credentials import CredentialError, read_token_file
 from tulle.local.registry import find_state_dir
+from tulle.local.state import API_TOKEN_FILE
 from tulle.viz.checks import FAIL, OK, WARN, CheckReport, preflight
 
 if TYPE_CHECKING:
@@ -46,6 +51,10 @@ STATE_DIR_HELP = (
 )
 STATE_DIR_OPTION = typer.Option("", "--state-dir", envvar="TULLE_STATE_DIR", help=STATE_DIR_HELP)
 _JSON_HELP = "Print the API's JSON document instead of a table."
+_TOKEN_HELP = (
+    "The control plane's API token (writes and tap need it). Default: TULLE_API_TOKEN, else "
+    "the api-token file of ./.tulle (sent to a loopback control plane only)."
+)
 _WINDOW_HELP = "How far back to look: 10s .. 10m."
 
 
@@ -76,6 +85,36 @@ def find_state_file(start: Path | None = None, *, explicit_dir: str = "") -> Pat
     if state_dir is None or not (state_dir / STATE_FILE.name).is_file():
         return None
     return state_dir / STATE_FILE.name
+
+
+def _is_loopback(url: str) -> bool:
+    host = (urlsplit(url).hostname or "").lower()
+    if host == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return False
+
+
+def resolve_api_token(
+    explicit: str, control_url: str, start: Path | None = None, *, state_dir: str = ""
+) -> str:
+    """The API token to send: --token / TULLE_API_TOKEN, else the `api-token` file of
+    the mesh's state directory (`find_state_dir`), which is sent to a loopback
+    control plane only (never to an address that leaves the machine). "" when
+    there is none."""
+    if explicit:
+        return explicit.strip()
+    if not _is_loopback(control_url):
+        return ""
+    found = find_state_dir(state_dir, start)
+    if found is None:
+        return ""
+    try:
+        return read_token_file(found / API_TOKEN_FILE)
+    except CredentialError:
+        return ""
 
 
 def resolve_control_url(explicit: str, start: Path | None = None, *, state_dir: str = "") -> str:
@@ -110,6 +149,7 @@ def api_call(
     *,
     body: bytes | None = None,
     timeout: float = REQUEST_TIMEOUT_S,
+    token: str = "",
 ) -> tuple[int, Any]:
     """One API call; (status, decoded JSON). Raises ControlUnreachable."""
     query = {k: v for k, v in (params or {}).items() if v}
@@ -117,6 +157,8 @@ def api_call(
     request = urllib.request.Request(url, data=body, method="POST" if body is not None else "GET")
     if body is not None:
         request.add_header("content-type", "application/yaml")
+    if token:
+        request.add_header("authorization", f"Bearer {token}")
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read())
@@ -133,9 +175,9 @@ def api_call(
         ) from None
 
 
-def _get(control: str, path: str, params: dict[str, str]) -> Any:
+def _get(control: str, path: str, params: dict[str, str], token: str = "") -> Any:
     try:
-        status, document = api_call(control, path, params)
+        status, document = api_call(control, path, params, token=token)
     except ControlUnreachable as exc:
         raise _fail(str(exc)) from None
     if status != 200:
@@ -286,13 +328,15 @@ def top(
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP + " Implies --once."),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
     state_dir: str = STATE_DIR_OPTION,
+    token: str = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP),
 ) -> None:
     """The busiest paths right now (live, from tap), refreshing until Ctrl-C."""
     url = resolve_control_url(control, state_dir=state_dir)
+    api_token = resolve_api_token(token, url, state_dir=state_dir)
     params = {"service": service, "duration": f"{duration:g}s"}
 
     def fetch() -> dict[str, Any]:
-        document: dict[str, Any] = _get(url, "/api/top", params)
+        document: dict[str, Any] = _get(url, "/api/top", params, api_token)
         return document
 
     if as_json or once:
@@ -346,9 +390,11 @@ def tap(
     as_json: bool = typer.Option(False, "--json", help="One JSON event per line."),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
     state_dir: str = STATE_DIR_OPTION,
+    token: str = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP),
 ) -> None:
     """Watch live requests through a service's proxies: method, path, status, latency, identity."""
     url = resolve_control_url(control, state_dir=state_dir)
+    api_token = resolve_api_token(token, url, state_dir=state_dir)
     query = {
         "service": "" if service == "all" else service,
         "path": path,
@@ -359,8 +405,11 @@ def tap(
     }
     target = f"{url}/api/tap?" + urlencode({k: v for k, v in query.items() if v})
     seen = 0
+    request = urllib.request.Request(target)
+    if api_token:
+        request.add_header("authorization", f"Bearer {api_token}")
     try:
-        with urllib.request.urlopen(target, timeout=duration + 10) as response:
+        with urllib.request.urlopen(request, timeout=duration + 10) as response:
             for raw in response:
                 line = raw.strip()
                 if not line:
@@ -462,6 +511,7 @@ def apply(
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
     control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
     state_dir: str = STATE_DIR_OPTION,
+    token: str = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP),
 ) -> None:
     """Change a running mesh: merge FILE into the control plane's manifest (validated first)."""
     try:
@@ -471,7 +521,13 @@ def apply(
     url = resolve_control_url(control, state_dir=state_dir)
     params = {"source": str(file), "mode": "replace" if replace else "merge"}
     try:
-        status, document = api_call(url, "/api/apply", params, body=body)
+        status, document = api_call(
+            url,
+            "/api/apply",
+            params,
+            body=body,
+            token=resolve_api_token(token, url, state_dir=state_dir),
+        )
     except ControlUnreachable as exc:
         raise _fail(str(exc)) from None
     if as_json:

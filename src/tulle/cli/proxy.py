@@ -38,7 +38,8 @@ def proxy(
     admin_addr: str = typer.Option(
         "127.0.0.1:4191",
         envvar="TULLE_PROXY_ADMIN_ADDR",
-        help="Admin listener: /metrics, /ready, /live, POST /shutdown, /config.",
+        help="Admin listener: /metrics, /ready, /live, /config; POST /shutdown and /tap "
+        "with --admin-token-file.",
     ),
     app_addr: str = typer.Option(
         "127.0.0.1:8080",
@@ -139,6 +140,12 @@ def proxy(
         "(403 destination-forbidden; an ingress that reaches services by name only). "
         "The proxy's own listeners are always refused (508 loop-detected).",
     ),
+    admin_token_file: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_ADMIN_TOKEN_FILE",
+        help="A file (mode 0600) with the bearer token that POST /shutdown and /tap on the "
+        "admin listener need; without it they are disabled.",
+    ),
     log_level: str = typer.Option(
         "info", envvar="TULLE_PROXY_LOG_LEVEL", help="debug, info, warning or error."
     ),
@@ -169,6 +176,7 @@ def proxy(
                 "workload": workload,
                 "deny_dst": deny_dst,
                 "outbound_raw_addresses": outbound_raw_addresses,
+                "admin_token_file": admin_token_file,
                 "log_level": log_level,
             }
         )

@@ -74,6 +74,7 @@ FLAGS: tuple[Flag, ...] = (
     Flag("workload", "TULLE_PROXY_WORKLOAD", "str", ""),
     Flag("deny_dst", "TULLE_PROXY_DENY_DST", "str", ""),
     Flag("outbound_raw_addresses", "TULLE_PROXY_OUTBOUND_RAW_ADDRESSES", "str", "forward"),
+    Flag("admin_token_file", "TULLE_PROXY_ADMIN_TOKEN_FILE", "str", ""),
     Flag("log_level", "TULLE_PROXY_LOG_LEVEL", "str", "info"),
 )
 _BY_OPTION = {flag.option: flag for flag in FLAGS}
@@ -216,6 +217,16 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
     identity_addrs = tuple(
         _addr(a, "--identity-addr") for a in identity_addr.split(",") if a.strip()
     )
+    admin_token = ""
+    if text("admin_token_file"):
+        from pathlib import Path
+
+        from tulle.core.credentials import CredentialError, read_token_file
+
+        try:
+            admin_token = read_token_file(Path(text("admin_token_file")))
+        except CredentialError as exc:
+            raise FlagError(str(exc), "--admin-token-file") from None
     return ProxyConfig(
         inbound_addr=_addr(text("inbound_addr"), "--inbound-addr"),
         outbound_addr=_addr(text("outbound_addr"), "--outbound-addr"),
@@ -241,6 +252,7 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
         workload=text("workload"),
         deny_dst=denied,
         outbound_raw_addresses=outbound_raw_addresses,
+        admin_token=admin_token,
         log_level=text("log_level"),
     )
 

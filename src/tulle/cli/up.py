@@ -29,6 +29,7 @@ from tulle.control.manifest import (
     parse_manifest,
     read_manifest_bytes,
 )
+from tulle.core.credentials import CredentialError
 from tulle.demo.shop import cli as _shop_cli  # noqa: F401 -- registers `tulle demo shop`
 from tulle.local import registry
 from tulle.local.logstream import LogStream
@@ -165,15 +166,18 @@ def _run(
     except OSError as exc:
         logs.supervisor(f"cannot register the mesh in {registry.tulle_home()}: {exc}")
     try:
-        plan = build_plan(
-            manifest,
-            raw,
-            manifest_path=source,
-            state_dir=state.root,
-            ingress_port=ingress_port,
-            mtls=mtls,
-            preferred=preferred,
-        )
+        try:
+            plan = build_plan(
+                manifest,
+                raw,
+                manifest_path=source,
+                state_dir=state.root,
+                ingress_port=ingress_port,
+                mtls=mtls,
+                preferred=preferred,
+            )
+        except CredentialError as exc:
+            raise _fail("tulle up", str(exc)) from None
         logs.width = max(len("tulle up"), *(len(spec.name) for spec in plan.processes))
         supervisor = Supervisor(plan, state, logs)
 

@@ -79,6 +79,13 @@ class ControlConfig:
     trust_domain: str = "cluster.local"
     # The audience of the ServiceAccount tokens Identity.Certify accepts.
     token_audience: str = "identity.tulle.io"
+    # The HTTP API's credential for writes and tap (docs/api.md, "Credentials");
+    # empty: those endpoints are refused.
+    api_token: str = ""
+    # Host names the HTTP API answers to besides IP addresses and localhost.
+    api_allowed_hosts: tuple[str, ...] = ()
+    # Sent to the proxies' admin `/tap` by the tap relay.
+    proxy_admin_token: str = ""
 
 
 def format_address(address: Address) -> str:
@@ -125,6 +132,9 @@ class ControlPlane:
                 manifest=lambda: self.watcher.manifest,
                 ready=self.ready,
                 scrape_interval_s=config.scrape_interval_s,
+                api_token=config.api_token,
+                allowed_hosts=config.api_allowed_hosts,
+                proxy_admin_token=config.proxy_admin_token,
             )
 
     def ready(self) -> bool:

@@ -26,8 +26,9 @@ from typing import Any, Literal
 import yaml
 
 from tulle.control.manifest import Manifest
+from tulle.core.credentials import ensure_token_file
 from tulle.local.ports import LOOPBACK, allocate_ports, port_is_free
-from tulle.local.state import GENERATED_MANIFEST, INGRESS_MANIFEST, STATE_FILE
+from tulle.local.state import GENERATED_MANIFEST, INGRESS_MANIFEST, STATE_FILE, StateDir
 
 Role = Literal["control", "ingress", "app", "sidecar"]
 
@@ -141,6 +142,7 @@ def proxy_argv(
     identity: str | None = None,
     identity_grpc_port: int | None = None,
     protected: tuple[int, ...] = (),
+    admin_token_file: Path | None = None,
 ) -> tuple[str, ...]:
     """The command line of a sidecar (or, with `instance=None`, of the ingress).
 
@@ -175,6 +177,10 @@ def proxy_argv(
         argv += ["--outbound-raw-addresses", "refuse"]
     if protected:
         argv += ["--deny-dst", ",".join(f"{LOOPBACK}:{port}" for port in protected)]
+    if admin_token_file is not None:
+        # POST /shutdown and /tap: the mesh's admin token, which the control
+        # plane's tap relay sends too (the apps never see it).
+        argv += ["--admin-token-file", str(admin_token_file)]
     if identity:
         # mTLS: the proxy makes its key, sends a CSR with the join token found
         # in TULLE_PROXY_IDENTITY_TOKEN (the environment: not visible in `ps`).
@@ -407,6 +413,12 @@ def build_plan(
             )
         )
     mesh_identity = MeshIdentity(state_dir) if mtls else None
+    # The credentials of the mesh's HTTP surfaces (docs/local.md): made once,
+    # kept across runs so a CLI or a dashboard tab holding them keeps working.
+    state = StateDir(state_dir)
+    ensure_token_file(state.api_token_file)
+    ensure_token_file(state.admin_token_file)
+    admin_token_file = state.admin_token_file.resolve()
 
     base = base_environment()
     # Marks every process of this mesh (tests and `tulle down` checks find them by it).
@@ -420,6 +432,8 @@ def build_plan(
     control_extra: list[str] = []
     if control_http is not None:
         control_extra += ["--http-addr", f"{LOOPBACK}:{control_http}"]
+        control_extra += ["--api-token-file", str(state.api_token_file.resolve())]
+        control_extra += ["--proxy-admin-token-file", str(admin_token_file)]
     if mesh_identity is not None:
         control_extra += ["--identity-dir", str(mesh_identity.directory)]
     if "scrape_targets" in options:
@@ -483,6 +497,7 @@ def build_plan(
                     instance=instance,
                     identity=instance.identity,
                     protected=tuple(protected),
+                    admin_token_file=admin_token_file,
                 ),
                 env=mesh_identity.token_env(base, instance.identity)
                 if mesh_identity is not None and instance.identity
@@ -518,6 +533,7 @@ def build_plan(
                 identity=INGRESS_IDENTITY if mesh_identity is not None else None,
                 identity_grpc_port=control_grpc,
                 protected=tuple(protected),
+                admin_token_file=admin_token_file,
             ),
             env=mesh_identity.token_env(base, INGRESS_IDENTITY)
             if mesh_identity is not None

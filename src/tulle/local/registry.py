@@ -30,11 +30,9 @@ import contextlib
 import os
 from pathlib import Path
 
-from tulle.local.state import DEFAULT_STATE_DIR, STATE_FILE, StateDir
+from tulle.local.state import API_TOKEN_FILE, DEFAULT_STATE_DIR, STATE_FILE, StateDir
 
 CURRENT_FILE = "current"
-# Written by `tulle control` / `tulle up` in a state directory (docs/api.md).
-API_TOKEN_FILE = "api-token"
 
 
 def tulle_home(environ: dict[str, str] | None = None) -> Path:

@@ -6,6 +6,8 @@ Layout::
       up.lock               held (flock) by the running supervisor: one mesh per directory
       up.pid                the supervisor's pid
       state.json            every process, pid, port and URL; rewritten on every change
+      api-token             the HTTP API's bearer token (mode 0600): writes and tap need it
+      admin-token           the proxies' admin token (mode 0600): POST /shutdown and /tap
       mesh.generated.yaml   the manifest the control plane serves (instances -> endpoints)
       mesh.ingress.yaml     with `ingress.services`: what the ingress's own control plane serves
       up.log                the supervisor's own output when detached
@@ -30,6 +32,8 @@ DEFAULT_STATE_DIR = ".tulle"
 GENERATED_MANIFEST = "mesh.generated.yaml"
 INGRESS_MANIFEST = "mesh.ingress.yaml"
 STATE_FILE = "state.json"
+API_TOKEN_FILE = "api-token"
+ADMIN_TOKEN_FILE = "admin-token"
 
 
 class MeshAlreadyRunning(Exception):
@@ -62,6 +66,16 @@ class StateDir:
     @property
     def state_file(self) -> Path:
         return self.root / STATE_FILE
+
+    @property
+    def api_token_file(self) -> Path:
+        """The control plane's HTTP API token (writes, tap): the CLI reads it."""
+        return self.root / API_TOKEN_FILE
+
+    @property
+    def admin_token_file(self) -> Path:
+        """The proxies' admin token (`POST /shutdown`, `/tap`), shared by the mesh."""
+        return self.root / ADMIN_TOKEN_FILE
 
     @property
     def generated_manifest(self) -> Path:

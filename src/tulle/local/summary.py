@@ -38,6 +38,12 @@ def print_summary(state: dict[str, Any], console: Console) -> None:
     )
     if control.get("http"):
         console.print(f"dashboard       {control['http']}", markup=False, highlight=False)
+        console.print(
+            "                `tulle dashboard` opens it with the API token (live tap needs it)",
+            style="dim",
+            markup=False,
+            highlight=False,
+        )
     addr = ingress.get("addr", "")
     console.print(
         f"ingress         {addr}  admin {ingress.get('admin')}  pid {pids.get('ingress') or '-'}",
@@ -67,7 +73,7 @@ def print_summary(state: dict[str, Any], console: Console) -> None:
             )
     console.print(
         f"\nState and logs: {state.get('state_dir')} "
-        "(state.json, logs/<process>.log, mesh.generated.yaml)",
+        "(state.json, logs/<process>.log, mesh.generated.yaml, api-token, admin-token)",
         markup=False,
         soft_wrap=True,
         highlight=False,

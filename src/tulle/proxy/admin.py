@@ -1,8 +1,15 @@
-"""The admin listener: `/metrics`, `/ready`, `/live`, `POST /shutdown`, `/config`.
+"""The admin listener: `/metrics`, `/ready`, `/live`, `POST /shutdown`, `/config`, `/tap`.
 
 Served with the same sans-IO HTTP/1 codec as the data path. Handlers may be
 asynchronous (with several workers, `/metrics` gathers every worker's
 snapshot), so each request is answered from a task, in order.
+
+`POST /shutdown` and `/tap` take a credential (docs/api.md, "Credentials"):
+`Authorization: Bearer TOKEN` with the token of `--admin-token-file`, a
+`Host` that is an address or localhost (DNS rebinding) and no foreign
+`Origin` (cross-site). Without a configured token they are disabled, as
+Linkerd disables its shutdown endpoint by default: loopback alone is no
+credential once an ingress, a sidecar or an app can connect from loopback.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ from typing import Any, cast
 from urllib.parse import parse_qs
 
 from tulle.codec.http1 import REASONS, Http1Error, RequestDecoder, RequestHead
+from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
 from tulle.core.discovery import Address
 from tulle.proxy.metrics import Snapshot, merge, render
 from tulle.proxy.tap import TapHub, serve_tap
@@ -35,6 +43,14 @@ class AdminState:
     tap: TapHub | None = None
     # Why the process is wedged ("" when live): `/live` answers 503 with it.
     live: Callable[[], Awaitable[str]] | None = None
+    # The bearer token of POST /shutdown and /tap; empty: they are disabled.
+    token: str = ""
+
+
+_DISABLED = (
+    b"%s is disabled: start the proxy with --admin-token-file FILE (env "
+    b"TULLE_PROXY_ADMIN_TOKEN_FILE) and send Authorization: Bearer <the token in FILE>\n"
+)
 
 
 class _AdminConnection(asyncio.Protocol):
@@ -104,10 +120,13 @@ class _AdminConnection(asyncio.Protocol):
             if method != b"POST":
                 self._write(405, b"text/plain", b"use POST /shutdown\n", close)
                 return
+            if not self._authorized(head, path):
+                return
             self._write(200, b"text/plain", b"shutting down\n", close)
             state.shutdown()
         elif path == b"/tap" and method == b"GET":
-            await self._tap(head)
+            if self._authorized(head, path):
+                await self._tap(head)
         elif path == b"/config":
             described = await state.describe()
             body = json.dumps(described[0] if len(described) == 1 else described, indent=2)
@@ -116,6 +135,39 @@ class _AdminConnection(asyncio.Protocol):
             self._write(
                 404, b"text/plain", b"not found: try /metrics /ready /live /config\n", close
             )
+
+    def _authorized(self, head: RequestHead, path: bytes) -> bool:
+        """The credential checks of a sensitive endpoint; answers (and closes) when refused."""
+        if not self.state.token:
+            self._write(403, b"text/plain", _DISABLED % path, True)
+            return False
+        fields: dict[bytes, bytes] = {}
+        for name, value in head.headers:
+            fields.setdefault(name.lower(), value)
+        host = head.host.decode("latin-1") if head.host is not None else None
+        if not host_allowed(host):
+            self._write(
+                403,
+                b"text/plain",
+                b"Host must be an IP address or localhost (DNS rebinding)\n",
+                True,
+            )
+            return False
+        origin = fields.get(b"origin")
+        if not origin_allowed(origin.decode("latin-1") if origin is not None else None, host):
+            self._write(403, b"text/plain", b"cross-site requests are refused\n", True)
+            return False
+        authorization = fields.get(b"authorization")
+        presented = bearer(authorization.decode("latin-1") if authorization is not None else None)
+        if not token_matches(presented, self.state.token):
+            self._write(
+                401,
+                b"text/plain",
+                b"%s needs Authorization: Bearer <the token of --admin-token-file>\n" % path,
+                True,
+            )
+            return False
+        return True
 
     async def _tap(self, head: RequestHead) -> None:
         """Stream live requests. Only loopback clients: tap shows request paths

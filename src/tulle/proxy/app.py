@@ -622,6 +622,7 @@ async def _run_single(config: ProxyConfig) -> int:
         extra_metrics=lambda: _async_value(worker.extra_metrics()),
         tap=worker.tap,
         live=lambda: _async_value(worker.liveness()),
+        token=config.admin_token,
     )
     try:
         admin = await AdminServer.start(loop, config.admin_addr, state)
@@ -775,6 +776,7 @@ async def _run_workers(config: ProxyConfig) -> int:
         shutdown=lambda: loop.create_task(stop()),
         extra_metrics=extra,
         live=live,
+        token=config.admin_token,
     )
     try:
         admin = await AdminServer.start(loop, config.admin_addr, state)

@@ -70,6 +70,8 @@ class ProxyConfig:
     # A raw `IP:PORT` authority that names no service: "forward" it as it is,
     # or "refuse" it (the `tulle up` ingress reaches services by name only).
     outbound_raw_addresses: str = "forward"
+    # The bearer token of the admin's POST /shutdown and /tap; empty: disabled.
+    admin_token: str = ""
     log_level: str = "info"
 
 
@@ -127,5 +129,6 @@ def config_from_json(text: str) -> ProxyConfig:
         workload=data.get("workload", ""),
         deny_dst=tuple(addr(a) for a in data.get("deny_dst", ())),
         outbound_raw_addresses=data.get("outbound_raw_addresses", "forward"),
+        admin_token=data.get("admin_token", ""),
         log_level=data["log_level"],
     )

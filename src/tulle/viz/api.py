@@ -26,6 +26,7 @@ from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
 from tulle.control.manifest import Manifest, ManifestError, load_manifest, parse_duration
+from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
 from tulle.viz import aggregate, authz_report, dashboard
 from tulle.viz.apply import apply_manifest
 from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
@@ -44,6 +45,19 @@ DEFAULT_TOP_DURATION_S = 5.0
 MAX_REQUEST_BODY = 1024 * 1024
 _READ_TIMEOUT_S = 10.0
 CHECK_TIMEOUT_S = 1.5
+
+
+# What a credential guards: writes, and tap (live request paths and identities).
+GUARDED_PATHS = frozenset({"/api/apply", "/api/tap", "/api/top"})
+_YAML_TYPES = frozenset({"application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml"})
+
+
+def _json_or_yaml(content_type: str) -> bool:
+    return (
+        content_type == "application/json"
+        or content_type in _YAML_TYPES
+        or (content_type.startswith("application/") and content_type.endswith(("+json", "+yaml")))
+    )
 
 
 class MetricsSource(Protocol):
@@ -87,6 +101,13 @@ class ApiContext:
     target_error: Callable[[], str] = lambda: ""
     # Processes of a `tulle up` mesh that its supervisor gave up (state.json).
     given_up: Callable[[], list[GivenUp]] = lambda: []
+    # The bearer token writes and tap need (docs/api.md, "Credentials"); empty:
+    # they are refused.
+    api_token: str = ""
+    # Host names (besides IP addresses and localhost) this API answers to.
+    allowed_hosts: tuple[str, ...] = ()
+    # What the tap relay sends to the proxies' admin `/tap`.
+    proxy_admin_token: str = ""
 
 
 def _seconds(query: dict[str, str], key: str, default: float, high: float) -> float:
@@ -103,9 +124,13 @@ def _status_reason(status: int) -> str:
     return {
         200: "OK",
         400: "Bad Request",
+        401: "Unauthorized",
+        403: "Forbidden",
         404: "Not Found",
         405: "Method Not Allowed",
+        411: "Length Required",
         413: "Payload Too Large",
+        415: "Unsupported Media Type",
         422: "Unprocessable Entity",
         500: "Internal Server Error",
         502: "Bad Gateway",
@@ -118,6 +143,8 @@ def _head(status: int, content_type: str, length: int | None) -> bytes:
         f"HTTP/1.1 {status} {_status_reason(status)}\r\ncontent-type: {content_type}\r\n"
         "cache-control: no-store\r\nconnection: close\r\n"
     )
+    if status == 401:
+        head += 'www-authenticate: Bearer realm="tulle"\r\n'
     if length is not None:
         head += f"content-length: {length}\r\n"
     return (head + "\r\n").encode()
@@ -383,7 +410,7 @@ class MetricsApi:
         relayed = {**query, "duration": f"{duration:g}"}
         with contextlib.suppress(TimeoutError):
             async with asyncio.timeout(duration + 2.0):
-                async for event in relay(targets, relayed):
+                async for event in relay(targets, relayed, token=self.context.proxy_admin_token):
                     if event.get("kind") == "error":
                         errors.append(f"{event['instance']}: {event['error']}")
                     else:
@@ -465,13 +492,13 @@ class ApiServer:
         path = split.path.rstrip("/") or "/"
         query = dict(parse_qsl(split.query))
         try:
+            self._check_host(headers)
+            if path in GUARDED_PATHS:
+                self._check_credential(path, headers)
             if path == "/api/apply":
                 if method != "POST":
                     raise ApiError(405, "use POST /api/apply with the YAML as the body")
-                length = int(headers.get("content-length", "0") or 0)
-                if length > MAX_REQUEST_BODY:
-                    raise ApiError(413, f"the body is larger than {MAX_REQUEST_BODY} bytes")
-                body = await asyncio.wait_for(reader.readexactly(length), _READ_TIMEOUT_S)
+                body = await self._read_body(reader, headers)
                 status, document = await self.api.apply(query, body)
                 self._json(writer, status, document)
             elif method not in ("GET", "HEAD"):
@@ -494,6 +521,56 @@ class ApiServer:
             self._json(writer, 400, {"error": f"bad request: {exc}"})
         await writer.drain()
 
+    def _check_host(self, headers: dict[str, str]) -> None:
+        """DNS rebinding: a page that made a browser resolve its own name to us
+        still sends that name as Host; only addresses and known names get in."""
+        host = headers.get("host")
+        if not host_allowed(host, self.api.context.allowed_hosts):
+            raise ApiError(
+                403,
+                f"Host {host!r} is not this API's: use its IP address or localhost, or start "
+                "`tulle control` with --api-allowed-hosts NAME (DNS-rebinding protection)",
+            )
+
+    def _check_credential(self, path: str, headers: dict[str, str]) -> None:
+        """Writes and tap: same-origin for browsers, and the API's bearer token."""
+        if not origin_allowed(headers.get("origin"), headers.get("host")):
+            raise ApiError(
+                403,
+                f"Origin {headers.get('origin')!r} is not this API's own: cross-site "
+                f"requests to {path} are refused",
+            )
+        expected = self.api.context.api_token
+        if not expected:
+            raise ApiError(403, f"{path} is disabled: this control plane has no API token")
+        if not token_matches(bearer(headers.get("authorization")), expected):
+            raise ApiError(
+                401,
+                f"{path} needs the API token: `Authorization: Bearer TOKEN`, the token being "
+                "in the control plane's --api-token-file (`tulle up`: .tulle/api-token; "
+                "the CLI reads it, or takes --token / TULLE_API_TOKEN)",
+            )
+
+    async def _read_body(self, reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
+        content_type = headers.get("content-type", "").partition(";")[0].strip().lower()
+        if not _json_or_yaml(content_type):
+            # text/plain and form types are what a cross-site form can send
+            # without asking the browser's permission (CORS "simple requests").
+            raise ApiError(
+                415,
+                f"the body must be YAML or JSON (Content-Type application/yaml or "
+                f"application/json), got {content_type or 'none'!r}",
+            )
+        if "transfer-encoding" in headers:
+            raise ApiError(411, "send the body with a Content-Length, not chunked")
+        text = headers.get("content-length", "0").strip() or "0"
+        if not text.isdigit():
+            raise ApiError(400, f"bad Content-Length {text!r}")
+        length = int(text)
+        if length > MAX_REQUEST_BODY:
+            raise ApiError(413, f"the body is larger than {MAX_REQUEST_BODY} bytes")
+        return await asyncio.wait_for(reader.readexactly(length), _READ_TIMEOUT_S)
+
     async def _tap(
         self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter, query: dict[str, str]
     ) -> None:
@@ -505,7 +582,7 @@ class ApiServer:
         await writer.drain()
         # The client leaving is seen as EOF on the request side.
         gone = asyncio.create_task(reader.read(1))
-        stream = relay(targets, query)
+        stream = relay(targets, query, token=self.api.context.proxy_admin_token)
         try:
             while True:
                 next_event = asyncio.ensure_future(anext(stream))

@@ -31,13 +31,22 @@ def split_url(url: str) -> tuple[str, int, str]:
 
 
 async def _open(
-    host: str, port: int, method: str, path: str, body: bytes, content_type: str
+    host: str,
+    port: int,
+    method: str,
+    path: str,
+    body: bytes,
+    content_type: str,
+    headers: dict[str, str] | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, dict[str, str]]:
     reader, writer = await asyncio.open_connection(host, port)
+    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     head = (
-        f"{method} {path} HTTP/1.1\r\nhost: {host}:{port}\r\nconnection: close\r\n"
+        f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n"
         f"user-agent: tulle-viz\r\naccept: */*\r\n"
     )
+    for name, value in (headers or {}).items():
+        head += f"{name}: {value}\r\n"
     if body or method in ("POST", "PUT"):
         head += f"content-type: {content_type}\r\ncontent-length: {len(body)}\r\n"
     writer.write(head.encode() + b"\r\n" + body)
@@ -47,12 +56,12 @@ async def _open(
     status_parts = lines[0].split(" ", 2)
     if len(status_parts) < 2 or not status_parts[1].isdigit():
         raise FetchError(f"not an HTTP response: {lines[0][:80]!r}")
-    headers: dict[str, str] = {}
+    answer: dict[str, str] = {}
     for line in lines[1:]:
         name, sep, value = line.partition(":")
         if sep:
-            headers[name.strip().lower()] = value.strip()
-    return reader, writer, int(status_parts[1]), headers
+            answer[name.strip().lower()] = value.strip()
+    return reader, writer, int(status_parts[1]), answer
 
 
 async def _read_body(reader: asyncio.StreamReader, headers: dict[str, str]) -> bytes:
@@ -110,7 +119,7 @@ async def request(
 
 
 async def stream_lines(
-    addr: str, path: str, *, connect_timeout: float = 2.0
+    addr: str, path: str, *, connect_timeout: float = 2.0, headers: dict[str, str] | None = None
 ) -> AsyncIterator[bytes]:
     """GET a close-delimited (or chunked) line stream; yields each line without its newline."""
     try:
@@ -121,13 +130,15 @@ async def stream_lines(
     try:
         try:
             async with asyncio.timeout(connect_timeout):
-                reader, writer, status, headers = await _open(host, port, "GET", path, b"", "")
+                reader, writer, status, answer = await _open(
+                    host, port, "GET", path, b"", "", headers
+                )
         except TimeoutError:
             raise FetchError(f"no answer from {addr} within {connect_timeout:g} s") from None
         if status != 200:
-            text = (await _read_body(reader, headers))[:500].decode(errors="replace").strip()
+            text = (await _read_body(reader, answer))[:500].decode(errors="replace").strip()
             raise FetchError(f"{addr} answered {status}: {text}")
-        chunked = headers.get("transfer-encoding", "").lower() == "chunked"
+        chunked = answer.get("transfer-encoding", "").lower() == "chunked"
         pending = b""
         while True:
             if chunked:

@@ -30,6 +30,9 @@ class VizService:
         manifest: Callable[[], Manifest | None],
         ready: Callable[[], bool],
         scrape_interval_s: float = DEFAULT_SCRAPE_INTERVAL_S,
+        api_token: str = "",
+        allowed_hosts: tuple[str, ...] = (),
+        proxy_admin_token: str = "",
     ) -> None:
         # Raises TargetError / ValueError on a bad flag: the replica refuses to start.
         self.targets = TargetSource(scrape_targets)
@@ -53,6 +56,9 @@ class VizService:
                 source_name=name,
                 target_error=lambda: self.targets.error,
                 given_up=self._given_up,
+                api_token=api_token,
+                allowed_hosts=allowed_hosts,
+                proxy_admin_token=proxy_admin_token,
             )
         )
         self._task: asyncio.Task[None] | None = None

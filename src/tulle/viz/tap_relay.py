@@ -40,9 +40,11 @@ def select_targets(targets: list[ScrapeTarget], service: str) -> list[ScrapeTarg
     return [t for t in targets if not service or t.service == service]
 
 
-async def _pump(target: ScrapeTarget, path: str, queue: asyncio.Queue[object]) -> None:
+async def _pump(
+    target: ScrapeTarget, path: str, queue: asyncio.Queue[object], headers: dict[str, str]
+) -> None:
     try:
-        async for line in stream_lines(target.admin, path):
+        async for line in stream_lines(target.admin, path, headers=headers):
             try:
                 event: dict[str, Any] = json.loads(line)
             except json.JSONDecodeError:
@@ -67,14 +69,19 @@ async def _pump(target: ScrapeTarget, path: str, queue: asyncio.Queue[object]) -
 
 
 async def relay(
-    targets: list[ScrapeTarget], query: dict[str, str]
+    targets: list[ScrapeTarget], query: dict[str, str], *, token: str = ""
 ) -> AsyncGenerator[dict[str, Any], None]:
-    """Merged events (and per-proxy error lines) from the `/tap` of every target."""
+    """Merged events (and per-proxy error lines) from the `/tap` of every target.
+
+    `token`: the mesh's proxy admin token, sent as a bearer credential (a
+    proxy serves `/tap` to no one without it).
+    """
+    headers = {"authorization": f"Bearer {token}"} if token else {}
     forwarded = {key: query[key] for key in PROXY_TAP_KEYS if query.get(key)}
     path = "/tap" + (f"?{urlencode(forwarded)}" if forwarded else "")
     limit = int(query.get("limit") or 0)
     queue: asyncio.Queue[object] = asyncio.Queue(RELAY_QUEUE_SIZE)
-    tasks = [asyncio.create_task(_pump(target, path, queue)) for target in targets]
+    tasks = [asyncio.create_task(_pump(target, path, queue, headers)) for target in targets]
     running = len(tasks)
     sent = 0
     try:

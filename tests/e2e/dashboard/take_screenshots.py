@@ -4,6 +4,9 @@
     python tests/e2e/dashboard/take_screenshots.py http://127.0.0.1:PORT [--service web]
     tulle down
 
+The service page's live tap needs the API token: --token, else
+$TULLE_API_TOKEN, else .tulle/api-token of this directory.
+
 Writes docs/img/dashboard-{overview,topology,service}.png (dark theme) and
 dashboard-overview-light.png, with Debian's /usr/bin/chromium.
 """
@@ -11,6 +14,7 @@ dashboard-overview-light.png, with Debian's /usr/bin/chromium.
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -22,7 +26,7 @@ from dashboard_browser import SCREENSHOTS, browser_page
 SETTLE_MS = 2500
 
 
-def take(url: str, service: str, out: Path) -> list[Path]:
+def take(url: str, service: str, out: Path, token: str = "") -> list[Path]:
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
     with browser_page("dark") as page:
@@ -36,7 +40,7 @@ def take(url: str, service: str, out: Path) -> list[Path]:
         page.wait_for_timeout(SETTLE_MS)
         written.append(out / "dashboard-topology.png")
         page.screenshot(path=str(written[-1]))
-        page.goto(f"{url}/#/service/{service}")
+        page.goto(f"{url}/#/service/{service}" + (f"&token={token}" if token else ""))
         page.wait_for_selector("table[data-tap] tbody tr")
         page.wait_for_timeout(SETTLE_MS)
         written.append(out / "dashboard-service.png")
@@ -50,13 +54,21 @@ def take(url: str, service: str, out: Path) -> list[Path]:
     return written
 
 
+def _default_token() -> str:
+    token = os.environ.get("TULLE_API_TOKEN", "")
+    if not token and Path(".tulle/api-token").is_file():
+        token = Path(".tulle/api-token").read_text().strip()
+    return token
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("url", help="the control plane's HTTP URL (tulle up prints it)")
     parser.add_argument("--service", default="web", help="the service page to capture")
     parser.add_argument("--out", type=Path, default=SCREENSHOTS, help="where the PNGs go")
+    parser.add_argument("--token", default=_default_token(), help="the control plane's API token")
     args = parser.parse_args()
-    for path in take(args.url.rstrip("/"), args.service, args.out):
+    for path in take(args.url.rstrip("/"), args.service, args.out, args.token):
         print(path)
 
 

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
+import http.client
+import json
 import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -245,3 +249,66 @@ def test_the_ingress_reaches_only_the_services_the_manifest_names(tmp_path: Path
     finally:
         run.close()
     assert run.wait_gone(timeout_s=5) == []
+
+
+def test_the_mesh_keeps_its_credentials_in_the_state_dir(mesh: UpRun, tmp_path: Path) -> None:
+    """`tulle up` makes the API token and the proxies' admin token (0600); writes,
+    tap and a sidecar's shutdown need them; the CLI and the tap relay send them."""
+    state = mesh.wait_ready()
+    for name in ("api-token", "admin-token"):
+        assert (mesh.state_dir / name).stat().st_mode & 0o777 == 0o600
+    control = state["control"]["http"].rstrip("/")
+    control_port = port_of(control)
+    connection = http.client.HTTPConnection("127.0.0.1", control_port, timeout=5)
+    try:
+        connection.request(
+            "POST",
+            "/api/apply",
+            body=b"services: []\npolicy: {}\n",
+            headers={"Content-Type": "application/yaml"},
+        )
+        assert connection.getresponse().status == 401
+    finally:
+        connection.close()
+    sidecar = next(i for i in state["instances"] if i["name"] == "hello-0")
+    connection = http.client.HTTPConnection("127.0.0.1", port_of(sidecar["admin"]), timeout=5)
+    try:
+        connection.request("POST", "/shutdown", body=b"")
+        assert connection.getresponse().status == 401
+    finally:
+        connection.close()
+    assert http_get(port_of(sidecar["admin"]), "/ready")[0] == 200
+
+    env = {**os.environ, "TULLE_STATE_DIR": str(mesh.state_dir)}
+    change = tmp_path / "change.yaml"
+    change.write_text("services:\n  - name: hello\n    timeout: 3s\n")
+    applied = subprocess.run(
+        [sys.executable, "-m", "tulle", "apply", "-f", str(change)],
+        capture_output=True, text=True, timeout=30, check=False, env=env,
+    )  # fmt: skip
+    assert applied.returncode == 0, applied.stderr
+
+    ingress = port_of(state["ingress"]["addr"])
+    stop = threading.Event()
+
+    def traffic() -> None:
+        deadline = time.monotonic() + 20.0
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                http_get(ingress, "/", {"Host": "hello"})
+            stop.wait(0.05)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        tapped = subprocess.run(
+            [sys.executable, "-m", "tulle", "tap", "hello", "--json", "--limit", "2",
+             "--duration", "15"],
+            capture_output=True, text=True, timeout=30, check=False, env=env,
+        )  # fmt: skip
+    finally:
+        stop.set()
+        sender.join(10)
+    assert tapped.returncode == 0, tapped.stderr
+    events = [json.loads(line) for line in tapped.stdout.splitlines()]
+    assert [e["kind"] for e in events] == ["event", "event"], events

@@ -9,24 +9,32 @@ import threading
 import time
 import urllib.request
 from collections.abc import Callable
+from pathlib import Path
 
 import pytest
 from support.mesh import Backend, Proxy, start_proxy
 from support.process import ProcessGroup
 from support.rawhttp import RawHttpConnection, RawResponse, request_bytes
 
+from tulle.core.credentials import ensure_token_file
+
 pytestmark = pytest.mark.integration
 
 EXIT_TIMEOUT_S = 10.0
 
 
-def _post_shutdown(proxy: Proxy) -> None:
-    request = urllib.request.Request(f"{proxy.admin_url}/shutdown", method="POST", data=b"")
+def _post_shutdown(proxy: Proxy, token: str) -> None:
+    request = urllib.request.Request(
+        f"{proxy.admin_url}/shutdown",
+        method="POST",
+        data=b"",
+        headers={"Authorization": f"Bearer {token}"},
+    )
     with urllib.request.urlopen(request, timeout=5) as response:
         assert 200 <= response.status < 300
 
 
-def _sigterm(proxy: Proxy) -> None:
+def _sigterm(proxy: Proxy, token: str) -> None:
     proxy.process.signal(signal.SIGTERM)
 
 
@@ -46,10 +54,17 @@ def _refuses_connections(addr: tuple[str, int], within: float = 3.0) -> bool:
 
 @pytest.mark.parametrize("trigger", [_post_shutdown, _sigterm], ids=["post-shutdown", "sigterm"])
 def test_drain_finishes_in_flight_request_then_exits_zero(
-    processes: ProcessGroup, http_backend: Backend, trigger: Callable[[Proxy], None]
+    processes: ProcessGroup,
+    http_backend: Backend,
+    trigger: Callable[[Proxy, str], None],
+    tmp_path: Path,
 ) -> None:
+    token = ensure_token_file(tmp_path / "admin-token")
     proxy = start_proxy(
-        processes, app_addr=http_backend.addr, static_dst={"books": [http_backend.addr]}
+        processes,
+        app_addr=http_backend.addr,
+        static_dst={"books": [http_backend.addr]},
+        extra=["--admin-token-file", str(tmp_path / "admin-token")],
     )
     results: list[RawResponse | BaseException] = []
 
@@ -65,7 +80,7 @@ def test_drain_finishes_in_flight_request_then_exits_zero(
     worker.start()
     # Let the request reach the backend before the drain starts.
     time.sleep(0.4)
-    trigger(proxy)
+    trigger(proxy, token)
     assert _refuses_connections(proxy.outbound), "outbound still accepts while draining"
     worker.join(timeout=10)
     assert results, "the in-flight request got no answer"

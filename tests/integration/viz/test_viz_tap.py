@@ -19,7 +19,7 @@ from fake_tap_server import FakeTapServer
 from support.mesh import Backend, start_proxy
 from support.ports import LOOPBACK
 from support.process import ProcessGroup
-from viz_mesh import Mesh, eventually, manifest_text, start_control
+from viz_mesh import Mesh, admin_token_file, eventually, manifest_text, start_control
 
 pytestmark = pytest.mark.integration
 
@@ -67,7 +67,12 @@ def test_tulle_tap_merges_the_streams_of_every_proxy(
 def test_tap_against_a_real_proxy(
     processes: ProcessGroup, http_backend: Backend, tmp_path: Path
 ) -> None:
-    proxy = start_proxy(processes, app_addr=http_backend.addr, name="proxy-tapped")
+    proxy = start_proxy(
+        processes,
+        app_addr=http_backend.addr,
+        extra=["--admin-token-file", str(admin_token_file(tmp_path))],
+        name="proxy-tapped",
+    )
     manifest = tmp_path / "mesh.yaml"
     manifest.write_text(manifest_text(proxy.inbound_port))
     _, _, api = start_control(processes, manifest, f"books=books-0={LOOPBACK}:{proxy.admin_port}")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
 import re
 import subprocess
 import sys
@@ -22,6 +23,8 @@ from typing import Any, TypeVar
 from support.mesh import Backend, Proxy, start_proxy
 from support.ports import LOOPBACK, free_port
 from support.process import ManagedProcess, ProcessGroup
+
+from tulle.core.credentials import ensure_token_file, read_token_file
 
 T = TypeVar("T")
 _READY = re.compile(r"tulle control ready grpc=[\d.]+:(\d+) admin=[\d.]+:(\d+) http=[\d.]+:(\d+)")
@@ -76,12 +79,14 @@ class Mesh:
             connection.close()
 
     def cli(self, *args: str, timeout: float = 30.0) -> subprocess.CompletedProcess[str]:
+        """A CLI command against this mesh, with its API token (TULLE_API_TOKEN)."""
         return subprocess.run(
             [sys.executable, "-m", "tulle", *args, "--control", self.api_url],
             capture_output=True,
             text=True,
             timeout=timeout,
             check=False,
+            env={**os.environ, "TULLE_API_TOKEN": API_TOKENS.get(self.api_url, "")},
         )
 
     @staticmethod
@@ -116,10 +121,26 @@ def eventually(check: Callable[[], T | None], what: str, timeout: float = 15.0) 
     raise AssertionError(f"not within {timeout} s: {what} (last: {last!r})")
 
 
+# The API token of each control plane started here, by its API URL.
+API_TOKENS: dict[str, str] = {}
+
+
+def admin_token_file(directory: Path) -> Path:
+    """The proxies' admin token (`--admin-token-file`) of the mesh in `directory`."""
+    path = directory / "admin-token"
+    ensure_token_file(path)
+    return path
+
+
 def start_control(
     group: ProcessGroup, manifest: Path, targets: str, extra: tuple[str, ...] = ()
 ) -> tuple[ManagedProcess, int, str]:
-    """`tulle control` with its API on a free port; (process, gRPC port, API URL)."""
+    """`tulle control` with its API on a free port; (process, gRPC port, API URL).
+
+    Its API token is `<manifest dir>/api-token` (in API_TOKENS), and its tap
+    relay sends the proxies' admin token of `admin_token_file(<manifest dir>)`.
+    """
+    api_token = manifest.parent / "api-token"
     control = group.tulle(
         "control",
         [
@@ -138,6 +159,10 @@ def start_control(
             targets,
             "--scrape-interval",
             SCRAPE_INTERVAL,
+            "--api-token-file",
+            str(api_token),
+            "--proxy-admin-token-file",
+            str(admin_token_file(manifest.parent)),
             *extra,
         ],
     )
@@ -151,17 +176,22 @@ def start_control(
 
     control.wait_for(announced, "the ready line")
     grpc_port, http_port = int(found[0].group(1)), int(found[0].group(3))
-    return control, grpc_port, f"http://{LOOPBACK}:{http_port}"
+    api_url = f"http://{LOOPBACK}:{http_port}"
+    API_TOKENS[api_url] = read_token_file(api_token)
+    return control, grpc_port, api_url
 
 
 def start_mesh(group: ProcessGroup, backend: Backend, directory: Path) -> Mesh:
-    books = start_proxy(group, app_addr=backend.addr, name="proxy-books")
+    admin = ["--admin-token-file", str(admin_token_file(directory))]
+    books = start_proxy(group, app_addr=backend.addr, extra=admin, name="proxy-books")
     manifest = directory / "mesh.yaml"
     manifest.write_text(manifest_text(books.inbound_port))
     targets_file = directory / "targets.txt"
     targets_file.write_text(f"books=books-0={LOOPBACK}:{books.admin_port}\n")
     control, grpc_port, api_url = start_control(group, manifest, str(targets_file))
-    web = start_proxy(group, extra=["--control-addr", f"{LOOPBACK}:{grpc_port}"], name="proxy-web")
+    web = start_proxy(
+        group, extra=["--control-addr", f"{LOOPBACK}:{grpc_port}", *admin], name="proxy-web"
+    )
     # The mesh grows: the control plane re-reads the targets file.
     targets_file.write_text(
         f"web=web-0={LOOPBACK}:{web.admin_port}\nbooks=books-0={LOOPBACK}:{books.admin_port}\n"

@@ -1,5 +1,38 @@
 // The dashboard's only way to the mesh: the control plane's metrics API
 // (docs/api.md), on the same origin that served this page.
+//
+// Live tap needs the API token. `tulle dashboard` opens the page with it in
+// the URL's fragment (`#token=...`, or `#/service/NAME&token=...`), which
+// never reaches a server: it is moved to this tab's sessionStorage and taken
+// out of the address bar (and history) before the page routes, then sent as
+// `Authorization: Bearer` with tap requests only. The read views need none.
+
+const TOKEN_KEY = "tulle-api-token";
+const TOKEN_IN_HASH = /(^#|&)token=([^&]*)/;
+
+function adoptTokenFromHash() {
+  const match = location.hash.match(TOKEN_IN_HASH);
+  if (!match) return;
+  try {
+    sessionStorage.setItem(TOKEN_KEY, decodeURIComponent(match[2]));
+  } catch {
+    // Storage disabled: tap will say it needs the token.
+  }
+  const rest = location.hash.replace(TOKEN_IN_HASH, "$1").replace(/^#&/, "#").replace(/&$/, "");
+  history.replaceState(null, "", location.pathname + location.search + (rest === "#" ? "" : rest));
+}
+
+adoptTokenFromHash();
+
+function authorization() {
+  let token = null;
+  try {
+    token = sessionStorage.getItem(TOKEN_KEY);
+  } catch {
+    token = null;
+  }
+  return token ? { authorization: `Bearer ${token}` } : {};
+}
 
 export class ApiError extends Error {
   constructor(status, message) {
@@ -40,7 +73,7 @@ export async function getJSON(path, params = {}, signal = undefined) {
 // Streams /api/tap: calls `onEvent` for each NDJSON line until the stream
 // ends or `signal` aborts. Resolves with how it ended.
 export async function tap(params, onEvent, signal) {
-  const response = await fetch(url("/api/tap", params), { signal });
+  const response = await fetch(url("/api/tap", params), { signal, headers: authorization() });
   if (!response.ok) {
     let message = `HTTP ${response.status}`;
     try {

@@ -115,9 +115,16 @@ class TapPanel {
   ended(controller, error) {
     if (controller !== this.controller || controller.signal.aborted) return;
     this.controller = null;
-    if (error) setText(this.state, `tap failed: ${error.message}; retrying`);
+    const status = error instanceof ApiError ? error.status : 0;
+    if (status === 401) {
+      // The read views work without a credential; live tap does not.
+      setText(this.state, "live tap needs the API token: open the dashboard with `tulle dashboard`");
+      this.state.dataset.tapState = "unauthorized";
+    } else if (error) {
+      setText(this.state, `tap failed: ${error.message}; retrying`);
+    }
     // A stream ends by its duration or the control plane restarting: go on.
-    this.reconnect = setTimeout(() => this.start(), error instanceof ApiError && error.status === 404 ? 5000 : TAP_RECONNECT_MS);
+    this.reconnect = setTimeout(() => this.start(), status === 404 || status === 401 || status === 403 ? 5000 : TAP_RECONNECT_MS);
   }
 
   stop() {
