@@ -1,14 +1,28 @@
-"""`POST /api/apply`: change a running mesh's manifest (routes, splits, timeouts, retries).
+"""`POST /api/apply`: change a running mesh's manifest (routes, splits, timeouts, retries,
+authorization policy).
 
-The body is YAML: a whole manifest (`?mode=replace`) or, by default, a
-fragment merged into the current one service by service: each service of the
-fragment replaces the top-level fields it names in the service of the same
-name (so `routes:` replaces the whole route list), and new services are
-added. The result is validated with the manifest validator; problems are
-reported against the *sent* document (its field path and line, found by
-walking the fragment's YAML nodes) and nothing is written. A valid result
-replaces the control plane's manifest file atomically (write + rename), and
-the control plane's file watcher streams it to the proxies.
+The body is YAML (or JSON): a whole manifest (`?mode=replace`) or, by
+default, a fragment merged into the current one. A merge changes exactly what
+the fragment names and never drops what it does not (docs/api.md):
+
+- `services`: merged by `name`: each top-level field a fragment service gives
+  replaces that field of the service of the same name (so `routes:` replaces
+  the whole route list); a new name adds a service. Services the fragment does
+  not name are kept; `services: []` changes nothing.
+- `policy`: `defaultPolicy` replaces the mesh default when given; each list
+  (`workloads`, `servers`, `authentications`, `httpRoutes`,
+  `authorizationPolicies`) is merged by `name`: a named item replaces the
+  item of that name whole, a new name is added, the others are kept;
+  `policy: {}` changes nothing.
+- Any other top-level field is refused: a merge cannot express it; removing a
+  service or a policy item takes `?mode=replace`.
+
+The result is validated with the manifest validator; problems are reported
+against the *sent* document (its field path and line, found by walking the
+fragment's YAML nodes) and nothing is written. A valid result replaces the
+control plane's manifest file atomically (write + rename), and the control
+plane's file watcher streams it to the proxies. Reading the body and the
+current file has the manifest reader's bounds (size, nesting, aliases, time).
 
 A merged manifest is written back as plain YAML: comments of the file are not
 kept. `tulle up` generates the file it gives the control plane, so that is the
@@ -27,7 +41,13 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from tulle.control.manifest import ManifestError, Problem, parse_manifest
+from tulle.control.manifest import (
+    ManifestError,
+    Problem,
+    load_document,
+    parse_manifest,
+    read_manifest_bytes,
+)
 
 MAX_APPLY_BYTES = 1024 * 1024
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -94,10 +114,56 @@ def _services(document: Any) -> list[dict[str, Any]]:
     return []
 
 
+MERGEABLE = ("services", "policy")
+# The policy lists merged item by item, by each item's `name`.
+POLICY_LISTS = ("workloads", "servers", "authentications", "httpRoutes", "authorizationPolicies")
+
+
+def _merge_named(
+    current: Any, fragment: list[Any], label: str, changed: list[str], added: list[str]
+) -> list[Any]:
+    """`current` (a list of named mappings) with the fragment's items replacing by name."""
+    merged = list(current) if isinstance(current, list) else []
+    index = {
+        str(item.get("name")): position
+        for position, item in enumerate(merged)
+        if isinstance(item, dict) and "name" in item
+    }
+    for item in fragment:
+        name = item.get("name") if isinstance(item, dict) else None
+        if name is not None and str(name) in index:
+            merged[index[str(name)]] = item
+            changed.append(f"{label}/{name}")
+        else:
+            if name is not None:
+                index[str(name)] = len(merged)
+            merged.append(item)
+            added.append(f"{label}/{name}")
+    return merged
+
+
+def merge_policy(current: Any, fragment: dict[str, Any]) -> tuple[Any, list[str], list[str]]:
+    """The current `policy:` with the fragment's merged in; (merged, changed, added)."""
+    merged: dict[str, Any] = dict(current) if isinstance(current, dict) else {}
+    changed: list[str] = []
+    added: list[str] = []
+    for key, value in fragment.items():
+        if key in POLICY_LISTS and isinstance(value, list):
+            merged[key] = _merge_named(merged.get(key), value, key, changed, added)
+        else:
+            # A scalar (defaultPolicy), or a shape validation will name.
+            (changed if key in merged else added).append(str(key))
+            merged[key] = value
+    return merged, changed, added
+
+
 def merge(
     current: dict[str, Any], fragment: dict[str, Any]
 ) -> tuple[dict[str, Any], list[str], list[str]]:
-    """The current manifest with the fragment's services merged in; (merged, changed, added)."""
+    """The current manifest with the fragment merged in; (merged, changed, added).
+
+    Service names are reported as they are; policy items as `policy.SECTION/NAME`.
+    """
     merged_services = [dict(service) for service in _services(current)]
     by_name = {str(service.get("name")): service for service in merged_services}
     changed: list[str] = []
@@ -115,8 +181,11 @@ def merge(
             changed.append(name)
     merged = dict(current)
     merged["services"] = merged_services
-    if "policy" in fragment:
-        merged["policy"] = fragment["policy"]
+    policy = fragment.get("policy")
+    if isinstance(policy, dict) and policy:
+        merged["policy"], policy_changed, policy_added = merge_policy(current.get("policy"), policy)
+        changed += [f"policy.{name}" for name in policy_changed]
+        added += [f"policy.{name}" for name in policy_added]
     return merged, changed, added
 
 
@@ -171,31 +240,42 @@ def apply_manifest(
         return _refused(source, f"the document is larger than {MAX_APPLY_BYTES} bytes")
     if mode not in ("merge", "replace"):
         return _refused(source, f"mode must be merge or replace, got {mode!r}")
-    text = body.decode("utf-8", errors="replace")
     try:
-        root = yaml.compose(text, Loader=yaml.SafeLoader)
-        fragment = yaml.safe_load(text)
-    except yaml.YAMLError as exc:
-        mark = getattr(exc, "problem_mark", None)
-        line = mark.line + 1 if mark is not None else None
-        return _refused(source, f"not valid YAML: {getattr(exc, 'problem', None) or exc}", line)
+        root, fragment = load_document(body, source)
+    except ManifestError as exc:
+        return ApplyResult(False, problems=exc.problems)
     if mode == "replace":
         try:
             manifest = parse_manifest(body, source=source)
         except ManifestError as exc:
             return ApplyResult(False, problems=exc.problems)
-        write_atomically(manifest_path, text)
+        write_atomically(manifest_path, body.decode("utf-8"))
         return ApplyResult(True, changed=sorted(manifest.services), manifest=str(manifest_path))
-    if not isinstance(fragment, dict) or not isinstance(fragment.get("services"), list):
-        return _refused(source, "expected a mapping with a `services:` list", line_of(root, ""))
-    for index, service in enumerate(fragment["services"]):
+    if not isinstance(fragment, dict) or not fragment:
+        return _refused(
+            source, "expected a mapping with `services:` and/or `policy:`", line_of(root, "")
+        )
+    for key in fragment:
+        if key not in MERGEABLE:
+            return _refused(
+                source,
+                f"a merge changes `services` and `policy` only; `{key}` needs ?mode=replace "
+                "(`tulle apply --replace`)",
+                line_of(root, str(key)),
+                str(key),
+            )
+    if "services" in fragment and not isinstance(fragment["services"], list):
+        return _refused(source, "expected a list", line_of(root, "services"), "services")
+    if "policy" in fragment and not isinstance(fragment["policy"], dict | None):
+        return _refused(source, "expected a mapping", line_of(root, "policy"), "policy")
+    for index, service in enumerate(fragment.get("services") or []):
         if not isinstance(service, dict) or not isinstance(service.get("name"), str):
             where = f"services[{index}]"
             return _refused(source, "each service needs a `name:`", line_of(root, where), where)
     try:
-        current = yaml.safe_load(manifest_path.read_text()) or {}
-    except (OSError, yaml.YAMLError) as exc:
-        return _refused(str(manifest_path), f"cannot read the current manifest: {exc}")
+        current = load_document(read_manifest_bytes(manifest_path), str(manifest_path))[1] or {}
+    except ManifestError as exc:
+        return ApplyResult(False, problems=exc.problems)
     if not isinstance(current, dict):
         current = {}
     merged, changed, added = merge(current, fragment)

@@ -120,3 +120,108 @@ def test_targets_from_a_tulle_up_state_file() -> None:
         ScrapeTarget("web", "web-0", "127.0.0.1:4"),
         ScrapeTarget("ingress", "ingress", "127.0.0.1:3"),
     ]
+
+
+POLICY = """\
+services:
+  - name: books
+    endpoints: [127.0.0.1:9001]
+  - name: web
+    endpoints: [127.0.0.1:9002]
+policy:
+  defaultPolicy: deny
+  servers:
+    - {name: books-http, workload: books, port: 9001}
+  authorizationPolicies:
+    - name: web-reads-books
+      target: {server: books-http}
+      requiredAuthentications: [loopback]
+  authentications:
+    - {name: loopback, networks: [{cidr: 127.0.0.0/8}]}
+"""
+
+
+@pytest.mark.parametrize(
+    "fragment",
+    [
+        b"services: []\npolicy: {}\n",
+        b"services: []\n",
+        b"policy: {}\n",
+        b"{services: [], policy: }\n",
+    ],
+)
+def test_an_empty_merge_changes_nothing(tmp_path: Path, fragment: bytes) -> None:
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(POLICY)
+    before = load_manifest(manifest)
+    result = apply_manifest(fragment, manifest)
+    assert result.ok, result.problems
+    assert (result.changed, result.added) == ([], [])
+    after = load_manifest(manifest)
+    assert after.authorization == before.authorization
+    assert after.authorization.default_mode == "deny"
+    assert set(after.services) == {"books", "web"}
+
+
+def test_policy_items_merge_by_name_and_keep_the_others(tmp_path: Path) -> None:
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(POLICY)
+    fragment = b"""\
+policy:
+  servers:
+    - {name: web-http, workload: web, port: 9002}
+  authentications:
+    - {name: loopback, networks: [{cidr: 127.0.0.1/32}]}
+"""
+    result = apply_manifest(fragment, manifest)
+    assert result.ok, result.problems
+    assert result.changed == ["policy.authentications/loopback"]
+    assert result.added == ["policy.servers/web-http"]
+    policy = load_manifest(manifest).authorization
+    assert [s.name for s in policy.servers] == ["books-http", "web-http"]
+    assert [p.name for p in policy.authorization_policies] == ["web-reads-books"]
+    assert policy.default_mode == "deny"
+
+
+def test_default_policy_is_replaced_only_when_named(tmp_path: Path) -> None:
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(POLICY)
+    result = apply_manifest(b"policy: {defaultPolicy: all-authenticated}\n", manifest)
+    assert result.ok, result.problems
+    assert result.changed == ["policy.defaultPolicy"]
+    policy = load_manifest(manifest).authorization
+    assert policy.default_mode == "all-authenticated"
+    assert [s.name for s in policy.servers] == ["books-http"]
+
+
+@pytest.mark.parametrize(
+    ("fragment", "message"),
+    [
+        (b"ingress: {port: 1}\n", "a merge changes `services` and `policy` only; `ingress`"),
+        (b"services: {name: x}\n", "expected a list"),
+        (b"services: [3]\n", "each service needs a `name:`"),
+        (b"[1, 2]\n", "expected a mapping with `services:` and/or `policy:`"),
+        (b"", "expected a mapping with `services:` and/or `policy:`"),
+    ],
+)
+def test_what_a_merge_cannot_express_is_refused(
+    tmp_path: Path, fragment: bytes, message: str
+) -> None:
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(POLICY)
+    result = apply_manifest(fragment, manifest)
+    assert not result.ok
+    assert message in result.problems[0].message
+    assert manifest.read_text() == POLICY
+
+
+def test_apply_has_the_manifest_readers_bounds(tmp_path: Path) -> None:
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(POLICY)
+    lines = ["services: []", 'l0: &l0 ["lol", "lol", "lol", "lol", "lol", "lol", "lol", "lol"]']
+    for level in range(1, 9):
+        lines.append(f"l{level}: &l{level} [" + ", ".join([f"*l{level - 1}"] * 9) + "]")
+    result = apply_manifest("\n".join(lines).encode(), manifest, source="laughs.yaml")
+    assert not result.ok
+    assert str(result.problems[0]).startswith("laughs.yaml:7: aliases expand to more than")
+    assert manifest.read_text() == POLICY
