@@ -10,7 +10,6 @@ commands run under a 1 GiB address-space limit, so a reader that tries to hold
 
 from __future__ import annotations
 
-import resource
 import subprocess
 import sys
 import time
@@ -24,20 +23,29 @@ MEMORY_LIMIT = 1 << 30
 COMMAND_TIMEOUT_S = 30.0
 
 
-def _limited() -> None:
-    resource.setrlimit(resource.RLIMIT_AS, (MEMORY_LIMIT, MEMORY_LIMIT))
-
-
 def run_tulle(*args: str, cwd: Path) -> tuple[int, str, float]:
-    """(exit status, stdout + stderr, seconds) of one `tulle` command, memory-bounded."""
+    """(exit status, stdout + stderr, seconds) of one `tulle` command, memory-bounded.
+
+    The limit is set by a shell (`ulimit -v`) rather than a `preexec_fn`: Python
+    code between fork and exec in a test process that has used gRPC can abort
+    in gRPC's fork handlers.
+    """
     started = time.monotonic()
     done = subprocess.run(
-        [sys.executable, "-m", "tulle", *args],
+        [
+            "sh",
+            "-c",
+            f'ulimit -v {MEMORY_LIMIT // 1024} && exec "$@"',
+            "sh",
+            sys.executable,
+            "-m",
+            "tulle",
+            *args,
+        ],
         cwd=cwd,
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT_S,
-        preexec_fn=_limited,
         stdin=subprocess.DEVNULL,
     )
     return done.returncode, done.stdout + done.stderr, time.monotonic() - started
