@@ -238,11 +238,17 @@ class Worker:
             if self.draining:
                 sock.close()
                 return
-            orig = original_dst(sock) if ctx.direction == "outbound" else None
+            orig = original_dst(sock)
+            if ctx.direction == "inbound" and orig is not None:
+                # Captured inbound: the original port is the app's port.
+                orig = self._inbound_app_port(ctx, orig)
+                if orig is None:
+                    sock.close()
+                    return
             if kind is Kind.TLS and ctx.direction == "inbound" and ctx.mesh is not None:
                 alpn = self._mesh_alpn(data)
                 if alpn is not None:
-                    loop.create_task(self._accept_mesh_tls(ctx, sock, peer, alpn))
+                    loop.create_task(self._accept_mesh_tls(ctx, sock, peer, alpn, orig))
                     return
             if kind is Kind.HTTP1:
                 loop.create_task(self._attach(sock, lambda: Http1Server(ctx, peer, orig)))
@@ -252,7 +258,9 @@ class Worker:
                 return
             # TLS that is not the mesh's and unknown bytes: opaque TCP to where
             # the connection was going.
-            dst = ctx.config.app_addr if ctx.direction == "inbound" else orig
+            dst = orig
+            if ctx.direction == "inbound" and orig is None:
+                dst = ctx.config.app_addr
             if dst is None:
                 ctx.metrics.proxy_error(ctx.direction, "opaque-no-destination")
                 sock.close()
@@ -299,8 +307,30 @@ class Worker:
             return None
         return offered_mesh_alpn(hello.alpn) if hello is not None else None
 
+    def _inbound_app_port(self, ctx: ProxyContext, orig: Address) -> Address | None:
+        """A captured inbound connection's app address: `--app-addr`'s host at
+        the original port; None (counted) when that port is one of the
+        proxy's own or a denied address (a caller must not reach the
+        outbound, an open proxy, or the admin through the inbound)."""
+        app = ctx.config.app_addr
+        if app is None:
+            return None
+        dst = (app[0], orig[1])
+        refusal = self.guard.check_endpoint(dst)
+        if refusal is None and orig[1] == ctx.config.inbound_addr[1]:
+            refusal = self.guard.check_raw(*dst)
+        if refusal is not None:
+            ctx.metrics.proxy_error(ctx.direction, refusal.reason)
+            return None
+        return dst
+
     async def _accept_mesh_tls(
-        self, ctx: ProxyContext, sock: socket.socket, peer: Address, alpn: str
+        self,
+        ctx: ProxyContext,
+        sock: socket.socket,
+        peer: Address,
+        alpn: str,
+        orig: Address | None = None,
     ) -> None:
         """Terminate the mesh's mTLS; ALPN says what runs inside."""
         mesh = ctx.mesh
@@ -309,11 +339,11 @@ class Worker:
             ctx.metrics.proxy_error(ctx.direction, "identity-not-ready")
             sock.close()
             return
-        app_addr = ctx.config.app_addr
+        app_addr = orig if orig is not None else ctx.config.app_addr
         factory: Callable[[], asyncio.Protocol]
         tunnel: Tunnel | None = None
         if alpn == ALPN_HTTP1:
-            factory = lambda: Http1Server(ctx, peer, None)  # noqa: E731
+            factory = lambda: Http1Server(ctx, peer, orig)  # noqa: E731
         elif alpn == ALPN_H2:
             factory = self._h2_protocol(ctx)
         elif alpn == ALPN_OPAQUE and app_addr is not None:

@@ -430,6 +430,9 @@ class Exchange:
         target_bytes = head.target
         if ctx.router.fixed is not None:
             target = ctx.router.fixed
+            if server.orig_dst is not None:
+                # Captured inbound: the app port the caller was connecting to.
+                target = ctx.router.fixed_at(server.orig_dst[1])
             self.authority = host.decode("latin-1") if host else ""
             if head.method == b"CONNECT":
                 self.fail(400, "connect-not-allowed", "CONNECT is only accepted on outbound")

@@ -266,6 +266,7 @@ class Router:
         self._by_authority: dict[bytes, ServiceTarget] = {}
         self._services: dict[str, ServiceTarget] = {}
         self._fixed: ServiceTarget | None = None
+        self._by_port: dict[int, ServiceTarget] = {}
         if fixed_target is not None:
             view = ServiceView("app")
             view.apply_reset([Endpoint(fixed_target)])
@@ -282,6 +283,30 @@ class Router:
     @property
     def fixed(self) -> ServiceTarget | None:
         return self._fixed
+
+    def fixed_at(self, port: int) -> ServiceTarget:
+        """Inbound, captured: the app at the port the caller was connecting to.
+
+        The app's host is `--app-addr`'s; the port is the original
+        destination's (an app listening on several ports gets each caller
+        on the port it called). Built once per port; the caller has checked
+        that the port is not one of the proxy's own."""
+        fixed = self._fixed
+        assert fixed is not None, "fixed_at is for the inbound"
+        host, app_port = next(iter(fixed.view.endpoints))
+        if port == app_port:
+            return fixed
+        target = self._by_port.get(port)
+        if target is None:
+            view = ServiceView("app")
+            view.apply_reset([Endpoint((host, port))])
+            target = ServiceTarget(
+                self, "app", view, self._make_pool, self._max_pending, default_retryable=False
+            )
+            target.authority_label = ""
+            target.metrics_labels = ""
+            self._by_port[port] = target
+        return target
 
     def service(self, name: str) -> ServiceTarget:
         target = self._services.get(name)
@@ -367,6 +392,7 @@ class Router:
         out = list(self._services.values())
         if self._fixed is not None:
             out.append(self._fixed)
+        out.extend(self._by_port.values())
         return out
 
 

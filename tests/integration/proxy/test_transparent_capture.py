@@ -221,6 +221,7 @@ def test_inbound_capture_reaches_the_app(
     pair: Pair, firewall: str, processes: ProcessGroup
 ) -> None:
     start_backend(processes, pair.b, "http", APP_PORT)
+    start_backend(processes, pair.b, "banner", BANNER_PORT)
     tulle_init(pair.a, firewall)
     tulle_init(pair.b, firewall)
     start_sidecar(processes, pair.a)
@@ -233,6 +234,26 @@ def test_inbound_capture_reaches_the_app(
     inbound = metrics(pair.b)
     assert inbound.total("request_total", direction="inbound") == 1
     assert inbound.total("response_total", direction="inbound", status_code="200") == 1
+
+    # The original port picks the app's port: b's app also speaks a banner
+    # protocol on another port, which the inbound reaches as the caller asked.
+    assert run_in(pair.a, lambda: read_banner(pair.b_ip, BANNER_PORT)) == BANNER
+    inbound = metrics(pair.b)
+    banner_app = f"127.0.0.1:{BANNER_PORT}"
+    assert inbound.total("tcp_open_total", direction="inbound", target_addr=banner_app) >= 1
+
+    # A caller from outside never reaches b's own outbound (an open proxy)
+    # through the inbound: refused, counted, closed without an answer.
+    def outbound_port_from_outside() -> bytes:
+        with socket.create_connection((pair.b_ip, 4140), timeout=IO_TIMEOUT_S) as sock:
+            # Not HTTP, so a's outbound forwards it as it is to b.
+            sock.sendall(b"\x00\x01 not http\r\n")
+            return sock.recv(1024)
+
+    assert run_in(pair.a, outbound_port_from_outside) == b""
+    assert (
+        metrics(pair.b).total("proxy_error_total", direction="inbound", reason="loop-detected") == 1
+    )
 
 
 VIRTUAL_IP = "10.231.0.9"  # no interface has it: only discovery knows where it goes

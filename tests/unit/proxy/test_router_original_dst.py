@@ -112,3 +112,19 @@ def test_a_passed_through_address_stays_passthrough_on_later_answers() -> None:
         assert target.passthrough
 
     asyncio.run(run())
+
+
+def test_inbound_fixed_at_the_original_port() -> None:
+    r = Router(
+        StaticResolver({}),
+        lambda ep: PoolHandle(),
+        Metrics(),
+        max_pending=10,
+        fixed_target=("127.0.0.1", 8080),
+    )
+    assert r.fixed_at(8080) is r.fixed
+    other = r.fixed_at(2525)
+    assert addresses(other.view) == {("127.0.0.1", 2525)}
+    assert other.default_retryable is False  # inbound: retries are the caller's
+    assert r.fixed_at(2525) is other  # built once per port
+    assert other in r.targets()
