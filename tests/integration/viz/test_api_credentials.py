@@ -19,9 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
+from support.mesh import Backend, start_proxy
 from support.ports import LOOPBACK
-from support.process import ProcessGroup
-from viz_mesh import API_TOKENS, start_control
+from support.process import ProcessGroup, http_status
+from viz_mesh import API_TOKENS, eventually, start_control
 
 from tulle.control.manifest import load_manifest
 
@@ -259,3 +260,51 @@ def test_the_cli_reads_the_token_of_the_state_dir(
     assert "changed books" in applied.stdout
     explicit = apply(elsewhere, "--token", token_file.read_text().strip())
     assert explicit.returncode == 0, explicit.stderr
+
+
+def test_an_empty_merge_leaves_a_forbidden_call_forbidden(
+    processes: ProcessGroup, http_backend: Backend, tmp_path: Path
+) -> None:
+    """The report's sequence through real processes: a call policy denies stays denied
+    after `services: []` + `policy: {}` is merged (it went 403 -> 200 within 2 s)."""
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(
+        "services:\n  - name: books\n    endpoints: [127.0.0.1:1]\npolicy:\n  defaultPolicy: deny\n"
+    )
+    control, grpc_port, url = start_control(processes, manifest, "")
+    admin_port = int(control.output().split(" admin=", 1)[1].split()[0].rsplit(":", 1)[1])
+    books = start_proxy(
+        processes,
+        app_addr=http_backend.addr,
+        extra=["--control-addr", f"{LOOPBACK}:{grpc_port}", "--workload", "books"],
+        name="proxy-books-policy",
+    )
+
+    def plain_call() -> int:
+        return http_status(*books.inbound, "/status/200", timeout=5.0) or 0
+
+    def reloads() -> float:
+        status = http_status(LOOPBACK, admin_port, "/ready")
+        assert status == 200
+        connection = http.client.HTTPConnection(LOOPBACK, admin_port, timeout=5)
+        try:
+            connection.request("GET", "/metrics")
+            text = connection.getresponse().read().decode()
+        finally:
+            connection.close()
+        for line in text.splitlines():
+            if line.startswith('control_manifest_reload_total{result="ok"}'):
+                return float(line.rsplit(" ", 1)[1])
+        return 0.0
+
+    eventually(lambda: plain_call() == 403, "the call denied by policy")
+    before = reloads()
+    api = Api(url, API_TOKENS[url], manifest)
+    status, document, _ = api.write(b"services: []\npolicy: {}\n")
+    assert status == 200, document
+    eventually(lambda: reloads() > before, "the control plane re-read the manifest")
+    # Bounded negative check: the old merge turned policy off within 2 s.
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        assert plain_call() == 403
+        time.sleep(0.1)
