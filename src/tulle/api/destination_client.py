@@ -38,6 +38,7 @@ from typing import Any, TypeVar
 import grpc
 from google.protobuf.duration_pb2 import Duration
 
+from tulle.api.control_tls import ControlTls, open_channel
 from tulle.api.proto import destination_pb2 as pb
 from tulle.api.proto import destination_pb2_grpc as pb_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
@@ -211,9 +212,12 @@ class ControlResolver:
         *,
         backoff: BackoffSpec = DEFAULT_BACKOFF,
         rng: random.Random | None = None,
+        tls: ControlTls | None = None,
     ) -> None:
         if not addresses:
             raise ValueError("ControlResolver needs at least one control-plane address")
+        # None: plaintext (loopback meshes without mTLS); see tulle.api.control_tls.
+        self.tls = tls
         self.addresses: list[Address] = list(addresses)
         self.proxy_id = proxy_id
         self._backoff_spec = backoff
@@ -297,7 +301,7 @@ class ControlResolver:
         if channel is None:
             host, port = self.addresses[index]
             target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            channel = open_channel(target, CHANNEL_OPTIONS, self.tls)
             self._channels[index] = channel
         return channel
 

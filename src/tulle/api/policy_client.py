@@ -26,6 +26,7 @@ from collections.abc import Callable, Sequence
 
 import grpc
 
+from tulle.api.control_tls import ControlTls, open_channel
 from tulle.api.destination_client import CHANNEL_OPTIONS, DEFAULT_BACKOFF, _match_from_message
 from tulle.api.proto import policy_pb2 as pb
 from tulle.api.proto import policy_pb2_grpc as pb_grpc
@@ -126,9 +127,12 @@ class PolicyWatcher:
         backoff: BackoffSpec = DEFAULT_BACKOFF,
         warn_after_s: float = DEFAULT_WARN_AFTER_S,
         rng: random.Random | None = None,
+        tls: ControlTls | None = None,
     ) -> None:
         if not control_addrs:
             raise ValueError("PolicyWatcher needs at least one control-plane address")
+        # None: plaintext (loopback meshes without mTLS); see tulle.api.control_tls.
+        self.tls = tls
         self.addresses: list[Address] = list(control_addrs)
         self.workload = workload
         self.port = port
@@ -198,7 +202,7 @@ class PolicyWatcher:
         if channel is None:
             host, port = self.addresses[index]
             target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            channel = grpc.aio.insecure_channel(target, options=CHANNEL_OPTIONS)
+            channel = open_channel(target, CHANNEL_OPTIONS, self.tls)
             self._channels[index] = channel
         return channel
 

@@ -13,7 +13,7 @@ from tulle.control.destination.translator import DEFAULT_QUEUE_CAPACITY
 from tulle.control.kubernetes.client import KubeError
 from tulle.control.manifest import ManifestError, load_manifest
 from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S
-from tulle.control.server import ControlConfig, run
+from tulle.control.server import DEFAULT_TLS_NAMES, ControlConfig, run
 from tulle.core.credentials import CredentialError, ensure_token_file, read_token_file
 from tulle.core.discovery import Address, parse_address
 from tulle.identity.store import IdentityStoreError
@@ -173,6 +173,20 @@ def control(
         envvar="TULLE_CONTROL_PROXY_ADMIN_TOKEN_FILE",
         help="The proxies' admin token (their --admin-token-file), which tap needs.",
     ),
+    grpc_plaintext: bool = typer.Option(
+        False,
+        "--grpc-plaintext",
+        envvar="TULLE_CONTROL_GRPC_PLAINTEXT",
+        help="Serve the gRPC API without TLS even with --identity-dir (loopback only). "
+        "With --identity-dir it is otherwise TLS with the replica's own certificate.",
+    ),
+    grpc_tls_name: list[str] = typer.Option(
+        [],
+        "--grpc-tls-name",
+        envvar="TULLE_CONTROL_GRPC_TLS_NAME",
+        help="DNS name in the gRPC API's certificate, which proxies check (repeatable; "
+        "default tulle-control.tulle.svc and localhost).",
+    ),
     log_level: str = typer.Option(
         "info",
         "--log-level",
@@ -223,6 +237,8 @@ def control(
         api_token=api_token,
         api_allowed_hosts=tuple(h.strip() for h in api_allowed_hosts.split(",") if h.strip()),
         proxy_admin_token=proxy_admin_token,
+        grpc_plaintext=grpc_plaintext,
+        grpc_tls_names=tuple(grpc_tls_name) or DEFAULT_TLS_NAMES,
     )
     if source not in ("manifest", "kubernetes"):
         raise typer.BadParameter("expected 'manifest' or 'kubernetes'", param_hint="--source")

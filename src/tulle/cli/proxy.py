@@ -57,6 +57,18 @@ def proxy(
         envvar="TULLE_PROXY_CONTROL_ADDR",
         help="Control-plane gRPC addresses HOST:PORT[,HOST:PORT...]; overrides --static-dst.",
     ),
+    trust_anchors: str = typer.Option(
+        "",
+        envvar="TULLE_PROXY_TRUST_ANCHORS",
+        help="PEM file of the mesh's trust anchors: dial the control plane (and the "
+        "Identity service) over TLS and verify its certificate with them. Without it the "
+        "control plane is dialled in plaintext (loopback meshes without mTLS only).",
+    ),
+    control_name: str = typer.Option(
+        "tulle-control.tulle.svc",
+        envvar="TULLE_PROXY_CONTROL_NAME",
+        help="With --trust-anchors: the DNS name the control plane's certificate must carry.",
+    ),
     workers: int = typer.Option(
         1, min=1, max=64, envvar="TULLE_PROXY_WORKERS", help="Processes sharing the listeners."
     ),
@@ -159,6 +171,8 @@ def proxy(
                 "app_addr": app_addr,
                 "static_dst": list(static_dst),
                 "control_addr": control_addr,
+                "trust_anchors": trust_anchors,
+                "control_name": control_name,
                 "workers": workers,
                 "detect_timeout": detect_timeout,
                 "header_timeout": header_timeout,

@@ -57,6 +57,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("app_addr", "TULLE_PROXY_APP_ADDR", "str", "127.0.0.1:8080"),
     Flag("static_dst", "TULLE_PROXY_STATIC_DST", "list", ()),
     Flag("control_addr", "TULLE_PROXY_CONTROL_ADDR", "str", ""),
+    Flag("trust_anchors", "TULLE_PROXY_TRUST_ANCHORS", "str", ""),
+    Flag("control_name", "TULLE_PROXY_CONTROL_NAME", "str", "tulle-control.tulle.svc"),
     Flag("workers", "TULLE_PROXY_WORKERS", "int", 1, min=1, max=64),
     Flag("detect_timeout", "TULLE_PROXY_DETECT_TIMEOUT", "float", 0.3),
     Flag("header_timeout", "TULLE_PROXY_HEADER_TIMEOUT", "float", 10.0),
@@ -191,6 +193,14 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
     controls: tuple[Address, ...] = ()
     if control_addr:
         controls = tuple(_addr(a, "--control-addr") for a in control_addr.split(",") if a.strip())
+    trust_anchors = text("trust_anchors")
+    if trust_anchors:
+        from tulle.api.control_tls import TrustAnchorsError, load_trust_anchors
+
+        try:
+            load_trust_anchors(trust_anchors)
+        except TrustAnchorsError as exc:
+            raise FlagError(str(exc), "--trust-anchors") from None
     identity = text("identity")
     identity_issuer_dir = text("identity_issuer_dir")
     identity_addr = text("identity_addr")
@@ -234,6 +244,8 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
         app_addr=_addr(text("app_addr"), "--app-addr"),
         static_dst=services,
         control_addrs=controls,
+        control_trust_anchors=trust_anchors,
+        control_name=text("control_name"),
         workers=int(number("workers")),
         timeouts=Timeouts(
             detect_s=number("detect_timeout"),

@@ -18,6 +18,7 @@ from typing import TYPE_CHECKING
 
 import grpc
 
+from tulle.api.control_tls import CONTROL_NAME
 from tulle.api.proto import destination_pb2_grpc as pb_grpc
 from tulle.control.admin import AdminServer
 from tulle.control.destination.service import DestinationService
@@ -29,11 +30,13 @@ from tulle.control.metrics import ControlMetrics
 from tulle.control.policy.index import PolicyIndex
 from tulle.control.policy.service import add_policy_servicer
 from tulle.core.discovery import Address
+from tulle.identity.store import IdentityStoreError, IssuerUnavailable
 from tulle.viz.service import VizService
 
 if TYPE_CHECKING:
     from tulle.control.identity_service import IdentityService
     from tulle.control.kubernetes.source import KubernetesSource
+    from tulle.control.serving_tls import ServingCertificate
 
 log = logging.getLogger("tulle.control")
 
@@ -51,6 +54,7 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.so_reuseport", 0),
 ]
 STOP_GRACE_S = 0.5
+DEFAULT_TLS_NAMES = (CONTROL_NAME, "localhost")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +90,10 @@ class ControlConfig:
     api_allowed_hosts: tuple[str, ...] = ()
     # Sent to the proxies' admin `/tap` by the tap relay.
     proxy_admin_token: str = ""
+    # With identity_dir the gRPC API is served over TLS with the replica's own
+    # leaf (tulle.control.serving_tls) unless this asks for plaintext.
+    grpc_plaintext: bool = False
+    grpc_tls_names: tuple[str, ...] = DEFAULT_TLS_NAMES
 
 
 def format_address(address: Address) -> str:
@@ -123,6 +131,8 @@ class ControlPlane:
         self.http_address: Address | None = None
         self._viz: VizService | None = None
         self._identity: IdentityService | None = None
+        self.serving: ServingCertificate | None = None
+        self._renewer: asyncio.Task[None] | None = None
         self.policy: PolicyIndex | None = None
         if config.http_addr is not None:
             self._viz = VizService(
@@ -184,14 +194,20 @@ class ControlPlane:
             server, self.watcher.manifest, self.metrics, queue_capacity=self.config.queue_capacity
         )
         target = format_address(self.config.grpc_addr)
+        credentials = self._serving_credentials()
         try:
-            bound = server.add_insecure_port(target)
+            if credentials is None:
+                bound = server.add_insecure_port(target)
+            else:
+                bound = server.add_secure_port(target, credentials)
         except RuntimeError:
             bound = 0
         if bound == 0:
             raise OSError(f"cannot listen for gRPC on {target}: address in use or not local")
         await server.start()
         self._server = server
+        if self.serving is not None:
+            self._renewer = asyncio.create_task(self.serving.run(), name="serving-tls-renewal")
         self.grpc_address = (self.config.grpc_addr[0], bound)
         try:
             self.admin_address = await self._admin.start(*self.config.admin_addr)
@@ -217,6 +233,35 @@ class ControlPlane:
             self._poller = asyncio.create_task(self._source.run(), name="manifest-poller")
         elif self._kube is not None:
             self._poller = asyncio.create_task(self._kube.run(), name="kubernetes-source")
+
+    def _serving_credentials(self) -> grpc.ServerCredentials | None:
+        """TLS with the replica's own leaf when it holds an issuer; None for plaintext."""
+        if self._identity is None or self._identity.store is None or self.config.grpc_plaintext:
+            why = "--grpc-plaintext" if self.config.grpc_plaintext else "no --identity-dir"
+            log.warning(
+                "gRPC API on %s is PLAINTEXT (%s): keep it on loopback or a trusted network",
+                format_address(self.config.grpc_addr),
+                why,
+            )
+            return None
+        from tulle.control.serving_tls import ServingCertificate
+
+        self.serving = ServingCertificate(
+            self._identity.store,
+            self.config.grpc_tls_names,
+            ttl_s=self.config.identity_leaf_ttl_s,
+        )
+        try:
+            credentials = self.serving.credentials()
+        except IssuerUnavailable as error:
+            raise IdentityStoreError(f"no serving certificate for the gRPC API: {error}") from None
+        log.info(
+            "gRPC API on %s served over TLS as %s (DNS %s)",
+            format_address(self.config.grpc_addr),
+            self.serving.identity,
+            ", ".join(self.config.grpc_tls_names),
+        )
+        return credentials
 
     async def _start_kubernetes(self) -> None:
         """List everything once; raises KubeError with a clear message when it cannot."""
@@ -257,6 +302,10 @@ class ControlPlane:
         if self._kube is not None:
             await self._kube.close()
             await self._kube.client.aclose()
+        if self._renewer is not None:
+            self._renewer.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._renewer
         if self._identity is not None:
             await self._identity.close()
         if self._server is not None:

@@ -126,11 +126,14 @@ def issue_leaf(
     *,
     now: float,
     ttl_s: float = DEFAULT_LEAF_TTL_S,
+    dns_names: Sequence[str] = (),
 ) -> x509.Certificate:
     """A workload certificate for `identity`, usable as TLS client and server.
 
     Its lifetime is cut short at the issuer's own expiry so that no leaf claims
-    a validity its chain cannot back.
+    a validity its chain cannot back. `dns_names` are for the control plane's
+    own serving certificate only: Identity.Certify never puts a DNS name in a
+    workload's leaf, so no workload can pass for the control plane.
     """
     backdate = min(LEAF_MAX_BACKDATE_S, ttl_s)
     not_after = min(now + ttl_s, issuer.certificate.not_valid_after_utc.timestamp())
@@ -144,7 +147,10 @@ def issue_leaf(
         .not_valid_before(_utc(now - backdate))
         .not_valid_after(_utc(not_after))
         .add_extension(
-            x509.SubjectAlternativeName([x509.UniformResourceIdentifier(identity.uri)]),
+            x509.SubjectAlternativeName(
+                [x509.UniformResourceIdentifier(identity.uri)]
+                + [x509.DNSName(name) for name in dns_names]
+            ),
             critical=True,
         )
         .add_extension(x509.BasicConstraints(ca=False, path_length=None), critical=True)

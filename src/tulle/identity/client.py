@@ -37,6 +37,7 @@ from typing import Protocol
 import grpc
 from cryptography import x509
 
+from tulle.api.control_tls import ControlTls, open_channel
 from tulle.api.proto import identity_pb2, identity_pb2_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
 from tulle.identity.authority import CertificationRefused, Certifier, IssuedCertificate
@@ -159,15 +160,13 @@ class CertManager:
         control_addresses: Sequence[str],
         token: str,
         *,
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        tls: ControlTls | None = None,
         timeout_s: float = 5.0,
         alpn_protocols: Sequence[str] = (),
         retry: BackoffSpec = DEFAULT_RETRY,
     ) -> CertManager:
         """Certificates from the control plane's replicas (`host:port` each) with a join token."""
-        source = GrpcCertificateSource(
-            control_addresses, token, channel_credentials=channel_credentials, timeout_s=timeout_s
-        )
+        source = GrpcCertificateSource(control_addresses, token, tls=tls, timeout_s=timeout_s)
         return cls(identity, source, alpn_protocols=alpn_protocols, retry=retry)
 
     @classmethod
@@ -390,9 +389,9 @@ class CertManager:
 class GrpcCertificateSource:
     """The control plane's Identity service over gRPC, trying replicas in turn.
 
-    Local mode uses plaintext gRPC on loopback (`channel_credentials=None`);
-    across hosts pass TLS credentials that trust the control plane's own
-    certificate, since the join token travels in the request.
+    `tls` verifies the control plane's own certificate against the trust
+    anchors (`tulle.api.control_tls`), since the join token travels in the
+    request; None is plaintext, for loopback meshes only.
     """
 
     def __init__(
@@ -400,7 +399,7 @@ class GrpcCertificateSource:
         addresses: Sequence[str],
         token: str,
         *,
-        channel_credentials: grpc.ChannelCredentials | None = None,
+        tls: ControlTls | None = None,
         timeout_s: float = 5.0,
     ) -> None:
         if not addresses:
@@ -408,7 +407,7 @@ class GrpcCertificateSource:
         self.addresses = list(addresses)
         self.token = token
         self.timeout_s = timeout_s
-        self._credentials = channel_credentials
+        self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         # The replica that answered last is asked first next time.
         self._preferred = 0
@@ -417,10 +416,7 @@ class GrpcCertificateSource:
     def _stub(self, address: str) -> identity_pb2_grpc.IdentityAsyncStub:
         channel = self._channels.get(address)
         if channel is None:
-            if self._credentials is None:
-                channel = grpc.aio.insecure_channel(address)
-            else:
-                channel = grpc.aio.secure_channel(address, self._credentials)
+            channel = open_channel(address, (), self._tls)
             self._channels[address] = channel
         return identity_pb2_grpc.IdentityStub(channel)
 

@@ -48,6 +48,7 @@ from tulle.proxy.tap import TapHub
 from tulle.proxy.tcp import Tunnel
 
 if TYPE_CHECKING:
+    from tulle.api.control_tls import ControlTls
     from tulle.api.policy_client import PolicyWatcher
     from tulle.proxy.http2.server import H2Service
 
@@ -78,8 +79,20 @@ def make_resolver(config: ProxyConfig) -> Resolver:
     if config.control_addrs:
         from tulle.api.destination_client import ControlResolver, context_token
 
-        return ControlResolver(list(config.control_addrs), context_token(config.workload))
+        return ControlResolver(
+            list(config.control_addrs), context_token(config.workload), tls=control_tls(config)
+        )
     return StaticResolver(config.static_dst)
+
+
+def control_tls(config: ProxyConfig) -> ControlTls | None:
+    """How to dial the control plane: TLS against --trust-anchors, else plaintext."""
+    if not config.control_trust_anchors:
+        return None
+    from tulle.api.control_tls import ControlTls, load_trust_anchors
+
+    # Checked by the flag parser; a file gone since then fails the start loudly.
+    return ControlTls(load_trust_anchors(config.control_trust_anchors), config.control_name)
 
 
 def make_guard(config: ProxyConfig) -> DestinationGuard:
@@ -151,7 +164,10 @@ class Worker:
         else:
             addrs = cfg.identity_addrs or cfg.control_addrs
             certs = CertManager.from_control_plane(
-                cfg.identity, [f"{h}:{p}" for h, p in addrs], cfg.identity_token
+                cfg.identity,
+                [f"{h}:{p}" for h, p in addrs],
+                cfg.identity_token,
+                tls=control_tls(cfg),
             )
         self.mesh = MeshTls(certs)
         for ctx in self.contexts:
@@ -169,7 +185,7 @@ class Worker:
         from tulle.proxy.authz import InboundAuthz
 
         port = cfg.app_addr[1] if cfg.app_addr is not None else 0
-        watcher = PolicyWatcher(list(cfg.control_addrs), cfg.workload, port)
+        watcher = PolicyWatcher(list(cfg.control_addrs), cfg.workload, port, tls=control_tls(cfg))
         watcher.start()
         self.inbound.authz = InboundAuthz(watcher, self.metrics)
         self.policy_watcher = watcher

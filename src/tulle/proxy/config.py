@@ -50,6 +50,10 @@ class ProxyConfig:
     app_addr: Address | None = None
     static_dst: dict[str, list[Endpoint]] = field(default_factory=dict)
     control_addrs: tuple[Address, ...] = ()
+    # PEM file of the trust anchors that verify the control plane's certificate
+    # (tulle.api.control_tls); empty: plaintext to the control plane.
+    control_trust_anchors: str = ""
+    control_name: str = "tulle-control.tulle.svc"
     workers: int = 1
     timeouts: Timeouts = Timeouts()
     limits: Limits = Limits()
@@ -118,6 +122,8 @@ def config_from_json(text: str) -> ProxyConfig:
             for name, eps in data["static_dst"].items()
         },
         control_addrs=tuple(addr(a) for a in data["control_addrs"]),
+        control_trust_anchors=data.get("control_trust_anchors", ""),
+        control_name=data.get("control_name", "tulle-control.tulle.svc"),
         workers=data["workers"],
         timeouts=Timeouts(**data["timeouts"]),
         limits=Limits(**data["limits"]),
