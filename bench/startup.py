@@ -12,8 +12,8 @@ Measures (issue 18), each over repeated runs, median and p90 against its target:
 | version | `tulle --version` | 0.2 s |
 | help | `tulle --help` | 0.2 s |
 | proxy-static | `tulle proxy --static-dst ...` started -> admin `GET /ready` 200 | 0.3 s |
-| proxy-mtls | the same with `--control-addr --identity --identity-token`: ready once | 0.6 s |
-| | the control plane's Identity.Certify issued its certificate | |
+| proxy-mtls | the same with `--control-addr --identity --identity-token` | 0.6 s |
+| | and `--trust-anchors`: ready once Identity.Certify issued its certificate | |
 | stat | `tulle stat --json` against a running control plane scraping one proxy | 0.3 s |
 
 The CLI commands run through hyperfine when it is installed (Debian: `apt-get
@@ -314,7 +314,7 @@ def running_mesh(processes: Processes, tulle: list[str], work: Path) -> Iterator
          "--outbound-addr", f"{LOOPBACK}:{free_port()}",
          "--admin-addr", f"{LOOPBACK}:{proxy_admin}",
          "--control-addr", f"{LOOPBACK}:{grpc_port}", "--identity", CLIENT_ID,
-         "--identity-token", token],
+         "--identity-token", token, "--trust-anchors", str(issuer / "bundle.pem")],
     )  # fmt: skip
     try:
         wait_for(proxy, "the mesh's proxy", lambda: http_status(proxy_admin, "/ready") == 200)
@@ -357,6 +357,7 @@ def run(args: argparse.Namespace) -> list[Result]:
                         flags = [
                             "--control-addr", f"{LOOPBACK}:{mesh.grpc_port}",
                             "--identity", CLIENT_ID, "--identity-token", mesh.token,
+                            "--trust-anchors", str(mesh.issuer / "bundle.pem"),
                         ]  # fmt: skip
                         times, cpu, rss = time_proxy_ready(
                             processes, tulle, lambda: flags, args.runs, "mtls"

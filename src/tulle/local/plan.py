@@ -214,13 +214,25 @@ class MeshIdentity:
         self._issuer = IssuerDirectory(self.directory)
         self._issuer.ensure(TRUST_DOMAIN, now=time.time())
 
+    @property
+    def anchors(self) -> Path:
+        """The trust bundle: proxies verify the control plane's TLS certificate with it."""
+        from tulle.identity.store import BUNDLE_FILE
+
+        return self.directory / BUNDLE_FILE
+
+    def proxy_env(self, base: Mapping[str, str]) -> dict[str, str]:
+        env = dict(base)
+        env["TULLE_PROXY_TRUST_ANCHORS"] = str(self.anchors)
+        return env
+
     def token_env(self, base: Mapping[str, str], identity: str) -> dict[str, str]:
         from tulle.identity.tokens import make_token
 
         token = make_token(
             self._issuer.token_secret(), identity, now=time.time(), ttl_s=TOKEN_TTL_S
         )
-        env = dict(base)
+        env = self.proxy_env(base)
         env["TULLE_PROXY_IDENTITY_TOKEN"] = token
         return env
 
@@ -478,7 +490,14 @@ def build_plan(
                 ingress_control_admin,
                 base,
                 # Not the dashboard: it must not take the HTTP API's default port.
-                ("--http-addr", "off") if with_http else (),
+                (("--http-addr", "off") if with_http else ())
+                # With mTLS its gRPC API is TLS too: the ingress's one set of
+                # trust anchors verifies both control planes.
+                + (
+                    ("--identity-dir", str(mesh_identity.directory))
+                    if mesh_identity is not None
+                    else ()
+                ),
             )
         )
     for instance in instances:
@@ -499,9 +518,11 @@ def build_plan(
                     protected=tuple(protected),
                     admin_token_file=admin_token_file,
                 ),
-                env=mesh_identity.token_env(base, instance.identity)
-                if mesh_identity is not None and instance.identity
-                else base,
+                env=base
+                if mesh_identity is None
+                else mesh_identity.token_env(base, instance.identity)
+                if instance.identity
+                else mesh_identity.proxy_env(base),
                 service=instance.service,
                 replica=instance.replica,
                 ready_port=instance.admin_port,

@@ -14,10 +14,11 @@ from kube_cluster import Cluster
 from kube_launcher import TRUST_DOMAIN, start_kube_control
 from support.process import ProcessGroup
 
+from tulle.api.control_tls import ControlTls, open_channel
 from tulle.api.proto import identity_pb2, identity_pb2_grpc
 from tulle.identity.ca import generate_key, uri_sans
 from tulle.identity.csr import build_csr
-from tulle.identity.store import IssuerDirectory
+from tulle.identity.store import BUNDLE_FILE, IssuerDirectory
 from tulle.identity.tokens import make_token
 
 pytestmark = [pytest.mark.integration, pytest.mark.kubernetes]
@@ -51,7 +52,9 @@ def test_service_account_token_gets_its_spiffe_id_and_nothing_else(
     other_audience = service_account_token(cluster, ns, "web", "https://kubernetes.default.svc")
 
     async def certify(identity: str, token: str) -> tuple[grpc.StatusCode, bytes]:
-        async with grpc.aio.insecure_channel(replica.grpc_target) as channel:
+        # The replica serves TLS with its own leaf: verified with the trust bundle.
+        tls = ControlTls(issuer.file(BUNDLE_FILE).read_bytes())
+        async with open_channel(replica.grpc_target, (), tls) as channel:
             stub = identity_pb2_grpc.IdentityStub(channel)
             request = identity_pb2.CertifyRequest(
                 identity=identity,

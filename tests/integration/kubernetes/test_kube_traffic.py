@@ -20,7 +20,7 @@ from support.ports import free_port
 from support.process import ProcessGroup
 from test_kube_identity import AUDIENCE, service_account_token
 
-from tulle.identity.store import IssuerDirectory
+from tulle.identity.store import BUNDLE_FILE, IssuerDirectory
 
 pytestmark = [pytest.mark.integration, pytest.mark.kubernetes]
 
@@ -214,6 +214,8 @@ def test_server_and_authorization_policy_deny_a_caller_by_identity(
             f"spiffe://{TRUST_DOMAIN}/ns/{ns}/sa/{account}",
             "--identity-token-file",
             str(token_file),
+            "--trust-anchors",
+            str(issuer / BUNDLE_FILE),
             *extra,
         ]
         if inbound is None:

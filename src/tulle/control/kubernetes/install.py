@@ -18,7 +18,10 @@ The objects, in the order `kubectl apply` needs them:
   probes on the admin port, non-root, read-only root filesystem), its
   PodDisruptionBudget (at most one replica down by choice), and Services: one
   ClusterIP Service and one headless Service that gives proxies the address
-  of every replica, so that they can fail over between them.
+  of every replica, so that they can fail over between them. The gRPC API
+  is TLS with each replica's own leaf (DNS names `tulle-control.<ns>.svc`
+  and its cluster-domain form); proxies verify it with the trust bundle of
+  the ConfigMap (`--trust-anchors`, `--control-name`).
 
 CRD schemas keep unknown fields: the control plane validates every object
 itself and reports what it ignores, as Linkerd's policy controller does.
@@ -264,6 +267,14 @@ def control_plane(options: InstallOptions) -> list[Obj]:
             options.cluster_domain,
             "--token-audience",
             options.token_audience,
+            # The gRPC API's TLS certificate names the Service; proxies check
+            # the first name (their --control-name) whichever replica they dial.
+            "--grpc-tls-name",
+            f"{CONTROL}.{options.namespace}.svc",
+            "--grpc-tls-name",
+            f"{CONTROL}.{options.namespace}.svc.{options.cluster_domain}",
+            "--grpc-tls-name",
+            "localhost",
         ],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT},

@@ -44,6 +44,10 @@ def test_deployment_pdb_probes_and_identity_volume() -> None:
     assert container["securityContext"]["runAsNonRoot"] is True
     args = container["args"]
     assert args[args.index("--identity-dir") + 1] == container["volumeMounts"][0]["mountPath"]
+    # The gRPC API is TLS (it has the issuer) and its certificate names the Service.
+    assert "--grpc-plaintext" not in args
+    names = [args[i + 1] for i, arg in enumerate(args) if arg == "--grpc-tls-name"]
+    assert names[0] == "tulle-control.mesh.svc"
     sources = pod["volumes"][0]["projected"]["sources"]
     (secret,) = by_kind(objects, "Secret")
     (config_map,) = by_kind(objects, "ConfigMap")
