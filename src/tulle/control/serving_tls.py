@@ -57,6 +57,7 @@ class ServingCertificate:
         self._renew_at = 0.0
         self._pending: grpc.ServerCertificateConfiguration | None = None
         self.identity = ""
+        self.last_leaf: x509.Certificate | None = None
         self.valid_until = 0.0
         self.renewals = 0
 
@@ -75,6 +76,7 @@ class ServingCertificate:
             dns_names=self.dns_names,
         )
         self.identity = identity.uri
+        self.last_leaf = leaf
         self._issuer = material.issuer.certificate
         self.valid_until = leaf.not_valid_after_utc.timestamp()
         self._renew_at = renewal_time(now, self.valid_until)

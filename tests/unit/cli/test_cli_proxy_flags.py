@@ -136,12 +136,37 @@ def test_token_file_and_validation_errors_name_the_flag(tmp_path: Path) -> None:
         (["--identity-token-file", str(tmp_path / "missing")], "--identity-token-file"),
         (["--outbound-raw-addresses", "maybe"], "--outbound-raw-addresses"),
         (["--deny-dst", "nowhere"], "--deny-dst"),
+        (["--trust-anchors", str(tmp_path / "missing")], "--trust-anchors"),
+        (["--trust-anchors", str(token)], "--trust-anchors"),  # not PEM
     ]:
         values = parse(args, {})
         assert values is not None
         with pytest.raises(FlagError) as caught:
             build_config(values)
         assert caught.value.flag == flag
+
+
+def test_trust_anchors_reach_the_config_with_the_control_name(tmp_path: Path) -> None:
+    import time
+
+    from tulle.api.control_tls import CONTROL_NAME
+    from tulle.identity.store import IssuerMaterial
+
+    anchors = tmp_path / "bundle.pem"
+    anchors.write_bytes(IssuerMaterial.generate("cluster.local", now=time.time()).bundle.pem())
+    values = parse(["--trust-anchors", str(anchors)], {})
+    assert values is not None
+    config = build_config(values)
+    assert config.control_trust_anchors == str(anchors)
+    # The flag's default is the name the control plane's certificate carries.
+    assert config.control_name == CONTROL_NAME
+    assert config_from_json_roundtrip(config) == config
+
+
+def config_from_json_roundtrip(config: ProxyConfig) -> ProxyConfig:
+    from tulle.proxy.config import config_to_json
+
+    return config_from_json(config_to_json(config))
 
 
 def test_typer_path_still_reports_errors_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
