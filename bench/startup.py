@@ -114,7 +114,7 @@ def http_status(port: int, path: str) -> int | None:
     """The status of `GET path`, or None when nothing answers yet (raw socket: cheap)."""
     try:
         with socket.create_connection((LOOPBACK, port), timeout=2) as sock:
-            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: bench\r\n\r\n".encode())
+            sock.sendall(f"GET {path} HTTP/1.0\r\nHost: {LOOPBACK}:{port}\r\n\r\n".encode())
             head = sock.recv(64)
     except OSError:
         return None
