@@ -24,9 +24,9 @@ from support.mesh import Metrics
 from support.netns import (
     Pair,
     as_uid,
+    in_netns,
     iptables_backends,
     netns_pair,
-    preexec,
     require_netns,
     run,
     run_in,
@@ -78,9 +78,8 @@ def start_backend(
 ) -> ManagedProcess:
     process = group.start(
         f"backend-{mode}-{ns}",
-        [sys.executable, "-m", "tulle", "demo", "backend", "--addr", f"{host}:{port}",
-         "--mode", mode],
-        preexec_fn=preexec(ns),
+        in_netns(ns, [sys.executable, "-m", "tulle", "demo", "backend", "--addr", f"{host}:{port}",
+                      "--mode", mode]),
     )  # fmt: skip
     process.wait_for(lambda: "listening" in process.output(), "listening line")
     return process
@@ -91,8 +90,7 @@ def start_sidecar(group: ProcessGroup, ns: str, *extra: str) -> ManagedProcess:
     argv = [sys.executable, "-m", "tulle", "proxy", "--app-addr", f"127.0.0.1:{APP_PORT}"]
     process = group.start(
         f"proxy-{ns}",
-        as_uid(PROXY_UID, [*argv, *extra]),
-        preexec_fn=preexec(ns),
+        in_netns(ns, as_uid(PROXY_UID, [*argv, *extra])),
     )
     process.wait_for(
         lambda: run_in(ns, lambda: http_status(*ADMIN, "/ready")) == 200, "GET /ready = 200"

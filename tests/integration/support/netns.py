@@ -55,6 +55,17 @@ def enter(name: str) -> None:
         os.close(fd)
 
 
+def in_netns(name: str, argv: Sequence[str]) -> list[str]:
+    """`argv` run inside namespace `name` by `ip netns exec` (which execs it).
+
+    Rather than `preexec`: a Python `preexec_fn` makes subprocess fork the
+    test process and run Python in the child, and once gRPC's threads run in
+    the test process (earlier tests), its fork handlers abort such a child
+    (SIGABRT, "epoll_wait error: Bad file descriptor").
+    """
+    return ["ip", "netns", "exec", name, *argv]
+
+
 def preexec(name: str) -> Callable[[], None]:
     """For `Popen(preexec_fn=...)`: the child enters namespace `name` before exec."""
     return lambda: enter(name)
@@ -101,12 +112,11 @@ def run_in(name: str, fn: Callable[[], T], timeout: float = THREAD_TIMEOUT_S) ->
 def run(name: str, argv: Sequence[str], uid: int | None = None) -> subprocess.CompletedProcess[str]:
     """Run a command inside namespace `name` (bounded in time)."""
     return subprocess.run(
-        list(argv) if uid is None else as_uid(uid, argv),
+        in_netns(name, list(argv) if uid is None else as_uid(uid, argv)),
         capture_output=True,
         text=True,
         timeout=COMMAND_TIMEOUT_S,
         check=False,
-        preexec_fn=preexec(name),
     )
 
 
