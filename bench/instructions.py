@@ -1,0 +1,309 @@
+"""Instructions per proxied request, counted by callgrind: two source trees, one run.
+
+Wall-clock benchmarks on a shared two-core machine swing by tens of percent
+between runs; the number of instructions a proxy executes per request does
+not. This script runs the same proxy setup from each given source tree under
+`valgrind --tool=callgrind` and prints instructions per request and the
+ratio of each tree to the first, so a hot-path change can be judged (the
+project's bar: no more than 3 % worse) whatever else the machine is doing.
+
+What it measures, per tree (everything on 127.0.0.1):
+
+* http1 -- one keep-alive HTTP/1.1 client -> proxy outbound
+  (`--static-dst bench=backend`) -> `tulle demo backend`;
+* http2 -- one prior-knowledge h2c client (the `h2` library, one stream at a
+  time) -> the same proxy -> an h2c backend run by this script.
+
+Instrumentation is switched on after a warm-up (`callgrind_control -i on`),
+and the count is taken at two request counts so start-up and warm-up cancel
+out: (Ir@N2 - Ir@N1) / (N2 - N1).
+
+Usage: python bench/instructions.py TREE [TREE ...] [--protocol http1|http2|both]
+       e.g. git worktree add /tmp/base <rev>; python bench/instructions.py /tmp/base .
+Needs: valgrind (apt-get install -y valgrind).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import glob
+import http.client
+import os
+import re
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+LOOPBACK = "127.0.0.1"
+SERVICE = "bench"
+WARMUP_REQUESTS = 300
+READY_TIMEOUT_S = 120.0  # the proxy starts under valgrind: tens of times slower
+
+
+class BenchError(Exception):
+    """A missing tool or a component that would not start."""
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind((LOOPBACK, 0))
+        port: int = sock.getsockname()[1]
+        return port
+
+
+def http1_get(conn: http.client.HTTPConnection) -> int:
+    conn.request("GET", "/", headers={"Host": SERVICE})
+    response = conn.getresponse()
+    response.read()
+    return response.status
+
+
+def wait_http1(port: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, http.client.HTTPException):
+            conn = http.client.HTTPConnection(LOOPBACK, port, timeout=10)
+            try:
+                if http1_get(conn) == 200:
+                    return
+            finally:
+                conn.close()
+        time.sleep(0.3)
+    raise BenchError(f"nothing answered 200 on {LOOPBACK}:{port} within {READY_TIMEOUT_S:.0f} s")
+
+
+class H2Client:
+    """A blocking h2c client doing one stream at a time (enough to count work per stream)."""
+
+    def __init__(self, port: int) -> None:
+        import h2.config
+        import h2.connection
+
+        self.sock = socket.create_connection((LOOPBACK, port), timeout=30)
+        self.conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=True))
+        self.conn.initiate_connection()
+        self.sock.sendall(self.conn.data_to_send())
+
+    def get(self) -> int:
+        import h2.events
+
+        stream_id = self.conn.get_next_available_stream_id()
+        headers = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", SERVICE)]
+        self.conn.send_headers(stream_id, headers, end_stream=True)
+        self.sock.sendall(self.conn.data_to_send())
+        status = 0
+        while True:
+            data = self.sock.recv(65536)
+            if not data:
+                raise BenchError("the proxy closed the h2 connection")
+            for event in self.conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.DataReceived):
+                    self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
+                elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
+                    self.sock.sendall(self.conn.data_to_send())
+                    return status
+                elif isinstance(event, h2.events.StreamReset):
+                    raise BenchError(f"stream reset by the proxy: {event.error_code}")
+            self.sock.sendall(self.conn.data_to_send())
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+def serve_h2c(listener: socket.socket, stop: threading.Event) -> None:
+    """A tiny h2c backend: 13-byte body for every stream, one thread per connection."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    def handle(sock: socket.socket) -> None:
+        conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
+        conn.initiate_connection()
+        sock.sendall(conn.data_to_send())
+        with sock:
+            while not stop.is_set():
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                for event in conn.receive_data(data):
+                    if isinstance(event, h2.events.RequestReceived):
+                        conn.send_headers(
+                            event.stream_id,
+                            [(":status", "200"), ("content-length", "13")],
+                        )
+                        conn.send_data(event.stream_id, b"Hello, Tulle\n", end_stream=True)
+                sock.sendall(conn.data_to_send())
+
+    listener.settimeout(0.5)
+    while not stop.is_set():
+        try:
+            sock, _ = listener.accept()
+        except TimeoutError:
+            continue
+        except OSError:
+            return
+        threading.Thread(target=handle, args=(sock,), daemon=True).start()
+
+
+@contextlib.contextmanager
+def backend(tree: Path, protocol: str) -> Iterator[int]:
+    env = dict(os.environ, PYTHONPATH=f"{tree}/src")
+    if protocol == "http1":
+        port = free_port()
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "tulle", "demo", "backend", "--addr", f"{LOOPBACK}:{port}"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_http1(port)
+            yield port
+        finally:
+            proc.terminate()
+            proc.wait(timeout=30)
+        return
+    listener = socket.socket()
+    listener.bind((LOOPBACK, 0))
+    listener.listen(64)
+    stop = threading.Event()
+    thread = threading.Thread(target=serve_h2c, args=(listener, stop), daemon=True)
+    thread.start()
+    try:
+        yield listener.getsockname()[1]
+    finally:
+        stop.set()
+        listener.close()
+        thread.join(timeout=5)
+
+
+def read_total(out_prefix: str) -> int:
+    total = 0
+    for path in glob.glob(out_prefix + "*"):
+        with open(path, encoding="utf-8", errors="replace") as dump:
+            for line in dump:
+                match = re.match(r"(?:summary|totals): (\d+)", line)
+                if match:
+                    total = max(total, int(match.group(1)))
+    return total
+
+
+def count(tree: Path, protocol: str, requests: int, workdir: Path) -> int:
+    """Instructions the proxy executed for `requests` requests after a warm-up."""
+    env = dict(os.environ, PYTHONPATH=f"{tree}/src", PYTHONHASHSEED="0")
+    out = str(workdir / f"cg-{tree.name}-{protocol}-{requests}.out")
+    outbound, inbound, admin = free_port(), free_port(), free_port()
+    with backend(tree, protocol) as backend_port:
+        proxy = subprocess.Popen(
+            [
+                "valgrind", "--tool=callgrind", "--instr-atstart=no",
+                "--trace-children=yes",
+                f"--callgrind-out-file={out}",
+                sys.executable, "-m", "tulle", "proxy",
+                "--outbound-addr", f"{LOOPBACK}:{outbound}",
+                "--inbound-addr", f"{LOOPBACK}:{inbound}",
+                "--admin-addr", f"{LOOPBACK}:{admin}",
+                "--static-dst", f"{SERVICE}={LOOPBACK}:{backend_port}",
+            ],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        try:
+            wait_http1(outbound) if protocol == "http1" else wait_listening(outbound)
+            run = http1_run if protocol == "http1" else http2_run
+            run(outbound, WARMUP_REQUESTS)
+            control("-i", "on", proxy.pid)
+            run(outbound, requests)
+            control("-i", "off", proxy.pid)
+            control("-d", "", proxy.pid)
+        finally:
+            proxy.terminate()
+            proxy.wait(timeout=60)
+    return read_total(out)
+
+
+def wait_listening(port: int) -> None:
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError), socket.create_connection((LOOPBACK, port), timeout=2):
+            return
+        time.sleep(0.3)
+    raise BenchError(f"nothing listened on {LOOPBACK}:{port} within {READY_TIMEOUT_S:.0f} s")
+
+
+def control(flag: str, value: str, pid: int) -> None:
+    args = ["callgrind_control", flag] + ([value] if value else []) + [str(pid)]
+    subprocess.run(args, capture_output=True, check=False, timeout=120)
+
+
+def http1_run(port: int, requests: int) -> None:
+    conn = http.client.HTTPConnection(LOOPBACK, port, timeout=60)
+    try:
+        for _ in range(requests):
+            status = http1_get(conn)
+            if status != 200:
+                raise BenchError(f"HTTP/1 request answered {status}")
+    finally:
+        conn.close()
+
+
+def http2_run(port: int, requests: int) -> None:
+    client = H2Client(port)
+    try:
+        for _ in range(requests):
+            status = client.get()
+            if status != 200:
+                raise BenchError(f"HTTP/2 stream answered {status}")
+    finally:
+        client.close()
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("trees", nargs="+", type=Path, help="source trees (each has src/tulle)")
+    parser.add_argument("--protocol", choices=("http1", "http2", "both"), default="both")
+    parser.add_argument("--low", type=int, default=500, help="requests in the first count")
+    parser.add_argument("--high", type=int, default=2500, help="requests in the second count")
+    args = parser.parse_args()
+    if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
+        print("needs valgrind: apt-get install -y valgrind", file=sys.stderr)
+        return 2
+    trees = [tree.resolve() for tree in args.trees]
+    for tree in trees:
+        if not (tree / "src" / "tulle").is_dir():
+            print(f"{tree}: no src/tulle in it", file=sys.stderr)
+            return 2
+    protocols = ("http1", "http2") if args.protocol == "both" else (args.protocol,)
+    results: dict[tuple[str, Path], float] = {}
+    with tempfile.TemporaryDirectory(prefix="tulle-bench-ir-") as tmp:
+        for protocol in protocols:
+            for tree in trees:
+                print(f"{protocol} {tree} ...", file=sys.stderr, flush=True)
+                low = count(tree, protocol, args.low, Path(tmp))
+                high = count(tree, protocol, args.high, Path(tmp))
+                results[(protocol, tree)] = (high - low) / (args.high - args.low)
+    print("| protocol | tree | instructions per request | vs first tree |")
+    print("|---|---|---:|---:|")
+    for protocol in protocols:
+        first = results[(protocol, trees[0])]
+        for tree in trees:
+            per_request = results[(protocol, tree)]
+            print(f"| {protocol} | {tree} | {per_request:,.0f} | {per_request / first:.3f}x |")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
