@@ -27,6 +27,7 @@ from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
 from tulle.core.outcome import FAILURE, SUCCESS
+from tulle.net.deadline import within
 from tulle.net.descriptors import DescriptorBudget
 from tulle.net.listen import Acceptor, bind, is_local_address, original_dst
 from tulle.net.mtls import (
@@ -420,7 +421,7 @@ class Worker:
         """Open the tunnel's upstream side to `dst`; False (counted) when that fails."""
         upstream = tunnel.upstream
         try:
-            await asyncio.wait_for(
+            await within(
                 self.loop.create_connection(lambda: upstream, dst[0], dst[1]),
                 ctx.config.timeouts.connect_s,
             )

@@ -55,6 +55,7 @@ from tulle.codec.path import normalize_target, origin_form, refusal_reason
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
 from tulle.core.policy import CLIENT_ID_HEADER
 from tulle.core.retry import NOT_SENT, RESET, STATUS, retry_allowed
+from tulle.net.deadline import within
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
 from tulle.proxy.balance import ejected_detail
 from tulle.proxy.router import PoolHandle, RoutePolicy, ServiceTarget
@@ -128,7 +129,7 @@ class EndpointPool(PoolHandle):
             )
         ctx = self.ctx
         try:
-            transport, protocol = await asyncio.wait_for(
+            transport, protocol = await within(
                 ctx.loop.create_connection(
                     factory,
                     self.address[0],

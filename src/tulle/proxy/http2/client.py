@@ -31,6 +31,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from tulle.core.discovery import Address
+from tulle.net.deadline import within
 from tulle.net.mtls import verify_identity
 from tulle.proxy.http2.dispatch import H2Counters
 
@@ -318,7 +319,7 @@ class H2ClientConnection(H2Peer):
         (host, port), ssl_context, server_hostname, _ = self.key
         loop = asyncio.get_running_loop()
         try:
-            await asyncio.wait_for(
+            await within(
                 loop.create_connection(
                     lambda: self,
                     host,
