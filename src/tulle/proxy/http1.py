@@ -440,8 +440,11 @@ class Exchange:
                 return
             if target_bytes[:1] != b"/":
                 head.target = origin_form(target_bytes)
-            if not self._normalize_target():
+            normal = normalize_target(head.target)
+            if normal is None:
+                self._refuse_path()
                 return
+            head.target = normal
             authz = ctx.authz
             if authz is not None:
                 decision = authz.policy.authorize_http(
@@ -467,8 +470,15 @@ class Exchange:
             else:
                 self.fail(400, "missing-host", "request has no Host header and no absolute URI")
                 return
-            if head.method != b"CONNECT" and not self._normalize_target():
-                return
+            if head.method != b"CONNECT":
+                # The one normalised path (`tulle.codec.path`) that policy and
+                # routes match and that is forwarded; inline, as every request
+                # runs it.
+                normal = normalize_target(head.target)
+                if normal is None:
+                    self._refuse_path()
+                    return
+                head.target = normal
             target = ctx.router.for_authority(authority)
             self.authority = target.authority_label
             refusal = target.refusal
@@ -527,16 +537,9 @@ class Exchange:
             head.host = authority
         return authority
 
-    def _normalize_target(self) -> bool:
-        """Give the request its one normalised path (`tulle.codec.path`): what policy
-        and routes match and what is forwarded. False: refused with a 400."""
-        head = self.head
-        normal = normalize_target(head.target)
-        if normal is None:
-            self.fail(400, "bad-path", refusal_reason(head.target))
-            return False
-        head.target = normal
-        return True
+    def _refuse_path(self) -> None:
+        """A target `normalize_target` refused (`tulle.codec.path`): a 400 saying why."""
+        self.fail(400, "bad-path", refusal_reason(self.head.target))
 
     async def _await_known(self, target: ServiceTarget, then: Callable[[], None]) -> None:
         """Wait (bounded) for discovery's first answer about `target`, then go on."""

@@ -213,3 +213,23 @@ def test_any_bytes_are_answered_without_raising(target: bytes) -> None:
     out = normalize_target(target)
     assert out is None or out.startswith(b"/") or out == b"*"
     assert (out is None) == bool(refusal_reason(target))
+
+
+def test_known_targets_are_remembered_bounded_and_only_when_normal() -> None:
+    from tulle.codec import path
+
+    path._known_normal.clear()
+    assert normalize_target(b"/seen") == b"/seen"
+    assert b"/seen" in path._known_normal
+    # A second look answers the same from the set.
+    assert normalize_target(b"/seen") == b"/seen"
+    # Refused, rewritten and over-long targets are never remembered.
+    assert normalize_target(b"/a/../b") == b"/b"
+    assert normalize_target(b"x") is None
+    long_target = b"/" + b"a" * path._KNOWN_MAX_LEN
+    assert normalize_target(long_target) == long_target
+    assert path._known_normal == {b"/seen"}
+    # Endless distinct targets never grow it past its bound.
+    for n in range(path._KNOWN_MAX * 2 + 5):
+        assert normalize_target(b"/n%d" % n) == b"/n%d" % n
+        assert len(path._known_normal) <= path._KNOWN_MAX
