@@ -22,6 +22,7 @@ import h2.config
 import h2.connection
 import h2.events
 import h2.settings
+import hyperframe.frame
 from h2.errors import ErrorCodes
 from hyperframe.frame import GoAwayFrame
 
@@ -59,12 +60,30 @@ class GracefulH2Connection(h2.connection.H2Connection):
         return [], [event]
 
 
+def _frame_repr(frame: hyperframe.frame.Frame) -> str:
+    return f"{type(frame).__name__}(stream_id={frame.stream_id})"
+
+
+def _cheap_frame_reprs() -> None:
+    """Frames' repr without their flags and body, in a process that proxies HTTP/2.
+
+    h2 formats `repr(frame)` for a trace log line on every frame it receives,
+    whether or not anything logs it (`H2Connection._receive_frame`): the full
+    repr renders the flags and the body, thousands of instructions per frame
+    and three frames per proxied stream. The proxy never logs frames, so it
+    keeps the class and stream id only (bench/instructions.py: docs/benchmarks.md).
+    """
+    hyperframe.frame.Frame.__repr__ = _frame_repr  # type: ignore[method-assign]
+
+
 def new_h2_connection(*, client_side: bool, limits: H2Limits) -> GracefulH2Connection:
     """A connection configured for proxying: bytes headers, no outbound re-validation.
 
     Outbound validation is off because every header block the proxy sends was
     either validated by h2 on the way in or built by the proxy itself.
     """
+    if hyperframe.frame.Frame.__repr__ is not _frame_repr:
+        _cheap_frame_reprs()
     config = h2.config.H2Configuration(
         client_side=client_side,
         header_encoding=None,
