@@ -778,8 +778,20 @@ async def serve(
 def run(
     addr: str, mode: Mode = "http", ready: Callable[[tuple[str, int]], None] | None = None
 ) -> None:
-    """Run a backend in this process on uvloop (asyncio's loop if uvloop is absent)."""
+    """Run a backend in this process on uvloop (asyncio's loop if uvloop is absent).
+
+    The opaque modes (tcp-echo, banner) run on asyncio's own loop: under a
+    busy machine, uvloop 0.22.1 and 0.23.0 aborted this echo server with
+    glibc's "double free or corruption (!prev)" after some tens of short
+    connections (reproduced with `stress-ng --cpu 3` beside
+    tests/integration/proxy/test_proxy_opaque_tcp.py; the proxy in front then
+    saw "connection refused"). Those modes carry test and demo traffic, not
+    benchmarks, so they trade uvloop's speed for a loop that does not crash.
+    """
     host, port = parse_addr(addr)
+    if mode != "http":
+        asyncio.run(serve(host, port, mode, ready))
+        return
     try:
         import uvloop
     except ImportError:
