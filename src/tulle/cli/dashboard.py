@@ -20,9 +20,9 @@ import typer
 
 from tulle.cli.main import app
 from tulle.cli.observe import (
-    _CONTROL_HELP,
-    _TOKEN_HELP,
+    CONTROL_OPTION,
     STATE_DIR_OPTION,
+    TOKEN_OPTION,
     ControlUnreachable,
     api_call,
     resolve_api_token,
@@ -75,12 +75,12 @@ def _open_in_browser(url: str) -> bool:
 @app.command()
 def dashboard(
     service: str = typer.Argument("", help="Open this service's page instead of the overview."),
-    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
     no_browser: bool = typer.Option(
         False, "--no-browser", help="Only print the URL; do not start a browser."
     ),
-    token: str = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP),
+    token: str = TOKEN_OPTION,
 ) -> None:
     """Open the dashboard (served by the control plane) in a browser, or print its URL."""
     base = resolve_control_url(control, state_dir=state_dir)

@@ -26,6 +26,7 @@ from urllib.parse import urlencode, urlsplit
 
 import typer
 
+from tulle.cli import observe_fast
 from tulle.cli.main import app
 from tulle.core.credentials import CredentialError, read_token_file
 from tulle.local.registry import find_state_dir
@@ -49,13 +50,25 @@ STATE_DIR_HELP = (
     "The state directory of the mesh to act on. Default: ./.tulle (or a parent's) when its "
     "mesh runs, else the current mesh that `tulle up` registered (docs/local.md)."
 )
-STATE_DIR_OPTION = typer.Option("", "--state-dir", envvar="TULLE_STATE_DIR", help=STATE_DIR_HELP)
 _JSON_HELP = "Print the API's JSON document instead of a table."
 _TOKEN_HELP = (
     "The control plane's API token (writes and tap need it). Default: TULLE_API_TOKEN, else "
     "the api-token file of ./.tulle (sent to a loopback control plane only)."
 )
 _WINDOW_HELP = "How far back to look: 10s .. 10m."
+
+
+def _option(option: observe_fast.Option, help: str) -> Any:
+    """The typer option of a table entry of `observe_fast`: spellings, default, variable."""
+    return typer.Option(option.default, *option.spellings, envvar=option.envvar, help=help)
+
+
+# Options several commands share (the tap and dashboard ones too).
+CONTROL_OPTION = _option(observe_fast.CONTROL, _CONTROL_HELP)
+STATE_DIR_OPTION = _option(observe_fast.STATE_DIR, STATE_DIR_HELP)
+WINDOW_OPTION = _option(observe_fast.WINDOW, _WINDOW_HELP)
+JSON_OPTION = _option(observe_fast.JSON, _JSON_HELP)
+TOKEN_OPTION = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP)
 
 
 @cache
@@ -218,9 +231,9 @@ def _golden_cells(row: dict[str, Any]) -> list[str]:
 def stat(
     service: str = typer.Argument("", help="Only this service (default: every service)."),
     kind: str = typer.Option("service", "--kind", "-k", help="service or instance."),
-    window: str = typer.Option("60s", "--window", "-w", help=_WINDOW_HELP),
-    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
-    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    window: str = WINDOW_OPTION,
+    as_json: bool = JSON_OPTION,
+    control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Golden metrics per service or instance: success rate, RPS, latency, meshed TLS."""
@@ -248,9 +261,9 @@ def stat(
 @app.command("routes")
 def routes(
     service: str = typer.Argument(..., help="The service whose routes to show."),
-    window: str = typer.Option("60s", "--window", "-w", help=_WINDOW_HELP),
-    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
-    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    window: str = WINDOW_OPTION,
+    as_json: bool = JSON_OPTION,
+    control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Golden metrics per route of one service (as its callers see it)."""
@@ -271,9 +284,9 @@ def routes(
 
 @app.command("edges")
 def edges(
-    window: str = typer.Option("60s", "--window", "-w", help=_WINDOW_HELP),
-    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
-    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    window: str = WINDOW_OPTION,
+    as_json: bool = JSON_OPTION,
+    control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Who calls whom: rate, success, identities and whether the edge is mTLS."""
@@ -326,9 +339,9 @@ def top(
     ),
     once: bool = typer.Option(False, "--once", help="Show one refresh and exit."),
     as_json: bool = typer.Option(False, "--json", help=_JSON_HELP + " Implies --once."),
-    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
-    token: str = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP),
+    token: str = TOKEN_OPTION,
 ) -> None:
     """The busiest paths right now (live, from tap), refreshing until Ctrl-C."""
     url = resolve_control_url(control, state_dir=state_dir)
@@ -388,9 +401,9 @@ def tap(
         30.0, "--duration", "-d", min=0.1, max=3600, help="Stop after this many seconds."
     ),
     as_json: bool = typer.Option(False, "--json", help="One JSON event per line."),
-    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
-    token: str = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP),
+    token: str = TOKEN_OPTION,
 ) -> None:
     """Watch live requests through a service's proxies: method, path, status, latency, identity."""
     url = resolve_control_url(control, state_dir=state_dir)
@@ -462,8 +475,8 @@ def check(
     pre: bool = typer.Option(
         False, "--pre", help="Pre-flight checks only: they need no running mesh."
     ),
-    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
-    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    as_json: bool = JSON_OPTION,
+    control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
     kubernetes: bool = typer.Option(
         False, "--kubernetes", help="Check the mesh installed in a Kubernetes cluster."
@@ -508,10 +521,10 @@ def apply(
     replace: bool = typer.Option(
         False, "--replace", help="The file is a whole manifest: replace instead of merging."
     ),
-    as_json: bool = typer.Option(False, "--json", help=_JSON_HELP),
-    control: str = typer.Option("", "--control", envvar="TULLE_CONTROL_URL", help=_CONTROL_HELP),
+    as_json: bool = JSON_OPTION,
+    control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
-    token: str = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP),
+    token: str = TOKEN_OPTION,
 ) -> None:
     """Change a running mesh: merge FILE into the control plane's manifest (validated first)."""
     try:

@@ -43,10 +43,12 @@ class Command:
     options: tuple[Option, ...]
 
 
-_WINDOW = Option("window", ("--window", "-w"), "60s")
-_JSON = Option("as_json", ("--json",), False)
-_CONTROL = Option("control", ("--control",), "", envvar="TULLE_CONTROL_URL")
-_STATE_DIR = Option("state_dir", ("--state-dir",), "", envvar="TULLE_STATE_DIR")
+# Shared with the typer commands of `tulle.cli.observe`, which take their
+# spellings, defaults and variables from these.
+WINDOW = Option("window", ("--window", "-w"), "60s")
+JSON = Option("as_json", ("--json",), False)
+CONTROL = Option("control", ("--control",), "", envvar="TULLE_CONTROL_URL")
+STATE_DIR = Option("state_dir", ("--state-dir",), "", envvar="TULLE_STATE_DIR")
 
 COMMANDS: dict[str, Command] = {
     "stat": Command(
@@ -54,14 +56,14 @@ COMMANDS: dict[str, Command] = {
         "",
         (
             Option("kind", ("--kind", "-k"), "service", choices=("service", "instance")),
-            _WINDOW,
-            _JSON,
-            _CONTROL,
-            _STATE_DIR,
+            WINDOW,
+            JSON,
+            CONTROL,
+            STATE_DIR,
         ),
     ),
-    "routes": Command("service", None, (_WINDOW, _JSON, _CONTROL, _STATE_DIR)),
-    "edges": Command("", "", (_WINDOW, _JSON, _CONTROL, _STATE_DIR)),
+    "routes": Command("service", None, (WINDOW, JSON, CONTROL, STATE_DIR)),
+    "edges": Command("", "", (WINDOW, JSON, CONTROL, STATE_DIR)),
 }
 
 
