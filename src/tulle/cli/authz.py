@@ -27,9 +27,11 @@ from rich.markup import escape
 from rich.table import Table
 
 from tulle.cli.main import app
-from tulle.cli.observe import STATE_DIR_OPTION, find_state_file
+from tulle.cli.observe import STATE_DIR_OPTION
 from tulle.control.manifest import Manifest, ManifestError, load_manifest
 from tulle.core.discovery import parse_address
+from tulle.local.registry import find_state_dir
+from tulle.local.state import StateDir
 from tulle.viz.authz_report import (
     ProxyAdmin,
     attach_hits,
@@ -51,26 +53,16 @@ def _fail(message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _state_document(state_file: Path | None) -> dict[str, Any]:
-    if state_file is None:
-        return {}
-    try:
-        loaded = json.loads(state_file.read_text())
-    except (OSError, ValueError):
-        return {}
-    return loaded if isinstance(loaded, dict) else {}
-
-
 def _choose_manifest(
-    explicit: Path | None, state: Mapping[str, Any], state_file: Path | None
+    explicit: Path | None, state: Mapping[str, Any], state_dir: Path | None
 ) -> Path:
     if explicit is not None:
         return explicit
     served = state.get("manifest")
-    if isinstance(served, str) and served and state_file is not None:
+    if isinstance(served, str) and served and state_dir is not None:
         path = Path(served)
         # Relative paths in state.json are relative to the mesh's directory.
-        return path if path.is_absolute() else state_file.parent.parent / path
+        return path if path.is_absolute() else state_dir.parent / path
     return Path("mesh.yaml")
 
 
@@ -155,9 +147,9 @@ def authz(
     state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Show the authorization policies that apply to SERVICE, and how often each decided."""
-    state_file = find_state_file(explicit_dir=state_dir)
-    state = _state_document(state_file)
-    path = _choose_manifest(manifest_path, state, state_file)
+    found = find_state_dir(state_dir)
+    state = (StateDir(found).read_state() if found is not None else None) or {}
+    path = _choose_manifest(manifest_path, state, found)
     try:
         manifest: Manifest = load_manifest(path)
     except ManifestError as exc:

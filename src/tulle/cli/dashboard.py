@@ -25,8 +25,7 @@ from tulle.cli.observe import (
     TOKEN_OPTION,
     ControlUnreachable,
     api_call,
-    resolve_api_token,
-    resolve_control_url,
+    resolve_api,
 )
 
 PROBE_TIMEOUT_S = 3.0
@@ -83,7 +82,7 @@ def dashboard(
     token: str = TOKEN_OPTION,
 ) -> None:
     """Open the dashboard (served by the control plane) in a browser, or print its URL."""
-    base = resolve_control_url(control, state_dir=state_dir)
+    base, api_token = resolve_api(control, token, state_dir=state_dir)
     try:
         status, _ = api_call(base, "/api", timeout=PROBE_TIMEOUT_S)
     except ControlUnreachable as exc:
@@ -96,7 +95,7 @@ def dashboard(
             err=True,
         )
         raise typer.Exit(1)
-    url = dashboard_url(base, service, resolve_api_token(token, base, state_dir=state_dir))
+    url = dashboard_url(base, service, api_token)
     if not no_browser and _open_in_browser(url):
         typer.echo(f"dashboard opened in your browser: {url}")
     else:

@@ -19,7 +19,8 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from functools import cache
+from collections.abc import Callable
+from functools import cache, partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlencode, urlsplit
@@ -30,7 +31,7 @@ from tulle.cli import observe_fast
 from tulle.cli.main import app
 from tulle.core.credentials import CredentialError, read_token_file
 from tulle.local.registry import find_state_dir
-from tulle.local.state import API_TOKEN_FILE
+from tulle.local.state import StateDir
 from tulle.viz.checks import FAIL, OK, WARN, CheckReport, preflight
 
 if TYPE_CHECKING:
@@ -38,7 +39,6 @@ if TYPE_CHECKING:
     from rich.table import Table
 
 DEFAULT_CONTROL_URL = "http://127.0.0.1:8084"
-STATE_FILE = Path(".tulle") / "state.json"
 REQUEST_TIMEOUT_S = 10.0
 
 _CONTROL_HELP = (
@@ -92,14 +92,6 @@ class ControlUnreachable(Exception):
     pass
 
 
-def find_state_file(start: Path | None = None, *, explicit_dir: str = "") -> Path | None:
-    """The `state.json` of the mesh this command acts on (`find_state_dir`), if any."""
-    state_dir = find_state_dir(explicit_dir, start)
-    if state_dir is None or not (state_dir / STATE_FILE.name).is_file():
-        return None
-    return state_dir / STATE_FILE.name
-
-
 def _is_loopback(url: str) -> bool:
     host = (urlsplit(url).hostname or "").lower()
     if host == "localhost":
@@ -110,44 +102,58 @@ def _is_loopback(url: str) -> bool:
         return False
 
 
-def resolve_api_token(
-    explicit: str, control_url: str, start: Path | None = None, *, state_dir: str = ""
-) -> str:
-    """The API token to send: --token / TULLE_API_TOKEN, else the `api-token` file of
-    the mesh's state directory (`find_state_dir`), which is sent to a loopback
-    control plane only (never to an address that leaves the machine). "" when
-    there is none."""
+def _state_dir_once(state_dir: str, start: Path | None) -> Callable[[], Path | None]:
+    # The control URL and the token both come from the mesh's state directory:
+    # find it at most once, and only when one of them needs it.
+    return cache(partial(find_state_dir, state_dir, start))
+
+
+def _control_url(explicit: str, mesh: Callable[[], Path | None]) -> str:
+    if explicit:
+        url = explicit
+    else:
+        url = DEFAULT_CONTROL_URL
+        found = mesh()
+        document = (StateDir(found).read_state() if found is not None else None) or {}
+        control = document.get("control")
+        address = control.get("http") if isinstance(control, dict) else None
+        if isinstance(address, str) and address:
+            url = address
+    if "://" not in url:
+        url = f"http://{url}"
+    return url.rstrip("/")
+
+
+def _api_token(explicit: str, control_url: str, mesh: Callable[[], Path | None]) -> str:
     if explicit:
         return explicit.strip()
     if not _is_loopback(control_url):
         return ""
-    found = find_state_dir(state_dir, start)
+    found = mesh()
     if found is None:
         return ""
     try:
-        return read_token_file(found / API_TOKEN_FILE)
+        return read_token_file(StateDir(found).api_token_file)
     except CredentialError:
         return ""
 
 
 def resolve_control_url(explicit: str, start: Path | None = None, *, state_dir: str = "") -> str:
-    """--control as given; else the `control.http` of the mesh's state.json; else 8084."""
-    if explicit:
-        url = explicit
-    else:
-        url = DEFAULT_CONTROL_URL
-        state = find_state_file(start, explicit_dir=state_dir)
-        if state is not None:
-            try:
-                document = json.loads(state.read_text())
-                address = document.get("control", {}).get("http")
-                if isinstance(address, str) and address:
-                    url = address
-            except (OSError, ValueError, AttributeError):
-                pass
-    if "://" not in url:
-        url = f"http://{url}"
-    return url.rstrip("/")
+    """--control as given; else the `control.http` of the mesh's state.json
+    (`find_state_dir`); else 8084."""
+    return _control_url(explicit, _state_dir_once(state_dir, start))
+
+
+def resolve_api(
+    control: str, token: str, start: Path | None = None, *, state_dir: str = ""
+) -> tuple[str, str]:
+    """The API's URL (`resolve_control_url`) and the token to send it: --token /
+    TULLE_API_TOKEN, else the `api-token` file of the mesh's state directory,
+    which is sent to a loopback control plane only (never to an address that
+    leaves the machine); "" when there is none."""
+    mesh = _state_dir_once(state_dir, start)
+    url = _control_url(control, mesh)
+    return url, _api_token(token, url, mesh)
 
 
 def _fail(message: str, code: int = 1) -> typer.Exit:
@@ -344,8 +350,7 @@ def top(
     token: str = TOKEN_OPTION,
 ) -> None:
     """The busiest paths right now (live, from tap), refreshing until Ctrl-C."""
-    url = resolve_control_url(control, state_dir=state_dir)
-    api_token = resolve_api_token(token, url, state_dir=state_dir)
+    url, api_token = resolve_api(control, token, state_dir=state_dir)
     params = {"service": service, "duration": f"{duration:g}s"}
 
     def fetch() -> dict[str, Any]:
@@ -406,8 +411,7 @@ def tap(
     token: str = TOKEN_OPTION,
 ) -> None:
     """Watch live requests through a service's proxies: method, path, status, latency, identity."""
-    url = resolve_control_url(control, state_dir=state_dir)
-    api_token = resolve_api_token(token, url, state_dir=state_dir)
+    url, api_token = resolve_api(control, token, state_dir=state_dir)
     query = {
         "service": "" if service == "all" else service,
         "path": path,
@@ -531,7 +535,7 @@ def apply(
         body = file.read_bytes()
     except OSError as exc:
         raise _fail(f"tulle apply: cannot read {file}: {exc.strerror or exc}") from None
-    url = resolve_control_url(control, state_dir=state_dir)
+    url, api_token = resolve_api(control, token, state_dir=state_dir)
     params = {"source": str(file), "mode": "replace" if replace else "merge"}
     try:
         status, document = api_call(
@@ -539,7 +543,7 @@ def apply(
             "/api/apply",
             params,
             body=body,
-            token=resolve_api_token(token, url, state_dir=state_dir),
+            token=api_token,
         )
     except ControlUnreachable as exc:
         raise _fail(str(exc)) from None
