@@ -7,8 +7,7 @@
 # suite runs with CI=1 unless CI is already set), it is never skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/test-deps.sh
-bash scripts/k8s_fixture.sh  # Kubernetes fixture (tests/integration/kubernetes): built once, cached
+bash scripts/test-deps.sh  # also builds (once) the Kubernetes fixture, scripts/k8s_fixture.sh
 export CI="${CI:-1}"
 echo "lint: ruff"
 python3 -m ruff check -q src tests bench
