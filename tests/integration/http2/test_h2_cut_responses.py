@@ -10,7 +10,6 @@ short of its content-length.
 from __future__ import annotations
 
 import socket
-import threading
 from collections.abc import Iterator
 
 import h2.config
@@ -20,50 +19,24 @@ import pytest
 from h2raw import RawH2
 from h2support import Server, start_harness
 from hyperframe.frame import Frame, RstStreamFrame
-from support.ports import LOOPBACK
 from support.process import ProcessGroup
-from support.tcpservers import arm_reset
+from support.tcpservers import ConnectionServer, arm_reset
 
 pytestmark = pytest.mark.integration
 
 PART = b"0123456789" * 100
-TIMEOUT_S = 10.0
 
 
-class CutShortH2Server:
+class CutShortH2Server(ConnectionServer):
     """An h2 upstream on a thread: answers each request with a head and part of a
     body, then ends as `how` says: "rst" (TCP reset), "fin" (TCP close without
     ending the stream) or "short" (END_STREAM short of its content-length)."""
 
     def __init__(self, how: str) -> None:
         self.how = how
-        self._stopped = threading.Event()
-        self._listener = socket.create_server((LOOPBACK, 0))
-        self._listener.settimeout(0.2)
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    @property
-    def addr(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    def _serve(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with connection:
-                connection.settimeout(TIMEOUT_S)
-                try:
-                    self._answer(connection)
-                except OSError:
-                    continue
-
-    def _answer(self, connection: socket.socket) -> None:
+    def answer(self, connection: socket.socket) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
         connection.sendall(conn.data_to_send())
@@ -87,11 +60,6 @@ class CutShortH2Server:
         connection.sendall(conn.data_to_send())
         if self.how == "rst":
             arm_reset(connection)
-
-    def close(self) -> None:
-        self._stopped.set()
-        self._listener.close()
-        self._thread.join(timeout=TIMEOUT_S)
 
 
 @pytest.fixture(scope="module")

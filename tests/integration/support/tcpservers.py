@@ -4,6 +4,7 @@ an HTTP upstream that dies partway through its responses)."""
 
 from __future__ import annotations
 
+import abc
 import fcntl
 import socket
 import struct
@@ -68,7 +69,49 @@ class ServerHalfCloseFirst:
         self._thread.join(timeout=ACCEPT_TIMEOUT_S)
 
 
-class CutShortHttpServer:
+class ConnectionServer(abc.ABC):
+    """Accepts connections on a thread until `close()`, handing each to `answer`
+    (overridden) with a timeout set; a connection that fails with OSError is
+    dropped and the next one accepted."""
+
+    def __init__(self) -> None:
+        self._stopped = threading.Event()
+        self._listener = socket.create_server((LOOPBACK, 0))
+        self._listener.settimeout(0.2)
+        self.port: int = self._listener.getsockname()[1]
+        self._thread = threading.Thread(target=self._serve, daemon=True)
+        self._thread.start()
+
+    @property
+    def addr(self) -> str:
+        return f"{LOOPBACK}:{self.port}"
+
+    @abc.abstractmethod
+    def answer(self, connection: socket.socket) -> None:
+        """Serve one accepted connection; it is closed on return."""
+
+    def _serve(self) -> None:
+        while not self._stopped.is_set():
+            try:
+                connection, _ = self._listener.accept()
+            except TimeoutError:
+                continue
+            except OSError:
+                return
+            with connection:
+                connection.settimeout(ACCEPT_TIMEOUT_S)
+                try:
+                    self.answer(connection)
+                except OSError:
+                    continue
+
+    def close(self) -> None:
+        self._stopped.set()
+        self._listener.close()
+        self._thread.join(timeout=ACCEPT_TIMEOUT_S)
+
+
+class CutShortHttpServer(ConnectionServer):
     """An HTTP/1 upstream that dies partway through every response.
 
     For each connection (any number, until `close()`): reads one request
@@ -81,44 +124,18 @@ class CutShortHttpServer:
         self.response = response
         self.reset = reset
         self.answered = 0
-        self._stopped = threading.Event()
-        self._listener = socket.create_server((LOOPBACK, 0))
-        self._listener.settimeout(0.2)
-        self.port: int = self._listener.getsockname()[1]
-        self._thread = threading.Thread(target=self._serve, daemon=True)
-        self._thread.start()
+        super().__init__()
 
-    @property
-    def addr(self) -> str:
-        return f"{LOOPBACK}:{self.port}"
-
-    def _serve(self) -> None:
-        while not self._stopped.is_set():
-            try:
-                connection, _ = self._listener.accept()
-            except TimeoutError:
-                continue
-            except OSError:
-                return
-            with connection:
-                connection.settimeout(ACCEPT_TIMEOUT_S)
-                head = b""
-                try:
-                    while b"\r\n\r\n" not in head and len(head) < 65536:
-                        chunk = connection.recv(65536)
-                        if not chunk:
-                            break
-                        head += chunk
-                    if b"\r\n\r\n" not in head:
-                        continue
-                    connection.sendall(self.response)
-                except OSError:
-                    continue
-                self.answered += 1
-                if self.reset:
-                    arm_reset(connection)
-
-    def close(self) -> None:
-        self._stopped.set()
-        self._listener.close()
-        self._thread.join(timeout=ACCEPT_TIMEOUT_S)
+    def answer(self, connection: socket.socket) -> None:
+        head = b""
+        while b"\r\n\r\n" not in head and len(head) < 65536:
+            chunk = connection.recv(65536)
+            if not chunk:
+                break
+            head += chunk
+        if b"\r\n\r\n" not in head:
+            return
+        connection.sendall(self.response)
+        self.answered += 1
+        if self.reset:
+            arm_reset(connection)
