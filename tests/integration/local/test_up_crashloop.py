@@ -17,7 +17,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from up_harness import UpRun, http_get, port_of
+from up_harness import UpRun, http_get, port_of, process_named, up_running
 
 from tulle.local.supervisor import CRASH_LOOP, MESH_READY_TIMEOUT_S
 
@@ -41,17 +41,8 @@ services:
 def mesh(tmp_path: Path) -> Iterator[UpRun]:
     path = tmp_path / "mesh.yaml"
     path.write_text(MANIFEST)
-    run = UpRun([str(path), "--ingress-port", "0"], tmp_path / "state", tmp_path)
-    try:
+    with up_running(path) as run:
         yield run
-    finally:
-        run.close()
-
-
-def _process(state: dict[str, object], name: str) -> dict[str, object]:
-    processes = state["processes"]
-    assert isinstance(processes, list)
-    return next(p for p in processes if p["name"] == name)
 
 
 def test_a_command_that_cannot_start_and_a_crash_loop_are_given_up(mesh: UpRun) -> None:
@@ -62,16 +53,16 @@ def test_a_command_that_cannot_start_and_a_crash_loop_are_given_up(mesh: UpRun) 
     # never for its full timeout.
     assert waited < MESH_READY_TIMEOUT_S - 10, (waited, mesh.read_output())
 
-    broken = _process(state, "broken-0")
+    broken = process_named(state, "broken-0")
     assert broken["state"] == "cannot-start"
     assert broken["pid"] is None and broken["restarts"] == 0
     assert "tulle-no-such-command" in str(broken["error"])
-    crashy = _process(state, "crashy-0")
+    crashy = process_named(state, "crashy-0")
     assert crashy["state"] == "crash-loop", crashy
     assert crashy["restarts"] == CRASH_LOOP.limit - 1
     assert crashy["exit_code"] == 3
     assert "crashy: no config" in str(crashy["error"])
-    assert _process(state, "hello-0")["state"] == "running"
+    assert process_named(state, "hello-0")["state"] == "running"
 
     # state.json says ready just before the banner is printed.
     deadline = time.monotonic() + 20
@@ -88,8 +79,8 @@ def test_a_command_that_cannot_start_and_a_crash_loop_are_given_up(mesh: UpRun) 
     # Given up means no more restarts, however long the mesh runs.
     time.sleep(3.0)  # longer than the largest backoff step the loop had reached
     later = mesh.state()
-    assert _process(later, "crashy-0")["restarts"] == CRASH_LOOP.limit - 1
-    assert _process(later, "broken-0")["restarts"] == 0
+    assert process_named(later, "crashy-0")["restarts"] == CRASH_LOOP.limit - 1
+    assert process_named(later, "broken-0")["restarts"] == 0
 
     # The rest of the mesh works.
     ingress = port_of(state["ingress"]["addr"])

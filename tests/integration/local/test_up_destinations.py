@@ -17,7 +17,7 @@ from typing import Any
 
 import pytest
 from support.tools import require_binary
-from up_harness import UpRun, http_get, port_of
+from up_harness import UpRun, http_get, port_of, up_running
 
 pytestmark = pytest.mark.integration
 
@@ -36,11 +36,8 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UpRun, dict
     tmp_path = tmp_path_factory.mktemp("up-destinations")
     manifest = tmp_path / "mesh.yaml"
     manifest.write_text(MANIFEST)
-    run = UpRun([str(manifest), "--ingress-port", "0"], tmp_path / "state", tmp_path)
-    try:
+    with up_running(manifest) as run:
         yield run, run.wait_ready()
-    finally:
-        run.close()
 
 
 def raw_request(port: int, data: bytes) -> tuple[int, str]:

@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 
 import pytest
-from up_harness import UpRun, http_get, port_of
+from up_harness import UpRun, http_get, port_of, up_running
 
 pytestmark = pytest.mark.integration
 
@@ -37,8 +37,7 @@ def sidecar_pid(run: UpRun) -> int | None:
 def test_a_wedged_sidecar_is_killed_and_restarted(tmp_path: Path) -> None:
     manifest = tmp_path / "mesh.yaml"
     manifest.write_text(MANIFEST)
-    run = UpRun([str(manifest), "--ingress-port", "0"], tmp_path / "state", tmp_path)
-    try:
+    with up_running(manifest) as run:
         state = run.wait_ready()
         ingress = port_of(state["ingress"]["addr"])
         assert http_get(ingress, "/", {"Host": "hello"})[0] == 200
@@ -66,5 +65,3 @@ def test_a_wedged_sidecar_is_killed_and_restarted(tmp_path: Path) -> None:
             if status != 200:
                 time.sleep(0.5)
         assert status == 200
-    finally:
-        run.close()

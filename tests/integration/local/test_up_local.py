@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-import contextlib
 import http.client
 import json
 import os
 import signal
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from up_harness import MeshWatcher, UpRun, http_get, metric_sum, port_of
+from up_harness import (
+    MeshWatcher,
+    UpRun,
+    http_get,
+    metric_sum,
+    port_of,
+    process_named,
+    requests_meanwhile,
+    up_running,
+)
 
 pytestmark = pytest.mark.integration
 
@@ -42,18 +49,9 @@ def manifest(tmp_path: Path) -> Path:
 
 
 @pytest.fixture
-def mesh(tmp_path: Path, manifest: Path) -> Iterator[UpRun]:
-    run = UpRun([str(manifest), "--ingress-port", "0"], tmp_path / "state", tmp_path)
-    try:
+def mesh(manifest: Path) -> Iterator[UpRun]:
+    with up_running(manifest) as run:
         yield run
-    finally:
-        run.close()
-
-
-def _process(state: dict[str, object], name: str) -> dict[str, object]:
-    processes = state["processes"]
-    assert isinstance(processes, list)
-    return next(p for p in processes if p["name"] == name)
 
 
 def test_request_through_ingress_reaches_a_backend_via_two_sidecars(mesh: UpRun) -> None:
@@ -90,13 +88,13 @@ def test_request_through_ingress_reaches_a_backend_via_two_sidecars(mesh: UpRun)
 
 def test_a_killed_app_is_restarted(mesh: UpRun) -> None:
     state = mesh.wait_ready()
-    victim = _process(state, "hello-1")
+    victim = process_named(state, "hello-1")
     old_pid = int(str(victim["pid"]))
     os.kill(old_pid, signal.SIGKILL)
     deadline = time.monotonic() + 20
     restarted = None
     while time.monotonic() < deadline:
-        current = _process(mesh.state(), "hello-1")
+        current = process_named(mesh.state(), "hello-1")
         if current["pid"] and current["pid"] != old_pid and current["restarts"] == 1:
             restarted = current
             break
@@ -233,8 +231,7 @@ ingress:
 def test_the_ingress_reaches_only_the_services_the_manifest_names(tmp_path: Path) -> None:
     manifest = tmp_path / "restricted.yaml"
     manifest.write_text(RESTRICTED_MANIFEST)
-    run = UpRun([str(manifest), "--ingress-port", "0"], tmp_path / "state", tmp_path)
-    try:
+    with up_running(manifest) as run:
         state = run.wait_ready()
         assert state["ingress"]["services"] == ["hello"]
         ingress = port_of(state["ingress"]["addr"])
@@ -246,8 +243,6 @@ def test_the_ingress_reaches_only_the_services_the_manifest_names(tmp_path: Path
         assert http_get(port_of(hello["outbound"]), "/", {"Host": "hidden"})[0] == 200
         exposed = (run.state_dir / "mesh.ingress.yaml").read_text()
         assert "name: hello" in exposed and "name: hidden" not in exposed
-    finally:
-        run.close()
     assert run.wait_gone(timeout_s=5) == []
 
 
@@ -289,26 +284,12 @@ def test_the_mesh_keeps_its_credentials_in_the_state_dir(mesh: UpRun, tmp_path: 
     assert applied.returncode == 0, applied.stderr
 
     ingress = port_of(state["ingress"]["addr"])
-    stop = threading.Event()
-
-    def traffic() -> None:
-        deadline = time.monotonic() + 20.0
-        while not stop.is_set() and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                http_get(ingress, "/", {"Host": "hello"})
-            stop.wait(0.05)
-
-    sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
-    try:
+    with requests_meanwhile(ingress, "hello", timeout_s=20.0):
         tapped = subprocess.run(
             [sys.executable, "-m", "tulle", "tap", "hello", "--json", "--limit", "2",
              "--duration", "15"],
             capture_output=True, text=True, timeout=30, check=False, env=env,
         )  # fmt: skip
-    finally:
-        stop.set()
-        sender.join(10)
     assert tapped.returncode == 0, tapped.stderr
     events = [json.loads(line) for line in tapped.stdout.splitlines()]
     assert [e["kind"] for e in events] == ["event", "event"], events

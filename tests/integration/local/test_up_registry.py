@@ -8,18 +8,16 @@ is never touched.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import subprocess
 import sys
-import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-from up_harness import UpRun, http_get, port_of
+from up_harness import UpRun, port_of, requests_meanwhile
 
 from tulle.local import registry
 
@@ -70,18 +68,7 @@ def test_check_stat_tap_dashboard_and_down_from_another_directory(
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     ingress = port_of(state["ingress"]["addr"])
-    stop = threading.Event()
-
-    def traffic() -> None:
-        deadline = time.monotonic() + 90
-        while not stop.is_set() and time.monotonic() < deadline:
-            with contextlib.suppress(OSError):
-                http_get(ingress, "/", {"Host": "hello"})
-            stop.wait(0.05)
-
-    sender = threading.Thread(target=traffic, daemon=True)
-    sender.start()
-    try:
+    with requests_meanwhile(ingress, "hello", timeout_s=90):
         dashboard = tulle(elsewhere, "dashboard", "--no-browser")
         assert dashboard.returncode == 0, dashboard.stderr
         # The URL carries the API token in its fragment (for the live tap), never in
@@ -110,9 +97,6 @@ def test_check_stat_tap_dashboard_and_down_from_another_directory(
         report = json.loads(check.stdout)
         names = {c["name"] for cat in report["categories"] for c in cat["checks"]}
         assert "hello/hello-0 ready" in names, report
-    finally:
-        stop.set()
-        sender.join(10)
 
     down = tulle(elsewhere, "down")
     assert down.returncode == 0, down.stderr

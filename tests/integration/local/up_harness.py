@@ -17,7 +17,9 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +40,35 @@ def http_get(
 
 def port_of(address: str) -> int:
     return int(address.rsplit(":", 1)[1])
+
+
+def process_named(state: dict[str, Any], name: str) -> dict[str, Any]:
+    """The entry of state.json's `processes` called `name`."""
+    processes = state["processes"]
+    assert isinstance(processes, list)
+    return next(p for p in processes if p["name"] == name)
+
+
+@contextlib.contextmanager
+def requests_meanwhile(port: int, host: str, timeout_s: float) -> Iterator[None]:
+    """GET / with `Host: host` to `port` every 50 ms on a thread, for at most
+    `timeout_s`, until the block ends; failed requests are ignored."""
+    stop = threading.Event()
+
+    def traffic() -> None:
+        deadline = time.monotonic() + timeout_s
+        while not stop.is_set() and time.monotonic() < deadline:
+            with contextlib.suppress(OSError):
+                http_get(port, "/", {"Host": host})
+            stop.wait(0.05)
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        yield
+    finally:
+        stop.set()
+        sender.join(10)
 
 
 def metric_sum(text: str, name: str, **labels: str) -> float:
@@ -179,3 +210,14 @@ class UpRun(MeshWatcher):
         with contextlib.suppress(subprocess.TimeoutExpired):
             self.process.wait(timeout=5)
         self._output.close()
+
+
+@contextlib.contextmanager
+def up_running(manifest: Path) -> Iterator[UpRun]:
+    """`tulle up` on `manifest` (ingress port 0), run in the manifest's directory
+    with its state in `state` there; stopped when the block ends."""
+    run = UpRun([str(manifest), "--ingress-port", "0"], manifest.parent / "state", manifest.parent)
+    try:
+        yield run
+    finally:
+        run.close()
