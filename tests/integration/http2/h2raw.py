@@ -147,6 +147,24 @@ class RawH2:
         )
 
 
+def flood_streams(raw: RawH2, authority: str, batches: int = 40, until: float | None = None) -> int:
+    """HEADERS + RST_STREAM pairs, 250 per write, until the proxy closes (or `batches`
+    writes, or the monotonic time `until`); the streams sent."""
+    sent = 0
+    for batch in range(batches):
+        if until is not None and time.monotonic() > until:
+            break
+        frames = []
+        for i in range(250):
+            stream_id = 2 * (batch * 250 + i) + 1
+            frames += [raw.request(stream_id, authority, "/"), rst(stream_id)]
+        raw.send(*frames)
+        if raw.closed:
+            break
+        sent += 250
+    return sent
+
+
 def data(stream_id: int, payload: bytes, end_stream: bool = False) -> DataFrame:
     frame = DataFrame(stream_id)
     frame.data = payload

@@ -15,6 +15,7 @@ from h2raw import (
     RawH2,
     continuation,
     data,
+    flood_streams,
     ping,
     rst,
     settings,
@@ -123,35 +124,10 @@ def test_rapid_reset(client: RawH2, proxy: Server) -> None:
     """CVE-2023-44487: open and reset thousands of streams; ended, bounded, cheap."""
     before_kib = rss_kib(proxy.process.pid)
     started = time.monotonic()
-    for batch in range(20):
-        frames = []
-        for i in range(250):
-            stream_id = 2 * (batch * 250 + i) + 1
-            frames += [client.request(stream_id, "web", "/"), rst(stream_id)]
-        client.send(*frames)
-        if client.closed:
-            break
+    flood_streams(client, "web", batches=20)
     assert goaway_code(client) == ENHANCE_YOUR_CALM
     assert time.monotonic() - started < 5
     assert rss_kib(proxy.process.pid) - before_kib < 32 << 10
-
-
-def flood_streams(raw: RawH2, authority: str, batches: int = 40, until: float | None = None) -> int:
-    """HEADERS + RST_STREAM pairs, 250 per write, until the proxy closes (or `batches`
-    writes, or the monotonic time `until`); the streams sent."""
-    sent = 0
-    for batch in range(batches):
-        if until is not None and time.monotonic() > until:
-            break
-        frames = []
-        for i in range(250):
-            stream_id = 2 * (batch * 250 + i) + 1
-            frames += [raw.request(stream_id, authority, "/"), rst(stream_id)]
-        raw.send(*frames)
-        if raw.closed:
-            break
-        sent += 250
-    return sent
 
 
 @pytest.mark.parametrize("authority", ["nowhere", "empty"])

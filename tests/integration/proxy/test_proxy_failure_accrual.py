@@ -26,7 +26,7 @@ HTTP2_TESTS = Path(__file__).resolve().parents[1] / "http2"
 sys.path.insert(0, str(HTTP2_TESTS))
 
 from grpc_service import echo_pb2, echo_pb2_grpc  # noqa: E402
-from h2raw import RawH2, rst  # noqa: E402
+from h2raw import RawH2, flood_streams  # noqa: E402
 from h2support import Server, start_grpc_server  # noqa: E402
 from hyperframe.frame import GoAwayFrame  # noqa: E402
 
@@ -195,14 +195,7 @@ def test_rapid_reset_of_streams_to_an_ejected_service_is_cut(proxy: Proxy) -> No
     raw = RawH2(proxy.outbound_port)
     try:
         raw.handshake()
-        for batch in range(40):
-            frames = []
-            for i in range(250):
-                stream_id = 2 * (batch * 250 + i) + 1
-                frames += [raw.request(stream_id, "dead-flood", "/"), rst(stream_id)]
-            raw.send(*frames)
-            if raw.closed:
-                break
+        flood_streams(raw, "dead-flood")
         raw.read_until(GoAwayFrame, timeout=WAIT_S)
         goaway = raw.goaway()
         assert goaway is not None and goaway.error_code == 0xB  # ENHANCE_YOUR_CALM
