@@ -6,37 +6,18 @@ import asyncio
 import signal
 import sys
 import time
-from collections.abc import AsyncIterable
 from pathlib import Path
-from typing import Generic, TypeVar
 
 import grpc
 import pytest
 from control_launcher import mesh, start_control, write_manifest
 from support.process import ProcessGroup
+from support.streams import Reader
 
 from tulle.api.proto import destination_pb2 as pb
 from tulle.api.proto import destination_pb2_grpc as pb_grpc
 
 pytestmark = pytest.mark.integration
-
-STEP_TIMEOUT_S = 5.0
-M = TypeVar("M")
-
-
-class Reader(Generic[M]):
-    """Reads a stream in a task, so that waiting with a timeout never cancels the call."""
-
-    def __init__(self, stream: AsyncIterable[M]) -> None:
-        self._queue: asyncio.Queue[M] = asyncio.Queue()
-        self._task = asyncio.ensure_future(self._pump(stream))
-
-    async def _pump(self, stream: AsyncIterable[M]) -> None:
-        async for message in stream:
-            self._queue.put_nowait(message)
-
-    async def next(self, timeout: float = STEP_TIMEOUT_S) -> M:
-        return await asyncio.wait_for(self._queue.get(), timeout)
 
 
 def addresses(update: pb.Update) -> set[int]:

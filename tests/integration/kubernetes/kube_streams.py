@@ -2,32 +2,12 @@
 
 from __future__ import annotations
 
-import asyncio
 import time
-from collections.abc import AsyncIterable, Callable
-from typing import Generic, TypeVar
+from collections.abc import Callable
+
+from support.streams import Reader
 
 from tulle.api.proto import destination_pb2 as pb
-
-M = TypeVar("M")
-
-
-class Reader(Generic[M]):
-    """Reads a stream in a task, so that waiting with a timeout never cancels the call."""
-
-    def __init__(self, stream: AsyncIterable[M]) -> None:
-        self._queue: asyncio.Queue[M] = asyncio.Queue()
-        self._task = asyncio.ensure_future(self._pump(stream))
-
-    async def _pump(self, stream: AsyncIterable[M]) -> None:
-        async for message in stream:
-            self._queue.put_nowait(message)
-
-    async def next(self, timeout: float) -> M:
-        return await asyncio.wait_for(self._queue.get(), timeout)
-
-    def cancel(self) -> None:
-        self._task.cancel()
 
 
 class EndpointSet:

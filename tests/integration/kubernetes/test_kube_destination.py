@@ -11,9 +11,10 @@ import grpc
 import pytest
 from kube_cluster import Cluster, KubeletStandIn
 from kube_launcher import TRUST_DOMAIN, start_kube_control
-from kube_streams import EndpointSet, Reader
+from kube_streams import EndpointSet
 from support.ports import free_port
 from support.process import ProcessGroup
+from support.streams import Reader
 
 from tulle.api.proto import destination_pb2 as pb
 from tulle.api.proto import destination_pb2_grpc as pb_grpc
