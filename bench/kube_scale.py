@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import re
 import statistics
 import sys
 import tempfile
@@ -35,9 +34,8 @@ sys.path[:0] = [
 ]
 
 from kube_cluster import Cluster, start_cluster  # noqa: E402
+from support.mesh import CONTROL_READY  # noqa: E402
 from support.process import ProcessGroup  # noqa: E402
-
-READY = re.compile(r"tulle control ready grpc=[\d.]+:(\d+) admin=[\d.]+:(\d+)")
 
 
 def ip(service: int, endpoint: int) -> str:
@@ -191,16 +189,8 @@ def main() -> None:
                 "warning",
             ],
         )
-        found: list[re.Match[str]] = []
-
-        def announced() -> bool:
-            match = READY.search(control.output())
-            if match:
-                found.append(match)
-            return match is not None
-
-        control.wait_for(announced, "the ready line", 120)
-        port = int(found[0].group(1))
+        ready = control.wait_for_match(CONTROL_READY, "the ready line", 120)
+        port = int(ready.group(1))
         rss_idle = rss_mib(control.pid)
         result = asyncio.run(
             measure(

@@ -2,16 +2,14 @@
 
 from __future__ import annotations
 
-import re
 import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
+from support.mesh import CONTROL_READY
 from support.ports import LOOPBACK
 from support.process import ManagedProcess, ProcessGroup
-
-_READY = re.compile(r"tulle control ready grpc=[\d.]+:(\d+) admin=[\d.]+:(\d+)")
 
 
 @dataclass
@@ -68,16 +66,8 @@ def start_control(
             *extra,
         ],
     )
-    found: list[re.Match[str]] = []
-
-    def announced() -> bool:
-        match = _READY.search(process.output())
-        if match:
-            found.append(match)
-        return match is not None
-
-    process.wait_for(announced, "the ready line")
-    replica = Replica(process, int(found[0].group(1)), int(found[0].group(2)))
+    ready = process.wait_for_match(CONTROL_READY, "the ready line")
+    replica = Replica(process, int(ready.group(1)), int(ready.group(2)))
     process.wait_for(lambda: replica.admin_get("/ready")[0] == 200, "/ready")
     return replica
 

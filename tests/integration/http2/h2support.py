@@ -23,21 +23,13 @@ HARNESS = HERE / "h2proxy_harness.py"
 H2_BACKEND = HERE / "h2_backend.py"
 # Prepended, not replacing: the harness must import the tulle under test (a
 # worktree's src on PYTHONPATH), not whichever copy is installed.
+_LISTENING = re.compile(r"^LISTENING (\d+)$", re.MULTILINE)
 _ENV = {"PYTHONPATH": os.pathsep.join(p for p in (str(HERE), os.environ.get("PYTHONPATH")) if p)}
 
 
 def listening_port(process: ManagedProcess, timeout: float = 15.0) -> int:
     """Wait for the `LISTENING <port>` line a test server prints once bound."""
-    found: list[int] = []
-
-    def announced() -> bool:
-        match = re.search(r"^LISTENING (\d+)$", process.output(), re.MULTILINE)
-        if match:
-            found.append(int(match.group(1)))
-        return bool(match)
-
-    process.wait_for(announced, "LISTENING line", timeout)
-    return found[0]
+    return int(process.wait_for_match(_LISTENING, "LISTENING line", timeout).group(1))
 
 
 @dataclass(eq=False)

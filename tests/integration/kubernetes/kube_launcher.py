@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from kube_cluster import Cluster
+from support.mesh import CONTROL_READY
 from support.ports import LOOPBACK
 from support.process import ManagedProcess, ProcessGroup, http_status
 
-_READY = re.compile(r"tulle control ready grpc=[\d.]+:(\d+) admin=[\d.]+:(\d+)")
 TRUST_DOMAIN = "cluster.local"
 
 
@@ -51,15 +50,7 @@ def start_kube_control(
             *extra,
         ],
     )
-    found: list[re.Match[str]] = []
-
-    def announced() -> bool:
-        match = _READY.search(process.output())
-        if match:
-            found.append(match)
-        return match is not None
-
-    process.wait_for(announced, "the ready line", timeout=30)
-    replica = KubeReplica(process, int(found[0].group(1)), int(found[0].group(2)))
+    ready = process.wait_for_match(CONTROL_READY, "the ready line", timeout=30)
+    replica = KubeReplica(process, int(ready.group(1)), int(ready.group(2)))
     process.wait_for(lambda: http_status(LOOPBACK, replica.admin_port, "/ready") == 200, "/ready")
     return replica

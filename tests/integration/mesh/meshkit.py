@@ -19,6 +19,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from support.mesh import CONTROL_READY
 from support.ports import LOOPBACK
 from support.process import ManagedProcess, ProcessGroup, http_status
 
@@ -56,7 +57,6 @@ asyncio.run(main())
 """
 
 _LISTENING = re.compile(r"listening (\d+)")
-_CONTROL_READY = re.compile(r"tulle control ready grpc=[\d.]+:(\d+) admin=[\d.]+:(\d+)")
 
 
 @dataclass
@@ -88,16 +88,8 @@ def named_backend(
         [sys.executable, "-c", BACKEND_SCRIPT, name, str(port), str(delay_ms)]
         + (["1"] if log_requests else []),
     )
-    found: list[re.Match[str]] = []
-
-    def announced() -> bool:
-        match = _LISTENING.search(process.output())
-        if match:
-            found.append(match)
-        return match is not None
-
-    process.wait_for(announced, "listening line")
-    return NamedBackend(process, name, int(found[0].group(1)))
+    ready = process.wait_for_match(_LISTENING, "listening line")
+    return NamedBackend(process, name, int(ready.group(1)))
 
 
 @dataclass
@@ -119,16 +111,8 @@ def start_control(
         ["control", "--manifest", str(manifest), "--grpc-addr", f"{LOOPBACK}:{grpc_port}",
          "--admin-addr", f"{LOOPBACK}:0", "--http-addr", f"{LOOPBACK}:0", "--poll-interval", "0.1"],
     )  # fmt: skip
-    found: list[re.Match[str]] = []
-
-    def announced() -> bool:
-        match = _CONTROL_READY.search(process.output())
-        if match:
-            found.append(match)
-        return match is not None
-
-    process.wait_for(announced, "the ready line")
-    control = Control(process, int(found[0].group(1)), int(found[0].group(2)))
+    ready = process.wait_for_match(CONTROL_READY, "the ready line")
+    control = Control(process, int(ready.group(1)), int(ready.group(2)))
     process.wait_for(lambda: http_status(LOOPBACK, control.admin_port, "/ready") == 200, "/ready")
     return control
 

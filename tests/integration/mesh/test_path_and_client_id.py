@@ -121,16 +121,8 @@ class World:
             check=True, capture_output=True, timeout=60,
         )  # fmt: skip
         app = group.start("whoami", [sys.executable, str(APP)])
-        found: list[re.Match[str]] = []
-
-        def announced() -> bool:
-            match = re.search(r"listening (\d+)", app.output())
-            if match:
-                found.append(match)
-            return match is not None
-
-        app.wait_for(announced, "the app's listening line")
-        self.app_port = int(found[0].group(1))
+        listening = app.wait_for_match(re.compile(r"listening (\d+)"), "the app's listening line")
+        self.app_port = int(listening.group(1))
         path = tmp / "mesh.yaml"
         path.write_text("services: []\n")
         control = start_control(group, path)

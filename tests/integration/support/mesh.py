@@ -21,6 +21,8 @@ HEADER_READ_TIMEOUT_FLAG = "--header-timeout"
 UPSTREAM_TIMEOUT_FLAG = "--response-timeout"
 
 _LISTENING = re.compile(r"listening (\S+) ([\d.]+):(\d+)")
+# `tulle control`'s ready line: its gRPC and admin ports.
+CONTROL_READY = re.compile(r"tulle control ready grpc=[\d.]+:(\d+) admin=[\d.]+:(\d+)")
 
 
 @dataclass
@@ -46,16 +48,7 @@ def start_backend(group: ProcessGroup, mode: str = "http") -> Backend:
     process = group.tulle(
         f"backend-{mode}", ["demo", "backend", "--addr", f"{LOOPBACK}:0", "--mode", mode]
     )
-    found: list[re.Match[str]] = []
-
-    def announced() -> bool:
-        match = _LISTENING.search(process.output())
-        if match:
-            found.append(match)
-        return match is not None
-
-    process.wait_for(announced, "listening line")
-    match = found[0]
+    match = process.wait_for_match(_LISTENING, "listening line")
     return Backend(process, match.group(2), int(match.group(3)), mode)
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import http.client
 import os
+import re
 import signal
 import socket
 import subprocess
@@ -84,6 +85,21 @@ class ManagedProcess:
                 return
             time.sleep(POLL_INTERVAL_S)
         raise TimeoutError(f"{self.name}: no {what} within {timeout} s\n{self.describe()}")
+
+    def wait_for_match(
+        self, pattern: re.Pattern[str], what: str, timeout: float = READY_TIMEOUT_S
+    ) -> re.Match[str]:
+        """Poll the output until `pattern` is found in it (as `wait_for`); the match."""
+        found: list[re.Match[str]] = []
+
+        def announced() -> bool:
+            match = pattern.search(self.output())
+            if match:
+                found.append(match)
+            return match is not None
+
+        self.wait_for(announced, what, timeout)
+        return found[0]
 
     def signal(self, signum: int) -> None:
         if self.alive():

@@ -166,16 +166,8 @@ def start_control(
             *extra,
         ],
     )
-    found: list[re.Match[str]] = []
-
-    def announced() -> bool:
-        match = _READY.search(control.output())
-        if match:
-            found.append(match)
-        return match is not None
-
-    control.wait_for(announced, "the ready line")
-    grpc_port, http_port = int(found[0].group(1)), int(found[0].group(3))
+    ready = control.wait_for_match(_READY, "the ready line")
+    grpc_port, http_port = int(ready.group(1)), int(ready.group(3))
     api_url = f"http://{LOOPBACK}:{http_port}"
     API_TOKENS[api_url] = read_token_file(api_token)
     return control, grpc_port, api_url
