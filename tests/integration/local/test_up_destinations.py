@@ -10,12 +10,12 @@ once, and nothing it aimed at is harmed.
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 from collections.abc import Iterator
 from typing import Any
 
 import pytest
+from support.rawhttp import RawHttpConnection
 from support.tools import require_binary
 from up_harness import UpRun, http_get, port_of, up_running
 
@@ -42,21 +42,10 @@ def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[UpRun, dict
 
 def raw_request(port: int, data: bytes) -> tuple[int, str]:
     """Send `data`, read one response head: its status and `tulle-proxy-error`."""
-    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
-        sock.sendall(data)
-        head = b""
-        while b"\r\n\r\n" not in head:
-            chunk = sock.recv(65536)
-            if not chunk:
-                break
-            head += chunk
-    lines = head.split(b"\r\n\r\n", 1)[0].decode("latin-1").split("\r\n")
-    error = ""
-    for line in lines[1:]:
-        name, _, value = line.partition(":")
-        if name.strip().lower() == "tulle-proxy-error":
-            error = value.strip()
-    return int(lines[0].split()[1]), error
+    with RawHttpConnection("127.0.0.1", port, timeout=10) as connection:
+        connection.send(data)
+        head = connection.read_head()
+    return head.status, head.proxy_error or ""
 
 
 def h2_status(port: int, authority: str) -> tuple[int, str]:
