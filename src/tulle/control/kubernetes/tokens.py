@@ -22,6 +22,7 @@ import re
 
 from tulle.control.kubernetes.client import KubeClient, KubeError
 from tulle.identity.authority import NotAuthenticated
+from tulle.identity.spiffe import SpiffeId
 
 DEFAULT_AUDIENCE = "identity.tulle.io"
 TOKEN_REVIEWS = "/apis/authentication.k8s.io/v1/tokenreviews"
@@ -85,4 +86,4 @@ class ServiceAccountAuthenticator:
         if match is None:
             raise NotAuthenticated("the Kubernetes token does not belong to a ServiceAccount")
         namespace, account = match.groups()
-        return f"spiffe://{self.trust_domain}/ns/{namespace}/sa/{account}"
+        return SpiffeId(self.trust_domain, namespace, account).uri

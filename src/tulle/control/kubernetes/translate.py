@@ -72,6 +72,7 @@ from tulle.core.policy import (
     ServerSpec,
     WorkloadPolicySpec,
 )
+from tulle.identity.spiffe import SpiffeId
 
 Key = tuple[str, str]
 Store = Mapping[Key, Obj]
@@ -260,7 +261,7 @@ def pod_identity(pod: Obj | None, trust_domain: str) -> str | None:
     namespace, _ = _meta(pod)
     spec = _map(pod.get("spec"), "spec")
     account = _str(spec.get("serviceAccountName"), "spec.serviceAccountName") or "default"
-    return f"spiffe://{trust_domain}/ns/{namespace}/sa/{account}"
+    return SpiffeId(trust_domain, namespace, account).uri
 
 
 def is_ip(text: str) -> bool:
@@ -790,7 +791,7 @@ def _policy(state: ClusterState, settings: Settings, problems: list[str]) -> Pol
                 kind, ref_ns, ref_name = _local_ref(ref, "identityRefs[]", namespace)
                 if kind != "ServiceAccount":
                     raise Invalid("identityRefs[].kind: only ServiceAccount is supported")
-                identities.append(f"spiffe://{settings.trust_domain}/ns/{ref_ns}/sa/{ref_name}")
+                identities.append(SpiffeId(settings.trust_domain, ref_ns, ref_name).uri)
             if not identities:
                 raise Invalid("spec: needs identities or identityRefs")
             key = f"{namespace}/{name}"
@@ -851,7 +852,7 @@ def _policy(state: ClusterState, settings: Settings, problems: list[str]) -> Pol
                 key = f"{ref_ns}/{ref_name}"
                 if ref_kind == "ServiceAccount":
                     key = f"sa:{key}"
-                    identity = f"spiffe://{settings.trust_domain}/ns/{ref_ns}/sa/{ref_name}"
+                    identity = SpiffeId(settings.trust_domain, ref_ns, ref_name).uri
                     authentications.setdefault(key, Authentication(key, identities=(identity,)))
                 elif ref_kind not in ("MeshTLSAuthentication", "NetworkAuthentication"):
                     raise Invalid(f"requiredAuthenticationRefs[].kind: {ref_kind!r} unsupported")
