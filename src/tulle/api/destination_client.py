@@ -52,6 +52,7 @@ from tulle.core.discovery import (
     Route,
     RouteMatch,
     ServiceView,
+    format_address,
     parse_address,
 )
 
@@ -299,9 +300,7 @@ class ControlResolver:
     def _channel(self, index: int) -> grpc.aio.Channel:
         channel = self._channels.get(index)
         if channel is None:
-            host, port = self.addresses[index]
-            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            channel = open_channel(target, CHANNEL_OPTIONS, self.tls)
+            channel = open_channel(format_address(self.addresses[index]), CHANNEL_OPTIONS, self.tls)
             self._channels[index] = channel
         return channel
 

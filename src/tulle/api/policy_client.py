@@ -31,7 +31,7 @@ from tulle.api.destination_client import CHANNEL_OPTIONS, DEFAULT_BACKOFF, _matc
 from tulle.api.proto import policy_pb2 as pb
 from tulle.api.proto import policy_pb2_grpc as pb_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
-from tulle.core.discovery import Address
+from tulle.core.discovery import Address, format_address
 from tulle.core.policy import (
     ALL_AUTHENTICATED,
     ALL_UNAUTHENTICATED,
@@ -200,9 +200,7 @@ class PolicyWatcher:
     def _channel(self, index: int) -> grpc.aio.Channel:
         channel = self._channels.get(index)
         if channel is None:
-            host, port = self.addresses[index]
-            target = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
-            channel = open_channel(target, CHANNEL_OPTIONS, self.tls)
+            channel = open_channel(format_address(self.addresses[index]), CHANNEL_OPTIONS, self.tls)
             self._channels[index] = channel
         return channel
 

@@ -29,7 +29,7 @@ from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S, ManifestFileS
 from tulle.control.metrics import ControlMetrics
 from tulle.control.policy.index import PolicyIndex
 from tulle.control.policy.service import add_policy_servicer
-from tulle.core.discovery import Address
+from tulle.core.discovery import Address, format_address
 from tulle.identity.store import IdentityStoreError, IssuerUnavailable
 from tulle.viz.service import VizService
 
@@ -94,11 +94,6 @@ class ControlConfig:
     # leaf (tulle.control.serving_tls) unless this asks for plaintext.
     grpc_plaintext: bool = False
     grpc_tls_names: tuple[str, ...] = DEFAULT_TLS_NAMES
-
-
-def format_address(address: Address) -> str:
-    host, port = address
-    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
 
 
 class ControlPlane:

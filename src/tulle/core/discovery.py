@@ -290,6 +290,12 @@ def parse_address(text: str, *, default_host: str | None = None) -> Address:
     return host, port_num
 
 
+def format_address(address: Address) -> str:
+    """HOST:PORT, with an IPv6 host in brackets: what `parse_address` reads back."""
+    host, port = address
+    return f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+
+
 def parse_static_dst(spec: str) -> tuple[str, list[Endpoint]]:
     """Parse NAME=HOST:PORT[@IDENTITY][,HOST:PORT[@IDENTITY]...].
 

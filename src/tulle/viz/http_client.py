@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import AsyncIterator
 from urllib.parse import urlsplit
 
-from tulle.core.discovery import parse_address
+from tulle.core.discovery import format_address, parse_address
 
 MAX_BODY = 64 * 1024 * 1024
 
@@ -40,9 +40,8 @@ async def _open(
     headers: dict[str, str] | None = None,
 ) -> tuple[asyncio.StreamReader, asyncio.StreamWriter, int, dict[str, str]]:
     reader, writer = await asyncio.open_connection(host, port)
-    authority = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     head = (
-        f"{method} {path} HTTP/1.1\r\nhost: {authority}\r\nconnection: close\r\n"
+        f"{method} {path} HTTP/1.1\r\nhost: {format_address((host, port))}\r\nconnection: close\r\n"
         f"user-agent: tulle-viz\r\naccept: */*\r\n"
     )
     for name, value in (headers or {}).items():
