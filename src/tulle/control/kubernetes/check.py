@@ -33,6 +33,7 @@ from tulle.control.kubernetes.install import (
     crds,
 )
 from tulle.control.kubernetes.source import endpoint_slice_resource
+from tulle.core.discovery import format_address
 from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
 
 MAX_SKEW_S = 5.0
@@ -42,7 +43,7 @@ PROBE_TIMEOUT_S = 2.0
 
 async def _probe_ready(host: str, port: int) -> bool | None:
     """True/False: /ready answered; None: this machine cannot reach the address."""
-    url = f"http://[{host}]:{port}/ready" if ":" in host else f"http://{host}:{port}/ready"
+    url = f"http://{format_address((host, port))}/ready"
     try:
         async with httpx.AsyncClient(timeout=PROBE_TIMEOUT_S) as client:
             response = await client.get(url)
