@@ -76,13 +76,11 @@ def install_loop() -> None:
     asyncio.set_event_loop_policy(uvloop.EventLoopPolicy())
 
 
-def make_resolver(config: ProxyConfig) -> Resolver:
+def make_resolver(config: ProxyConfig, tls: ControlTls | None) -> Resolver:
     if config.control_addrs:
         from tulle.api.destination_client import ControlResolver, context_token
 
-        return ControlResolver(
-            list(config.control_addrs), context_token(config.workload), tls=control_tls(config)
-        )
+        return ControlResolver(list(config.control_addrs), context_token(config.workload), tls=tls)
     return StaticResolver(config.static_dst)
 
 
@@ -128,7 +126,9 @@ class Worker:
         self.loop = loop
         self.metrics = Metrics()
         self.tap = TapHub()
-        self.resolver = make_resolver(config)
+        # Read once: the resolver, the identity and the policy clients all dial with it.
+        self.control_tls = control_tls(config)
+        self.resolver = make_resolver(config, self.control_tls)
         self.contexts: list[ProxyContext] = []
         self.acceptors: list[Acceptor] = []
         self._sweeper: asyncio.Task[None] | None = None
@@ -168,7 +168,7 @@ class Worker:
                 cfg.identity,
                 [f"{h}:{p}" for h, p in addrs],
                 cfg.identity_token,
-                tls=control_tls(cfg),
+                tls=self.control_tls,
             )
         self.mesh = MeshTls(certs)
         for ctx in self.contexts:
@@ -186,7 +186,7 @@ class Worker:
         from tulle.proxy.authz import InboundAuthz
 
         port = cfg.app_addr[1] if cfg.app_addr is not None else 0
-        watcher = PolicyWatcher(list(cfg.control_addrs), cfg.workload, port, tls=control_tls(cfg))
+        watcher = PolicyWatcher(list(cfg.control_addrs), cfg.workload, port, tls=self.control_tls)
         watcher.start()
         self.inbound.authz = InboundAuthz(watcher, self.metrics)
         self.policy_watcher = watcher
