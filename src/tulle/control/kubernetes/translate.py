@@ -38,6 +38,7 @@ reported in `problems` (the source logs each once); the others still apply.
 from __future__ import annotations
 
 import ipaddress
+import itertools
 import json
 import re
 import socket
@@ -738,7 +739,9 @@ def _local_ref(ref: Any, what: str, namespace: str) -> tuple[str, str, str]:
 def _policy(state: ClusterState, settings: Settings, problems: list[str]) -> PolicySpec:
     servers: list[ServerSpec] = []
     workloads: list[WorkloadPolicySpec] = []
-    for (namespace, pod_name), pod in sorted(state.pods.items()):
+    # Sorted and grouped once: a Server selects pods of its own namespace only.
+    pods_by_namespace = _by_namespace(state.pods)
+    for (namespace, pod_name), pod in itertools.chain.from_iterable(pods_by_namespace.values()):
         # Read without the checking helpers: this runs for every pod on every rebuild.
         meta = pod.get("metadata")
         annotations = meta.get("annotations") if isinstance(meta, dict) else None
@@ -760,8 +763,8 @@ def _policy(state: ClusterState, settings: Settings, problems: list[str]) -> Pol
                 raise Invalid(f"spec.accessPolicy: {mode!r} is not one of {', '.join(MODES)}")
             probes = tuple(_str(p, "probePaths[]") for p in _list(spec.get("probePaths"), "x"))
             port_value = spec.get("port")
-            for (pod_ns, pod_name), pod in sorted(state.pods.items()):
-                if pod_ns != namespace or not _selects(selector, _labels(pod)):
+            for (pod_ns, pod_name), pod in pods_by_namespace.get(namespace, ()):
+                if not _selects(selector, _labels(pod)):
                     continue
                 if isinstance(port_value, str):
                     number = _container_port(pod, port_value)
