@@ -33,6 +33,8 @@ from dataclasses import dataclass
 from typing import Any
 
 from tulle import __version__
+from tulle.control.kubernetes.client import Resource
+from tulle.control.kubernetes.source import DISCOVERY_GROUP, watched_kinds
 
 Obj = dict[str, Any]
 
@@ -146,32 +148,22 @@ def _labels(component: str = "control") -> dict[str, str]:
 
 
 def rbac(options: InstallOptions) -> list[Obj]:
+    # Read-only on exactly what the source watches (either EndpointSlice version).
+    plurals: dict[str, list[str]] = {}
+    for resource in watched_kinds(Resource(DISCOVERY_GROUP, "v1", "endpointslices")).values():
+        plurals.setdefault(resource.group, []).append(resource.plural)
     read = ["get", "list", "watch"]
-    rules = [
-        {"apiGroups": [""], "resources": ["services", "pods"], "verbs": read},
-        {"apiGroups": ["discovery.k8s.io"], "resources": ["endpointslices"], "verbs": read},
-        {
-            "apiGroups": ["gateway.networking.k8s.io"],
-            "resources": ["httproutes", "grpcroutes"],
-            "verbs": read,
-        },
-        {"apiGroups": ["tulle.io"], "resources": ["serviceprofiles"], "verbs": read},
-        {
-            "apiGroups": ["policy.tulle.io"],
-            "resources": [
-                "servers",
-                "meshtlsauthentications",
-                "networkauthentications",
-                "authorizationpolicies",
-            ],
-            "verbs": read,
-        },
+    rules: list[Obj] = [
+        {"apiGroups": [group], "resources": resources, "verbs": read}
+        for group, resources in plurals.items()
+    ]
+    rules.append(
         {
             "apiGroups": ["authentication.k8s.io"],
             "resources": ["tokenreviews"],
             "verbs": ["create"],
-        },
-    ]
+        }
+    )
     return [
         {
             "apiVersion": "v1",

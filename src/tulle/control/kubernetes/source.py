@@ -35,6 +35,7 @@ log = logging.getLogger("tulle.control.kubernetes")
 
 DEFAULT_BATCH_S = 0.05
 GATEWAY_GROUP = "gateway.networking.k8s.io"
+DISCOVERY_GROUP = "discovery.k8s.io"
 
 SERVICES = Resource("", "v1", "services")
 PODS = Resource("", "v1", "pods")
@@ -47,15 +48,31 @@ NETWORK_AUTHENTICATIONS = Resource("policy.tulle.io", "v1alpha1", "networkauthen
 AUTHORIZATION_POLICIES = Resource("policy.tulle.io", "v1alpha1", "authorizationpolicies")
 
 
+def watched_kinds(slice_resource: Resource) -> dict[str, Resource]:
+    """What the source reflects, by `ClusterState` field (`tulle install`'s RBAC reads it)."""
+    return {
+        "services": SERVICES,
+        "endpoint_slices": slice_resource,
+        "pods": PODS,
+        "http_routes": HTTP_ROUTES,
+        "grpc_routes": GRPC_ROUTES,
+        "service_profiles": SERVICE_PROFILES,
+        "servers": SERVERS,
+        "mesh_tls_authentications": MESH_TLS_AUTHENTICATIONS,
+        "network_authentications": NETWORK_AUTHENTICATIONS,
+        "authorization_policies": AUTHORIZATION_POLICIES,
+    }
+
+
 async def endpoint_slice_resource(client: KubeClient) -> Resource:
     """`discovery.k8s.io/v1` when served, else `v1beta1`."""
     try:
-        group = await client.get("/apis/discovery.k8s.io")
+        group = await client.get(f"/apis/{DISCOVERY_GROUP}")
     except KubeError as exc:
         raise KubeError(f"the API server serves no EndpointSlices: {exc}", exc.status) from None
     versions = {v.get("version") for v in group.get("versions") or [] if isinstance(v, dict)}
     version = "v1" if "v1" in versions else "v1beta1"
-    return Resource("discovery.k8s.io", version, "endpointslices")
+    return Resource(DISCOVERY_GROUP, version, "endpointslices")
 
 
 class KubernetesSource:
@@ -87,19 +104,7 @@ class KubernetesSource:
     async def load_initial(self, timeout_s: float = 30.0) -> Manifest:
         """Start the reflectors and wait until every kind is listed once."""
         self.slice_resource = await endpoint_slice_resource(self.client)
-        kinds = {
-            "services": SERVICES,
-            "endpoint_slices": self.slice_resource,
-            "pods": PODS,
-            "http_routes": HTTP_ROUTES,
-            "grpc_routes": GRPC_ROUTES,
-            "service_profiles": SERVICE_PROFILES,
-            "servers": SERVERS,
-            "mesh_tls_authentications": MESH_TLS_AUTHENTICATIONS,
-            "network_authentications": NETWORK_AUTHENTICATIONS,
-            "authorization_policies": AUTHORIZATION_POLICIES,
-        }
-        for name, resource in kinds.items():
+        for name, resource in watched_kinds(self.slice_resource).items():
             reflector = Reflector(self.client, resource, self._mark, name=name)
             self._reflectors[name] = reflector
             self._tasks.append(asyncio.create_task(reflector.run(), name=f"reflect-{name}"))
