@@ -34,7 +34,17 @@ from typing import Any
 
 from tulle import __version__
 from tulle.control.kubernetes.client import Resource
-from tulle.control.kubernetes.source import DISCOVERY_GROUP, watched_kinds
+from tulle.control.kubernetes.source import (
+    AUTHORIZATION_POLICIES,
+    DISCOVERY_GROUP,
+    GRPC_ROUTES,
+    HTTP_ROUTES,
+    MESH_TLS_AUTHENTICATIONS,
+    NETWORK_AUTHENTICATIONS,
+    SERVERS,
+    SERVICE_PROFILES,
+    watched_kinds,
+)
 
 Obj = dict[str, Any]
 
@@ -75,13 +85,12 @@ class IdentityFiles:
 
 
 def _crd(
-    group: str,
+    resource: Resource,
     kind: str,
-    plural: str,
-    versions: tuple[str, ...],
     short: tuple[str, ...] = (),
     annotations: dict[str, str] | None = None,
 ) -> Obj:
+    group, plural = resource.group, resource.plural
     schema = {
         "openAPIV3Schema": {
             "type": "object",
@@ -110,13 +119,12 @@ def _crd(
             },
             "versions": [
                 {
-                    "name": version,
+                    "name": resource.version,
                     "served": True,
-                    "storage": i == 0,
+                    "storage": True,
                     "schema": schema,
                     "subresources": {"status": {}},
                 }
-                for i, version in enumerate(versions)
             ],
         },
     }
@@ -124,18 +132,16 @@ def _crd(
 
 def crds(options: InstallOptions) -> list[Obj]:
     result = [
-        _crd("tulle.io", "ServiceProfile", "serviceprofiles", ("v1alpha1",), ("sp",)),
-        _crd("policy.tulle.io", "Server", "servers", ("v1alpha1",), ("srv",)),
-        _crd("policy.tulle.io", "MeshTLSAuthentication", "meshtlsauthentications", ("v1alpha1",)),
-        _crd("policy.tulle.io", "NetworkAuthentication", "networkauthentications", ("v1alpha1",)),
-        _crd("policy.tulle.io", "AuthorizationPolicy", "authorizationpolicies", ("v1alpha1",)),
+        _crd(SERVICE_PROFILES, "ServiceProfile", ("sp",)),
+        _crd(SERVERS, "Server", ("srv",)),
+        _crd(MESH_TLS_AUTHENTICATIONS, "MeshTLSAuthentication"),
+        _crd(NETWORK_AUTHENTICATIONS, "NetworkAuthentication"),
+        _crd(AUTHORIZATION_POLICIES, "AuthorizationPolicy"),
     ]
     if options.gateway_api_crds:
         approval = {"api-approved.kubernetes.io": GATEWAY_APPROVAL}
-        for kind, plural in (("HTTPRoute", "httproutes"), ("GRPCRoute", "grpcroutes")):
-            result.append(
-                _crd("gateway.networking.k8s.io", kind, plural, ("v1",), annotations=approval)
-            )
+        for resource, kind in ((HTTP_ROUTES, "HTTPRoute"), (GRPC_ROUTES, "GRPCRoute")):
+            result.append(_crd(resource, kind, annotations=approval))
     return result
 
 
