@@ -59,7 +59,6 @@ class ServingCertificate:
         self.identity = ""
         self.last_leaf: x509.Certificate | None = None
         self.valid_until = 0.0
-        self.renewals = 0
 
     def _issue(self) -> grpc.ServerCertificateConfiguration:
         """A new leaf from the current issuer; raises IssuerUnavailable."""
@@ -117,7 +116,6 @@ class ServingCertificate:
         except IssuerUnavailable as error:
             log.warning("cannot renew the control plane's serving certificate: %s", error)
             return False
-        self.renewals += 1
         log.info(
             "control plane serving certificate renewed (%s), valid until %s",
             self.identity,

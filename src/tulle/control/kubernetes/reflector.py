@@ -60,10 +60,6 @@ class Reflector:
         self.store: dict[Key, Obj] = {}
         self.resource_version = ""
         self.synced = asyncio.Event()
-        # Counters for /metrics and tests.
-        self.lists = 0
-        self.watches = 0
-        self.events = 0
 
     async def run(self) -> None:
         backoff = Backoff(RETRY_BACKOFF)
@@ -95,7 +91,6 @@ class Reflector:
 
     async def _list(self) -> None:
         body = await self.client.list(self.resource)
-        self.lists += 1
         items = body.get("items")
         store: dict[Key, Obj] = {}
         for item in items if isinstance(items, list) else []:
@@ -111,7 +106,6 @@ class Reflector:
         self.synced.set()
 
     async def _watch(self) -> None:
-        self.watches += 1
         async for event in self.client.watch(self.resource, self.resource_version):
             kind = event.get("type")
             obj = event.get("object")
@@ -126,7 +120,6 @@ class Reflector:
             key = object_key(obj)
             if key is None:
                 continue
-            self.events += 1
             if kind in ("ADDED", "MODIFIED"):
                 self.store[key] = obj
             elif kind == "DELETED":

@@ -95,16 +95,14 @@ class KubernetesSource:
         self._tasks: list[asyncio.Task[None]] = []
         self._reported: set[str] = set()
         self._cache = TranslationCache()
-        self.manifest: Manifest | None = None
-        self.slice_resource: Resource | None = None
 
     def _mark(self) -> None:
         self._dirty.set()
 
     async def load_initial(self, timeout_s: float = 30.0) -> Manifest:
         """Start the reflectors and wait until every kind is listed once."""
-        self.slice_resource = await endpoint_slice_resource(self.client)
-        for name, resource in watched_kinds(self.slice_resource).items():
+        slice_resource = await endpoint_slice_resource(self.client)
+        for name, resource in watched_kinds(slice_resource).items():
             reflector = Reflector(self.client, resource, self._mark, name=name)
             self._reflectors[name] = reflector
             self._tasks.append(asyncio.create_task(reflector.run(), name=f"reflect-{name}"))
@@ -133,7 +131,6 @@ class KubernetesSource:
             if problem not in self._reported:
                 log.warning("ignoring an object: %s", problem)
         self._reported = set(translation.problems)
-        self.manifest = translation.manifest
         self._metrics.reload_ok += 1
         self._metrics.last_reload_ok_at = time.time()
         self._metrics.services = len(translation.manifest.services)
