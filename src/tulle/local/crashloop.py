@@ -41,15 +41,17 @@ def describe_exit(code: int | None) -> str:
 
 @dataclass(frozen=True, slots=True)
 class CrashLoopSpec:
-    limit: int = 5
-    window_s: float = 60.0
+    """`limit` failures within `window_s` seconds make a crash loop (supervisor.CRASH_LOOP)."""
+
+    limit: int
+    window_s: float
 
 
 @dataclass(slots=True)
 class CrashLoop:
     """The recent failures of one process, and whether it has been given up."""
 
-    spec: CrashLoopSpec = field(default_factory=CrashLoopSpec)
+    spec: CrashLoopSpec
     failures: deque[float] = field(default_factory=deque)
     # Why the supervisor stopped restarting it; empty while it still does.
     gave_up: str = ""
