@@ -161,6 +161,11 @@ def _addr(value: str, flag: str) -> Address:
         raise FlagError(str(exc), flag) from None
 
 
+def _addrs(value: str, flag: str) -> tuple[Address, ...]:
+    """A comma-separated list of HOST:PORT (empty entries skipped)."""
+    return tuple(_addr(a, flag) for a in value.split(",") if a.strip())
+
+
 def build_config(values: Mapping[str, object]) -> ProxyConfig:
     """The proxy's configuration from the flags' values; FlagError names a bad one."""
     from tulle.core.discovery import Endpoint, parse_static_dst
@@ -189,10 +194,7 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
             except ValueError as exc:
                 raise FlagError(str(exc), "--static-dst") from None
             services[name] = endpoints
-    control_addr = text("control_addr")
-    controls: tuple[Address, ...] = ()
-    if control_addr:
-        controls = tuple(_addr(a, "--control-addr") for a in control_addr.split(",") if a.strip())
+    controls = _addrs(text("control_addr"), "--control-addr")
     trust_anchors = text("trust_anchors")
     if trust_anchors:
         from tulle.api.control_tls import TrustAnchorsError, load_trust_anchors
@@ -223,10 +225,8 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
     outbound_raw_addresses = text("outbound_raw_addresses")
     if outbound_raw_addresses not in RAW_MODES:
         raise FlagError(f"expected one of {', '.join(RAW_MODES)}", "--outbound-raw-addresses")
-    denied = tuple(_addr(a, "--deny-dst") for a in text("deny_dst").split(",") if a.strip())
-    identity_addrs = tuple(
-        _addr(a, "--identity-addr") for a in identity_addr.split(",") if a.strip()
-    )
+    denied = _addrs(text("deny_dst"), "--deny-dst")
+    identity_addrs = _addrs(identity_addr, "--identity-addr")
     admin_token = ""
     if text("admin_token_file"):
         from pathlib import Path
