@@ -490,7 +490,7 @@ class Exchange:
             # The first request for a name waits (bounded) until discovery has
             # answered for its endpoints and its profile (routes, split).
             self.status = _WAITING
-            ctx.loop.create_task(self._await_known(target, lambda: self._routed(target)))
+            ctx.loop.create_task(self._await_known(target, self._routed))
             return
         self._routed(target)
 
@@ -541,13 +541,17 @@ class Exchange:
         """A target `normalize_target` refused (`tulle.codec.path`): a 400 saying why."""
         self.fail(400, "bad-path", refusal_reason(self.head.target))
 
-    async def _await_known(self, target: ServiceTarget, then: Callable[[], None]) -> None:
-        """Wait (bounded) for discovery's first answer about `target`, then go on."""
+    async def _await_known(
+        self, target: ServiceTarget, then: Callable[[ServiceTarget], None]
+    ) -> None:
+        """Wait (bounded) for discovery's first answer about `target`, then go
+        on with `then(target)` (a bound method: a closure in the caller would
+        make its locals cells, which costs every request)."""
         known = await target.view.wait_known(self.server.ctx.config.timeouts.discovery_s)
         if self.status == _DONE:
             return
         if known:
-            then()
+            then(target)
         else:
             self.fail(503, "discovery-timeout", f"no answer from discovery for {target.name!r}")
         self.server.flush_all()
@@ -563,9 +567,7 @@ class Exchange:
         self.target = target
         if not target.view.ready:
             self.status = _WAITING
-            self.server.ctx.loop.create_task(
-                self._await_known(target, lambda: self._routed(target))
-            )
+            self.server.ctx.loop.create_task(self._await_known(target, self._routed))
             return
         self._routed(target)
 
@@ -605,7 +607,7 @@ class Exchange:
             # A split backend that discovery has not answered for yet (it is
             # resolved when the split first arrives): wait for it, bounded.
             self.status = _WAITING
-            ctx.loop.create_task(self._await_known(backend, lambda: self._send(backend)))
+            ctx.loop.create_task(self._await_known(backend, self._send))
             return
         self._send(backend)
 
