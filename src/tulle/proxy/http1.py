@@ -479,18 +479,24 @@ class Exchange:
                     self._refuse_path()
                     return
                 head.target = normal
+            # `_route`, inline: every outbound request runs it, and a call
+            # costs more than these lines (bench/instructions.py).
             target = ctx.router.for_authority(authority)
             self.authority = target.authority_label
             refusal = target.refusal
             if refusal is not None:
                 self.fail(refusal.status, refusal.reason, refusal.detail)
                 return
-        self.target = target
-        if not target.view.ready:
-            # The first request for a name waits (bounded) until discovery has
-            # answered for its endpoints and its profile (routes, split).
-            self.status = _WAITING
-            ctx.loop.create_task(self._await_known(target, self._routed))
+        self._routed(target)
+
+    def _route(self, authority: bytes) -> None:
+        """Route to the service `authority` names (outbound), unless this
+        proxy refuses that destination."""
+        target = self.server.ctx.router.for_authority(authority)
+        self.authority = target.authority_label
+        refusal = target.refusal
+        if refusal is not None:
+            self.fail(refusal.status, refusal.reason, refusal.detail)
             return
         self._routed(target)
 
@@ -556,29 +562,22 @@ class Exchange:
             self.fail(503, "discovery-timeout", f"no answer from discovery for {target.name!r}")
         self.server.flush_all()
 
-    def _route_original(self, orig: tuple[str, int]) -> None:
-        """Route to a captured connection's original destination (raw IP:PORT)."""
-        target = self.server.ctx.router.for_authority(original_authority(orig))
-        self.authority = target.authority_label
-        refusal = target.refusal
-        if refusal is not None:
-            self.fail(refusal.status, refusal.reason, refusal.detail)
-            return
-        self.target = target
-        if not target.view.ready:
-            self.status = _WAITING
-            self.server.ctx.loop.create_task(self._await_known(target, self._routed))
-            return
-        self._routed(target)
-
     def _routed(self, target: ServiceTarget) -> None:
         ctx = self.server.ctx
+        self.target = target
+        if not target.view.ready:
+            # The first request for a name waits (bounded) until discovery has
+            # answered for its endpoints and its profile (routes, split).
+            self.status = _WAITING
+            ctx.loop.create_task(self._await_known(target, self._routed))
+            return
         if target.view.exists is False:
             orig = self.server.orig_dst
             if orig is not None:
                 # A captured connection whose Host names no service (a site
-                # outside the mesh): it goes where the app was connecting.
-                self._route_original(orig)
+                # outside the mesh): it goes where the app was connecting
+                # (its raw IP:PORT).
+                self._route(original_authority(orig))
                 return
             self.fail(503, "unknown-service", f"no service named {target.name!r}")
             return
