@@ -206,7 +206,6 @@ class UpstreamConn(asyncio.Protocol):
     __slots__ = (
         "decoder",
         "exchange",
-        "got_bytes",
         "idle",
         "lost",
         "out",
@@ -226,7 +225,6 @@ class UpstreamConn(asyncio.Protocol):
         self.out: list[bytes] = []
         self.lost = False
         self.idle = False
-        self.got_bytes = False
         # Whether any byte of the current exchange's request reached the
         # socket: until then a failure means the upstream never saw it.
         self.written = False
@@ -242,7 +240,6 @@ class UpstreamConn(asyncio.Protocol):
         if ex is None:  # bytes on an idle connection: the server is confused
             self.close()
             return
-        self.got_bytes = True
         try:
             offset = self.decoder.feed(data)
         except Http1Error as err:
@@ -695,7 +692,6 @@ class Exchange:
             # keeps the client's; the hop to the local app is plaintext.)
             self.peer_id = conn.peer_id
         conn.exchange = self
-        conn.got_bytes = False
         conn.written = False
         conn.decoder.expect(self, self.head.method == b"HEAD")
         if self.attempts > 1 and self.replay is not None:
