@@ -28,6 +28,7 @@ ones get low numbers again and pass.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import os
 import resource
@@ -79,6 +80,15 @@ class DescriptorBudget:
     def connect_ok(self, fd: int) -> bool:
         """May a just-opened upstream connection with descriptor `fd` be used?"""
         return fd < self.connect_at
+
+    def admit_upstream(self, transport: asyncio.BaseTransport) -> bool:
+        """May a just-opened upstream connection be used? When not, it is
+        counted as shed (`note_shed`); the caller closes it and answers 503."""
+        sock = transport.get_extra_info("socket")
+        if sock is None or self.connect_ok(sock.fileno()):
+            return True
+        self.note_shed("upstream connections")
+        return False
 
     def shed_waiting(self, listener: socket.socket) -> bool:
         """accept() failed with EMFILE: accept one waiting connection with the

@@ -42,7 +42,13 @@ from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.destinations import DestinationGuard
-from tulle.proxy.http1 import ConnectFailed, EndpointPool, Http1Server, original_authority
+from tulle.proxy.http1 import (
+    DESCRIPTORS_EXHAUSTED,
+    ConnectFailed,
+    EndpointPool,
+    Http1Server,
+    original_authority,
+)
 from tulle.proxy.metrics import Labels, Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapHub
@@ -430,11 +436,9 @@ class Worker:
             log.debug("opaque connect to %s:%d failed: %s", dst[0], dst[1], exc)
             return False
         transport = upstream.transport
-        sock = transport.get_extra_info("socket") if transport is not None else None
-        if sock is not None and not self.fds.connect_ok(sock.fileno()):
+        if transport is not None and not self.fds.admit_upstream(transport):
             # The last descriptors are the admin listener's (tulle.net.descriptors).
-            self.fds.note_shed("upstream connections")
-            ctx.metrics.proxy_error(ctx.direction, "descriptors-exhausted")
+            ctx.metrics.proxy_error(ctx.direction, DESCRIPTORS_EXHAUSTED)
             return False
         return True
 

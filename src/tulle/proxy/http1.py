@@ -153,15 +153,10 @@ class EndpointPool(PoolHandle):
             reason = "tls-handshake-failed" if isinstance(exc, ssl.SSLError) else "connect-error"
             raise ConnectFailed(502, reason, f"connecting to {self.label}: {exc}") from None
         budget = ctx.fds
-        if budget is not None:
-            sock = transport.get_extra_info("socket")
-            if sock is not None and not budget.connect_ok(sock.fileno()):
-                # The last descriptors are the admin listener's (tulle.net.descriptors).
-                transport.abort()
-                budget.note_shed("upstream connections")
-                raise ConnectFailed(
-                    503, DESCRIPTORS_EXHAUSTED, "the proxy is out of file descriptors"
-                )
+        if budget is not None and not budget.admit_upstream(transport):
+            # The last descriptors are the admin listener's (tulle.net.descriptors).
+            transport.abort()
+            raise ConnectFailed(503, DESCRIPTORS_EXHAUSTED, "the proxy is out of file descriptors")
         peer_id = ""
         if tls is not None and self.identity:
             try:
