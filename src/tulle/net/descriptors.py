@@ -63,8 +63,6 @@ class DescriptorBudget:
         self._take_spare()
         self._shed_since_log = 0
         self._last_log = 0.0
-        # When accepting last shed a connection (0: never); /live reads it.
-        self.last_shed = 0.0
 
     def _take_spare(self) -> None:
         if self._spare is None:
@@ -111,7 +109,6 @@ class DescriptorBudget:
     def note_shed(self, what: str) -> None:
         """Count a shed connection for the log line (at most one per interval)."""
         now = time.monotonic()
-        self.last_shed = now
         self._shed_since_log += 1
         if now - self._last_log >= LOG_INTERVAL_S:
             log.warning(
