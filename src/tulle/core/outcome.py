@@ -27,8 +27,3 @@ class Outcome(enum.Enum):
 SUCCESS = Outcome.SUCCESS
 FAILURE = Outcome.FAILURE
 CANCELLED = Outcome.CANCELLED
-
-
-def of(success: bool) -> Outcome:
-    """The outcome of an attempt that ended with a verdict."""
-    return SUCCESS if success else FAILURE
