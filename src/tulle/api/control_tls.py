@@ -51,12 +51,24 @@ class ControlTls:
         return [("grpc.ssl_target_name_override", self.server_name)]
 
 
+PEM_START = "-----BEGIN"
+
+
 def load_trust_anchors(path: str | Path) -> bytes:
-    """The PEM certificates of `path`; TrustAnchorsError when unreadable or not PEM."""
-    try:
-        data = Path(path).read_bytes()
-    except OSError as exc:
-        raise TrustAnchorsError(f"cannot read trust anchors {path}: {exc.strerror}") from None
+    """The PEM certificates of `path`; TrustAnchorsError when unreadable or not PEM.
+
+    `path` may also be the PEM text itself (it starts with `-----BEGIN`): an
+    injected pod gets the anchors in an environment variable, since it cannot
+    mount the control plane's ConfigMap from another namespace (Linkerd ships
+    its anchors the same way)."""
+    if isinstance(path, str) and path.lstrip().startswith(PEM_START):
+        data = path.encode()
+        path = "(inline PEM)"
+    else:
+        try:
+            data = Path(path).read_bytes()
+        except OSError as exc:
+            raise TrustAnchorsError(f"cannot read trust anchors {path}: {exc.strerror}") from None
     try:
         certificates = x509.load_pem_x509_certificates(data)
     except ValueError:

@@ -59,8 +59,9 @@ def proxy(
     ),
     trust_anchors: str = _option(
         "trust_anchors",
-        "PEM file of the mesh's trust anchors: dial the control plane (and the "
-        "Identity service) over TLS and verify its certificate with them. Without it the "
+        "PEM file of the mesh's trust anchors (or the PEM text itself): dial the control "
+        "plane (and the Identity service) over TLS and verify its certificate with them. "
+        "Without it the "
         "control plane is dialled in plaintext (loopback meshes without mTLS only).",
     ),
     control_name: str = _option(

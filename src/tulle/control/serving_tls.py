@@ -14,24 +14,33 @@ certificate they were opened with.
 
 No client certificate is asked for: a proxy calls Identity.Certify before it
 has one, and its join token (or ServiceAccount token) authenticates that call.
+
+The admission webhook (`tulle.control.webhook`) serves the same leaf over
+HTTPS: `ssl_context()` gives it a context that follows the renewals too (a
+renewal loads the new chain into it; new handshakes use it). A name that is
+an IP address (`--grpc-tls-name 127.0.0.1`) becomes an IP SAN, which is what
+a client dialling that address checks.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from collections.abc import Callable, Sequence
 
 import grpc
 from cryptography import x509
 from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
 
 from tulle.api.control_tls import CONTROL_NAMESPACE, CONTROL_SERVICE_ACCOUNT
 from tulle.identity.ca import DEFAULT_LEAF_TTL_S, generate_key, issue_leaf
 from tulle.identity.client import renewal_time
 from tulle.identity.spiffe import SpiffeId
 from tulle.identity.store import IssuerStore, IssuerUnavailable
+from tulle.identity.tls import load_cert_chain_from_memory
 
 log = logging.getLogger(__name__)
 
@@ -59,6 +68,9 @@ class ServingCertificate:
         self.identity = ""
         self.last_leaf: x509.Certificate | None = None
         self.valid_until = 0.0
+        self._key: ec.EllipticCurvePrivateKey | None = None
+        self._chain: tuple[x509.Certificate, ...] = ()
+        self._ssl_contexts: list[ssl.SSLContext] = []
 
     def _issue(self) -> grpc.ServerCertificateConfiguration:
         """A new leaf from the current issuer; raises IssuerUnavailable."""
@@ -76,6 +88,10 @@ class ServingCertificate:
         )
         self.identity = identity.uri
         self.last_leaf = leaf
+        self._key = key
+        self._chain = (leaf, material.issuer.certificate)
+        for context in self._ssl_contexts:
+            load_cert_chain_from_memory(context, key, self._chain)
         self._issuer = material.issuer.certificate
         self.valid_until = leaf.not_valid_after_utc.timestamp()
         self._renew_at = renewal_time(now, self.valid_until)
@@ -97,6 +113,19 @@ class ServingCertificate:
             self.fetch,  # type: ignore[arg-type]
             require_client_authentication=False,
         )
+
+    def ssl_context(self) -> ssl.SSLContext:
+        """An HTTPS server context with the current leaf, reloaded on each renewal.
+
+        Raises IssuerUnavailable when no leaf could be issued yet."""
+        if self._key is None:
+            self._issue()
+        assert self._key is not None
+        context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+        context.minimum_version = ssl.TLSVersion.TLSv1_2
+        load_cert_chain_from_memory(context, self._key, self._chain)
+        self._ssl_contexts.append(context)
+        return context
 
     def fetch(self) -> grpc.ServerCertificateConfiguration | None:
         """gRPC's callback, on each handshake: the renewed configuration once, else None."""

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import ipaddress
 import itertools
 import secrets
 from collections.abc import Sequence
@@ -119,6 +120,17 @@ def make_issuer(
     return KeyPair(certificate, key)
 
 
+def _server_names(names: Sequence[str]) -> list[x509.GeneralName]:
+    """DNS names, and IP addresses as IP SANs (a client dialling 127.0.0.1 checks those)."""
+    result: list[x509.GeneralName] = []
+    for name in names:
+        try:
+            result.append(x509.IPAddress(ipaddress.ip_address(name)))
+        except ValueError:
+            result.append(x509.DNSName(name))
+    return result
+
+
 def issue_leaf(
     identity: SpiffeId,
     public_key: ec.EllipticCurvePublicKey,
@@ -148,8 +160,7 @@ def issue_leaf(
         .not_valid_after(_utc(not_after))
         .add_extension(
             x509.SubjectAlternativeName(
-                [x509.UniformResourceIdentifier(identity.uri)]
-                + [x509.DNSName(name) for name in dns_names]
+                [x509.UniformResourceIdentifier(identity.uri), *_server_names(dns_names)]
             ),
             critical=True,
         )
