@@ -187,6 +187,33 @@ def control(
         help="DNS name in the gRPC API's certificate, which proxies check (repeatable; "
         "default tulle-control.tulle.svc and localhost).",
     ),
+    webhook_addr: str = typer.Option(
+        "off",
+        "--webhook-addr",
+        envvar="TULLE_CONTROL_WEBHOOK_ADDR",
+        help="HOST:PORT of the sidecar injection webhook (HTTPS, POST /inject), or 'off'. "
+        "Needs --source kubernetes and --identity-dir.",
+    ),
+    proxy_image: str = typer.Option(
+        "",
+        "--proxy-image",
+        envvar="TULLE_CONTROL_PROXY_IMAGE",
+        help="With --webhook-addr: the image of the injected tulle-init and tulle-proxy.",
+    ),
+    control_namespace: str = typer.Option(
+        "tulle",
+        "--control-namespace",
+        envvar="TULLE_CONTROL_NAMESPACE",
+        help="The control plane's namespace: injected proxies dial tulle-control.<ns>.svc, "
+        "and pods in it are never injected.",
+    ),
+    native_sidecar: str = typer.Option(
+        "auto",
+        "--native-sidecar",
+        envvar="TULLE_CONTROL_NATIVE_SIDECAR",
+        help="Inject the proxy as a native sidecar (init container, restartPolicy Always): "
+        "'auto' (when the API server is 1.29+), 'true' or 'false'.",
+    ),
     log_level: str = typer.Option(
         "info",
         "--log-level",
@@ -239,7 +266,15 @@ def control(
         proxy_admin_token=proxy_admin_token,
         grpc_plaintext=grpc_plaintext,
         grpc_tls_names=tuple(grpc_tls_name) or DEFAULT_TLS_NAMES,
+        webhook_addr=None if webhook_addr == "off" else _address(webhook_addr, "--webhook-addr"),
+        proxy_image=proxy_image,
+        control_namespace=control_namespace,
+        native_sidecar=native_sidecar,
     )
+    if native_sidecar not in ("auto", "true", "false"):
+        raise typer.BadParameter("expected auto, true or false", param_hint="--native-sidecar")
+    if config.webhook_addr is not None and not proxy_image:
+        raise typer.BadParameter("the webhook needs the proxy's image", param_hint="--proxy-image")
     if source not in ("manifest", "kubernetes"):
         raise typer.BadParameter("expected 'manifest' or 'kubernetes'", param_hint="--source")
     try:

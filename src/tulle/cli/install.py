@@ -98,6 +98,17 @@ def install(
     token_audience: str = typer.Option("identity.tulle.io", "--token-audience"),
     pdb_api: str = PDB_OPTION,
     gateway_api_crds: bool = GATEWAY_OPTION,
+    webhook_failure_policy: str = typer.Option(
+        "Ignore",
+        "--webhook-failure-policy",
+        help="When the injection webhook cannot be reached: Ignore (the pod starts "
+        "without a proxy) or Fail (the pod is refused). docs/kubernetes.md says why Ignore.",
+    ),
+    native_sidecar: str = typer.Option(
+        "auto",
+        "--native-sidecar",
+        help="Inject the proxy as a native sidecar: auto (Kubernetes 1.29+), true or false.",
+    ),
 ) -> None:
     """Print the control plane's Kubernetes objects: `tulle install | kubectl apply -f -`."""
     _check_pdb_api(pdb_api)
@@ -110,7 +121,13 @@ def install(
         token_audience=token_audience,
         pdb_api=pdb_api,
         gateway_api_crds=gateway_api_crds,
+        webhook_failure_policy=webhook_failure_policy,
+        native_sidecar=native_sidecar,
     )
+    if webhook_failure_policy not in ("Ignore", "Fail"):
+        raise typer.BadParameter("expected Ignore or Fail", param_hint="--webhook-failure-policy")
+    if native_sidecar not in ("auto", "true", "false"):
+        raise typer.BadParameter("expected auto, true or false", param_hint="--native-sidecar")
     _dump(install_objects(options, _identity_files(identity_dir, trust_domain)))
 
 

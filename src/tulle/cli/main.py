@@ -92,6 +92,14 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Print what removes Tulle: `tulle uninstall | kubectl delete -f -`.",
         ("tulle.cli.install",),
     ),
+    "inject": (
+        "Add Tulle's proxy to every pod template of FILE (- for stdin), printed as YAML.",
+        ("tulle.cli.inject",),
+    ),
+    "proxy-await": (
+        "Wait until the local proxy is ready (the injected postStart hook); exit 1 on timeout.",
+        ("tulle.cli.inject",),
+    ),
     "proxy": (
         "Run the sidecar proxy beside one workload instance: outbound for the app's calls, "
         "inbound for calls to the app, admin for metrics and health.",

@@ -37,6 +37,8 @@ if TYPE_CHECKING:
     from tulle.control.identity_service import IdentityService
     from tulle.control.kubernetes.source import KubernetesSource
     from tulle.control.serving_tls import ServingCertificate
+    from tulle.control.webhook import InjectionWebhook
+    from tulle.k8s.inject import InjectConfig
 
 log = logging.getLogger("tulle.control")
 
@@ -54,6 +56,8 @@ SERVER_OPTIONS: list[tuple[str, int]] = [
     ("grpc.so_reuseport", 0),
 ]
 STOP_GRACE_S = 0.5
+CONTROL_SERVICE = "tulle-control"
+GRPC_PORT = 8086
 DEFAULT_TLS_NAMES = (CONTROL_NAME, "localhost")
 
 
@@ -94,6 +98,15 @@ class ControlConfig:
     # leaf (tulle.control.serving_tls) unless this asks for plaintext.
     grpc_plaintext: bool = False
     grpc_tls_names: tuple[str, ...] = DEFAULT_TLS_NAMES
+    # The injection webhook (tulle.control.webhook), HTTPS with the gRPC API's
+    # leaf; None leaves it off. Needs source "kubernetes" and identity_dir.
+    webhook_addr: Address | None = None
+    # What the webhook injects: the proxy's image, the control plane's
+    # namespace (the proxies dial tulle-control.<ns>.svc), and native sidecars
+    # ("auto": when the API server is 1.29 or newer).
+    proxy_image: str = ""
+    control_namespace: str = "tulle"
+    native_sidecar: str = "auto"
 
 
 class ControlPlane:
@@ -129,6 +142,8 @@ class ControlPlane:
         self.serving: ServingCertificate | None = None
         self._renewer: asyncio.Task[None] | None = None
         self.policy: PolicyIndex | None = None
+        self.webhook_address: Address | None = None
+        self._webhook: InjectionWebhook | None = None
         if config.http_addr is not None:
             self._viz = VizService(
                 scrape_targets=config.scrape_targets,
@@ -224,6 +239,13 @@ class ControlPlane:
                     raise OSError(
                         f"cannot listen for HTTP on {http}: {exc.strerror or exc}"
                     ) from None
+        if self.config.webhook_addr is not None:
+            try:
+                await self._start_webhook(self.config.webhook_addr)
+            except OSError as exc:
+                await self.stop()
+                where = format_address(self.config.webhook_addr)
+                raise OSError(f"cannot listen for the webhook on {where}: {exc}") from None
         if self._source is not None:
             self._poller = asyncio.create_task(self._source.run(), name="manifest-poller")
         elif self._kube is not None:
@@ -258,6 +280,55 @@ class ControlPlane:
         )
         return credentials
 
+    async def _start_webhook(self, address: Address) -> None:
+        """The injection webhook, on the replica's serving leaf; raises OSError."""
+        from tulle.control.kubernetes.client import KubeError
+        from tulle.control.webhook import InjectionWebhook
+        from tulle.k8s.inject import native_sidecar_supported
+
+        if self._kube is None or self.serving is None or self._identity is None:
+            raise OSError("the webhook needs --source kubernetes and --identity-dir (TLS)")
+        native = self.config.native_sidecar == "true"
+        if self.config.native_sidecar == "auto":
+            try:
+                version, _ = await self._kube.client.server_version()
+            except KubeError as exc:
+                raise OSError(f"cannot read the API server's version: {exc}") from None
+            native = native_sidecar_supported(
+                str(version.get("major", "")), str(version.get("minor", ""))
+            )
+        log.info("injection webhook: proxy as a %s", "native sidecar" if native else "container")
+        client = self._kube.client
+        store = self._identity.store
+
+        def inject_config() -> InjectConfig:
+            from tulle.k8s.inject import InjectConfig
+
+            ns = self.config.control_namespace
+            domain = self.config.cluster_domain
+            bundle = store.current().bundle.pem().decode() if store is not None else ""
+            return InjectConfig(
+                image=self.config.proxy_image,
+                control_addr=f"{CONTROL_SERVICE}.{ns}.svc.{domain}:{GRPC_PORT}",
+                control_name=f"{CONTROL_SERVICE}.{ns}.svc",
+                control_namespace=ns,
+                trust_anchors_pem=bundle,
+                trust_domain=self.config.trust_domain,
+                token_audience=self.config.token_audience,
+                native_sidecar=native,
+            )
+
+        async def namespace_annotations(namespace: str) -> dict[str, str]:
+            found = await client.get(f"/api/v1/namespaces/{namespace}")
+            annotations = (found.get("metadata") or {}).get("annotations") or {}
+            return {str(k): str(v) for k, v in annotations.items()}
+
+        inject_config()  # fails now, not on the first pod, if the issuer is unusable
+        webhook = self._webhook = InjectionWebhook(inject_config, namespace_annotations)
+        identity_metrics = self._identity.render_prometheus
+        self.metrics.extra = lambda: identity_metrics() + webhook.render_prometheus()
+        self.webhook_address = await self._webhook.start(*address, self.serving.ssl_context())
+
     async def _start_kubernetes(self) -> None:
         """List everything once; raises KubeError with a clear message when it cannot."""
         from tulle.control.kubernetes.client import KubeClient, KubeConfig
@@ -290,6 +361,8 @@ class ControlPlane:
         self._stopped.set()
         if self._viz is not None:
             await self._viz.stop()
+        if self._webhook is not None:
+            await self._webhook.close()
         if self._poller is not None:
             self._poller.cancel()
             with contextlib.suppress(asyncio.CancelledError):
@@ -325,7 +398,8 @@ async def serve(config: ControlConfig) -> None:
     print(
         f"tulle control ready grpc={format_address(plane.grpc_address)} "
         f"admin={format_address(plane.admin_address)}"
-        + (f" http={format_address(plane.http_address)}" if plane.http_address else ""),
+        + (f" http={format_address(plane.http_address)}" if plane.http_address else "")
+        + (f" webhook={format_address(plane.webhook_address)}" if plane.webhook_address else ""),
         flush=True,
     )
     try:

@@ -21,7 +21,14 @@ The objects, in the order `kubectl apply` needs them:
   of every replica, so that they can fail over between them. The gRPC API
   is TLS with each replica's own leaf (DNS names `tulle-control.<ns>.svc`
   and its cluster-domain form); proxies verify it with the trust bundle of
-  the ConfigMap (`--trust-anchors`, `--control-name`).
+  the ConfigMap (`--trust-anchors`, `--control-name`);
+- the MutatingWebhookConfiguration of the sidecar injector, which the
+  control plane serves on its `webhook` port (HTTPS with the same leaf,
+  verified with the trust bundle as `caBundle`). Its failure policy is
+  `Ignore` unless asked otherwise (docs/kubernetes.md, "Injection", says
+  why), and its selectors keep it away from the control plane's namespace,
+  the Kubernetes system namespaces, and pods labelled `tulle.io/inject:
+  disabled`.
 
 CRD schemas keep unknown fields: the control plane validates every object
 itself and reports what it ignores, as Linkerd's policy controller does.
@@ -53,6 +60,13 @@ IDENTITY_MOUNT = "/var/run/tulle/identity"
 GRPC_PORT = 8086
 HTTP_PORT = 8084
 ADMIN_PORT = 9990
+WEBHOOK_PORT = 8443
+WEBHOOK_NAME = "tulle-proxy-injector"
+WEBHOOK_PATH = "/inject"
+WEBHOOK_TIMEOUT_S = 10
+# A namespace labelled so is never sent to the webhook (the control plane's own is).
+WEBHOOK_NAMESPACE_LABEL = "tulle.io/admission-webhooks"
+FAILURE_POLICIES = ("Ignore", "Fail")
 ISSUER_SECRET = "tulle-identity-issuer"
 TRUST_CONFIGMAP = "tulle-identity-trust-roots"
 CONTROL = "tulle-control"
@@ -71,6 +85,11 @@ class InstallOptions:
     # policy/v1 (Kubernetes 1.21+) or policy/v1beta1 (1.20 and older).
     pdb_api: str = "policy/v1"
     gateway_api_crds: bool = True
+    # The injection webhook: what the API server does when it cannot reach it
+    # ("Ignore": the pod is created without a proxy; "Fail": it is refused).
+    webhook_failure_policy: str = "Ignore"
+    # "auto" (from the API server's version), "true" or "false".
+    native_sidecar: str = "auto"
 
 
 @dataclass(frozen=True, slots=True)
@@ -163,6 +182,8 @@ def rbac(options: InstallOptions) -> list[Obj]:
         {"apiGroups": [group], "resources": resources, "verbs": read}
         for group, resources in plurals.items()
     ]
+    # The webhook reads a pod's namespace for its tulle.io/inject annotation.
+    rules.append({"apiGroups": [""], "resources": ["namespaces"], "verbs": ["get"]})
     rules.append(
         {
             "apiGroups": ["authentication.k8s.io"],
@@ -273,9 +294,18 @@ def control_plane(options: InstallOptions) -> list[Obj]:
             f"{CONTROL}.{options.namespace}.svc.{options.cluster_domain}",
             "--grpc-tls-name",
             "localhost",
+            "--webhook-addr",
+            f"0.0.0.0:{WEBHOOK_PORT}",
+            "--proxy-image",
+            options.image,
+            "--control-namespace",
+            options.namespace,
+            "--native-sidecar",
+            options.native_sidecar,
         ],
         "ports": [
             {"name": "grpc", "containerPort": GRPC_PORT},
+            {"name": "webhook", "containerPort": WEBHOOK_PORT},
             {"name": "http", "containerPort": HTTP_PORT},
             {"name": "admin", "containerPort": ADMIN_PORT},
         ],
@@ -336,6 +366,7 @@ def control_plane(options: InstallOptions) -> list[Obj]:
         {"name": "grpc", "port": GRPC_PORT, "targetPort": "grpc", "appProtocol": "grpc"},
         {"name": "http", "port": HTTP_PORT, "targetPort": "http"},
         {"name": "admin", "port": ADMIN_PORT, "targetPort": "admin"},
+        {"name": "webhook", "port": 443, "targetPort": "webhook"},
     ]
     return [
         {
@@ -373,11 +404,84 @@ def control_plane(options: InstallOptions) -> list[Obj]:
     ]
 
 
+def webhook_configuration(
+    options: InstallOptions, ca_bundle_pem: bytes, client_config: Obj | None = None
+) -> Obj:
+    """The MutatingWebhookConfiguration; `client_config` replaces the Service reference
+    (the tests point it at a loopback `url`)."""
+    import base64
+
+    if options.webhook_failure_policy not in FAILURE_POLICIES:
+        raise ValueError(f"failure policy: expected one of {', '.join(FAILURE_POLICIES)}")
+    never = [options.namespace, "kube-system", "kube-public", "kube-node-lease"]
+    config = client_config or {
+        "service": {
+            "name": CONTROL,
+            "namespace": options.namespace,
+            "path": WEBHOOK_PATH,
+            "port": 443,
+        }
+    }
+    return {
+        "apiVersion": "admissionregistration.k8s.io/v1",
+        "kind": "MutatingWebhookConfiguration",
+        "metadata": {"name": WEBHOOK_NAME, "labels": _labels("injector")},
+        "webhooks": [
+            {
+                "name": "inject.tulle.io",
+                "clientConfig": {
+                    **config,
+                    "caBundle": base64.b64encode(ca_bundle_pem).decode(),
+                },
+                "rules": [
+                    {
+                        "operations": ["CREATE"],
+                        "apiGroups": [""],
+                        "apiVersions": ["v1"],
+                        "resources": ["pods"],
+                        "scope": "Namespaced",
+                    }
+                ],
+                "failurePolicy": options.webhook_failure_policy,
+                "sideEffects": "None",
+                "admissionReviewVersions": ["v1"],
+                "timeoutSeconds": WEBHOOK_TIMEOUT_S,
+                "reinvocationPolicy": "Never",
+                # kubernetes.io/metadata.name is set from Kubernetes 1.21 on; on
+                # older servers the label keeps the control plane's namespace
+                # out, and the webhook itself never injects the system ones.
+                "namespaceSelector": {
+                    "matchExpressions": [
+                        {
+                            "key": WEBHOOK_NAMESPACE_LABEL,
+                            "operator": "NotIn",
+                            "values": ["disabled"],
+                        },
+                        {
+                            "key": "kubernetes.io/metadata.name",
+                            "operator": "NotIn",
+                            "values": never,
+                        },
+                    ]
+                },
+                "objectSelector": {
+                    "matchExpressions": [
+                        {"key": "tulle.io/inject", "operator": "NotIn", "values": ["disabled"]}
+                    ]
+                },
+            }
+        ],
+    }
+
+
 def install_objects(options: InstallOptions, files: IdentityFiles) -> list[Obj]:
     namespace = {
         "apiVersion": "v1",
         "kind": "Namespace",
-        "metadata": {"name": options.namespace, "labels": {"app.kubernetes.io/part-of": "tulle"}},
+        "metadata": {
+            "name": options.namespace,
+            "labels": {"app.kubernetes.io/part-of": "tulle", WEBHOOK_NAMESPACE_LABEL: "disabled"},
+        },
     }
     return [
         *crds(options),
@@ -385,6 +489,7 @@ def install_objects(options: InstallOptions, files: IdentityFiles) -> list[Obj]:
         *rbac(options),
         *identity_objects(options, files),
         *control_plane(options),
+        webhook_configuration(options, files.bundle_pem),
     ]
 
 

@@ -28,6 +28,8 @@ def test_rbac_is_read_only_except_token_reviews_and_never_secrets() -> None:
         assert "*" not in rule["resources"] and "*" not in rule["verbs"]
         if rule["resources"] == ["tokenreviews"]:
             assert rule["verbs"] == ["create"]
+        elif rule["resources"] == ["namespaces"]:
+            assert rule["verbs"] == ["get"]  # the webhook reads the namespace's annotation
         else:
             assert rule["verbs"] == ["get", "list", "watch"]
 
@@ -96,3 +98,41 @@ def test_join_tokens_are_not_taken_for_kubernetes_tokens() -> None:
 
     token = make_token(new_secret(), "spiffe://td/ns/a/sa/b", now=0.0, ttl_s=60)
     assert not looks_like_jwt(token)
+
+
+def test_webhook_configuration_selects_pods_and_keeps_out_of_the_control_plane() -> None:
+    objects = install_objects(InstallOptions(namespace="mesh"), FILES)
+    (config,) = by_kind(objects, "MutatingWebhookConfiguration")
+    assert objects[-1] is config  # after the Deployment and Service it calls
+    (webhook,) = config["webhooks"]
+    assert base64.b64decode(webhook["clientConfig"]["caBundle"]) == b"BUNDLE"
+    assert webhook["clientConfig"]["service"] == {
+        "name": "tulle-control",
+        "namespace": "mesh",
+        "path": "/inject",
+        "port": 443,
+    }
+    assert webhook["failurePolicy"] == "Ignore"
+    assert webhook["sideEffects"] == "None"
+    assert webhook["admissionReviewVersions"] == ["v1"]
+    assert 1 <= webhook["timeoutSeconds"] <= 30
+    assert webhook["rules"][0]["resources"] == ["pods"]
+    assert webhook["rules"][0]["operations"] == ["CREATE"]
+    expressions = webhook["namespaceSelector"]["matchExpressions"]
+    assert {"key": "tulle.io/admission-webhooks", "operator": "NotIn", "values": ["disabled"]} in (
+        expressions
+    )
+    (names,) = [e for e in expressions if e["key"] == "kubernetes.io/metadata.name"]
+    assert {"mesh", "kube-system"} <= set(names["values"])
+    (namespace,) = by_kind(objects, "Namespace")
+    assert namespace["metadata"]["labels"]["tulle.io/admission-webhooks"] == "disabled"
+    (deployment,) = by_kind(objects, "Deployment")
+    args = deployment["spec"]["template"]["spec"]["containers"][0]["args"]
+    assert args[args.index("--webhook-addr") + 1] == "0.0.0.0:8443"
+    services = by_kind(objects, "Service")
+    (service,) = [s for s in services if s["metadata"]["name"] == "tulle-control"]
+    assert {"name": "webhook", "port": 443, "targetPort": "webhook"} in service["spec"]["ports"]
+    failing = install_objects(InstallOptions(webhook_failure_policy="Fail"), FILES)
+    assert by_kind(failing, "MutatingWebhookConfiguration")[0]["webhooks"][0]["failurePolicy"] == (
+        "Fail"
+    )
