@@ -82,4 +82,3 @@ def test_inject_errors_are_one_clear_line(tmp_path: Path) -> None:
     refused = runner.invoke(app, args, input=bad)
     assert refused.exit_code == 1 and "nope" in refused.stderr
     assert refused.stdout == ""
-
