@@ -25,13 +25,13 @@ from tulle.control.manifest.document import (
     read_manifest_bytes,
 )
 from tulle.control.manifest.errors import ManifestError, Problem
-from tulle.control.manifest.instances import COMMAND_PLACEHOLDERS
 from tulle.control.manifest.matches import HTTP_METHODS
 from tulle.control.manifest.model import IngressSpec, InstancesSpec, Manifest, ServiceSpec
 from tulle.control.manifest.parse import load_manifest, parse_manifest
 from tulle.control.manifest.reader import PROTOCOLS
 from tulle.control.manifest.services import DEFAULT_ENDPOINT_WEIGHT, MAX_WEIGHT, PROTOCOL_HINTS
 from tulle.core.duration import MAX_DURATION_MS, duration_ms, parse_duration
+from tulle.local.manifest import COMMAND_PLACEHOLDERS
 
 __all__ = [
     "COMMAND_PLACEHOLDERS",

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 from yaml.nodes import MappingNode, Node
 
-from tulle.control.manifest.instances import InstancesReader
 from tulle.control.manifest.matches import MatchReader
 from tulle.control.manifest.model import ServiceSpec
 from tulle.control.manifest.reader import _line
@@ -17,6 +16,7 @@ from tulle.core.discovery import (
     RouteMatch,
     parse_address,
 )
+from tulle.local.manifest import InstancesReader
 
 # What a client should expect the endpoints of a service to speak.
 PROTOCOL_HINTS = {"http/1.1": "http/1.1", "h2": "h2", "grpc": "h2", "opaque": "opaque"}
