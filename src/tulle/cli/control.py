@@ -11,12 +11,13 @@ import typer
 from tulle.cli.main import app
 from tulle.control.destination.translator import DEFAULT_QUEUE_CAPACITY
 from tulle.control.kubernetes.client import KubeError
-from tulle.control.manifest import ManifestError, load_manifest
+from tulle.control.manifest import ManifestError
 from tulle.control.manifest_source import DEFAULT_POLL_INTERVAL_S
 from tulle.control.server import DEFAULT_TLS_NAMES, ControlConfig, run
 from tulle.core.credentials import CredentialError, ensure_token_file, read_token_file
 from tulle.core.discovery import Address, parse_address
 from tulle.identity.store import IdentityStoreError
+from tulle.local.manifest import load_local_manifest
 from tulle.local.state import API_TOKEN_FILE, DEFAULT_STATE_DIR
 from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S
 
@@ -296,7 +297,8 @@ def validate(
 ) -> None:
     """Check a manifest; prints every problem with its line and exits 1 if any."""
     try:
-        manifest = load_manifest(file)
+        # The whole document: what the control plane serves and what `tulle up` runs.
+        manifest = load_local_manifest(file).mesh
     except ManifestError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None

@@ -22,17 +22,12 @@ from rich.console import Console
 from rich.text import Text
 
 from tulle.cli.main import app
-from tulle.control.manifest import (
-    Manifest,
-    ManifestError,
-    load_document,
-    parse_manifest,
-    read_manifest_bytes,
-)
+from tulle.control.manifest import ManifestError, load_document, read_manifest_bytes
 from tulle.core.credentials import CredentialError
 from tulle.demo.shop import cli as _shop_cli  # noqa: F401 -- registers `tulle demo shop`
 from tulle.local import registry
 from tulle.local.logstream import LogStream
+from tulle.local.manifest import LocalManifest, parse_local_manifest
 from tulle.local.plan import (
     DEFAULT_INGRESS_PORT,
     NO_PREFERRED_PORTS,
@@ -58,10 +53,10 @@ def _fail(command: str, message: str) -> typer.Exit:
     return typer.Exit(1)
 
 
-def _load(path: Path) -> tuple[Manifest, Any]:
+def _load(path: Path) -> tuple[LocalManifest, Any]:
     # Read once, bounded: the same bytes are validated and copied.
     data = read_manifest_bytes(path)
-    manifest = parse_manifest(data, source=str(path))
+    manifest = parse_local_manifest(data, source=str(path))
     # Valid YAML by now: the raw document is what the generated manifest copies.
     return manifest, load_document(data, str(path))[1]
 
@@ -143,7 +138,7 @@ def up(
 
 
 def _run(
-    manifest: Manifest,
+    manifest: LocalManifest,
     raw: Any,
     source: str,
     state: StateDir,

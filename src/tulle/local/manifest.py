@@ -1,21 +1,95 @@
-"""The local runner's fields of a service: how `tulle up` runs its instances."""
+"""The local runner's part of the manifest: what only `tulle up` reads.
+
+A service's `instances:` (the command, replicas, environment and identity of
+the processes `tulle up` starts) and the top-level `ingress:` (where calls from
+outside the mesh come in). The control plane's reader (tulle.control.manifest)
+accepts these fields and ignores them; `LocalReader` reads the same document
+with them, so `tulle up`, `tulle manifest validate` and the dashboard's apply
+check the whole file. The format is documented in docs/manifest.md.
+"""
 
 from __future__ import annotations
 
 import re
 import shlex
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
 
 from yaml.nodes import Node, ScalarNode, SequenceNode
 
-from tulle.control.manifest.model import InstancesSpec
-from tulle.control.manifest.reader import _NULL, Reader, _describe
+from tulle.control.manifest import Manifest, ManifestReader, read_manifest_bytes, read_with
+from tulle.control.manifest.reader import _NULL, _describe, _line
 
 COMMAND_PLACEHOLDERS = ("port", "replica")
 _LABEL_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?$")
 _PLACEHOLDER_RE = re.compile(r"\{([^{}]*)\}")
 
 
-class InstancesReader(Reader):
+@dataclass(frozen=True, slots=True)
+class InstancesSpec:
+    """How `tulle up` runs a service locally."""
+
+    # argv; a string in the manifest is split like a shell would (no shell runs).
+    # May contain the placeholders {port} and {replica}.
+    command: tuple[str, ...]
+    replicas: int = 1
+    env: Mapping[str, str] = field(default_factory=dict)
+    identity: str | None = None
+    service_account: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class IngressSpec:
+    """Where `tulle up` lets calls from outside the mesh in."""
+
+    port: int | None = None  # None: `tulle up`'s default (or its --ingress-port)
+    services: tuple[str, ...] | None = None  # None: every service
+    line: int = 0
+
+
+@dataclass(frozen=True, slots=True)
+class LocalManifest:
+    """A manifest as `tulle up` reads it: the mesh, plus how to run it here."""
+
+    mesh: Manifest
+    # By service name; only the services that give `instances:`.
+    instances: Mapping[str, InstancesSpec] = field(default_factory=dict)
+    ingress: IngressSpec | None = None
+
+
+def load_local_manifest(path: str | Path) -> LocalManifest:
+    """Read and validate a manifest file with its local fields; raises ManifestError."""
+    return parse_local_manifest(read_manifest_bytes(path), source=str(path))
+
+
+def parse_local_manifest(text: str | bytes, *, source: str = "mesh.yaml") -> LocalManifest:
+    """Validate the whole document, local fields included; raises ManifestError."""
+    reader = LocalReader(source)
+    mesh = read_with(reader, text)
+    return LocalManifest(mesh=mesh, instances=reader.instances_of, ingress=reader.ingress_spec)
+
+
+class LocalReader(ManifestReader):
+    """The control plane's reader, plus `instances:` and `ingress:`."""
+
+    def __init__(self, source: str) -> None:
+        super().__init__(source)
+        self.instances_of: dict[str, InstancesSpec] = {}
+        self.ingress_spec: IngressSpec | None = None
+
+    def local_service_fields(self, name: str | None, fields: Mapping[str, Node], path: str) -> None:
+        if "instances" not in fields:
+            return
+        spec = self.instances(fields["instances"], f"{path}.instances")
+        # A repeated service name is an error of its own; the first one counts.
+        if spec is not None and name is not None:
+            self.instances_of.setdefault(name, spec)
+
+    def local_top_fields(self, fields: Mapping[str, Node]) -> None:
+        if "ingress" in fields:
+            self.ingress_spec = self.ingress(fields["ingress"])
+
     def instances(self, node: Node, path: str) -> InstancesSpec | None:
         fields = self.mapping(
             node,
@@ -94,3 +168,25 @@ class InstancesReader(Reader):
                     )
                     return None
         return tuple(parts)
+
+    def ingress(self, node: Node) -> IngressSpec | None:
+        fields = self.mapping(node, "ingress", ("port", "services"))
+        if fields is None:
+            return None
+        port = self.integer(fields["port"], "ingress.port", 1, 65535) if "port" in fields else None
+        services: tuple[str, ...] | None = None
+        if "services" in fields:
+            names: list[str] = []
+            for i, item in enumerate(self.sequence(fields["services"], "ingress.services") or []):
+                name = self.name(item, f"ingress.services[{i}]")
+                if name is not None and name not in self.declared:
+                    known = ", ".join(sorted(self.declared)) or "none"
+                    self.problem(
+                        item,
+                        f"ingress.services[{i}]",
+                        f'no service named "{name}" (services: {known})',
+                    )
+                elif name is not None:
+                    names.append(name)
+            services = tuple(names)
+        return IngressSpec(port=port, services=services, line=_line(node))

@@ -25,8 +25,8 @@ from typing import Any, Literal
 
 import yaml
 
-from tulle.control.manifest import Manifest
 from tulle.core.credentials import ensure_token_file
+from tulle.local.manifest import LocalManifest
 from tulle.local.ports import LOOPBACK, allocate_ports, port_is_free
 from tulle.local.state import GENERATED_MANIFEST, INGRESS_MANIFEST, STATE_FILE, StateDir
 
@@ -367,7 +367,7 @@ def _control(
 
 
 def build_plan(
-    manifest: Manifest,
+    manifest: LocalManifest,
     raw: Any,
     *,
     manifest_path: str,
@@ -386,10 +386,10 @@ def build_plan(
         ingress_port = configured if configured is not None else DEFAULT_INGRESS_PORT
     exposed = manifest.ingress.services if manifest.ingress is not None else None
     instance_specs = [
-        (spec, replica)
-        for spec in manifest.services.values()
-        if spec.instances is not None
-        for replica in range(spec.instances.replicas)
+        (spec, manifest.instances[spec.name], replica)
+        for spec in manifest.mesh.services.values()
+        if spec.name in manifest.instances
+        for replica in range(manifest.instances[spec.name].replicas)
     ]
     options = control_options()
     with_http = "http_addr" in options
@@ -404,7 +404,7 @@ def build_plan(
     control_http = _prefer(preferred.http, next(ports)) if with_http else None
     ingress = ingress_port if ingress_port != 0 else next(ports)
     instances: list[InstancePlan] = []
-    for spec, replica in instance_specs:
+    for spec, run, replica in instance_specs:
         instances.append(
             InstancePlan(
                 service=spec.name,
@@ -416,12 +416,12 @@ def build_plan(
                 admin_port=next(ports),
                 identity=workload_identity(
                     spec.name,
-                    spec.instances.identity if spec.instances else None,
-                    spec.instances.service_account if spec.instances else None,
+                    run.identity,
+                    run.service_account,
                 )
                 if mtls
                 else None,
-                service_account=spec.instances.service_account if spec.instances else None,
+                service_account=run.service_account,
             )
         )
     mesh_identity = MeshIdentity(state_dir) if mtls else None
@@ -501,8 +501,7 @@ def build_plan(
             )
         )
     for instance in instances:
-        spec = manifest.services[instance.service]
-        assert spec.instances is not None
+        run = manifest.instances[instance.service]
         processes.append(
             ProcessSpec(
                 name=instance.sidecar_name,
@@ -533,8 +532,8 @@ def build_plan(
             ProcessSpec(
                 name=instance.name,
                 role="app",
-                argv=app_argv(spec.instances.command, instance.app_port, instance.replica),
-                env=app_environment(base, instance, spec.instances.env),
+                argv=app_argv(run.command, instance.app_port, instance.replica),
+                env=app_environment(base, instance, run.env),
                 service=instance.service,
                 replica=instance.replica,
                 ready_port=instance.app_port,
@@ -563,7 +562,7 @@ def build_plan(
             ready_http=True,
         )
     )
-    all_services = tuple(manifest.services)
+    all_services = tuple(manifest.mesh.services)
     return MeshPlan(
         manifest_path=manifest_path,
         control_grpc_port=control_grpc,
@@ -575,7 +574,7 @@ def build_plan(
         instances=tuple(instances),
         processes=tuple(processes),
         generated_files=files,
-        services=tuple((s.name, s.protocol) for s in manifest.services.values()),
+        services=tuple((s.name, s.protocol) for s in manifest.mesh.services.values()),
         exposed=exposed if exposed is not None else all_services,
     )
 

@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from tulle.control.manifest import Manifest, ManifestError, load_manifest, parse_duration
+from tulle.control.manifest import Manifest, ManifestError, parse_duration
 from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
+from tulle.local.manifest import load_local_manifest
 from tulle.viz import aggregate, authz_report, dashboard
 from tulle.viz.apply import apply_manifest
 from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
@@ -297,7 +298,7 @@ class MetricsApi:
         path = self.context.manifest_path
         if path is not None:
             try:
-                await asyncio.to_thread(load_manifest, path)
+                await asyncio.to_thread(load_local_manifest, path)
                 control.add("manifest valid", True, str(path))
             except ManifestError as exc:
                 control.add(

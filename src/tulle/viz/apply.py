@@ -41,13 +41,8 @@ from typing import Any
 import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
-from tulle.control.manifest import (
-    ManifestError,
-    Problem,
-    load_document,
-    parse_manifest,
-    read_manifest_bytes,
-)
+from tulle.control.manifest import ManifestError, Problem, load_document, read_manifest_bytes
+from tulle.local.manifest import parse_local_manifest
 
 MAX_APPLY_BYTES = 1024 * 1024
 _TOKEN = re.compile(r"([^.\[\]]+)|\[(\d+)\]")
@@ -246,7 +241,8 @@ def apply_manifest(
         return ApplyResult(False, problems=exc.problems)
     if mode == "replace":
         try:
-            manifest = parse_manifest(body, source=source)
+            # The whole document, `tulle up`'s fields too: the file may be what it runs.
+            manifest = parse_local_manifest(body, source=source).mesh
         except ManifestError as exc:
             return ApplyResult(False, problems=exc.problems)
         write_atomically(manifest_path, body.decode("utf-8"))
@@ -281,7 +277,7 @@ def apply_manifest(
     merged, changed, added = merge(current, fragment)
     merged_text = yaml.safe_dump(merged, sort_keys=False, default_flow_style=False)
     try:
-        parse_manifest(merged_text, source=str(manifest_path))
+        parse_local_manifest(merged_text, source=str(manifest_path))
     except ManifestError as exc:
         return ApplyResult(
             False, problems=[_remap(p, merged, fragment, root, source) for p in exc.problems]

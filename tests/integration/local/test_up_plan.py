@@ -11,6 +11,7 @@ import yaml
 from support.ports import free_port
 
 from tulle.control.manifest import parse_manifest
+from tulle.local.manifest import parse_local_manifest
 from tulle.local.plan import PreferredPorts, build_plan, exposed_document
 
 pytestmark = pytest.mark.integration  # allocates ports (binds sockets briefly)
@@ -35,7 +36,7 @@ services:
 
 
 def test_instances_become_sidecar_endpoints_and_apps_learn_their_ports(tmp_path: Path) -> None:
-    manifest = parse_manifest(MANIFEST)
+    manifest = parse_local_manifest(MANIFEST)
     plan = build_plan(
         manifest,
         yaml.safe_load(MANIFEST),
@@ -111,7 +112,7 @@ def test_the_control_plane_takes_its_default_ports_where_free(tmp_path: Path) ->
     held = holder.getsockname()[1]
     try:
         grpc, http = free_port(), free_port()
-        manifest = parse_manifest(MANIFEST)
+        manifest = parse_local_manifest(MANIFEST)
         plan = build_plan(
             manifest,
             yaml.safe_load(MANIFEST),

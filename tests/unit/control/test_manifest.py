@@ -50,29 +50,8 @@ def test_the_example_is_valid_and_converts_to_the_discovery_model() -> None:
     assert manifest.services["api-v1"].endpoints[0].protocol_hint == "h2"
     users = manifest.services["users"]
     assert users.protocol == "http/1.1"
-    assert users.instances is not None
-    assert users.instances.command == ("tulle", "demo", "backend", "--addr", "127.0.0.1:{port}")
-    assert users.instances.replicas == 2
-    assert users.instances.env == {"LOG_LEVEL": "info", "WORKERS": "1"}
-    assert users.instances.service_account == "users"
     assert manifest.services["db"].endpoints[0].protocol_hint == "opaque"
     assert manifest.policy == {}
-
-
-def test_a_string_command_is_split_like_a_shell_would() -> None:
-    manifest = parse_manifest(
-        dedent(
-            """
-            services:
-              - name: app
-                instances: {command: "python -m app --port {port} --name 'a b'"}
-            """
-        )
-    )
-    instances = manifest.services["app"].instances
-    assert instances is not None
-    assert instances.command == ("python", "-m", "app", "--port", "{port}", "--name", "a b")
-    assert instances.replicas == 1
 
 
 def test_an_empty_services_list_is_valid() -> None:
@@ -176,42 +155,6 @@ BAD = [
     (
         "services:\n  - name: a\n    timeout: 0s\n",
         "mesh.yaml:3: services[0].timeout: must be longer than zero",
-    ),
-    (
-        "services:\n  - name: a\n    instances: {replicas: 2}\n",
-        'mesh.yaml:3: services[0].instances: missing required field "command"',
-    ),
-    (
-        "services:\n  - name: a\n    instances: {command: 'run {prot}'}\n",
-        "mesh.yaml:3: services[0].instances.command: unknown placeholder"
-        ' "{prot}" (known: {port}, {replica})',
-    ),
-    (
-        "services:\n  - name: a\n    instances: {command: 'run \"x'}\n",
-        "mesh.yaml:3: services[0].instances.command: cannot split the command:"
-        " No closing quotation",
-    ),
-    (
-        "services:\n  - name: a\n    instances: {command: []}\n",
-        "mesh.yaml:3: services[0].instances.command: the command is empty",
-    ),
-    (
-        "services:\n  - name: a\n    instances:\n      command: [run]\n      replicas: many\n",
-        'mesh.yaml:5: services[0].instances.replicas: expected a whole number, got "many"',
-    ),
-    (
-        "services:\n  - name: a\n    instances:\n      command: [run]\n      env: {A: [1]}\n",
-        "mesh.yaml:5: services[0].instances.env.A: expected a value, got a list",
-    ),
-    (
-        "services:\n  - name: a\n    instances:\n      command: [run]\n     "
-        " serviceAccount: Web_1\n",
-        'mesh.yaml:5: services[0].instances.serviceAccount: "Web_1" is not a valid account name',
-    ),
-    (
-        "services:\n  - name: a\n    instances:\n      command: [run]\n"
-        "      serviceAccount: web\n      identity: spiffe://t/ns/d/sa/web\n",
-        "mesh.yaml:5: services[0].instances.serviceAccount: give either identity or serviceAccount",
     ),
     (
         "services:\n  - name: a\n    routes:\n      - name: r\n        timeout: fast\n",

@@ -26,15 +26,13 @@ from tulle.control.manifest.document import (
 )
 from tulle.control.manifest.errors import ManifestError, Problem
 from tulle.control.manifest.matches import HTTP_METHODS
-from tulle.control.manifest.model import IngressSpec, InstancesSpec, Manifest, ServiceSpec
-from tulle.control.manifest.parse import load_manifest, parse_manifest
+from tulle.control.manifest.model import Manifest, ServiceSpec
+from tulle.control.manifest.parse import ManifestReader, load_manifest, parse_manifest, read_with
 from tulle.control.manifest.reader import PROTOCOLS
 from tulle.control.manifest.services import DEFAULT_ENDPOINT_WEIGHT, MAX_WEIGHT, PROTOCOL_HINTS
 from tulle.core.duration import MAX_DURATION_MS, duration_ms, parse_duration
-from tulle.local.manifest import COMMAND_PLACEHOLDERS
 
 __all__ = [
-    "COMMAND_PLACEHOLDERS",
     "DEFAULT_ENDPOINT_WEIGHT",
     "HTTP_METHODS",
     "MAX_ALIAS_NODES",
@@ -45,10 +43,9 @@ __all__ = [
     "MAX_WEIGHT",
     "PROTOCOLS",
     "PROTOCOL_HINTS",
-    "IngressSpec",
-    "InstancesSpec",
     "Manifest",
     "ManifestError",
+    "ManifestReader",
     "Problem",
     "ServiceSpec",
     "compose_bounded",
@@ -59,4 +56,5 @@ __all__ = [
     "parse_duration",
     "parse_manifest",
     "read_manifest_bytes",
+    "read_with",
 ]

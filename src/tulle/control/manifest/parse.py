@@ -10,9 +10,9 @@ from yaml.nodes import MappingNode, Node, ScalarNode
 
 from tulle.control.manifest.document import compose_bounded, decode_manifest, read_manifest_bytes
 from tulle.control.manifest.errors import ManifestError
-from tulle.control.manifest.model import IngressSpec, Manifest, ServiceSpec
+from tulle.control.manifest.model import Manifest, ServiceSpec
 from tulle.control.manifest.policy import PolicyReader
-from tulle.control.manifest.reader import _NULL, _describe, _line
+from tulle.control.manifest.reader import _NULL, _describe
 from tulle.control.manifest.services import ServicesReader
 from tulle.core.policy import EMPTY_POLICY
 
@@ -25,8 +25,13 @@ def load_manifest(path: str | Path) -> Manifest:
 
 def parse_manifest(text: str | bytes, *, source: str = "mesh.yaml") -> Manifest:
     """Validate manifest text and convert it; raises ManifestError listing every problem."""
+    return read_with(ManifestReader(source), text)
+
+
+def read_with(reader: ManifestReader, text: str | bytes) -> Manifest:
+    """`parse_manifest` with a reader that may also read the local runner's fields."""
+    source = reader.source
     root = compose_bounded(decode_manifest(text, source), source)
-    reader = ManifestReader(source)
     manifest = reader.manifest(root)
     if reader.problems or manifest is None:
         # Sorted by line so that the list reads like the file.
@@ -35,7 +40,15 @@ def parse_manifest(text: str | bytes, *, source: str = "mesh.yaml") -> Manifest:
 
 
 class ManifestReader(ServicesReader, PolicyReader):
-    """The whole document: `services:`, `policy:` and `ingress:`."""
+    """The whole document: `services:` and `policy:`.
+
+    `ingress:` and each service's `instances:` are the local runner's
+    (tulle.local.manifest reads them): accepted here and ignored, as the
+    control plane has no use for them.
+    """
+
+    def local_top_fields(self, fields: Mapping[str, Node]) -> None:
+        """`ingress:` belongs to the local runner: ignored here."""
 
     def manifest(self, root: Node | None) -> Manifest | None:
         if root is None:
@@ -81,7 +94,7 @@ class ManifestReader(ServicesReader, PolicyReader):
             if backend not in self.declared:
                 known = ", ".join(sorted(self.declared)) or "none"
                 self.problem(node, path, f'no service named "{backend}" (services: {known})')
-        ingress = self.ingress(fields["ingress"]) if "ingress" in fields else None
+        self.local_top_fields(fields)
         authorization = EMPTY_POLICY
         if policy is not None:
             authorization = self.policy_section(fields["policy"], services) or EMPTY_POLICY
@@ -89,28 +102,5 @@ class ManifestReader(ServicesReader, PolicyReader):
             services=services,
             policy=policy,
             source=self.source,
-            ingress=ingress,
             authorization=authorization,
         )
-
-    def ingress(self, node: Node) -> IngressSpec | None:
-        fields = self.mapping(node, "ingress", ("port", "services"))
-        if fields is None:
-            return None
-        port = self.integer(fields["port"], "ingress.port", 1, 65535) if "port" in fields else None
-        services: tuple[str, ...] | None = None
-        if "services" in fields:
-            names: list[str] = []
-            for i, item in enumerate(self.sequence(fields["services"], "ingress.services") or []):
-                name = self.name(item, f"ingress.services[{i}]")
-                if name is not None and name not in self.declared:
-                    known = ", ".join(sorted(self.declared)) or "none"
-                    self.problem(
-                        item,
-                        f"ingress.services[{i}]",
-                        f'no service named "{name}" (services: {known})',
-                    )
-                elif name is not None:
-                    names.append(name)
-            services = tuple(names)
-        return IngressSpec(port=port, services=services, line=_line(node))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+
 from yaml.nodes import MappingNode, Node
 
 from tulle.control.manifest.matches import MatchReader
@@ -16,7 +18,6 @@ from tulle.core.discovery import (
     RouteMatch,
     parse_address,
 )
-from tulle.local.manifest import InstancesReader
 
 # What a client should expect the endpoints of a service to speak.
 PROTOCOL_HINTS = {"http/1.1": "http/1.1", "h2": "h2", "grpc": "h2", "opaque": "opaque"}
@@ -24,7 +25,10 @@ DEFAULT_ENDPOINT_WEIGHT = 10_000
 MAX_WEIGHT = 1_000_000
 
 
-class ServicesReader(MatchReader, InstancesReader):
+class ServicesReader(MatchReader):
+    def local_service_fields(self, name: str | None, fields: Mapping[str, Node], path: str) -> None:
+        """`instances:` belongs to the local runner (tulle.local.manifest): ignored here."""
+
     def service(
         self, node: Node, path: str, pending_backends: list[tuple[Node, str, str]]
     ) -> ServiceSpec | None:
@@ -76,9 +80,7 @@ class ServicesReader(MatchReader, InstancesReader):
                     continue
                 seen[endpoint.address] = _line(ep_node)
                 endpoints.append(endpoint)
-        instances = None
-        if "instances" in fields:
-            instances = self.instances(fields["instances"], f"{path}.instances")
+        self.local_service_fields(name, fields, path)
         timeout = (
             self.duration(fields["timeout"], f"{path}.timeout") if "timeout" in fields else None
         )
@@ -125,7 +127,6 @@ class ServicesReader(MatchReader, InstancesReader):
                 backends=tuple(backends),
                 timeout_s=timeout,
             ),
-            instances=instances,
             identity=identity,
             line=_line(node),
         )
