@@ -13,9 +13,11 @@ import ipaddress
 import re
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Final, Protocol
 
 Address = tuple[str, int]
+# What a service (and a policy server) speaks: the values of a manifest's `protocol:`.
+PROTOCOLS: Final = ("http/1.1", "h2", "grpc", "opaque")
 
 
 @dataclass(frozen=True, slots=True)

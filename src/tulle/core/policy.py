@@ -42,7 +42,6 @@ MESH_DEFAULT_MODE: Final = ALL_UNAUTHENTICATED
 # (Linkerd's Server `accessPolicy`): declaring a server means locking it down.
 SERVER_DEFAULT_MODE: Final = DENY
 
-PROTOCOLS: Final = ("http/1.1", "h2", "grpc", "opaque")
 PROBE_POLICY: Final = "probe"
 NO_POLICY_NAME: Final = "default:deny-no-policy"
 

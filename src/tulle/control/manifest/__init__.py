@@ -28,8 +28,8 @@ from tulle.control.manifest.errors import ManifestError, Problem
 from tulle.control.manifest.matches import HTTP_METHODS
 from tulle.control.manifest.model import Manifest, ServiceSpec
 from tulle.control.manifest.parse import ManifestReader, load_manifest, parse_manifest, read_with
-from tulle.control.manifest.reader import PROTOCOLS
 from tulle.control.manifest.services import DEFAULT_ENDPOINT_WEIGHT, MAX_WEIGHT, PROTOCOL_HINTS
+from tulle.core.discovery import PROTOCOLS
 from tulle.core.duration import MAX_DURATION_MS, duration_ms, parse_duration
 
 __all__ = [

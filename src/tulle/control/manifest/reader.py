@@ -18,9 +18,8 @@ import yaml
 from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from tulle.control.manifest.errors import Problem
+from tulle.core.discovery import PROTOCOLS
 from tulle.core.duration import duration_ms
-
-PROTOCOLS = ("http/1.1", "h2", "grpc", "opaque")
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$")
