@@ -106,6 +106,11 @@ def proxy(
     identity_leaf_ttl: float = _option(
         "identity_leaf_ttl", "Leaf lifetime in seconds with --identity-issuer-dir."
     ),
+    identity_wait: float = _option(
+        "identity_wait",
+        "Seconds a connection accepted before the first certificate waits for it, "
+        "then goes on without it (503 identity-not-ready for meshed calls).",
+    ),
     workload: str = _option(
         "workload",
         "The workload (service) this proxy fronts: with --control-addr, its inbound "

@@ -149,12 +149,14 @@ class Worker:
         self.mesh: MeshTls | None = None
         self.h2_services: dict[str, H2Service] = {}
         self.policy_watcher: PolicyWatcher | None = None
+        self._hold_timeout_logged = False
 
     async def start_identity(self) -> None:
         """With an identity configured: ask for a certificate (in the background).
 
-        The proxy is not ready until it has one; meanwhile calls to meshed
-        endpoints fail fast with 503 identity-not-ready."""
+        The proxy is not ready until it has one; meanwhile connections are
+        held (`_hold`), at most `identity_wait_s`, then fail as usual (503
+        identity-not-ready for calls to meshed endpoints)."""
         cfg = self.config
         if not cfg.identity:
             return
@@ -261,6 +263,14 @@ class Worker:
             if self.draining:
                 sock.close()
                 return
+            mesh = self.mesh
+            if mesh is not None and not mesh.ready:
+                # Before the first certificate: hold, do not fail (see _hold).
+                loop.create_task(self._hold(ctx, mesh, dispatch, sock, peer, kind, data))
+                return
+            dispatch(sock, peer, kind, data)
+
+        def dispatch(sock: socket.socket, peer: Address, kind: Kind, data: bytes) -> None:
             orig = original_dst(sock)
             if ctx.direction == "inbound" and orig is not None:
                 # Captured inbound: the original port is the app's port.
@@ -303,6 +313,41 @@ class Worker:
             loop.create_task(self._opaque(ctx, sock, dst))
 
         return on_detected
+
+    async def _hold(
+        self,
+        ctx: ProxyContext,
+        mesh: MeshTls,
+        dispatch: Callable[[socket.socket, Address, Kind, bytes], None],
+        sock: socket.socket,
+        peer: Address,
+        kind: Kind,
+        data: bytes,
+    ) -> None:
+        """A connection accepted before the proxy has its first certificate.
+
+        An app started at the same time as its proxy (a pod's containers, a
+        `tulle up` service) connects before the control plane has answered
+        the CSR; failing that connection (503 identity-not-ready, or a closed
+        mTLS handshake inbound) would be a startup error the app did nothing
+        to cause. So it waits here, at most `identity_wait_s`, and then goes
+        the usual way: with the certificate, or without it to the usual clear
+        error. Only before the first certificate: after it, renewals never
+        make the proxy unready (it keeps its leaf until expiry).
+        """
+        labels = (("direction", ctx.direction),)
+        self.metrics.inc("identity_held_connections_total", labels)
+        try:
+            await mesh.certs.wait_ready(self.config.timeouts.identity_wait_s)
+        except TimeoutError as exc:
+            self.metrics.inc("identity_held_timeout_total", labels)
+            if not self._hold_timeout_logged:
+                self._hold_timeout_logged = True
+                log.warning("connections held for a certificate go on without one: %s", exc)
+        if self.draining or sock.fileno() < 0:
+            sock.close()
+            return
+        dispatch(sock, peer, kind, data)
 
     def _h2_protocol(self, ctx: ProxyContext) -> Callable[[], asyncio.Protocol]:
         """The HTTP/2 path of a direction, made on first use (inside the loop).

@@ -24,6 +24,8 @@ class Timeouts:
     shutdown_grace_s: float = 30.0
     # First answer from discovery for a never-seen service name.
     discovery_s: float = 5.0
+    # Connections accepted before the first certificate wait this long for it.
+    identity_wait_s: float = 10.0
 
 
 @dataclass(frozen=True, slots=True)
