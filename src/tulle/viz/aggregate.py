@@ -11,7 +11,8 @@ Which side counts where, as in Linkerd viz:
 * an edge X -> Y is the outbound metrics of X's proxies whose `dst_service`
   is Y. Identities come from `server_id` (outbound) and, for the client, from
   `client_id` on Y's inbound side when that identity names X's service
-  account (`.../sa/X`); both are empty until mTLS labels exist.
+  account (`.../sa/X`; for a Kubernetes service `ns/X`, `.../ns/ns/sa/X`);
+  both are empty until mTLS labels exist.
 
 Success rate is `classification="success"` over all responses; the TLS share
 is the share of responses carrying `tls="true"`; latency quantiles come from
@@ -219,6 +220,41 @@ def stat_instances(data: WindowData, service: str | None = None) -> list[dict[st
     return rows
 
 
+def stat_workloads(data: WindowData, workload: str | None = None) -> list[dict[str, Any]]:
+    """One row per Kubernetes workload (`deploy/web` of a namespace), from its pods' inbound side.
+
+    `workload` is `KIND/NAME` or just `KIND` (every workload of that kind)."""
+
+    def key(target: ScrapeTarget, name: str, labels: Labels) -> tuple[str, ...] | None:
+        if _direction(labels) != "inbound" or not target.workload:
+            return None
+        return (target.namespace, target.workload)
+
+    def wanted(target: ScrapeTarget) -> bool:
+        if not target.workload:
+            return False
+        if workload is None:
+            return True
+        return target.workload == workload or target.workload.partition("/")[0] == workload
+
+    groups = _group(data, key)
+    instances: dict[tuple[str, str], int] = {}
+    for target in data.targets:
+        if wanted(target):
+            group = (target.namespace, target.workload)
+            instances[group] = instances.get(group, 0) + 1
+    rows: list[dict[str, Any]] = []
+    for namespace, name in sorted(instances):
+        row: dict[str, Any] = {
+            "namespace": namespace,
+            "workload": name,
+            "instances": instances[(namespace, name)],
+        }
+        row.update(groups.get((namespace, name), Golden()).to_json(data.seconds))
+        rows.append(row)
+    return rows
+
+
 def routes(data: WindowData, service: str) -> list[dict[str, Any]]:
     """Per-route figures of `service`: its callers' outbound view, else its inbound one."""
 
@@ -266,7 +302,10 @@ def edges(data: WindowData) -> list[dict[str, Any]]:
         golden = groups[(src, dst)]
         figures = golden.to_json(data.seconds)
         clients = seen_by_server.get(dst, Golden()).client_ids
-        client_ids = sorted(c for c in clients if c.rstrip("/").endswith(f"/sa/{src}"))
+        # A Kubernetes service `ns/name`: its account `.../ns/<ns>/sa/<name>`.
+        namespace, _, name = src.rpartition("/")
+        account = f"/ns/{namespace}/sa/{name}" if namespace else f"/sa/{src}"
+        client_ids = sorted(c for c in clients if c.rstrip("/").endswith(account))
         row: dict[str, Any] = {
             "src": src,
             "dst": dst,

@@ -121,6 +121,18 @@ def _seconds(query: dict[str, str], key: str, default: float, high: float) -> fl
     return min(value, high)
 
 
+def _in_namespace(row: dict[str, Any], namespace: str, name: str) -> bool:
+    """Whether a row is of `namespace`: Kubernetes names read `<namespace>/<name>`."""
+    if "namespace" in row:
+        return bool(row["namespace"] == namespace)
+    return str(row.get(name, "")).startswith(f"{namespace}/")
+
+
+def _row_targets(data: WindowData, rows: list[dict[str, Any]]) -> list[ScrapeTarget | None]:
+    by_row = {(t.service, t.instance, t.admin): t for t in data.targets}
+    return [by_row.get((row["service"], row["instance"], row["admin"])) for row in rows]
+
+
 def _status_reason(status: int) -> str:
     return {
         200: "OK",
@@ -172,6 +184,40 @@ class MetricsApi:
             "rows": rows,
         }
 
+    def _health(self, target: ScrapeTarget) -> tuple[bool, str] | None:
+        """Whether the last scrape of `target` worked, and why not; None: not scraped here."""
+        store = getattr(self.context.source, "store", None)
+        health = store.health.get(target) if isinstance(store, WindowStore) else None
+        if health is None:
+            return None
+        if health.last_ok is None and not health.last_error:
+            return False, "not scraped yet"
+        return not health.last_error, health.last_error
+
+    def _answering(self, data: WindowData, kind: str, rows: list[dict[str, Any]]) -> None:
+        """Mark rows with their proxies' scrape health: a proxy that does not answer shows."""
+        if kind == "instance":
+            for row, target in zip(rows, _row_targets(data, rows), strict=True):
+                health = self._health(target) if target is not None else None
+                if health is not None:
+                    row["answering"], row["scrape_error"] = health
+            return
+        answering: dict[tuple[str, str], int] = {}
+        for target in data.targets:
+            health = self._health(target)
+            if health is None:
+                continue
+            group = (
+                (target.namespace, target.workload) if kind == "workload" else ("", target.service)
+            )
+            answering[group] = answering.get(group, 0) + int(health[0])
+        for row in rows:
+            group = (
+                (row["namespace"], row["workload"]) if kind == "workload" else ("", row["service"])
+            )
+            if group in answering:
+                row["answering"] = answering[group]
+
     async def stat(self, query: dict[str, str]) -> dict[str, Any]:
         data = await self._window(query)
         kind = query.get("kind", "service")
@@ -180,9 +226,40 @@ class MetricsApi:
             rows = aggregate.stat_services(data, service)
         elif kind == "instance":
             rows = aggregate.stat_instances(data, service)
+        elif kind == "workload":
+            rows = aggregate.stat_workloads(data, query.get("workload") or None)
         else:
-            raise ApiError(400, f"kind must be service or instance, got {kind!r}")
-        return self._envelope(data, rows)
+            raise ApiError(400, f"kind must be service, instance or workload, got {kind!r}")
+        namespace = query.get("namespace", "").strip()
+        if namespace:
+            rows = [row for row in rows if _in_namespace(row, namespace, "service")]
+        self._answering(data, kind, rows)
+        document = self._envelope(data, rows)
+        document["not_answering"] = self._not_answering(data, query, kind)
+        return document
+
+    def _not_answering(
+        self, data: WindowData, query: dict[str, str], kind: str
+    ) -> list[dict[str, str]]:
+        """The proxies in the scope of a stat query whose last scrape failed."""
+        namespace = query.get("namespace", "").strip()
+        service = query.get("service", "")
+        workload = query.get("workload", "")
+        found = []
+        for target in data.targets:
+            if namespace and target.namespace != namespace:
+                continue
+            if kind == "workload" and (
+                not target.workload
+                or (workload and workload not in (target.workload, target.workload.split("/")[0]))
+            ):
+                continue
+            if kind != "workload" and service and target.service != service:
+                continue
+            health = self._health(target)
+            if health is not None and not health[0]:
+                found.append({**target.to_json(), "error": health[1]})
+        return found
 
     async def routes(self, query: dict[str, str]) -> dict[str, Any]:
         service = query.get("service", "")
@@ -193,7 +270,15 @@ class MetricsApi:
 
     async def edges(self, query: dict[str, str]) -> dict[str, Any]:
         data = await self._window(query)
-        return self._envelope(data, aggregate.edges(data))
+        rows = aggregate.edges(data)
+        namespace = query.get("namespace", "").strip()
+        if namespace:
+            rows = [
+                row
+                for row in rows
+                if _in_namespace(row, namespace, "src") or _in_namespace(row, namespace, "dst")
+            ]
+        return self._envelope(data, rows)
 
     async def timeseries(self, query: dict[str, str]) -> dict[str, Any]:
         service = query.get("service", "")

@@ -8,7 +8,7 @@ dashboard's policy section): the policy comes from the manifest's validated
 from __future__ import annotations
 
 import urllib.request
-from collections.abc import Iterable, Mapping
+from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -62,12 +62,19 @@ def _match_text(match: RouteMatch) -> str:
     return " ".join(parts) or "any request"
 
 
-def describe(spec: PolicySpec, service: str) -> dict[str, Any]:
-    """The policy of one workload as a JSON-ready document."""
-    workload = next((w for w in spec.workloads if w.name == service), None)
+def describe(
+    spec: PolicySpec, service: str, workloads: Collection[str] | None = None
+) -> dict[str, Any]:
+    """The policy of one workload as a JSON-ready document.
+
+    `workloads`: the policy workloads that make up `service` when they are not
+    named after it (Kubernetes: its pods, `<namespace>/<pod>`); a Server that
+    selects several of them is listed once."""
+    names = {service} if workloads is None else set(workloads)
+    workload = next((w for w in spec.workloads if w.name in names), None)
     workload_mode = workload.default_mode if workload and workload.default_mode else None
     authentications = {a.name: a for a in spec.authentications}
-    servers = [s for s in spec.servers if s.workload == service]
+    servers = list({s.name: s for s in spec.servers if s.workload in names}.values())
     server_names = {s.name for s in servers}
     routes = [r for r in spec.http_routes if r.server in server_names]
     route_server = {r.name: r.server for r in routes}
@@ -191,10 +198,11 @@ async def api_authz(api: Any, query: dict[str, str]) -> dict[str, Any]:
     manifest = api.context.manifest()
     if manifest is None:
         raise ApiError(503, "the control plane has no manifest loaded yet")
-    document = describe(manifest.authorization, service)
-    proxies = [
-        ProxyAdmin(t.instance, t.admin) for t in api.context.targets() if t.service == service
-    ]
+    targets = [t for t in api.context.targets() if t.service == service]
+    # Kubernetes pods are policy workloads of their own, `<namespace>/<pod>`.
+    pods = [f"{t.namespace}/{t.instance}" for t in targets if t.namespace]
+    document = describe(manifest.authorization, service, pods or None)
+    proxies = [ProxyAdmin(t.instance, t.admin) for t in targets]
     results = await asyncio.gather(
         *(asyncio.to_thread(fetch_samples, proxy) for proxy in proxies), return_exceptions=True
     )
@@ -206,5 +214,6 @@ async def api_authz(api: Any, query: dict[str, str]) -> dict[str, Any]:
         else:
             samples.extend(result)
     attach_hits(document, count_hits(samples))
+    document["proxies"] = [p.admin for p in proxies]
     document["unreachable"] = unreachable
     return document

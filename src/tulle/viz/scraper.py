@@ -4,6 +4,9 @@ All targets of a round are read in parallel, each with a bounded timeout, so
 a dead or slow proxy costs one timeout per round and delays nobody else. Its
 failure is recorded (the `check` command reports it) and its earlier samples
 age out of the window as usual.
+
+`relabel`, when given, rewrites a target's samples before they are stored:
+the Kubernetes source uses it to give `dst_service` its cluster name.
 """
 
 from __future__ import annotations
@@ -14,7 +17,7 @@ import time
 from collections.abc import Callable
 
 from tulle.viz.http_client import FetchError, request
-from tulle.viz.promtext import ParseError, parse
+from tulle.viz.promtext import ParseError, Sample, parse
 from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
 
@@ -32,8 +35,10 @@ class Scraper:
         *,
         interval_s: float = DEFAULT_SCRAPE_INTERVAL_S,
         timeout_s: float = DEFAULT_SCRAPE_TIMEOUT_S,
+        relabel: Callable[[ScrapeTarget, list[Sample]], list[Sample]] | None = None,
     ) -> None:
         self._targets = targets
+        self._relabel = relabel
         self.store = store
         self.interval_s = interval_s
         self.timeout_s = min(timeout_s, interval_s)
@@ -45,6 +50,8 @@ class Scraper:
             if status != 200:
                 raise FetchError(f"/metrics answered {status}")
             samples = parse(body.decode(errors="replace"))
+            if self._relabel is not None:
+                samples = self._relabel(target, samples)
         except (FetchError, ParseError) as exc:
             self.store.failed(target, time.time(), str(exc))
             return

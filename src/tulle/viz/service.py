@@ -3,6 +3,9 @@
 `ControlPlane` creates one `VizService`, starts it after its other listeners
 and stops it first. Keeping the wiring here keeps the control plane's own
 module unaware of scraping, Prometheus and tap.
+
+Targets are those of `--scrape-targets` plus, when given, `discovered()`'s
+(the Kubernetes source's meshed pods), whose samples `relabel` rewrites.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 from tulle.control.manifest import Manifest
 from tulle.viz.api import ApiContext, ApiServer, MetricsSource, StoreSource
 from tulle.viz.prometheus import PrometheusSource
+from tulle.viz.promtext import Sample
 from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S, Scraper
 from tulle.viz.targets import GivenUp, ScrapeTarget, TargetSource
 from tulle.viz.window import WindowStore
@@ -33,9 +37,12 @@ class VizService:
         api_token: str = "",
         allowed_hosts: tuple[str, ...] = (),
         proxy_admin_token: str = "",
+        discovered: Callable[[], list[ScrapeTarget]] | None = None,
+        relabel: Callable[[ScrapeTarget, list[Sample]], list[Sample]] | None = None,
     ) -> None:
         # Raises TargetError / ValueError on a bad flag: the replica refuses to start.
         self.targets = TargetSource(scrape_targets)
+        self._discovered = discovered
         self.store = WindowStore()
         self.scraper: Scraper | None = None
         source: MetricsSource
@@ -43,7 +50,9 @@ class VizService:
             source = PrometheusSource(prometheus_url, self.targets.current())
             name = "prometheus"
         else:
-            self.scraper = Scraper(self._targets, self.store, interval_s=scrape_interval_s)
+            self.scraper = Scraper(
+                self._targets, self.store, interval_s=scrape_interval_s, relabel=relabel
+            )
             source = StoreSource(self.store)
             name = "scrape"
         self.server = ApiServer(
@@ -64,7 +73,9 @@ class VizService:
         self._task: asyncio.Task[None] | None = None
 
     def _targets(self) -> list[ScrapeTarget]:
-        return self.targets.current()
+        if self._discovered is None:
+            return self.targets.current()
+        return sorted(set(self.targets.current()) | set(self._discovered()))
 
     def _given_up(self) -> list[GivenUp]:
         self.targets.current()  # re-reads the file when it changed

@@ -24,9 +24,17 @@ class ScrapeTarget:
     service: str
     instance: str
     admin: str  # HOST:PORT of the proxy's admin listener
+    # Kubernetes pods only (tulle.control.kubernetes.pods): the pod's namespace,
+    # and the workload that owns it as KIND/NAME (`deploy/web`); the service is
+    # then `<namespace>/<service>` and the instance the pod's name.
+    namespace: str = ""
+    workload: str = ""
 
     def to_json(self) -> dict[str, str]:
-        return {"service": self.service, "instance": self.instance, "admin": self.admin}
+        document = {"service": self.service, "instance": self.instance, "admin": self.admin}
+        if self.namespace:
+            document.update(namespace=self.namespace, workload=self.workload)
+        return document
 
 
 class TargetError(ValueError):
