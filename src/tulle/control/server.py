@@ -31,7 +31,9 @@ from tulle.control.policy.index import PolicyIndex
 from tulle.control.policy.service import add_policy_servicer
 from tulle.core.discovery import Address, format_address
 from tulle.identity.store import IdentityStoreError, IssuerUnavailable
+from tulle.viz.promtext import Sample
 from tulle.viz.service import VizService
+from tulle.viz.targets import ScrapeTarget
 
 if TYPE_CHECKING:
     from tulle.control.identity_service import IdentityService
@@ -155,7 +157,16 @@ class ControlPlane:
                 api_token=config.api_token,
                 allowed_hosts=config.api_allowed_hosts,
                 proxy_admin_token=config.proxy_admin_token,
+                # The meshed pods' proxies, once the Kubernetes source runs.
+                discovered=self._pod_targets if config.source == "kubernetes" else None,
+                relabel=self._relabel if config.source == "kubernetes" else None,
             )
+
+    def _pod_targets(self) -> list[ScrapeTarget]:
+        return self._kube.proxy_targets if self._kube is not None else []
+
+    def _relabel(self, target: ScrapeTarget, samples: list[Sample]) -> list[Sample]:
+        return self._kube.names.relabel(target, samples) if self._kube is not None else samples
 
     def ready(self) -> bool:
         return self._server is not None and not self._stopped.is_set()

@@ -10,6 +10,10 @@ propagation well under a second.
 
 EndpointSlices are read as `discovery.k8s.io/v1` when the server has it and
 `v1beta1` otherwise (Kubernetes 1.20 and older); both have the fields used.
+
+Each rebuild also refreshes what the metrics API reads from the same Pods and
+Services (`pods.py`): the meshed pods' proxies to scrape, and the Service
+names their metrics' `dst_service` labels are renamed to.
 """
 
 from __future__ import annotations
@@ -21,6 +25,7 @@ import time
 from collections.abc import Callable
 
 from tulle.control.kubernetes.client import KubeClient, KubeError, Resource
+from tulle.control.kubernetes.pods import DestinationNames, proxy_targets
 from tulle.control.kubernetes.reflector import Reflector
 from tulle.control.kubernetes.translate import (
     ClusterState,
@@ -30,6 +35,7 @@ from tulle.control.kubernetes.translate import (
 )
 from tulle.control.manifest import Manifest
 from tulle.control.metrics import ControlMetrics
+from tulle.viz.targets import ScrapeTarget
 
 log = logging.getLogger("tulle.control.kubernetes")
 
@@ -95,6 +101,9 @@ class KubernetesSource:
         self._tasks: list[asyncio.Task[None]] = []
         self._reported: set[str] = set()
         self._cache = TranslationCache()
+        # Read by the metrics API (tulle.viz.service) between rebuilds.
+        self.proxy_targets: list[ScrapeTarget] = []
+        self.names = DestinationNames(settings.cluster_domain)
 
     def _mark(self) -> None:
         self._dirty.set()
@@ -126,7 +135,10 @@ class KubernetesSource:
 
     def _rebuild(self) -> Manifest:
         started = time.perf_counter()
-        translation = translate(self.state(), self.settings, self._cache)
+        state = self.state()
+        translation = translate(state, self.settings, self._cache)
+        self.proxy_targets = proxy_targets(state)
+        self.names.update(state.services)
         for problem in translation.problems:
             if problem not in self._reported:
                 log.warning("ignoring an object: %s", problem)

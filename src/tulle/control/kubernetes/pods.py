@@ -1,0 +1,208 @@
+"""The proxies of meshed Pods as the metrics API's scrape targets, and their names.
+
+With `--source kubernetes` the metrics API scrapes the proxy of every meshed
+pod (annotation `tulle.io/meshed: "true"`) the Pod reflector holds: it needs
+no other watch. A pod is scraped at `<podIP>:<admin port>`, the port being the
+pod's `tulle.io/proxy-admin-port` annotation, else the proxy's default admin
+port (4191, DESIGN.md); the injector sets the annotation whenever it moves
+the port. Pods that cannot run a proxy any more (phase Succeeded or Failed)
+or have no IP yet are not targets; a pod whose proxy does not answer stays a
+target, and the API shows it as not answering.
+
+Names, so that the figures of a cluster read as Kubernetes names:
+
+- a target's service is `<namespace>/<service>`: the first (by name) Service
+  of its namespace whose selector selects the pod, else its workload's name;
+- its workload is `KIND/NAME` from the owner reference: a ReplicaSet named
+  `<deployment>-<pod-template-hash>` (the pod carries that label) is the
+  Deployment's (`deploy/web`), so no ReplicaSet watch is needed; otherwise
+  `sts/`, `ds/`, `rs/`, `job/` of the owner, or `pod/<name>` for a bare pod;
+- `dst_service` labels of the proxies' outbound metrics (the authority each
+  proxy asked for: `web`, `web.shop:8080`, a ClusterIP...) are renamed to the
+  same `<namespace>/<service>` by `DestinationNames`, in the namespace of the
+  proxy that sent them, so that edges and service figures meet. A name that
+  is no Service of the cluster (an external host) is kept as it is.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+from collections.abc import Iterable, Mapping
+from typing import Any
+
+from tulle.control.kubernetes.translate import (
+    DEFAULT_CLUSTER_DOMAIN,
+    MESHED_ANNOTATION,
+    ClusterState,
+    Key,
+    Store,
+    expand_authority,
+)
+from tulle.core.discovery import format_address
+from tulle.viz.promtext import Sample
+from tulle.viz.targets import ScrapeTarget
+
+ADMIN_PORT_ANNOTATION = "tulle.io/proxy-admin-port"
+DEFAULT_PROXY_ADMIN_PORT = 4191  # `tulle proxy --admin-addr`'s default port
+_TEMPLATE_HASH_LABEL = "pod-template-hash"
+_OWNER_KINDS = {
+    "ReplicaSet": "rs",
+    "StatefulSet": "sts",
+    "DaemonSet": "ds",
+    "Job": "job",
+    "Deployment": "deploy",
+}
+
+
+def _mapping(value: Any) -> Mapping[str, Any]:
+    return value if isinstance(value, dict) else {}
+
+
+def admin_port(pod: Mapping[str, Any]) -> int | None:
+    """The proxy's admin port: the annotation, else the default; None when it is not a port."""
+    text = _mapping(_mapping(pod.get("metadata")).get("annotations")).get(ADMIN_PORT_ANNOTATION)
+    if text is None:
+        return DEFAULT_PROXY_ADMIN_PORT
+    if isinstance(text, str) and text.isdigit() and 0 < int(text) < 65536:
+        return int(text)
+    return None
+
+
+def workload_of(name: str, meta: Mapping[str, Any]) -> str:
+    """`KIND/NAME` of the controller owning a pod (`pod/<name>` when none does)."""
+    owners = meta.get("ownerReferences")
+    for owner in owners if isinstance(owners, list) else []:
+        owner = _mapping(owner)
+        if owner.get("controller") is False:
+            continue
+        kind = _OWNER_KINDS.get(str(owner.get("kind")))
+        owner_name = owner.get("name")
+        if kind is None or not isinstance(owner_name, str) or not owner_name:
+            continue
+        template_hash = _mapping(meta.get("labels")).get(_TEMPLATE_HASH_LABEL)
+        if kind == "rs" and isinstance(template_hash, str) and template_hash:
+            deployment = owner_name.removesuffix(f"-{template_hash}")
+            if deployment != owner_name:
+                return f"deploy/{deployment}"
+        return f"{kind}/{owner_name}"
+    return f"pod/{name}"
+
+
+def _selectors(services: Store) -> dict[str, list[tuple[str, Mapping[str, Any]]]]:
+    """The label selectors of the Services with one, by namespace, sorted by name."""
+    found: dict[str, list[tuple[str, Mapping[str, Any]]]] = {}
+    for (namespace, name), service in sorted(services.items()):
+        selector = _mapping(_mapping(service.get("spec")).get("selector"))
+        if selector:
+            found.setdefault(namespace, []).append((name, selector))
+    return found
+
+
+def proxy_targets(state: ClusterState) -> list[ScrapeTarget]:
+    """Every meshed pod's proxy that can be scraped, named as the module says."""
+    selectors = _selectors(state.services)
+    targets: list[ScrapeTarget] = []
+    for (namespace, name), pod in state.pods.items():
+        meta = _mapping(pod.get("metadata"))
+        if _mapping(meta.get("annotations")).get(MESHED_ANNOTATION) != "true":
+            continue
+        status = _mapping(pod.get("status"))
+        ip = status.get("podIP")
+        port = admin_port(pod)
+        if status.get("phase") in ("Succeeded", "Failed") or not isinstance(ip, str) or not ip:
+            continue
+        if port is None:
+            continue
+        try:
+            ipaddress.ip_address(ip)
+        except ValueError:
+            continue
+        labels = _mapping(meta.get("labels"))
+        workload = workload_of(name, meta)
+        service = next(
+            (
+                svc
+                for svc, selector in selectors.get(namespace, ())
+                if all(labels.get(k) == v for k, v in selector.items())
+            ),
+            workload.partition("/")[2],
+        )
+        targets.append(
+            ScrapeTarget(
+                f"{namespace}/{service}",
+                name,
+                format_address((ip, port)),
+                namespace=namespace,
+                workload=workload,
+            )
+        )
+    return sorted(targets)
+
+
+class DestinationNames:
+    """Renames `dst_service` labels to `<namespace>/<service>` (see the module)."""
+
+    def __init__(self, cluster_domain: str = DEFAULT_CLUSTER_DOMAIN) -> None:
+        self.cluster_domain = cluster_domain
+        self._services: set[Key] = set()
+        self._cluster_ips: dict[str, str] = {}
+        # (namespace, label) -> name: labels repeat in every scrape.
+        self._cache: dict[tuple[str, str], str] = {}
+
+    def update(self, services: Store) -> None:
+        """Follow the cluster's Services (called after each rebuild of the model)."""
+        known = set(services)
+        cluster_ips: dict[str, str] = {}
+        for (namespace, name), service in services.items():
+            spec = _mapping(service.get("spec"))
+            ips = spec.get("clusterIPs")
+            for ip in [spec.get("clusterIP"), *(ips if isinstance(ips, list) else [])]:
+                if isinstance(ip, str) and ip and ip != "None":
+                    cluster_ips[ip] = f"{namespace}/{name}"
+        if known != self._services or cluster_ips != self._cluster_ips:
+            self._services, self._cluster_ips = known, cluster_ips
+            self._cache = {}
+
+    def name(self, namespace: str, label: str) -> str:
+        key = (namespace, label)
+        found = self._cache.get(key)
+        if found is None:
+            if len(self._cache) > 100_000:
+                self._cache.clear()
+            found = self._cache[key] = self._resolve(namespace, label)
+        return found
+
+    def _resolve(self, namespace: str, label: str) -> str:
+        text = label.strip().lower()
+        host, sep, port = text.rpartition(":")
+        if not (sep and host and port.isdigit()):
+            host = text
+        host = host.removeprefix("[").removesuffix("]")
+        by_ip = self._cluster_ips.get(host)
+        if by_ip is not None:
+            return by_ip
+        full = expand_authority(label, namespace, self.cluster_domain)
+        host = full.rpartition(":")[0] if ":" in full else full
+        suffix = f".svc.{self.cluster_domain}"
+        if host.endswith(suffix):
+            parts = host.removesuffix(suffix).split(".")
+            if len(parts) == 2 and (parts[1], parts[0]) in self._services:
+                return f"{parts[1]}/{parts[0]}"
+        return label
+
+    def relabel(self, target: ScrapeTarget, samples: Iterable[Sample]) -> list[Sample]:
+        """`samples` of `target` with their `dst_service` renamed (a pod's only)."""
+        if not target.namespace:
+            return list(samples)
+        renamed: list[Sample] = []
+        for sample in samples:
+            labels = sample.labels
+            for index, (key, value) in enumerate(labels):
+                if key == "dst_service" and value:
+                    name = self.name(target.namespace, value)
+                    if name != value:
+                        labels = (*labels[:index], (key, name), *labels[index + 1 :])
+                        sample = Sample(sample.name, labels, sample.value)
+                    break
+            renamed.append(sample)
+        return renamed
