@@ -27,7 +27,13 @@ from rich.markup import escape
 from rich.table import Table
 
 from tulle.cli.main import app
-from tulle.cli.observe import STATE_DIR_OPTION
+from tulle.cli.observe import (
+    NAMESPACE_OPTION,
+    STATE_DIR_OPTION,
+    ControlUnreachable,
+    api_call,
+    resolve_control_url,
+)
 from tulle.control.manifest import Manifest, ManifestError, load_manifest
 from tulle.core.discovery import parse_address
 from tulle.local.registry import find_state_dir
@@ -127,6 +133,33 @@ def _render(document: Mapping[str, Any], unreachable: Sequence[str], proxies: in
         console.print(f"[yellow]warning:[/] {escape(problem)}")
 
 
+def _from_control_plane(
+    service: str, namespace: str, control: str, state_dir: str, as_json: bool
+) -> None:
+    """The report of the control plane's `GET /api/authz` (a Kubernetes service: NS/NAME)."""
+    head, slash, name = service.partition("/")
+    if slash and head.lower() in ("svc", "service"):
+        service = name
+    if namespace and "/" not in service:
+        service = f"{namespace}/{service}"
+    url = resolve_control_url(control, state_dir=state_dir)
+    try:
+        status, document = api_call(url, "/api/authz", {"service": service})
+    except ControlUnreachable as exc:
+        raise _fail(str(exc)) from None
+    if status != 200:
+        raise _fail(f"tulle authz: {document.get('error', f'HTTP {status}')}")
+    if as_json:
+        typer.echo(json.dumps(document, indent=2, sort_keys=True))
+        return
+    unreachable = [
+        f"no hit counts from {instance}: its proxy does not answer"
+        for instance in document["unreachable"]
+    ]
+    answered = len(document.get("proxies", [])) - len(unreachable)
+    _render(document, unreachable, answered)
+
+
 @app.command("authz")
 def authz(
     service: str = typer.Argument(..., help="The service (workload) whose policy to show."),
@@ -145,8 +178,19 @@ def authz(
     ),
     as_json: bool = typer.Option(False, "--json", help="Print a JSON document instead of tables."),
     state_dir: str = STATE_DIR_OPTION,
+    namespace: str = NAMESPACE_OPTION,
+    control: str = typer.Option(
+        "",
+        "--control",
+        envvar="TULLE_CONTROL_URL",
+        help="Ask this control plane's HTTP API (policy and hit counts of its scraped "
+        "proxies) instead of reading the manifest; implied by --namespace (Kubernetes).",
+    ),
 ) -> None:
     """Show the authorization policies that apply to SERVICE, and how often each decided."""
+    if namespace or control:
+        _from_control_plane(service, namespace, control, state_dir, as_json)
+        return
     found = find_state_dir(state_dir)
     state = (StateDir(found).read_state() if found is not None else None) or {}
     path = _choose_manifest(manifest_path, state, found)

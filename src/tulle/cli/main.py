@@ -45,7 +45,7 @@ VERSION_HELP = "Print the version and exit."
 # their modules register them, then sub-groups), so the root help reads the same.
 COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "stat": (
-        "Golden metrics per service or instance: success rate, RPS, latency, meshed TLS.",
+        "Golden metrics per service, instance or workload: success rate, RPS, latency, mTLS.",
         ("tulle.cli.observe",),
     ),
     "routes": (

@@ -69,6 +69,13 @@ STATE_DIR_OPTION = _option(observe_fast.STATE_DIR, STATE_DIR_HELP)
 WINDOW_OPTION = _option(observe_fast.WINDOW, _WINDOW_HELP)
 JSON_OPTION = _option(observe_fast.JSON, _JSON_HELP)
 TOKEN_OPTION = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP)
+NAMESPACE_OPTION = _option(
+    observe_fast.NAMESPACE,
+    "Kubernetes: the namespace of SERVICE, or the only namespace to show. Default: every one.",
+)
+ALL_NAMESPACES_OPTION = _option(observe_fast.ALL_NAMESPACES, "Kubernetes: every namespace.")
+# `tulle stat svc/NAME`, as kubectl spells a Service.
+SERVICE_KINDS = ("svc", "service", "services")
 
 
 @cache
@@ -233,25 +240,80 @@ def _golden_cells(row: dict[str, Any]) -> list[str]:
     ]
 
 
+def _namespace(namespace: str, all_namespaces: bool) -> str:
+    if namespace and all_namespaces:
+        raise typer.BadParameter(
+            "give --namespace or --all-namespaces, not both", param_hint="--namespace"
+        )
+    return namespace
+
+
+def _service_name(name: str, namespace: str) -> str:
+    """A service of a Kubernetes namespace is `<namespace>/<service>` in the API."""
+    return f"{namespace}/{name}" if namespace and name and "/" not in name else name
+
+
+def stat_query(resource: str, kind: str, namespace: str) -> dict[str, str]:
+    """The /api/stat query of `tulle stat RESOURCE`: SERVICE, svc/SERVICE, KIND/NAME or KIND."""
+    head, slash, name = resource.partition("/")
+    workload_kind = observe_fast.WORKLOAD_KINDS.get(head.lower())
+    if workload_kind is not None and (slash or not name):
+        if kind not in ("service", "workload"):
+            raise typer.BadParameter(
+                f"{resource} names a workload: --kind {kind} does not apply", param_hint="--kind"
+            )
+        target = f"{workload_kind}/{name}" if name else workload_kind
+        return {"kind": "workload", "workload": target, "namespace": namespace}
+    if head.lower() in SERVICE_KINDS and slash:
+        resource = name
+    elif head.lower() in SERVICE_KINDS and not slash:
+        resource = ""
+    service = _service_name(resource, namespace)
+    return {"kind": kind, "service": service, "namespace": namespace}
+
+
+def _instances(row: dict[str, Any]) -> str:
+    """How many proxies; `answering/all` when some do not answer their scrape."""
+    answering = row.get("answering")
+    if answering is None or answering == row["instances"]:
+        return str(row["instances"])
+    return f"{answering}/{row['instances']}"
+
+
 @app.command("stat")
 def stat(
-    service: str = typer.Argument("", help="Only this service (default: every service)."),
-    kind: str = typer.Option("service", "--kind", "-k", help="service or instance."),
+    service: str = typer.Argument(
+        "",
+        help="What to show: SERVICE (or svc/SERVICE); in Kubernetes also a workload "
+        "deploy/NAME (sts/, ds/, rs/, job/, pod/), or a kind alone (deploy) for every one of "
+        "it. Default: every service.",
+    ),
+    kind: str = typer.Option(
+        "service", "--kind", "-k", help="service, instance (each proxy) or workload."
+    ),
+    namespace: str = NAMESPACE_OPTION,
+    all_namespaces: bool = ALL_NAMESPACES_OPTION,
     window: str = WINDOW_OPTION,
     as_json: bool = JSON_OPTION,
     control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
 ) -> None:
-    """Golden metrics per service or instance: success rate, RPS, latency, meshed TLS."""
-    if kind not in ("service", "instance"):
-        raise typer.BadParameter("expected service or instance", param_hint="--kind")
+    """Golden metrics per service, instance or workload: success rate, RPS, latency, mTLS."""
+    if kind not in ("service", "instance", "workload"):
+        raise typer.BadParameter("expected service, instance or workload", param_hint="--kind")
+    query = stat_query(service, kind, _namespace(namespace, all_namespaces))
+    kind = query["kind"]
     url = resolve_control_url(control, state_dir=state_dir)
-    document = _get(url, "/api/stat", {"kind": kind, "window": window, "service": service})
+    document = _get(url, "/api/stat", {**query, "window": window})
     if as_json:
         _print_json(document)
         return
     table = _table(f"last {document['window_s']:g}s ({document['source']})")
-    table.add_column("SERVICE")
+    if kind == "workload":
+        table.add_column("NAMESPACE")
+        table.add_column("WORKLOAD")
+    else:
+        table.add_column("SERVICE")
     if kind == "instance":
         table.add_column("INSTANCE")
     else:
@@ -259,20 +321,31 @@ def stat(
     table.add_column("REQUESTS", justify="right")
     _golden_columns(table)
     for row in document["rows"]:
-        second = row["instance"] if kind == "instance" else str(row["instances"])
-        table.add_row(row["service"], second, str(row["requests"]), *_golden_cells(row))
+        first = [row["namespace"], row["workload"]] if kind == "workload" else [row["service"]]
+        second = row["instance"] if kind == "instance" else _instances(row)
+        table.add_row(*first, second, str(row["requests"]), *_golden_cells(row))
     _console().print(table)
+    for proxy in document.get("not_answering", []):
+        name = proxy["instance"]
+        if proxy.get("namespace"):
+            name = f"{proxy['namespace']}/{name}"
+        typer.echo(f"not answering: {name} ({proxy['admin']}): {proxy['error']}")
 
 
 @app.command("routes")
 def routes(
-    service: str = typer.Argument(..., help="The service whose routes to show."),
+    service: str = typer.Argument(..., help="The service whose routes to show (or svc/NAME)."),
+    namespace: str = NAMESPACE_OPTION,
     window: str = WINDOW_OPTION,
     as_json: bool = JSON_OPTION,
     control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Golden metrics per route of one service (as its callers see it)."""
+    head, slash, name = service.partition("/")
+    if slash and head.lower() in SERVICE_KINDS:
+        service = name
+    service = _service_name(service, namespace)
     url = resolve_control_url(control, state_dir=state_dir)
     document = _get(url, "/api/routes", {"service": service, "window": window})
     if as_json:
@@ -290,14 +363,17 @@ def routes(
 
 @app.command("edges")
 def edges(
+    namespace: str = NAMESPACE_OPTION,
+    all_namespaces: bool = ALL_NAMESPACES_OPTION,
     window: str = WINDOW_OPTION,
     as_json: bool = JSON_OPTION,
     control: str = CONTROL_OPTION,
     state_dir: str = STATE_DIR_OPTION,
 ) -> None:
     """Who calls whom: rate, success, identities and whether the edge is mTLS."""
+    namespace = _namespace(namespace, all_namespaces)
     url = resolve_control_url(control, state_dir=state_dir)
-    document = _get(url, "/api/edges", {"window": window})
+    document = _get(url, "/api/edges", {"window": window, "namespace": namespace})
     if as_json:
         _print_json(document)
         return

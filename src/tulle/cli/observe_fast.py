@@ -49,21 +49,40 @@ WINDOW = Option("window", ("--window", "-w"), "60s")
 JSON = Option("as_json", ("--json",), False)
 CONTROL = Option("control", ("--control",), "", envvar="TULLE_CONTROL_URL")
 STATE_DIR = Option("state_dir", ("--state-dir",), "", envvar="TULLE_STATE_DIR")
+NAMESPACE = Option("namespace", ("--namespace", "-n"), "", envvar="TULLE_NAMESPACE")
+ALL_NAMESPACES = Option("all_namespaces", ("--all-namespaces", "-A"), False)
+
+# `tulle stat KIND/NAME` spellings of Kubernetes workload kinds, as kubectl's, to
+# the short kind a pod target's `workload` is written with
+# (tulle.control.kubernetes.pods).
+WORKLOAD_KINDS = {
+    **dict.fromkeys(("deploy", "deployment", "deployments"), "deploy"),
+    **dict.fromkeys(("sts", "statefulset", "statefulsets"), "sts"),
+    **dict.fromkeys(("ds", "daemonset", "daemonsets"), "ds"),
+    **dict.fromkeys(("rs", "replicaset", "replicasets"), "rs"),
+    **dict.fromkeys(("job", "jobs"), "job"),
+    **dict.fromkeys(("po", "pod", "pods"), "pod"),
+}
+
 
 COMMANDS: dict[str, Command] = {
     "stat": Command(
         "service",
         "",
         (
-            Option("kind", ("--kind", "-k"), "service", choices=("service", "instance")),
+            Option(
+                "kind", ("--kind", "-k"), "service", choices=("service", "instance", "workload")
+            ),
+            NAMESPACE,
+            ALL_NAMESPACES,
             WINDOW,
             JSON,
             CONTROL,
             STATE_DIR,
         ),
     ),
-    "routes": Command("service", None, (WINDOW, JSON, CONTROL, STATE_DIR)),
-    "edges": Command("", "", (WINDOW, JSON, CONTROL, STATE_DIR)),
+    "routes": Command("service", None, (NAMESPACE, WINDOW, JSON, CONTROL, STATE_DIR)),
+    "edges": Command("", "", (NAMESPACE, ALL_NAMESPACES, WINDOW, JSON, CONTROL, STATE_DIR)),
 }
 
 

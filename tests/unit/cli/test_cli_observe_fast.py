@@ -48,6 +48,11 @@ CASES = [
     ("routes", ["--window", "10s", "books", "--json"]),
     ("edges", ["--json"]),
     ("edges", []),
+    ("stat", ["deploy/web", "-n", "shop", "--kind", "workload"]),
+    ("stat", ["-A", "--json"]),
+    ("routes", ["web", "--namespace", "shop"]),
+    ("edges", ["-n", "shop"]),
+    ("edges", ["--all-namespaces"]),
 ]
 
 
