@@ -417,13 +417,22 @@ class KubeletStandIn:
         service_account: str = "default",
         meshed: bool = True,
         ports: list[dict[str, Any]] | None = None,
+        annotations: dict[str, str] | None = None,
+        owners: list[dict[str, Any]] | None = None,
+        ready: bool = True,
     ) -> None:
-        body = {
-            "metadata": {
-                "name": name,
-                "labels": labels,
-                "annotations": {"tulle.io/meshed": "true"} if meshed else {},
+        metadata: dict[str, Any] = {
+            "name": name,
+            "labels": labels,
+            "annotations": {
+                **({"tulle.io/meshed": "true"} if meshed else {}),
+                **(annotations or {}),
             },
+        }
+        if owners:
+            metadata["ownerReferences"] = owners
+        body = {
+            "metadata": metadata,
             "spec": {
                 "nodeName": NODE_NAME,
                 "serviceAccountName": service_account,
@@ -437,8 +446,8 @@ class KubeletStandIn:
             "podIP": ip,
             "podIPs": [{"ip": ip}],
             "conditions": [
-                {"type": "Ready", "status": "True", "lastTransitionTime": now},
-                {"type": "ContainersReady", "status": "True", "lastTransitionTime": now},
+                {"type": "Ready", "status": str(ready), "lastTransitionTime": now},
+                {"type": "ContainersReady", "status": str(ready), "lastTransitionTime": now},
             ],
         }
         self.cluster.request("PUT", f"/api/v1/namespaces/{namespace}/pods/{name}/status", pod)

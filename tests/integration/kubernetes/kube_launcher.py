@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 from kube_cluster import Cluster
@@ -17,6 +18,8 @@ class KubeReplica:
     process: ManagedProcess
     grpc_port: int
     admin_port: int
+    # The metrics API (`tulle stat` & co.), when started with `http=True`.
+    http_port: int | None = None
 
     @property
     def grpc_target(self) -> str:
@@ -30,7 +33,17 @@ def start_kube_control(
     name: str = "control",
     grpc_port: int = 0,
     extra: tuple[str, ...] = (),
+    http: bool = False,
 ) -> KubeReplica:
+    """A replica; with `http`, its metrics API on a free loopback port (token in `cluster.root`)."""
+    api = ["--http-addr", "off"]
+    if http:
+        api = [
+            "--http-addr",
+            f"{LOOPBACK}:0",
+            "--api-token-file",
+            str(cluster.root / f"{name}-api-token"),
+        ]
     process = group.tulle(
         name,
         [
@@ -43,14 +56,20 @@ def start_kube_control(
             f"{LOOPBACK}:{grpc_port}",
             "--admin-addr",
             f"{LOOPBACK}:0",
-            "--http-addr",
-            "off",
+            *api,
             "--trust-domain",
             TRUST_DOMAIN,
             *extra,
         ],
     )
     ready = process.wait_for_match(CONTROL_READY, "the ready line", timeout=30)
-    replica = KubeReplica(process, int(ready.group(1)), int(ready.group(2)))
+    # The ready line is printed whole: its http= part is there once it matched.
+    http_port = re.search(r"tulle control ready .* http=[\d.]+:(\d+)", process.output())
+    replica = KubeReplica(
+        process,
+        int(ready.group(1)),
+        int(ready.group(2)),
+        int(http_port.group(1)) if http and http_port else None,
+    )
     process.wait_for(lambda: http_status(LOOPBACK, replica.admin_port, "/ready") == 200, "/ready")
     return replica
