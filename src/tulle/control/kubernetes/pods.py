@@ -4,8 +4,8 @@ With `--source kubernetes` the metrics API scrapes the proxy of every meshed
 pod (annotation `tulle.io/meshed: "true"`) the Pod reflector holds: it needs
 no other watch. A pod is scraped at `<podIP>:<admin port>`, the port being the
 pod's `tulle.io/proxy-admin-port` annotation, else the proxy's default admin
-port (4191, DESIGN.md); the injector sets the annotation whenever it moves
-the port. Pods that cannot run a proxy any more (phase Succeeded or Failed)
+port (4191, DESIGN.md); the injector (`tulle.k8s.inject`) always writes
+the annotation. Pods that cannot run a proxy any more (phase Succeeded or Failed)
 or have no IP yet are not targets; a pod whose proxy does not answer stays a
 target, and the API shows it as not answering.
 
@@ -39,11 +39,14 @@ from tulle.control.kubernetes.translate import (
     expand_authority,
 )
 from tulle.core.discovery import format_address
+from tulle.k8s.inject import ADMIN_PORT_ANNOTATION
+from tulle.net.capture import ADMIN_PORT
 from tulle.viz.promtext import Sample
 from tulle.viz.targets import ScrapeTarget
 
-ADMIN_PORT_ANNOTATION = "tulle.io/proxy-admin-port"
-DEFAULT_PROXY_ADMIN_PORT = 4191  # `tulle proxy --admin-addr`'s default port
+# Written on every pod by the injector (tulle.k8s.inject), which also makes
+# the proxy listen on the pod's address rather than its loopback.
+DEFAULT_PROXY_ADMIN_PORT = ADMIN_PORT
 _TEMPLATE_HASH_LABEL = "pod-template-hash"
 _OWNER_KINDS = {
     "ReplicaSet": "rs",
