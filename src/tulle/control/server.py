@@ -163,7 +163,7 @@ class ControlPlane:
             )
 
     def _pod_targets(self) -> list[ScrapeTarget]:
-        return self._kube.proxy_targets if self._kube is not None else []
+        return self._kube.proxy_targets() if self._kube is not None else []
 
     def _relabel(self, target: ScrapeTarget, samples: list[Sample]) -> list[Sample]:
         return self._kube.names.relabel(target, samples) if self._kube is not None else samples

@@ -11,9 +11,10 @@ propagation well under a second.
 EndpointSlices are read as `discovery.k8s.io/v1` when the server has it and
 `v1beta1` otherwise (Kubernetes 1.20 and older); both have the fields used.
 
-Each rebuild also refreshes what the metrics API reads from the same Pods and
-Services (`pods.py`): the meshed pods' proxies to scrape, and the Service
-names their metrics' `dst_service` labels are renamed to.
+The metrics API reads the same Pods and Services (`pods.py`): the meshed
+pods' proxies to scrape (found again when it asks after a change), and the
+Service names their metrics' `dst_service` labels are renamed to (followed
+at each rebuild).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from tulle.control.kubernetes.client import KubeClient, KubeError, Resource
-from tulle.control.kubernetes.pods import DestinationNames, proxy_targets
+from tulle.control.kubernetes.pods import DestinationNames, PodTargets
 from tulle.control.kubernetes.reflector import Reflector
 from tulle.control.kubernetes.translate import (
     ClusterState,
@@ -101,12 +102,22 @@ class KubernetesSource:
         self._tasks: list[asyncio.Task[None]] = []
         self._reported: set[str] = set()
         self._cache = TranslationCache()
-        # Read by the metrics API (tulle.viz.service) between rebuilds.
-        self.proxy_targets: list[ScrapeTarget] = []
+        # For the metrics API (tulle.viz.service): the pods' proxies, found again
+        # when it asks after a change (every scrape round at most), not per rebuild.
+        self._changes = 0
+        self._pod_targets = PodTargets()
+        self._targets: tuple[int, list[ScrapeTarget]] = (-1, [])
         self.names = DestinationNames(settings.cluster_domain)
 
     def _mark(self) -> None:
+        self._changes += 1
         self._dirty.set()
+
+    def proxy_targets(self) -> list[ScrapeTarget]:
+        """The meshed pods' proxies (`pods.py`), as of the last change seen."""
+        if self._targets[0] != self._changes:
+            self._targets = (self._changes, self._pod_targets.current(self.state()))
+        return self._targets[1]
 
     async def load_initial(self, timeout_s: float = 30.0) -> Manifest:
         """Start the reflectors and wait until every kind is listed once."""
@@ -137,7 +148,6 @@ class KubernetesSource:
         started = time.perf_counter()
         state = self.state()
         translation = translate(state, self.settings, self._cache)
-        self.proxy_targets = proxy_targets(state)
         self.names.update(state.services)
         for problem in translation.problems:
             if problem not in self._reported:

@@ -12,6 +12,7 @@ from tulle.cli.observe import stat_query
 from tulle.control.kubernetes.pods import (
     DEFAULT_PROXY_ADMIN_PORT,
     DestinationNames,
+    PodTargets,
     proxy_targets,
     workload_of,
 )
@@ -205,3 +206,42 @@ def test_stat_by_workload_and_namespace_with_a_proxy_that_does_not_answer() -> N
 )
 def test_stat_resources(args: tuple[str, str, str], query: dict[str, str]) -> None:
     assert stat_query(*args) == query
+
+
+def test_the_first_service_by_name_whose_whole_selector_matches_names_the_pod() -> None:
+    labels = {"app": "web", "tier": "front"}
+    state = ClusterState(
+        services=dict(
+            [
+                svc("shop", "web", {"app": "web"}),
+                svc("shop", "front", {"tier": "front", "app": "web"}),
+                svc("shop", "back", {"tier": "back", "app": "web"}),
+                svc("other", "aaa", {"app": "web"}),
+            ]
+        ),
+        pods=dict([pod("shop", "web-0", "10.0.0.1", labels)]),
+    )
+    assert [t.service for t in proxy_targets(state)] == ["shop/front"]
+
+
+def test_pod_targets_follow_pod_and_service_changes() -> None:
+    def versioned(item: Any, version: str) -> Any:
+        key, obj = item
+        obj["metadata"]["resourceVersion"] = version
+        return key, obj
+
+    services = dict([versioned(svc("shop", "web", {"app": "web"}), "1")])
+    pods = dict([versioned(pod("shop", "web-0", "10.0.0.1", {"app": "web"}), "1")])
+    targets = PodTargets()
+    assert [t.service for t in targets.current(ClusterState(services=services, pods=pods))] == [
+        "shop/web"
+    ]
+    # The pod moved (a new resourceVersion): its new address is used.
+    pods = dict([versioned(pod("shop", "web-0", "10.0.0.9", {"app": "web"}), "2")])
+    found = targets.current(ClusterState(services=services, pods=pods))
+    assert [t.admin for t in found] == [f"10.0.0.9:{DEFAULT_PROXY_ADMIN_PORT}"]
+    # The Service went away: the pod is named after itself again.
+    assert [t.service for t in targets.current(ClusterState(services={}, pods=pods))] == [
+        "shop/web-0"
+    ]
+    assert targets.current(ClusterState(services={}, pods={})) == []
