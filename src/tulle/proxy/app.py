@@ -193,10 +193,17 @@ class Worker:
         from tulle.api.policy_client import PolicyWatcher
         from tulle.proxy.authz import InboundAuthz
 
+        def watch(port: int) -> PolicyWatcher:
+            # One per app port: a captured connection's original port picks its Server.
+            watcher = PolicyWatcher(
+                list(cfg.control_addrs), cfg.workload, port, tls=self.control_tls
+            )
+            watcher.start()
+            return watcher
+
         port = cfg.app_addr[1] if cfg.app_addr is not None else 0
-        watcher = PolicyWatcher(list(cfg.control_addrs), cfg.workload, port, tls=self.control_tls)
-        watcher.start()
-        self.inbound.authz = InboundAuthz(watcher, self.metrics)
+        watcher = watch(port)
+        self.inbound.authz = InboundAuthz(watcher, self.metrics, watch)
         self.policy_watcher = watcher
         if not await watcher.wait_known(self.config.timeouts.discovery_s):
             log.warning(
@@ -278,6 +285,20 @@ class Worker:
                 if orig is None:
                     sock.close()
                     return
+                # ... and its policy Server: wait for the first answer about a
+                # port seen for the first time, as for a new service name.
+                authz = ctx.authz
+                watcher = authz.watcher_for(orig[1]) if authz is not None else None
+                if watcher is not None and not watcher.known:
+                    loop.create_task(
+                        self._await_policy(watcher, route, sock, peer, kind, data, orig)
+                    )
+                    return
+            route(sock, peer, kind, data, orig)
+
+        def route(
+            sock: socket.socket, peer: Address, kind: Kind, data: bytes, orig: Address | None
+        ) -> None:
             if kind is Kind.TLS and ctx.direction == "inbound" and ctx.mesh is not None:
                 alpn = self._mesh_alpn(data)
                 if alpn is not None:
@@ -304,7 +325,7 @@ class Worker:
                     ctx.metrics.proxy_error(ctx.direction, refusal.reason)
                     sock.close()
                     return
-            if not self._tcp_allowed(ctx, None, peer):
+            if not self._tcp_allowed(ctx, None, peer, orig):
                 sock.close()
                 return
             if orig is not None and ctx.direction == "outbound":
@@ -348,6 +369,24 @@ class Worker:
             sock.close()
             return
         dispatch(sock, peer, kind, data)
+
+    async def _await_policy(
+        self,
+        watcher: PolicyWatcher,
+        route: Callable[[socket.socket, Address, Kind, bytes, Address | None], None],
+        sock: socket.socket,
+        peer: Address,
+        kind: Kind,
+        data: bytes,
+        orig: Address,
+    ) -> None:
+        """A captured inbound connection to an app port whose policy is not known yet:
+        wait for it (bounded); without an answer the port's policy stays fail-closed."""
+        await watcher.wait_known(self.config.timeouts.discovery_s)
+        if self.draining or sock.fileno() < 0:
+            sock.close()
+            return
+        route(sock, peer, kind, data, orig)
 
     def _h2_protocol(self, ctx: ProxyContext) -> Callable[[], asyncio.Protocol]:
         """The HTTP/2 path of a direction, made on first use (inside the loop).
@@ -436,7 +475,7 @@ class Worker:
             return
         # Opaque: the caller's identity is known now; authorize, then connect.
         client_id = transport_peer_identity(transport.get_extra_info("ssl_object"))
-        if not self._tcp_allowed(ctx, client_id, peer):
+        if not self._tcp_allowed(ctx, client_id, peer, orig):
             tunnel.close(abort=True)
             return
         if not await self._connect_upstream(ctx, tunnel, app_addr):
@@ -445,12 +484,14 @@ class Worker:
         tunnel.start()
 
     @staticmethod
-    def _tcp_allowed(ctx: ProxyContext, client_id: str | None, peer: Address) -> bool:
+    def _tcp_allowed(
+        ctx: ProxyContext, client_id: str | None, peer: Address, app_dst: Address | None
+    ) -> bool:
         """Inbound policy for an opaque connection (denied: the caller closes it)."""
         authz = ctx.authz
-        if authz is None:
+        if authz is None or ctx.direction != "inbound":
             return True
-        decision = authz.policy.authorize_tcp(client_id or None, peer[0])
+        decision = authz.policy_at(app_dst).authorize_tcp(client_id or None, peer[0])
         authz.record("tcp", decision, client_id or "")
         return decision.allowed
 
@@ -610,8 +651,9 @@ class Worker:
             self._sweeper.cancel()
         if self.mesh is not None:
             await self.mesh.certs.close()
-        if self.policy_watcher is not None:
-            await self.policy_watcher.close()
+        if self.inbound.authz is not None:
+            for policy_watcher in self.inbound.authz.watchers():
+                await policy_watcher.close()
         await self.resolver.close()
         self.stopped.set()
 

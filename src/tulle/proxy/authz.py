@@ -9,6 +9,13 @@ client_id}` and logs what audit mode let through.
 
 A proxy with no `--workload` (or no control plane) has no `InboundAuthz` and
 enforces nothing: every caller is allowed, as before policy existed.
+
+The policy is per port (docs/policy.md: a Server is one port of a workload).
+A connection made straight to the inbound gets the policy of `--app-addr`'s
+port (`policy`); a captured one goes to the app at its original port and
+gets that port's policy (`policy_at`), followed from the port's first
+connection on (`watcher_for`, at most MAX_WATCHED_PORTS ports; past that, and
+for a port not watched, fail closed).
 """
 
 from __future__ import annotations
@@ -17,28 +24,57 @@ import logging
 import time
 from typing import TYPE_CHECKING
 
-from tulle.core.policy import Decision, InboundPolicy
+from tulle.core.policy import FAIL_CLOSED, Decision, InboundPolicy
 from tulle.proxy.metrics import Labels, Metrics
 
 if TYPE_CHECKING:
+    from collections.abc import Callable
+
     from tulle.api.policy_client import PolicyWatcher
+    from tulle.core.discovery import Address
 
 log = logging.getLogger(__name__)
 
 # Audit lines are rate-limited: at most one per this many seconds.
 AUDIT_LOG_INTERVAL_S = 5.0
+# App ports whose policy one proxy follows (a stream each to the control plane).
+MAX_WATCHED_PORTS = 64
 
 
 class InboundAuthz:
-    def __init__(self, watcher: PolicyWatcher, metrics: Metrics) -> None:
+    def __init__(
+        self,
+        watcher: PolicyWatcher,
+        metrics: Metrics,
+        watch: Callable[[int], PolicyWatcher] | None = None,
+    ) -> None:
         self.watcher = watcher
         self._metrics = metrics
         self._labels: dict[tuple[str, str, str, str, bool], tuple[str, Labels]] = {}
         self._last_audit_log = 0.0
+        self._ports: dict[int, PolicyWatcher] = {watcher.port: watcher}
+        self._watch = watch
 
     @property
     def policy(self) -> InboundPolicy:
         return self.watcher.current
+
+    def policy_at(self, app_dst: Address | None) -> InboundPolicy:
+        """The policy of the app port a connection goes to (None: `--app-addr`'s)."""
+        if app_dst is None:
+            return self.watcher.current
+        watcher = self._ports.get(app_dst[1])
+        return watcher.current if watcher is not None else FAIL_CLOSED
+
+    def watcher_for(self, port: int) -> PolicyWatcher | None:
+        """The watcher of an app port, started on first use; None past the bound."""
+        watcher = self._ports.get(port)
+        if watcher is None and self._watch is not None and len(self._ports) < MAX_WATCHED_PORTS:
+            watcher = self._ports[port] = self._watch(port)
+        return watcher
+
+    def watchers(self) -> list[PolicyWatcher]:
+        return list(self._ports.values())
 
     def record(self, kind: str, decision: Decision, client_id: str) -> None:
         """Count one decision (`kind` is "http" or "tcp")."""

@@ -439,7 +439,7 @@ class Exchange:
             head.target = normal
             authz = ctx.authz
             if authz is not None:
-                decision = authz.policy.authorize_http(
+                decision = authz.policy_at(server.orig_dst).authorize_http(
                     server.client_id or None, server.peer[0], head.method, head.target, head.header
                 )
                 authz.record("http", decision, server.client_id)

@@ -391,3 +391,55 @@ def test_captured_call_to_a_service_address_is_mtls(
     assert out.total("outbound_passthrough_total") == 0
     inbound = metrics(pair.b)
     assert inbound.total("request_total", direction="inbound", tls="true", client_id=WEB_ID) == 1
+
+
+OPEN_PORT = 8081
+POLICY_MANIFEST = """\
+services:
+  - name: web
+    port: 8080
+    endpoints: [10.231.0.2:8080]
+policy:
+  servers:
+    - {name: web-closed, workload: web, port: 8080, protocol: http/1.1, defaultPolicy: deny}
+    - name: web-open
+      workload: web
+      port: 8081
+      protocol: http/1.1
+      defaultPolicy: all-unauthenticated
+"""
+
+
+def test_inbound_policy_server_is_chosen_by_the_original_port(
+    pair: Pair, firewall: str, processes: ProcessGroup, tmp_path: Path
+) -> None:
+    """b's app listens on two ports whose Servers differ: a caller of 8080 meets
+    `web-closed` (deny), one of 8081 meets `web-open`, whichever port the
+    proxy's --app-addr names (here the open one)."""
+    start_backend(processes, pair.b, "http", APP_PORT)
+    start_backend(processes, pair.b, "http", OPEN_PORT)
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(POLICY_MANIFEST)
+    # The control plane runs inside b, on b's loopback (the proxy's uid is not captured).
+    control = processes.start(
+        "control-b",
+        in_netns(pair.b, [sys.executable, "-m", "tulle", "control", "--manifest", str(manifest),
+                          "--grpc-addr", "127.0.0.1:8086", "--admin-addr", "127.0.0.1:9990",
+                          "--http-addr", "off"]),
+    )  # fmt: skip
+    control.wait_for(lambda: "tulle control ready" in control.output(), "the ready line")
+    tulle_init(pair.b, firewall)
+    start_sidecar(
+        processes, pair.b,
+        "--app-addr", f"127.0.0.1:{OPEN_PORT}",
+        "--workload", "web", "--control-addr", "127.0.0.1:8086",
+    )  # fmt: skip
+
+    status, body = run_in(pair.a, lambda: http_get(pair.b_ip, APP_PORT, "/"))
+    assert status == 403, body
+    status, body = run_in(pair.a, lambda: http_get(pair.b_ip, OPEN_PORT, "/"))
+    assert status == 200, body
+    inbound = metrics(pair.b)
+    assert inbound.total("inbound_http_authz_deny_total", server="web-closed") == 1
+    assert inbound.total("inbound_http_authz_allow_total", server="web-open") == 1
+    assert inbound.total("inbound_http_authz_allow_total", server="web-closed") == 0
