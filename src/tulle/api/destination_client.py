@@ -140,6 +140,7 @@ def _route_from_message(message: pb.Route) -> Route:
         timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
         retryable=retryable,
         retry_statuses=tuple(int(s) for s in message.retry_statuses),
+        retry_grpc_statuses=tuple(int(s) for s in message.retry_grpc_statuses),
     )
 
 

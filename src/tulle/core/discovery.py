@@ -59,6 +59,8 @@ class Route:
     # None: the default rule (idempotent methods on 5xx or connection failure).
     retryable: bool | None = None
     retry_statuses: tuple[int, ...] = ()  # empty: 5xx
+    # gRPC statuses (numbers) retried on a retryable route; empty: none.
+    retry_grpc_statuses: tuple[int, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

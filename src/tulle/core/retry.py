@@ -14,8 +14,10 @@ only when its method is idempotent, unless the operator says otherwise):
   was found dead before any byte was written;
 * reset: the connection failed after the request was written and before a
   response head, so the upstream may have run it;
-* a response status: 5xx, or the route's `retry.codes`; on a route that is not
-  marked retryable it is the application's answer and goes back as it is.
+* a response status: 5xx, or the route's `retry.codes`, or for gRPC the
+  statuses the route's `retry.grpcStatuses` names (UNAVAILABLE...); on a
+  route that is not marked retryable it is the application's answer and goes
+  back as it is.
 
 Idempotent methods are GET, HEAD, OPTIONS, TRACE, PUT and DELETE (RFC 9110
 9.2.2). A failure after the response has started to reach the client is never
@@ -44,11 +46,15 @@ def retry_allowed(
     failure: int,
     status: int = 0,
     retry_statuses: frozenset[int] = frozenset(),
+    grpc_status: int = -1,
+    retry_grpc_statuses: frozenset[int] = frozenset(),
 ) -> bool:
     """Whether a failed attempt of kind `failure` may be retried on this route.
 
     `status` is the response status for `STATUS` failures; `retry_statuses`
-    the route's `retry.codes` (empty: every 5xx)."""
+    the route's `retry.codes` (empty: every 5xx). A gRPC response
+    (`grpc_status` >= 0) is judged by its gRPC status: retried only when the
+    route names it (`retry.grpcStatuses`); its HTTP status is 200."""
     if failure == NOT_SENT:
         return True
     if retryable is False:
@@ -57,6 +63,8 @@ def retry_allowed(
         return retryable is True or method in IDEMPOTENT_METHODS
     if retryable is not True:
         return False
+    if grpc_status >= 0 and status < 500:
+        return grpc_status in retry_grpc_statuses
     if retry_statuses:
         return status in retry_statuses
     return status >= 500

@@ -57,6 +57,9 @@ class RoutePolicy:
     timeout_s: float
     retryable: bool | None  # None: the default rule (idempotent methods)
     retry_statuses: frozenset[int]
+    # gRPC statuses retried on a retryable route (`retry.grpcStatuses`); a
+    # gRPC status outside it is the application's answer.
+    retry_grpc_statuses: frozenset[int] = frozenset()
 
 
 DEFAULT_ROUTE = RoutePolicy("default", 0.0, None, frozenset())
@@ -68,7 +71,11 @@ class _CompiledRoute:
     def __init__(self, route: Route, default_timeout: float) -> None:
         timeout = route.timeout_s if route.timeout_s is not None else default_timeout
         self.policy = RoutePolicy(
-            route.name, timeout or 0.0, route.retryable, frozenset(route.retry_statuses)
+            route.name,
+            timeout or 0.0,
+            route.retryable,
+            frozenset(route.retry_statuses),
+            frozenset(route.retry_grpc_statuses),
         )
         self.matches = [
             (m, re.compile(m.path_regex) if m.path_regex else None) for m in route.matches

@@ -188,7 +188,7 @@ def test_profiles_are_sent_whole_and_deduplicated() -> None:
             routes:
               - name: r
                 timeout: 250ms
-                retry: {codes: [503]}
+                retry: {codes: [503], grpcStatuses: [UNAVAILABLE, 4]}
                 matches:
                   - path: {type: Exact, value: /a}
                     method: GET

@@ -221,6 +221,14 @@ BAD = [
         "mesh.yaml:5: services[0].routes[0].retry.codes[0]: must be between 100 and 599, got 700",
     ),
     (
+        "services:\n  - name: a\n    routes:\n      - name: r\n"
+        "        retry: {grpcStatuses: [UNAVAILABLE, NOPE]}\n",
+        "mesh.yaml:5: services[0].routes[0].retry.grpcStatuses[1]: unknown gRPC status 'NOPE'"
+        " (one of OK, CANCELLED, UNKNOWN, INVALID_ARGUMENT, DEADLINE_EXCEEDED, NOT_FOUND,"
+        " ALREADY_EXISTS, PERMISSION_DENIED, RESOURCE_EXHAUSTED, FAILED_PRECONDITION, ABORTED,"
+        " OUT_OF_RANGE, UNIMPLEMENTED, INTERNAL, UNAVAILABLE, DATA_LOSS, UNAUTHENTICATED)",
+    ),
+    (
         "services:\n  - name: a\n    routes:\n      - name: r\n        timeout: 1s\n"
         "        timeouts: {request: 2s}\n",
         "mesh.yaml:6: services[0].routes[0].timeouts: give either timeout or timeouts",

@@ -362,6 +362,7 @@ class Route(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     RETRY_STATUSES_FIELD_NUMBER: _builtins.int
+    RETRY_GRPC_STATUSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Used as the `route` label of metrics. Unique within a profile."""
     retryable: Global___Retryability.ValueType
@@ -379,6 +380,15 @@ class Route(_message.Message):
     def retry_statuses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Response statuses that are retried on a retryable route. Empty: 5xx."""
 
+    @_builtins.property
+    def retry_grpc_statuses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
+        """gRPC statuses (numeric codes, e.g. 14 UNAVAILABLE) that are retried on a
+        retryable route, judged on the response's `grpc-status`. Empty: a gRPC
+        status is never retried (a 5xx HTTP status still is). A client MUST
+        retry such a call only within its retry budget and the replay limit,
+        and MUST keep the call's deadline (`grpc-timeout`) across attempts.
+        """
+
     def __init__(
         self,
         *,
@@ -387,10 +397,11 @@ class Route(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retryable: Global___Retryability.ValueType = ...,
         retry_statuses: _abc.Iterable[_builtins.int] | None = ...,
+        retry_grpc_statuses: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "name", b"name", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "name", b"name", "retry_grpc_statuses", b"retry_grpc_statuses", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

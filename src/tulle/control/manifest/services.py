@@ -4,11 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 
-from yaml.nodes import MappingNode, Node
+from yaml.nodes import MappingNode, Node, ScalarNode
 
+from tulle.codec.http2 import GrpcStatus
 from tulle.control.manifest.matches import MatchReader
 from tulle.control.manifest.model import ServiceSpec
-from tulle.control.manifest.reader import _line
+from tulle.control.manifest.reader import _INT, _line
 from tulle.core.discovery import (
     Backend,
     Endpoint,
@@ -26,6 +27,21 @@ MAX_WEIGHT = 1_000_000
 
 
 class ServicesReader(MatchReader):
+    def grpc_status(self, node: Node, path: str) -> int | None:
+        """A gRPC status by name (UNAVAILABLE, as GRPCRoute and Linkerd write
+        them) or number (0-16)."""
+        if isinstance(node, ScalarNode) and node.tag == _INT:
+            return self.integer(node, path, 0, 16)
+        text = self.string(node, path, what="a gRPC status name")
+        if text is None:
+            return None
+        member = GrpcStatus.__members__.get(text.upper().replace("-", "_"))
+        if member is None:
+            names = ", ".join(GrpcStatus.__members__)
+            self.problem(node, path, f"unknown gRPC status {text!r} (one of {names})")
+            return None
+        return int(member)
+
     def local_service_fields(self, name: str | None, fields: Mapping[str, Node], path: str) -> None:
         """`instances:` belongs to the local runner (tulle.local.manifest): ignored here."""
 
@@ -204,14 +220,22 @@ class ServicesReader(MatchReader):
         if "retryable" in fields:
             retryable = self.boolean(fields["retryable"], f"{path}.retryable")
         statuses: list[int] = []
+        grpc_statuses: list[int] = []
         if "retry" in fields:
-            retry = self.mapping(fields["retry"], f"{path}.retry", ("codes",))
+            retry = self.mapping(fields["retry"], f"{path}.retry", ("codes", "grpcStatuses"))
             if retry is not None and "codes" in retry:
                 statuses = (
                     self.items(
                         retry["codes"],
                         f"{path}.retry.codes",
                         lambda n, p: self.integer(n, p, 100, 599),
+                    )
+                    or []
+                )
+            if retry is not None and "grpcStatuses" in retry:
+                grpc_statuses = (
+                    self.items(
+                        retry["grpcStatuses"], f"{path}.retry.grpcStatuses", self.grpc_status
                     )
                     or []
                 )
@@ -229,6 +253,7 @@ class ServicesReader(MatchReader):
             timeout_s=timeout,
             retryable=retryable,
             retry_statuses=tuple(statuses),
+            retry_grpc_statuses=tuple(grpc_statuses),
         )
 
     def retry_budget(self, node: Node, path: str) -> RetryBudgetSpec | None:
