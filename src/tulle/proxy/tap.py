@@ -52,6 +52,8 @@ class TapEvent:
     error: str = ""
     route: str = ""
     dst_service: str = ""
+    # A gRPC call's grpc-status (None: not gRPC, or the call ended without one).
+    grpc_status: int | None = None
 
     def to_json(self) -> dict[str, object]:
         return asdict(self)
