@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING
 from tulle.codec.http1 import HOPS_LINES
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.metrics import Metrics, TcpStats
+from tulle.proxy.plan import PlanContext
 from tulle.proxy.router import Router
 from tulle.proxy.tap import TapHub
 
@@ -46,10 +47,27 @@ class ProxyContext:
         self.downstream_tcp: TcpStats = metrics.tcp(direction, "src", "")
         # Mesh TLS, when the proxy has an identity; None means plaintext only.
         self.mesh: MeshTls | None = None
-        # Inbound authorization policy; None: every caller is allowed.
-        self.authz: InboundAuthz | None = None
+        # What every request plan of this direction reads (tulle.proxy.plan).
+        self.plan = PlanContext(
+            direction,
+            router,
+            metrics,
+            tap,
+            discovery_s=config.timeouts.discovery_s,
+            response_s=config.timeouts.response_s,
+            max_replay_bytes=config.limits.max_replay_bytes,
+        )
         # The process's descriptor budget (tulle.net.descriptors); None: unchecked.
         self.fds: DescriptorBudget | None = None
+
+    @property
+    def authz(self) -> InboundAuthz | None:
+        """Inbound authorization policy; None: every caller is allowed."""
+        return self.plan.authz
+
+    @authz.setter
+    def authz(self, authz: InboundAuthz | None) -> None:
+        self.plan.authz = authz
 
     def record_rejected(self, status: int, reason: str) -> None:
         """A request refused before it had an authority (bad input)."""

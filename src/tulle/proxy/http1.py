@@ -2,9 +2,12 @@
 
 One `Http1Server` per accepted connection parses requests with the sans-IO
 codec and runs one `Exchange` per request, in order (pipelined requests wait
-in a queue, so responses go back in request order). An exchange routes the
-request (`tulle.proxy.router`), picks an endpoint (P2C + peak EWMA), takes a
-pooled keep-alive `UpstreamConn` or opens one, and streams bytes both ways.
+in a queue, so responses go back in request order). An exchange is the
+request's plan (`tulle.proxy.plan.RequestPlan`, which authorizes, routes,
+splits, admits, picks, judges retries and records, the same for HTTP/2) plus
+the HTTP/1 bytes: it takes a pooled keep-alive `UpstreamConn` for each attempt
+or opens one, streams bytes both ways, and maps a `ProxyError` onto an HTTP/1
+error response.
 
 The path is callback-driven rather than a coroutine per request: on this
 machine class a task and its awaits per request cost more than the rest of
@@ -13,16 +16,9 @@ one `data_received` into one `write` (one syscall per direction for a small
 request, as nginx does). Backpressure is transport-level: a full write buffer
 on one side pauses reading on the other.
 
-Layering, innermost first (each step says why it sits where it does):
-
-1. connect/pool: per endpoint, so a retry can land on another endpoint;
-2. balancer (P2C over peak EWMA) with failure accrual: per attempt, so a
-   retry re-picks and avoids the endpoint that just failed;
-3. retry with budget: above the balancer, below the timeout, so the route's
-   timeout bounds the whole request including its retries;
-4. route timeout: covers every attempt;
-5. traffic split and route match: per request, before any attempt;
-6. metrics: outermost, so they record what the client saw.
+The steps and why each sits where it does are `tulle.proxy.plan`'s; this
+module owns connect/pool (per endpoint, so that a retry lands elsewhere) and
+the route timeout's timer (armed once, covering every attempt).
 """
 
 from __future__ import annotations
@@ -52,20 +48,19 @@ from tulle.codec.http1 import (
     error_response,
 )
 from tulle.codec.path import normalize_target, origin_form, refusal_reason
-from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
+from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS
 from tulle.core.policy import CLIENT_ID_HEADER
-from tulle.core.retry import NOT_SENT, RESET, STATUS, retry_allowed
+from tulle.core.retry import NOT_SENT, RESET, STATUS
 from tulle.net.deadline import within
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
-from tulle.proxy.balance import ejected_detail
-from tulle.proxy.router import PoolHandle, RoutePolicy, ServiceTarget
-from tulle.proxy.tap import TapEvent, TapHub
+from tulle.proxy.plan import WAIT, Refused, RequestPlan, original_authority
+from tulle.proxy.router import PoolHandle, ServiceTarget
+from tulle.proxy.tap import TapEvent
 from tulle.proxy.tcp import Tunnel
 
 if TYPE_CHECKING:
-    from tulle.proxy.balance import EndpointState
     from tulle.proxy.context import ProxyContext
-    from tulle.proxy.metrics import HttpStats, TcpStats
+    from tulle.proxy.metrics import TcpStats
 
 log = logging.getLogger(__name__)
 
@@ -321,8 +316,6 @@ class UpstreamConn(asyncio.Protocol):
 
 # Exchange states
 _ROUTING, _WAITING, _SENT, _DONE = 0, 1, 2, 3
-# Retries per request at most, whatever the budget allows.
-MAX_RETRIES = 3
 
 # A peer proxy's `tulle-proxy-error` (on a 5xx) as the kind of failure it
 # reports (`tulle.core.retry`); any other error is a plain status.
@@ -340,24 +333,18 @@ _PEER_FAILURES = {
 }
 
 
-class Exchange:
-    """One request/response through the proxy, across its attempts."""
+class Exchange(RequestPlan):
+    """One request/response through the proxy, across its attempts: the
+    request's plan (the base class) and its HTTP/1 bytes."""
 
     __slots__ = (
-        "attempt_start",
-        "attempts",
-        "authority",
-        "backend",
         "close_after",
         "conn",
         "discarding",
-        "endpoint_label",
         "expect_continue",
-        "failed_state",
         "head",
         "outq",
         "outq_bytes",
-        "peer_id",
         "replay",
         "replay_bytes",
         "req_done",
@@ -367,35 +354,23 @@ class Exchange:
         "resp_started",
         "resp_status",
         "reused_conn",
-        "route",
         "server",
-        "start",
-        "state",
         "status",
-        "target",
         "timer",
     )
 
     def __init__(self, server: Http1Server, head: RequestHead) -> None:
+        RequestPlan.__init__(self, server.ctx.plan, _monotonic())
         self.server = server
         self.head = head
-        self.start = self.attempt_start = _monotonic()
         self.status = _ROUTING
-        self.target: ServiceTarget | None = None
-        self.backend: ServiceTarget | None = None
-        self.route: RoutePolicy | None = None
-        self.state: EndpointState | None = None
-        # The endpoint of the last failed attempt: a retry tries to avoid it.
-        self.failed_state: EndpointState | None = None
         self.conn: UpstreamConn | None = None
-        self.authority = ""
         self.req_head = b""
         self.req_done = False
         self.outq: list[bytes] = []
         self.outq_bytes = 0
         self.replay: list[bytes] | None = None
         self.replay_bytes = 0
-        self.attempts = 0
         self.resp_started = False
         self.resp_status = 0
         self.resp_chunked = False
@@ -403,7 +378,6 @@ class Exchange:
         self.discarding = False
         self.close_after = False
         self.reused_conn = False
-        self.endpoint_label = ""
         # Inbound: the client's verified identity; outbound: the server's.
         self.peer_id = server.client_id
         self.timer: asyncio.TimerHandle | None = None
@@ -426,6 +400,7 @@ class Exchange:
             if server.orig_dst is not None:
                 # Captured inbound: the app port the caller was connecting to.
                 target = ctx.router.fixed_at(server.orig_dst[1])
+            self.target = target
             self.authority = host.decode("latin-1") if host else ""
             if head.method == b"CONNECT":
                 self.fail(400, "connect-not-allowed", "CONNECT is only accepted on outbound")
@@ -437,15 +412,17 @@ class Exchange:
                 self._refuse_path()
                 return
             head.target = normal
-            authz = ctx.authz
-            if authz is not None:
-                decision = authz.policy_at(server.orig_dst).authorize_http(
-                    server.client_id or None, server.peer[0], head.method, head.target, head.header
+            if self.pc.authz is not None:
+                refused = self.authorize(
+                    server.client_id,
+                    server.peer[0],
+                    head.method,
+                    head.target,
+                    head.header,
+                    server.orig_dst,
                 )
-                authz.record("http", decision, server.client_id)
-                if not decision.allowed:
-                    who = server.client_id or "an unauthenticated client"
-                    self.fail(403, "unauthorized", f"{who} may not call this ({decision.policy})")
+                if refused is not None:
+                    self.refuse(refused)
                     return
         else:
             if head.method == b"CONNECT":
@@ -471,26 +448,11 @@ class Exchange:
                     self._refuse_path()
                     return
                 head.target = normal
-            # `_route`, inline: every outbound request runs it, and a call
-            # costs more than these lines (bench/instructions.py).
-            target = ctx.router.for_authority(authority)
-            self.authority = target.authority_label
-            refusal = target.refusal
-            if refusal is not None:
-                self.fail(refusal.status, refusal.reason, refusal.detail)
+            refused = self.resolve(authority)
+            if refused is not None:
+                self.refuse(refused)
                 return
-        self._routed(target)
-
-    def _route(self, authority: bytes) -> None:
-        """Route to the service `authority` names (outbound), unless this
-        proxy refuses that destination."""
-        target = self.server.ctx.router.for_authority(authority)
-        self.authority = target.authority_label
-        refusal = target.refusal
-        if refusal is not None:
-            self.fail(refusal.status, refusal.reason, refusal.detail)
-            return
-        self._routed(target)
+        self._admit()
 
     def _absolute_form(self) -> bytes | None:
         """An absolute-form target (`http_proxy` clients, RFC 9112 3.2.2): its
@@ -539,51 +501,34 @@ class Exchange:
         """A target `normalize_target` refused (`tulle.codec.path`): a 400 saying why."""
         self.fail(400, "bad-path", refusal_reason(self.head.target))
 
-    async def _await_known(
-        self, target: ServiceTarget, then: Callable[[ServiceTarget], None]
-    ) -> None:
+    async def _await_known(self, target: ServiceTarget, then: Callable[[], None]) -> None:
         """Wait (bounded) for discovery's first answer about `target`, then go
-        on with `then(target)` (a bound method: a closure in the caller would
-        make its locals cells, which costs every request)."""
-        known = await target.view.wait_known(self.server.ctx.config.timeouts.discovery_s)
+        on with `then()` (a bound method: a closure in the caller would make
+        its locals cells, which costs every request)."""
+        known = await target.view.wait_known(self.pc.discovery_s)
         if self.status == _DONE:
             return
         if known:
-            then(target)
+            then()
         else:
-            self.fail(503, "discovery-timeout", f"no answer from discovery for {target.name!r}")
+            self.refuse(self.discovery_timeout(target))
         self.server.flush_all()
 
-    def _routed(self, target: ServiceTarget) -> None:
-        ctx = self.server.ctx
-        self.target = target
-        if not target.view.ready:
-            # The first request for a name waits (bounded) until discovery has
-            # answered for its endpoints and its profile (routes, split).
-            self.status = _WAITING
-            ctx.loop.create_task(self._await_known(target, self._routed))
-            return
-        if target.view.exists is False:
-            orig = self.server.orig_dst
-            if orig is not None:
-                # A captured connection whose Host names no service (a site
-                # outside the mesh): it goes where the app was connecting
-                # (its raw IP:PORT).
-                self._route(original_authority(orig))
-                return
-            self.fail(503, "unknown-service", f"no service named {target.name!r}")
-            return
-        if target.passthrough:
-            ctx.metrics.inc("outbound_passthrough_total", _PASSTHROUGH_HTTP)
+    def _admit(self) -> None:
         head = self.head
-        if not target.pending.try_acquire():
-            self.fail(503, "overloaded", f"too many pending requests for {target.name!r}")
+        step = self.admit(head.method, head.target, head.header, self.server.orig_dst)
+        if step is not None:
+            if step is WAIT:
+                self.status = _WAITING
+                target = self.target
+                assert target is not None
+                self.server.ctx.loop.create_task(self._await_known(target, self._admit))
+            else:
+                self.refuse(step)  # type: ignore[arg-type]
             return
-        backend = target.backend()
-        self.backend = backend
-        route = target.route(head.method, head.target, head.header)
-        self.route = route
-        target.budget.deposit(self.start)
+        ctx = self.server.ctx
+        route = self.route
+        assert route is not None
         self.req_head = self._encode_request_head()
         if head.method != b"CONNECT" and head.upgrade is None:
             # Every request keeps its first bytes (bounded), retryable or not:
@@ -591,20 +536,22 @@ class Exchange:
             # be replaced transparently.
             self.replay = [self.req_head]
             self.replay_bytes = len(self.req_head)
-        timeout = route.timeout_s or ctx.config.timeouts.response_s
+        timeout = route.timeout_s or self.pc.response_s
         if timeout > 0:
             self.timer = ctx.loop.call_later(timeout, self._timed_out)
+        backend = self.backend
+        assert backend is not None
         if not backend.view.ready:
             # A split backend that discovery has not answered for yet (it is
             # resolved when the split first arrives): wait for it, bounded.
             self.status = _WAITING
             ctx.loop.create_task(self._await_known(backend, self._send))
             return
-        self._send(backend)
+        self._send()
 
-    def _send(self, backend: ServiceTarget) -> None:
+    def _send(self) -> None:
         if self.head.method == b"CONNECT":
-            self._connect_tunnel(backend)
+            self._connect_tunnel()
         else:
             self._dispatch()
 
@@ -642,21 +589,13 @@ class Exchange:
         return b"".join(out)
 
     def _dispatch(self) -> None:
+        state = self.pick(_monotonic())
+        if isinstance(state, Refused):
+            self.refuse(state)
+            return
+        self.status = _SENT
         backend = self.backend
         assert backend is not None
-        now = _monotonic()
-        balancer = backend.balancer
-        failed = self.failed_state
-        # A retry goes to another endpoint than the one that failed, if any.
-        state = balancer.pick(now) if failed is None else balancer.pick_avoiding(now, failed)
-        if state is None:
-            self._nothing_to_pick(backend)
-            return
-        self.state = state
-        state.on_start()
-        self.attempt_start = now
-        self.attempts += 1
-        self.status = _SENT
         pool: EndpointPool = backend.pool_for(state)  # type: ignore[assignment]
         self.endpoint_label = pool.label
         conn = pool.take()
@@ -726,7 +665,7 @@ class Exchange:
         replay = self.replay
         if replay is not None:
             self.replay_bytes += len(data)
-            if self.replay_bytes <= self.server.ctx.config.limits.max_replay_bytes:
+            if self.replay_bytes <= self.pc.max_replay_bytes:
                 replay.append(data)
             else:
                 self.replay = None
@@ -807,7 +746,7 @@ class Exchange:
             conn.close()
         if self.discarding:
             self.discarding = False
-            self._end_attempt(FAILURE)
+            self.end_attempt(FAILURE)
             self._retry_granted()
             return
         if self.resp_chunked:
@@ -818,10 +757,7 @@ class Exchange:
             self.close_after = True
         # A 5xx marks the endpoint unhealthy (failure accrual, EWMA) only on
         # routes declared retryable; elsewhere it is the application's answer.
-        route = self.route
-        self._end_attempt(
-            SUCCESS if status < 500 or route is None or route.retryable is not True else FAILURE
-        )
+        self.end_attempt(self.judge(status, -1))
         self._finish(status, status < 500, "")
         if self.head.upgrade is not None:
             self.server.refuse_upgrade()
@@ -831,7 +767,7 @@ class Exchange:
         server = self.server
         conn.exchange = None
         self.conn = None
-        self._end_attempt(SUCCESS)
+        self.end_attempt(SUCCESS)
         self._finish(101, True, "", keep_connection=True)
         server.flush()
         down, up = server.transport, conn.transport
@@ -853,13 +789,13 @@ class Exchange:
         tunnel.start()
 
     # -- CONNECT --------------------------------------------------------------
-    def _connect_tunnel(self, backend: ServiceTarget) -> None:
-        state = backend.balancer.pick(_monotonic())
-        if state is None:
-            self._nothing_to_pick(backend)
+    def _connect_tunnel(self) -> None:
+        state = self.pick(_monotonic())
+        if isinstance(state, Refused):
+            self.refuse(state)
             return
-        self.state = state
-        state.on_start()
+        backend = self.backend
+        assert backend is not None
         self.status = _SENT
         pool: EndpointPool = backend.pool_for(state)  # type: ignore[assignment]
         self.endpoint_label = pool.label
@@ -916,33 +852,16 @@ class Exchange:
         return self._may_retry(failure, status)
 
     def _may_retry(self, failure: int, status: int = 0) -> bool:
-        """Whether this failed attempt may be tried again (`tulle.core.retry`).
-
-        A request that never reached the upstream is always resent, whatever
-        its method and route (bounded by the attempt cap, not by the budget:
-        it cost the upstream nothing). One that may have reached it is resent
-        as the route's rule says (idempotent methods after a reset when
-        `retryable` is absent), only once its whole body was read and kept, and
-        each such retry draws on the service's retry budget so that retries
-        cannot multiply an outage.
-        """
-        route = self.route
-        if route is None or self.replay is None or self.attempts >= 1 + MAX_RETRIES:
-            return False
-        if failure == NOT_SENT:
-            return True
-        if not self.req_done or not retry_allowed(
-            route.retryable, self.head.method, failure, status, route.retry_statuses
-        ):
-            return False
-        target = self.target
-        return target is not None and target.budget.try_withdraw(_monotonic())
+        """The plan's retry rule (`RequestPlan.may_retry`) for this request's bytes."""
+        return self.may_retry(
+            failure, self.head.method, self.replay is not None, self.req_done, status
+        )
 
     def _retry_or_fail(self, status: int, reason: str, message: str, failure: int) -> None:
         if self.status == _DONE:
             return
         if self.attempts and self._may_retry(failure, status):
-            self._count_retry()
+            self.count_retry()
             self._dispatch()
             return
         self.fail(status if status >= 500 else 502, reason, message)
@@ -950,21 +869,15 @@ class Exchange:
     def _retry_granted(self) -> None:
         """A 5xx head was discarded because `_may_retry` granted a retry (and
         drew on the budget) when it arrived: send the next attempt."""
-        self._count_retry()
+        self.count_retry()
         self._dispatch()
-
-    def _count_retry(self) -> None:
-        ctx = self.server.ctx
-        target = self.target
-        name = target.name if target is not None else ""
-        ctx.metrics.inc("retry_total", (("direction", ctx.direction), ("dst_service", name)))
 
     def _attempt_failed(self, status: int, reason: str, message: str) -> None:
         """A connection attempt failed before any byte of response."""
         if self.status == _DONE:
             return
         # Running out of descriptors says nothing about the endpoint.
-        self._end_attempt(CANCELLED if reason == DESCRIPTORS_EXHAUSTED else FAILURE)
+        self.end_attempt(CANCELLED if reason == DESCRIPTORS_EXHAUSTED else FAILURE)
         self._retry_or_fail(status, reason, message, NOT_SENT)
         # Called from connect tasks, outside any data_received: flush here.
         self.server.flush_all()
@@ -979,7 +892,7 @@ class Exchange:
             # only signal a close-delimited HTTP/1.0 response has.
             # Reset before _finish: finishing may close the connection
             # cleanly (Connection: close), which would pass the cut for whole.
-            self._end_attempt(FAILURE)
+            self.end_attempt(FAILURE)
             self.server.abort()
             self._finish(self.resp_status, False, "upstream-reset-mid-response")
             return
@@ -988,15 +901,11 @@ class Exchange:
             # A pooled connection found dead before any byte of the request
             # was written: the upstream never saw it, so it is sent again at
             # once, whatever the method (not counted as a retry).
-            state = self.state
-            if state is not None:
-                state.pending -= 1
-                self.state = None
-            self.attempts -= 1
+            self.unpick()
             self._dispatch()
             self.server.flush_all()
             return
-        self._end_attempt(FAILURE)
+        self.end_attempt(FAILURE)
         if self.discarding:
             # Lost while discarding a 5xx whose retry was already granted.
             self.discarding = False
@@ -1016,7 +925,7 @@ class Exchange:
             conn.exchange = None
         if self.status == _DONE:
             return
-        self._end_attempt(FAILURE)
+        self.end_attempt(FAILURE)
         if self.resp_started:
             self.server.abort()
             self._finish(self.resp_status, False, reason)
@@ -1033,11 +942,10 @@ class Exchange:
         if conn is not None:
             conn.exchange = None
             conn.abort()
-        self._end_attempt(FAILURE)
+        self.end_attempt(FAILURE)
         timeout = self.route.timeout_s if self.route else 0.0
-        timeout = timeout or self.server.ctx.config.timeouts.response_s
-        ctx = self.server.ctx
-        ctx.metrics.inc("timeout_total", (("direction", ctx.direction),))
+        timeout = timeout or self.pc.response_s
+        # timeout_total is counted where the request is recorded (the plan).
         if self.resp_started:
             self.server.abort()
             self._finish(self.resp_status, False, "response-timeout")
@@ -1045,25 +953,10 @@ class Exchange:
         self.fail(504, "response-timeout", f"no response within {timeout:g}s")
         self.server.flush()
 
-    def _nothing_to_pick(self, backend: ServiceTarget) -> None:
-        refusal = backend.refusal
-        count = len(backend.balancer)
-        if refusal is not None:
-            # Every endpoint is a destination this proxy refuses (itself, a denied one).
-            self.fail(refusal.status, refusal.reason, refusal.detail)
-        elif count:
-            self.fail(503, "endpoints-ejected", ejected_detail(backend.name, count))
-        else:
-            self.fail(503, "no-endpoints", f"service {backend.name!r} has no endpoints")
-
-    def _end_attempt(self, outcome: Outcome) -> None:
-        state = self.state
-        if state is not None:
-            self.state = None
-            now = _monotonic()
-            state.on_end(now, now - self.attempt_start, outcome)
-            if outcome is FAILURE:
-                self.failed_state = state
+    def refuse(self, refused: Refused) -> None:
+        """Answer with the proxy error the plan decided on."""
+        error = refused.error
+        self.fail(error.http_status, error.reason, refused.detail)
 
     def fail(self, status: int, reason: str, message: str) -> None:
         """Answer with a proxy-made error (or cut the connection if too late)."""
@@ -1074,9 +967,9 @@ class Exchange:
             self.conn = None
             conn.exchange = None
             conn.abort()
-        self._end_attempt(FAILURE)
+        self.end_attempt(FAILURE)
         server = self.server
-        server.ctx.metrics.proxy_error(server.ctx.direction, reason)
+        self.proxy_error(reason)
         if self.resp_started:
             server.abort()
             self._finish(self.resp_status, False, reason)
@@ -1094,41 +987,30 @@ class Exchange:
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        target = self.target
-        if target is not None and self.route is not None:
-            target.pending.release()
-        stats = self._stats()
-        stats.requests += 1
-        latency = _monotonic() - self.start
-        stats.record_response(status, success, latency, error)
-        tap = self.server.ctx.tap
-        if tap.active:
-            self._publish(tap, status, latency, error)
+        self.finish(status, success, error)
         self.server.exchange_done(self, keep_connection)
 
-    def _publish(self, tap: TapHub, status: int, latency_s: float, error: str) -> None:
+    def tap_event(self, status: int, grpc_status: int, latency_s: float, error: str) -> TapEvent:
         server = self.server
-        ctx = server.ctx
+        pc = self.pc
         head = self.head
-        inbound = ctx.direction == "inbound"
-        tap.emit(
-            TapEvent(
-                ts=time.time(),
-                direction=ctx.direction,
-                method=head.method.decode("latin-1"),
-                authority=self.authority,
-                path=head.target.decode("latin-1"),
-                status=status,
-                latency_ms=round(latency_s * 1000.0, 3),
-                dst=self.endpoint_label,
-                src=f"{server.peer[0]}:{server.peer[1]}",
-                tls=bool(self.peer_id),
-                client_id=self.peer_id if inbound else "",
-                server_id="" if inbound else self.peer_id,
-                error=error,
-                route=self.route.name if self.route is not None else "",
-                dst_service=self.backend.metrics_labels if self.backend is not None else "",
-            )
+        inbound = pc.inbound
+        return TapEvent(
+            ts=time.time(),
+            direction=pc.direction,
+            method=head.method.decode("latin-1"),
+            authority=self.authority,
+            path=head.target.decode("latin-1"),
+            status=status,
+            latency_ms=round(latency_s * 1000.0, 3),
+            dst=self.endpoint_label,
+            src=f"{server.peer[0]}:{server.peer[1]}",
+            tls=bool(self.peer_id),
+            client_id=self.peer_id if inbound else "",
+            server_id="" if inbound else self.peer_id,
+            error=error,
+            route=self.route_name(),
+            dst_service=self.dst_service(),
         )
 
     def client_gone(self) -> None:
@@ -1140,28 +1022,13 @@ class Exchange:
         if conn is not None:
             conn.exchange = None
             conn.abort()
-        # The client gave up: that says nothing about the endpoint.
-        self._end_attempt(CANCELLED)
         self.status = _DONE
         if self.timer is not None:
             self.timer.cancel()
             self.timer = None
-        target = self.target
-        if target is not None and self.route is not None:
-            target.pending.release()
-        # 499 after nginx: the client closed before the response was sent.
-        stats = self._stats()
-        stats.requests += 1
-        stats.record_response(499, False, _monotonic() - self.start, "client-gone")
-
-    def _stats(self) -> HttpStats:
-        ctx = self.server.ctx
-        backend = self.backend
-        route = self.route.name if self.route is not None else ""
-        service = backend.metrics_labels if backend is not None else ""
-        return ctx.metrics.http(
-            ctx.direction, self.authority, self.endpoint_label, service, route, self.peer_id
-        )
+        # The client gave up: that says nothing about the endpoint; 499 after
+        # nginx: the client closed before the response was sent.
+        self.cancelled(499)
 
 
 class Http1Server(asyncio.Protocol):
@@ -1480,12 +1347,4 @@ def _chunk(data: bytes) -> bytes:
     return b"".join(parts)
 
 
-_PASSTHROUGH_HTTP = (("direction", "outbound"), ("protocol", "http"))
-
-
-def original_authority(orig: tuple[str, int]) -> bytes:
-    """A captured connection's original destination as an authority."""
-    host = orig[0]
-    if ":" in host:
-        return b"[%s]:%d" % (host.encode(), orig[1])
-    return b"%s:%d" % (host.encode(), orig[1])
+__all__ = ["EndpointPool", "Exchange", "Http1Server", "UpstreamConn", "original_authority"]

@@ -177,12 +177,15 @@ class RequestPlan:
         method: bytes,
         path: bytes,
         header: Callable[[bytes], bytes | None],
+        app_dst: tuple[str, int] | None = None,
     ) -> Refused | None:
-        """The inbound policy's decision for this request, counted."""
+        """The inbound policy's decision for this request, counted. `app_dst`:
+        the app a captured connection goes to (its port's policy Server)."""
         authz = self.pc.authz
         if authz is None:
             return None
-        decision = authz.policy.authorize_http(client_id or None, client_ip, method, path, header)
+        policy = authz.policy_at(app_dst)
+        decision = policy.authorize_http(client_id or None, client_ip, method, path, header)
         authz.record("http", decision, client_id)
         if decision.allowed:
             return None

@@ -127,6 +127,9 @@ class _Authz:
         self.policy = _Policy(allowed)
         self.recorded: list[tuple[str, bool, str]] = []
 
+    def policy_at(self, app_dst: tuple[str, int] | None) -> _Policy:
+        return self.policy
+
     def record(self, kind: str, decision: _Decision, client_id: str) -> None:
         self.recorded.append((kind, decision.allowed, client_id))
 
