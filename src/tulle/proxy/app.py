@@ -395,7 +395,7 @@ class Worker:
         connection, not at start: they are a third of the proxy's import
         time, which every pod's start would pay while many workloads never
         speak HTTP/2 (the first HTTP/2 connection pays it once instead)."""
-        from tulle.proxy.h2_dispatch import MeshDispatcher, MeshH2Protocol
+        from tulle.proxy.h2_mesh import MeshDispatcher, MeshH2Protocol
 
         service = self.h2_services.get(ctx.direction)
         if service is None:
