@@ -17,6 +17,7 @@ loop through the mesh) INTERNAL.
 from __future__ import annotations
 
 import enum
+from dataclasses import dataclass
 
 from tulle.codec.http2 import GrpcStatus
 
@@ -81,3 +82,11 @@ class ProxyError(enum.Enum):
 
 
 _BY_REASON = {error.reason: error for error in ProxyError}
+
+
+@dataclass(frozen=True, slots=True)
+class Refused:
+    """The request ends here with a proxy-made answer: which, and why."""
+
+    error: ProxyError
+    detail: str = ""

@@ -1,13 +1,18 @@
-"""Routing HTTP/2 streams with the same targets, balancers and metrics as HTTP/1.
+"""HTTP/2 and gRPC streams on the request plan: the mesh's `Dispatcher`.
 
-`MeshDispatcher` adapts one direction's `Router` to the HTTP/2 proxy's
-`Dispatcher` seam (`tulle.proxy.http2.dispatch`): per stream it resolves the
-`:authority` (outbound) or takes the local app (inbound), applies the route's
-timeout, the traffic split and P2C + peak-EWMA balancing, and returns where
-the stream goes -- with the mesh TLS context when the endpoint is meshed. The
-completion callback feeds the balancer and records the stream in the same
-`request_total` / `response_total` / `response_latency_ms` series as HTTP/1,
-with a `grpc_status_code` label for gRPC.
+`MeshDispatcher` adapts one direction's request plan (`tulle.proxy.plan`) to
+the HTTP/2 proxy's `Dispatcher` seam (`tulle.proxy.http2.dispatch`). Per
+stream it builds an `H2Call` -- the stream's `RequestPlan` -- and runs the
+same steps as HTTP/1: authorization (inbound), the `:authority`'s service
+(or the local app; a captured connection's original destination when the
+authority names no service), the pending limit, the split and route match,
+then the pick; it answers with where the stream goes (with the mesh TLS
+context when the endpoint is meshed), a `Refused` carrying the one
+`ProxyError`, or `Pending` while discovery has not answered. The stream asks
+its call for every further attempt (`next_attempt`: the plan's retry rule and
+budget, then a new pick) and tells it how it ended (`ended`: balancer
+feedback, `request_total` / `response_total` / latency with the
+`grpc_status_code` label, `proxy_error_total`, `timeout_total`, tap).
 """
 
 from __future__ import annotations
@@ -16,143 +21,201 @@ import asyncio
 import time
 from collections.abc import Callable, Sequence
 
-from tulle.codec.http2 import Header
-from tulle.core.outcome import CANCELLED, SUCCESS, Outcome
+from tulle.codec.http2 import Header, is_success
+from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
 from tulle.net.mtls import ALPN_H2, transport_peer_identity
-from tulle.proxy.balance import EndpointState, ejected_detail
 from tulle.proxy.context import ProxyContext
-from tulle.proxy.destinations import LOOP_DETECTED, Refusal
-from tulle.proxy.http2.dispatch import CompletionCallback, Pending, RefusalKind, Refused, Routed
+from tulle.proxy.errors import ProxyError, Refused
+from tulle.proxy.http2.dispatch import Pending, Routed
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
+from tulle.proxy.plan import WAIT, RequestPlan
 from tulle.proxy.router import ServiceTarget
+from tulle.proxy.tap import TapEvent
 
 _monotonic = time.monotonic
 
 
-class MeshDispatcher:
-    """The `Dispatcher` of one direction (inbound or outbound) of a worker."""
+class H2Call(RequestPlan):
+    """The request plan of one HTTP/2 stream (the stream's `Call`)."""
 
-    def __init__(self, ctx: ProxyContext, client_id: str = "", client_ip: str = "") -> None:
+    __slots__ = ("dispatcher", "grpc", "method", "path", "replay_limit")
+
+    def __init__(self, dispatcher: MeshDispatcher, method: str, path: str, grpc: bool) -> None:
+        pc = dispatcher.ctx.plan
+        RequestPlan.__init__(self, pc, _monotonic())
+        self.dispatcher = dispatcher
+        self.method = method
+        self.path = path
+        self.grpc = grpc
+        self.replay_limit = pc.max_replay_bytes
+        self.peer_id = dispatcher.client_id if pc.inbound else ""
+
+    # -- the stream's Call --------------------------------------------------------
+    def hold_headers(self) -> bool:
+        route = self.route
+        return route is not None and route.retryable is True and bool(route.retry_grpc_statuses)
+
+    def next_attempt(
+        self, failure: int, status: int, grpc_status: int, replayable: bool, complete: bool
+    ) -> Routed | Refused | None:
+        self.end_attempt(FAILURE)
+        if not self.may_retry(
+            failure, self.method.encode("latin-1"), replayable, complete, status, grpc_status
+        ):
+            return None
+        self.count_retry()
+        return self.dispatcher.attempt(self)
+
+    def ended(self, status: int, grpc_status: int | None, outcome: Outcome, error: str) -> None:
+        grpc = -1 if grpc_status is None else grpc_status
+        # A response passed on in full is judged as HTTP/1 judges one; a
+        # cancellation says nothing about the endpoint.
+        self.end_attempt(self.judge(status, grpc) if outcome is SUCCESS else outcome)
+        if outcome is CANCELLED:
+            self.finish(status, False, error or "client-gone", grpc)
+            return
+        self.finish(status, outcome is SUCCESS and is_success(status, grpc_status), error, grpc)
+
+    def refused(self, refusal: Refused) -> Refused:
+        """Record a stream refused before it had an upstream (metrics, tap)."""
+        error = refusal.error
+        self.end_attempt(CANCELLED)
+        if self.grpc:
+            self.finish(200, False, error.reason, error.grpc_status)
+        else:
+            self.finish(error.http_status, False, error.reason)
+        return refusal
+
+    def tap_event(self, status: int, grpc_status: int, latency_s: float, error: str) -> TapEvent:
+        pc = self.pc
+        inbound = pc.inbound
+        return TapEvent(
+            ts=time.time(),
+            direction=pc.direction,
+            method=self.method,
+            authority=self.authority,
+            path=self.path,
+            status=status,
+            latency_ms=round(latency_s * 1000.0, 3),
+            dst=self.endpoint_label,
+            src=self.dispatcher.client_addr,
+            tls=bool(self.peer_id),
+            client_id=self.peer_id if inbound else "",
+            server_id="" if inbound else self.peer_id,
+            error=error,
+            route=self.route_name(),
+            dst_service=self.dst_service(),
+            grpc_status=None if grpc_status < 0 else grpc_status,
+        )
+
+
+class MeshDispatcher:
+    """The `Dispatcher` of one direction (inbound or outbound) for one client connection."""
+
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        client_id: str = "",
+        client_ip: str = "",
+        *,
+        client_addr: str = "",
+        orig_dst: tuple[str, int] | None = None,
+    ) -> None:
         self.ctx = ctx
         # Inbound over mesh TLS: the verified identity of the calling proxy.
         self.client_id = client_id
         self.client_ip = client_ip
+        self.client_addr = client_addr or client_ip
+        # A captured connection's original destination (transparent mode).
+        self.orig_dst = orig_dst
 
     def route(
         self, authority: str, method: str, path: str, headers: Sequence[Header]
     ) -> Routed | Refused | Pending:
         ctx = self.ctx
         router = ctx.router
-        target = router.fixed
-        authz = ctx.authz
-        if authz is not None and target is not None:
-            decision = authz.policy.authorize_http(
-                self.client_id or None,
-                self.client_ip,
-                method.encode("latin-1"),
-                path.encode("latin-1"),
-                _lookup(headers),
+        call = H2Call(self, method, path, _is_grpc(headers))
+        fixed = router.fixed
+        method_b = method.encode("latin-1")
+        path_b = path.encode("latin-1")
+        header = _lookup(headers)
+        refused: Refused | None
+        if fixed is not None:
+            orig = self.orig_dst
+            # Captured inbound: the app port the caller was connecting to.
+            call.target = fixed if orig is None else router.fixed_at(orig[1])
+            call.authority = authority
+            refused = call.authorize(
+                self.client_id, self.client_ip, method_b, path_b, header, orig
             )
-            authz.record("http", decision, self.client_id)
-            if not decision.allowed:
-                who = self.client_id or "an unauthenticated client"
-                return Refused(
-                    RefusalKind.FORBIDDEN, f"{who} may not call this ({decision.policy})"
-                )
-        if target is None:
-            if not authority:
-                return Refused(RefusalKind.BAD_REQUEST, "no :authority")
-            target = router.for_authority(authority.encode("latin-1"))
-            if target.refusal is not None:
-                return self._refused(target.refusal)
-        view = target.view
-        wait_s = ctx.config.timeouts.discovery_s
-        if not view.ready:
+        elif not authority:
+            refused = Refused(ProxyError.BAD_REQUEST, "no :authority")
+        else:
+            refused = call.resolve(authority.encode("latin-1"))
+        if refused is not None:
+            return call.refused(refused)
+        step = call.admit(method_b, path_b, header, self.orig_dst if fixed is None else None)
+        if step is WAIT:
             # The first stream for a name: wait for discovery (endpoints and
             # profile, so that a split is known), then route again.
-            return Pending(lambda: view.wait_known(wait_s), f"discovery of {target.name!r}")
-        if view.exists is False:
-            return Refused(RefusalKind.UNKNOWN_SERVICE, f"no service named {target.name!r}")
-        backend = target.backend()
-        backend_view = backend.view
-        if not backend_view.ready:
-            return Pending(
-                lambda: backend_view.wait_known(wait_s), f"discovery of {backend.name!r}"
-            )
-        route = target.route(method.encode("latin-1"), path.encode("latin-1"), _lookup(headers))
-        now = _monotonic()
-        balancer = backend.balancer
-        state = balancer.pick(now)
-        if state is None:
-            if backend.refusal is not None:
-                return self._refused(backend.refusal)
-            if len(balancer):
-                return Refused(
-                    RefusalKind.ENDPOINTS_EJECTED, ejected_detail(backend.name, len(balancer))
-                )
-            return Refused(RefusalKind.NO_ENDPOINTS, f"service {backend.name!r} has no endpoints")
-        if not target.pending.try_acquire():
-            return Refused(RefusalKind.OVERLOADED, f"too many pending requests for {target.name!r}")
-        state.on_start()
+            target = call.target
+            assert target is not None
+            return _pending(target, ctx.plan.discovery_s, call)
+        if step is not None:
+            return call.refused(step)  # type: ignore[arg-type]
+        backend = call.backend
+        assert backend is not None
+        if not call.backend_ready():
+            call.release()
+            return _pending(backend, ctx.plan.discovery_s, call)
+        return self.attempt(call)
+
+    def attempt(self, call: H2Call) -> Routed | Refused:
+        """Pick an endpoint for the call's next attempt."""
+        ctx = self.ctx
+        state = call.pick(_monotonic())
+        if isinstance(state, Refused):
+            return call.refused(state)
         endpoint = state.endpoint
         ssl_context = None
         if endpoint.identity and ctx.mesh is not None:
             ssl_context = ctx.mesh.client_context(ALPN_H2)
             if ssl_context is None:
-                state.on_end(now, 0.0, CANCELLED)
-                target.pending.release()
-                return Refused(RefusalKind.NO_ENDPOINTS, "no workload certificate yet")
-        target.budget.deposit(now)
-        label = f"{endpoint.address[0]}:{endpoint.address[1]}"
-        stats_key = (
-            ctx.direction,
-            target.authority_label if router.fixed is None else authority,
-            label,
-            backend.metrics_labels,
-            route.name,
-            self.client_id
-            if router.fixed is not None
-            else ((endpoint.identity or "") if ssl_context is not None else ""),
-        )
+                return call.refused(
+                    Refused(
+                        ProxyError.IDENTITY_NOT_READY, "no workload certificate yet for mesh TLS"
+                    )
+                )
+        host, port = endpoint.address
+        call.endpoint_label = f"{host}:{port}"
+        if not ctx.plan.inbound:
+            call.peer_id = (endpoint.identity or "") if ssl_context is not None else ""
+        route = call.route
+        timeout = route.timeout_s if route is not None else 0.0
         return Routed(
             endpoint.address,
-            done=self._completion(target, state, stats_key),
             ssl_context=ssl_context,
             server_hostname=None,
             expected_identity=endpoint.identity if ssl_context is not None else None,
-            timeout_s=route.timeout_s or ctx.config.timeouts.response_s or None,
+            timeout_s=timeout or ctx.plan.response_s or None,
+            call=call,
         )
 
-    @staticmethod
-    def _refused(refusal: Refusal) -> Refused:
-        """A destination the proxy refuses (itself, a denied or a raw address)."""
-        kind = (
-            RefusalKind.LOOP_DETECTED
-            if refusal.reason == LOOP_DETECTED
-            else RefusalKind.DESTINATION_FORBIDDEN
-        )
-        return Refused(kind, refusal.detail)
 
-    def _completion(
-        self, target: ServiceTarget, state: EndpointState, key: tuple[str, str, str, str, str, str]
-    ) -> CompletionCallback:
-        metrics = self.ctx.metrics
+def _pending(target: ServiceTarget, wait_s: float, call: H2Call) -> Pending:
+    view = target.view
+    return Pending(
+        lambda: view.wait_known(wait_s),
+        f"discovery of {target.name!r}",
+        timed_out=call.discovery_timeout(target),
+    )
 
-        def done(status: int, grpc_status: int | None, latency_s: float, outcome: Outcome) -> None:
-            state.on_end(_monotonic(), latency_s, outcome)
-            target.pending.release()
-            stats = metrics.http(*key)
-            stats.requests += 1
-            # Metrics record what the client saw: a cancelled call is not a success.
-            stats.record_response(
-                status,
-                outcome is SUCCESS,
-                latency_s,
-                "",
-                -1 if grpc_status is None else grpc_status,
-            )
 
-        return done
+def _is_grpc(headers: Sequence[Header]) -> bool:
+    for key, value in headers:
+        if key == b"content-type":
+            return value.startswith(b"application/grpc")
+    return False
 
 
 def _lookup(headers: Sequence[Header]) -> Callable[[bytes], bytes | None]:
@@ -170,9 +233,11 @@ class MeshH2Protocol(H2ServerProtocol):
 
     The dispatcher seam sees streams, not connections, so a connection whose
     client presented a mesh identity gets its own dispatcher carrying it (for
-    the `client_id` label and, later, authorization)."""
+    the `client_id` label and authorization)."""
 
-    def __init__(self, service: H2Service, ctx: ProxyContext) -> None:
+    def __init__(
+        self, service: H2Service, ctx: ProxyContext, orig_dst: tuple[str, int] | None = None
+    ) -> None:
         super().__init__(
             service.dispatcher,
             service.pool,
@@ -181,6 +246,7 @@ class MeshH2Protocol(H2ServerProtocol):
             idle_timeout_s=service.idle_timeout_s,
         )
         self._ctx = ctx
+        self._orig_dst = orig_dst
         service.connections.add(self)
         self.on_closed = service.connections.discard
         metrics, direction = ctx.metrics, ctx.direction
@@ -191,7 +257,10 @@ class MeshH2Protocol(H2ServerProtocol):
         client_id = transport_peer_identity(ssl_object) if ssl_object is not None else None
         peer = transport.get_extra_info("peername")
         client_ip = peer[0] if isinstance(peer, tuple) else ""
-        self.dispatcher = MeshDispatcher(self._ctx, client_id or "", client_ip)
+        client_addr = f"{peer[0]}:{peer[1]}" if isinstance(peer, tuple) else ""
+        self.dispatcher = MeshDispatcher(
+            self._ctx, client_id or "", client_ip, client_addr=client_addr, orig_dst=self._orig_dst
+        )
         if self._ctx.direction == "inbound":
             self.client_id = (client_id or "").encode()
         super().connection_made(transport)

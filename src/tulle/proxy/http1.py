@@ -53,7 +53,8 @@ from tulle.core.policy import CLIENT_ID_HEADER
 from tulle.core.retry import NOT_SENT, RESET, STATUS
 from tulle.net.deadline import within
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
-from tulle.proxy.plan import WAIT, Refused, RequestPlan, original_authority
+from tulle.proxy.errors import Refused
+from tulle.proxy.plan import WAIT, RequestPlan, original_authority
 from tulle.proxy.router import PoolHandle, ServiceTarget
 from tulle.proxy.tap import TapEvent
 from tulle.proxy.tcp import Tunnel

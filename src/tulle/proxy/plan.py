@@ -43,13 +43,12 @@ from __future__ import annotations
 
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Final
 
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
 from tulle.core.retry import NOT_SENT, retry_allowed
 from tulle.proxy.balance import ejected_detail
-from tulle.proxy.errors import ProxyError
+from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.router import RoutePolicy, ServiceTarget
 
 if TYPE_CHECKING:
@@ -63,14 +62,6 @@ _monotonic = time.monotonic
 
 # Retries per request at most, whatever the budget allows.
 MAX_RETRIES = 3
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    """The request ends here with a proxy-made answer."""
-
-    error: ProxyError
-    detail: str = ""
 
 
 class _Wait:

@@ -129,7 +129,7 @@ def _proxy_error(error: grpc.RpcError) -> str | None:
 
 @pytest.mark.parametrize(
     ("authority", "reason"),
-    [("empty", "no-endpoints"), ("nowhere", "unknown-service"), ("down", "connect-failed")],
+    [("empty", "no-endpoints"), ("nowhere", "unknown-service"), ("down", "connect-refused")],
 )
 def test_proxy_errors_are_grpc_statuses(mesh: Mesh, authority: str, reason: str) -> None:
     with channel(mesh.hop_a.port, authority) as chan:

@@ -46,7 +46,7 @@ def test_curl_prior_knowledge_get_and_post(mesh: Mesh) -> None:
 @pytest.mark.parametrize(
     ("authority", "status", "reason"),
     [("empty", 503, "no-endpoints"), ("nowhere", 503, "unknown-service"),
-     ("down", 502, "connect-failed")],
+     ("down", 502, "connect-refused")],
 )  # fmt: skip
 def test_proxy_errors_for_plain_http2(mesh: Mesh, authority: str, status: int, reason: str) -> None:
     result = curl(mesh.hop_a.port, authority)
@@ -73,7 +73,7 @@ def test_grpc_timeout_is_enforced_by_the_proxy(mesh: Mesh) -> None:
         assert blocks, "no response"
         head = dict(blocks[0])
         assert head[b"grpc-status"] == b"4"
-        assert head[b"tulle-proxy-error"] == b"timeout"
+        assert head[b"tulle-proxy-error"] == b"response-timeout"
         assert 0.25 < elapsed < 2.0
     finally:
         client.close()

@@ -19,11 +19,11 @@ from tulle.core.discovery import (
     ServiceView,
     StaticResolver,
 )
-from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS
+from tulle.core.outcome import FAILURE, SUCCESS
 from tulle.core.retry import NOT_SENT, RESET, STATUS
-from tulle.proxy.errors import ProxyError
+from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.metrics import Metrics
-from tulle.proxy.plan import MAX_RETRIES, WAIT, PlanContext, Refused, RequestPlan
+from tulle.proxy.plan import MAX_RETRIES, WAIT, PlanContext, RequestPlan
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapEvent, TapHub
 
@@ -309,9 +309,10 @@ def test_unsent_requests_are_always_retried_up_to_the_cap() -> None:
         plan.count_retry()
     assert tries == MAX_RETRIES
     assert plan.attempts == 1 + MAX_RETRIES
-    assert pc.metrics.counters[
-        ("retry_total", (("direction", "outbound"), ("dst_service", "web")))
-    ] == MAX_RETRIES
+    assert (
+        pc.metrics.counters[("retry_total", (("direction", "outbound"), ("dst_service", "web")))]
+        == MAX_RETRIES
+    )
 
 
 def test_retries_need_the_bytes_and_a_whole_request() -> None:

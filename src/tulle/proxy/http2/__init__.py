@@ -6,19 +6,18 @@ Public surface: `H2Service` (one per listener: makes protocols, drains them),
 `Routed`/`Refused`, `H2Counters`, `H2Limits`, and `StaticDispatcher` for tests.
 """
 
+from tulle.proxy.errors import ProxyError, Refused
+
 from .client import H2ClientConnection, H2ClientPool, PoolSettings
 from .connection import H2Limits
 from .dispatch import (
     CompletionCallback,
     Dispatcher,
     H2Counters,
-    RefusalKind,
-    Refused,
     Routed,
     StaticDispatcher,
 )
 from .server import H2ServerProtocol, H2Service
-from .stream import ProxyError
 
 __all__ = [
     "CompletionCallback",
@@ -31,7 +30,6 @@ __all__ = [
     "H2Service",
     "PoolSettings",
     "ProxyError",
-    "RefusalKind",
     "Refused",
     "Routed",
     "StaticDispatcher",

@@ -33,10 +33,11 @@ from h2.errors import ErrorCodes
 from tulle.core.discovery import Address
 from tulle.net.deadline import within
 from tulle.net.mtls import verify_identity
+from tulle.proxy.errors import ProxyError
 from tulle.proxy.http2.dispatch import H2Counters
 
 from .connection import H2Limits, H2Peer, Outbox, new_h2_connection
-from .stream import ProxyError, ProxyStream
+from .stream import ProxyStream
 
 _log = logging.getLogger(__name__)
 
@@ -232,7 +233,7 @@ class H2ClientConnection(H2Peer):
         self.closed = True
         self.accepting = False
         if self.peer_problem is not None:
-            self._fail_all(ProxyError.CONNECT_FAILED, self.peer_problem)
+            self._fail_all(ProxyError.IDENTITY_MISMATCH, self.peer_problem)
         else:
             self._fail_all(ProxyError.UPSTREAM_CLOSED, "upstream connection closed")
         self.pool.outbox.flush()
@@ -333,14 +334,25 @@ class H2ClientConnection(H2Peer):
             self._stop_accepting()
             self.closed = True
             detail = f"cannot connect to {host}:{port}: {exc or type(exc).__name__}"
-            self._fail_all(ProxyError.CONNECT_FAILED, detail)
+            self._fail_all(dial_error(exc), detail)
             self.pool.outbox.flush()
             return
         if self.peer_problem is not None:
             self._stop_accepting()
             self.closed = True
-            self._fail_all(ProxyError.CONNECT_FAILED, self.peer_problem)
+            self._fail_all(ProxyError.IDENTITY_MISMATCH, self.peer_problem)
             self.pool.outbox.flush()
+
+
+def dial_error(exc: BaseException) -> ProxyError:
+    """A failed dial in the proxy's one vocabulary (as HTTP/1's `EndpointPool.connect`)."""
+    if isinstance(exc, TimeoutError):
+        return ProxyError.CONNECT_TIMEOUT
+    if isinstance(exc, ConnectionRefusedError):
+        return ProxyError.CONNECT_REFUSED
+    if isinstance(exc, ssl.SSLError):
+        return ProxyError.TLS_HANDSHAKE_FAILED
+    return ProxyError.CONNECT_ERROR
 
 
 class H2ClientPool:

@@ -2,9 +2,11 @@
 
 The HTTP/2 proxy asks a `Dispatcher` where each stream goes, once per stream,
 synchronously (it is on the hot path and must not await): the answer is a
-`Routed` (an upstream address, how to secure the connection, a deadline and a
-completion callback for the balancer and metrics) or a `Refused` (why there is
-nowhere to go; the proxy answers with a proper HTTP or gRPC error).
+`Routed` (an upstream address, how to secure the connection, a deadline, and
+either the stream's `Call` -- its request plan, which judges retries and
+records the request -- or a plain completion callback), a `Refused` (a
+`ProxyError`: the proxy answers with a proper HTTP or gRPC error), or
+`Pending` (discovery has not answered yet).
 
 `H2Counters` holds plain numbers the proxy bumps and the admin server renders
 only when scraped. `StaticDispatcher` is a fixed `{authority: [addresses]}`
@@ -13,7 +15,6 @@ table with round-robin, for tests and the harness.
 
 from __future__ import annotations
 
-import enum
 import itertools
 import ssl
 from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
@@ -23,6 +24,7 @@ from typing import Protocol
 from tulle.codec.http2 import Header
 from tulle.core.discovery import Address
 from tulle.core.outcome import Outcome
+from tulle.proxy.errors import ProxyError, Refused
 
 # done(http_status, grpc_status or None, latency_s, outcome): called exactly once
 # per `Routed` answer when that attempt has ended, failed or been reset. The
@@ -33,16 +35,35 @@ from tulle.core.outcome import Outcome
 CompletionCallback = Callable[[int, int | None, float, Outcome], None]
 
 
-class RefusalKind(enum.Enum):
-    NO_ENDPOINTS = "no-endpoints"  # the service exists but has no endpoints now
-    ENDPOINTS_EJECTED = "endpoints-ejected"  # every endpoint is ejected by failure accrual
-    OVERLOADED = "overloaded"  # the service's pending-request limit is reached
-    UNKNOWN_SERVICE = "unknown-service"  # discovery does not know the authority
-    FORBIDDEN = "forbidden"  # policy does not allow the call
-    BAD_REQUEST = "bad-request"  # the request cannot be routed (e.g. no authority)
-    BAD_PATH = "bad-path"  # the path is refused by the normalisation rule (codec/path)
-    LOOP_DETECTED = "loop-detected"  # the destination is the proxy itself, or too many hops
-    DESTINATION_FORBIDDEN = "destination-forbidden"  # a destination the proxy never calls
+class Call(Protocol):
+    """The request plan of one stream (`tulle.proxy.h2_mesh.H2Call`), as the
+    stream asks it across its attempts. One per stream, not per attempt."""
+
+    # The most request bytes kept to replay the request on another attempt.
+    replay_limit: int
+
+    def hold_headers(self) -> bool:
+        """Whether a gRPC response's headers wait for its first message or its
+        trailers (the route retries some gRPC statuses)."""
+        ...
+
+    def next_attempt(
+        self, failure: int, status: int, grpc_status: int, replayable: bool, complete: bool
+    ) -> Routed | Refused | None:
+        """The attempt in flight failed (`tulle.core.retry` kind, the response's
+        status, -1 for no grpc-status): where the next attempt goes, a refusal
+        (a retry was granted but nothing can be picked), or None: no retry."""
+        ...
+
+    def proxy_error(self, error: ProxyError | str) -> None:
+        """Count one proxy-made answer."""
+        ...
+
+    def ended(self, status: int, grpc_status: int | None, outcome: Outcome, error: str) -> None:
+        """The stream is over (once): `outcome` CANCELLED when the client gave
+        up, FAILURE when the proxy ended it with `error`, SUCCESS when the
+        endpoint's response was passed on in full (judged by the call)."""
+        ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +81,8 @@ class Routed:
     expected_identity: str | None = None
     # The route's timeout; the proxy applies the smaller of this and grpc-timeout.
     timeout_s: float | None = None
-
-
-@dataclass(frozen=True, slots=True)
-class Refused:
-    kind: RefusalKind
-    detail: str = ""
+    # The stream's request plan (None: `done` alone is told how it ended).
+    call: Call | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +93,8 @@ class Pending:
 
     ready: Callable[[], Awaitable[bool]]
     detail: str = ""
+    # The answer when `ready()` says discovery never answered.
+    timed_out: Refused | None = None
 
 
 class Dispatcher(Protocol):
@@ -152,6 +171,6 @@ class StaticDispatcher:
             cycle = self._cycles.get(name)
         if cycle is None:
             if name in self._empty or authority in self._empty:
-                return Refused(RefusalKind.NO_ENDPOINTS, f"{name} has no endpoints")
-            return Refused(RefusalKind.UNKNOWN_SERVICE, f"no route for {authority!r}")
+                return Refused(ProxyError.NO_ENDPOINTS, f"{name} has no endpoints")
+            return Refused(ProxyError.UNKNOWN_SERVICE, f"no route for {authority!r}")
         return Routed(next(cycle), done=self._done, timeout_s=self._timeout_s)

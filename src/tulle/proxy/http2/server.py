@@ -64,29 +64,17 @@ from tulle.codec.http2 import (
     without_client_id,
 )
 from tulle.core.outcome import CANCELLED
+from tulle.proxy.errors import ProxyError, Refused
 
 from .client import H2ClientPool
 from .connection import H2Limits, H2Peer, goaway_frame, new_h2_connection
-from .dispatch import Dispatcher, H2Counters, Pending, RefusalKind, Refused, Routed
-from .stream import ProxyError, ProxyStream, error_response
+from .dispatch import Dispatcher, H2Counters, Pending, Routed
+from .stream import ProxyStream, error_response
 
 _log = logging.getLogger(__name__)
 
 # The provisional route of a stream waiting for discovery (see `Pending`).
 _UNROUTED = Routed(("0.0.0.0", 0))
-
-_REFUSAL_ERRORS = {
-    RefusalKind.NO_ENDPOINTS: ProxyError.NO_ENDPOINTS,
-    RefusalKind.ENDPOINTS_EJECTED: ProxyError.ENDPOINTS_EJECTED,
-    RefusalKind.OVERLOADED: ProxyError.OVERLOADED,
-    RefusalKind.UNKNOWN_SERVICE: ProxyError.UNKNOWN_SERVICE,
-    RefusalKind.FORBIDDEN: ProxyError.FORBIDDEN,
-    RefusalKind.BAD_REQUEST: ProxyError.BAD_REQUEST,
-    RefusalKind.BAD_PATH: ProxyError.BAD_PATH,
-    RefusalKind.LOOP_DETECTED: ProxyError.LOOP_DETECTED,
-    RefusalKind.DESTINATION_FORBIDDEN: ProxyError.DESTINATION_FORBIDDEN,
-}
-
 
 # The most bytes handed to h2 at once (see data_received).
 _RECEIVE_SLICE = 16 << 10
@@ -104,9 +92,7 @@ def _refusal_response(refusal: Refused, is_grpc: bool) -> tuple[list[Header], by
         if len(_REFUSAL_CACHE) >= _REFUSAL_CACHE_MAX:
             # Bounded: many distinct details (one per unknown name) start over.
             _REFUSAL_CACHE.clear()
-        cached = _REFUSAL_CACHE[key] = error_response(
-            _REFUSAL_ERRORS[refusal.kind], is_grpc, refusal.detail
-        )
+        cached = _REFUSAL_CACHE[key] = error_response(refusal.error, is_grpc, refusal.detail)
     return cached
 
 
@@ -326,7 +312,7 @@ class H2ServerProtocol(H2Peer):
             return self._count_refusal(now)
         self.counters.streams_total += 1
         if head.path_problem:
-            refusal = Refused(RefusalKind.BAD_PATH, head.path_problem)
+            refusal = Refused(ProxyError.BAD_PATH, head.path_problem)
             self._refuse(stream_id, refusal, head.is_grpc, event.stream_ended is not None)
             return self._count_refusal(now)
         # What policy and routes match is what goes upstream: the normalised
@@ -337,7 +323,7 @@ class H2ServerProtocol(H2Peer):
         if head.hops >= self.limits.max_hops:
             # Every hop adds one: a request that went round a loop of proxies.
             decision: Routed | Refused | Pending = Refused(
-                RefusalKind.LOOP_DETECTED, f"request crossed {head.hops} proxy hops"
+                ProxyError.LOOP_DETECTED, f"request crossed {head.hops} proxy hops"
             )
         else:
             decision = self.dispatcher.route(head.authority, head.method, head.path, forwarded)
@@ -369,6 +355,7 @@ class H2ServerProtocol(H2Peer):
         if event.stream_ended is not None:
             stream.request.end = True
         stream.reroute = self._reroute
+        stream.attach = self.pool.attach
         self._heads[stream_id] = head
         if pending is not None:
             task = self._loop.create_task(self._route_when_known(stream, pending))
@@ -386,24 +373,33 @@ class H2ServerProtocol(H2Peer):
 
     async def _route_when_known(self, stream: ProxyStream, pending: Pending) -> None:
         """Route a stream whose authority discovery had not answered for yet."""
-        await pending.ready()
+        known = await pending.ready()
         head = self._heads.get(stream.down_id)
         headers = stream.request_headers
         if stream.closed or head is None or headers is None:
             return
-        decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
+        decision: Routed | Refused | Pending
+        if not known and pending.timed_out is not None:
+            decision = pending.timed_out
+        else:
+            decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
         if isinstance(decision, Routed):
             stream.routed = decision
+            stream.call = decision.call
+            if decision.call is not None:
+                # Kept for replay from here on (the body held meanwhile is in
+                # the request queue; `replay` collects only what follows).
+                stream.replay_headers = headers
+                stream.replay = None if stream.request.chunks else []
             if decision.timeout_s is not None:
                 stream.set_deadline(decision.timeout_s)
             self.pool.attach(stream)
+        elif isinstance(decision, Refused):
+            if self.on_refused is not None:
+                self.on_refused(decision.error.reason)
+            stream.fail(decision.error, decision.detail)
         else:
-            error = (
-                _REFUSAL_ERRORS[decision.kind]
-                if isinstance(decision, Refused)
-                else ProxyError.NO_ENDPOINTS
-            )
-            stream.fail(error, decision.detail)
+            stream.fail(ProxyError.DISCOVERY_TIMEOUT, decision.detail)
         self._outbox.flush()
 
     def _reset(self, stream_id: int, code: ErrorCodes) -> None:
@@ -427,7 +423,7 @@ class H2ServerProtocol(H2Peer):
     def _refuse(self, stream_id: int, refusal: Refused, is_grpc: bool, request_ended: bool) -> None:
         self.counters.proxy_errors += 1
         if self.on_refused is not None:
-            self.on_refused(_REFUSAL_ERRORS[refusal.kind].reason)
+            self.on_refused(refusal.error.reason)
         h2_stream = self.h2.streams.get(stream_id)
         if h2_stream is None or h2_stream.closed:
             # The client reset the stream in the same read (rapid reset): an

@@ -15,14 +15,27 @@ request too (RST_STREAM NO_ERROR downstream, CANCEL upstream; RFC 9113 8.1).
 A reset on either side resets the other. A failure the proxy sees (no
 connection, upstream reset before a response, deadline) becomes a proper
 error response when none has started: a trailers-only gRPC status for gRPC
-requests, an HTTP status otherwise, each with `tulle-proxy-error`.
+requests, an HTTP status otherwise, each with `tulle-proxy-error` (the one
+`ProxyError` table of `tulle.proxy.errors`).
+
+Attempts. With a `Call` (the stream's request plan), a failure before any of
+the response reached the client -- the connection failed, the upstream reset
+the stream, a 5xx, or a gRPC status the route retries -- is offered to the
+call, which may grant another attempt (`tulle.proxy.plan`'s rule, budget and
+cap). The stream then keeps its request for replay: its headers and its DATA
+up to the call's `replay_limit` (a copy: the client's window is still
+acknowledged as the bytes go upstream, so flow control is unchanged). A new
+attempt drops the old upstream stream and sends the kept request on a new
+one; the stream's deadline (grpc-timeout or the route's) covers every
+attempt. On a route that retries gRPC statuses, a gRPC response's headers
+are held until its first message or its trailers, so that a status sent in
+trailers with no message (not trailers-only) is retried too.
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import enum
 from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
@@ -33,41 +46,26 @@ from h2.exceptions import H2Error
 
 from tulle.codec.http2 import GrpcStatus, Header, grpc_status_of, is_success
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
+from tulle.core.retry import NOT_SENT, RESET, STATUS
+from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.http2.dispatch import H2Counters, Routed
 
 from .connection import Outbox
 
-
-class ProxyError(enum.Enum):
-    """Errors the proxy answers itself: (reason, HTTP status, gRPC status)."""
-
-    NO_ENDPOINTS = ("no-endpoints", 503, GrpcStatus.UNAVAILABLE)
-    ENDPOINTS_EJECTED = ("endpoints-ejected", 503, GrpcStatus.UNAVAILABLE)
-    OVERLOADED = ("overloaded", 503, GrpcStatus.UNAVAILABLE)
-    UNKNOWN_SERVICE = ("unknown-service", 503, GrpcStatus.UNAVAILABLE)
-    FORBIDDEN = ("unauthorized", 403, GrpcStatus.PERMISSION_DENIED)
-    BAD_REQUEST = ("bad-request", 400, GrpcStatus.INTERNAL)
-    BAD_PATH = ("bad-path", 400, GrpcStatus.INTERNAL)
-    CONNECT_FAILED = ("connect-failed", 502, GrpcStatus.UNAVAILABLE)
-    UPSTREAM_RESET = ("upstream-reset", 502, GrpcStatus.UNAVAILABLE)
-    UPSTREAM_CLOSED = ("upstream-closed", 502, GrpcStatus.UNAVAILABLE)
-    UPSTREAM_GOAWAY = ("upstream-goaway", 503, GrpcStatus.UNAVAILABLE)
-    TIMEOUT = ("timeout", 504, GrpcStatus.DEADLINE_EXCEEDED)
-    # Retrying a loop cannot help, so not UNAVAILABLE: the mesh is misrouted.
-    LOOP_DETECTED = ("loop-detected", 508, GrpcStatus.INTERNAL)
-    DESTINATION_FORBIDDEN = ("destination-forbidden", 403, GrpcStatus.PERMISSION_DENIED)
-
-    @property
-    def reason(self) -> str:
-        return self.value[0]
-
-    @property
-    def http_status(self) -> int:
-        return self.value[1]
-
-    @property
-    def grpc_status(self) -> int:
-        return int(self.value[2])
+# Failures of the connection before this stream was sent on it: nothing
+# reached the upstream (connect, TLS, identity; a GOAWAY above our stream).
+_UNSENT_ERRORS = frozenset(
+    {
+        ProxyError.CONNECT_REFUSED,
+        ProxyError.CONNECT_ERROR,
+        ProxyError.CONNECT_TIMEOUT,
+        ProxyError.TLS_HANDSHAKE_FAILED,
+        ProxyError.IDENTITY_MISMATCH,
+        ProxyError.UPSTREAM_GOAWAY,
+    }
+)
+# Failures of a dial: the legacy reroute (no `Call`) tries another endpoint once.
+_CONNECT_ERRORS = _UNSENT_ERRORS - {ProxyError.UPSTREAM_GOAWAY}
 
 
 def error_response(error: ProxyError, is_grpc: bool, detail: str) -> tuple[list[Header], bytes]:
@@ -191,11 +189,18 @@ class ProxyStream:
         "_deadline",
         "_loop",
         "_outbox",
+        "attach",
+        "call",
         "closed",
         "down",
         "down_id",
+        "error",
         "grpc_status",
+        "held",
         "is_grpc",
+        "replay",
+        "replay_bytes",
+        "replay_headers",
         "request",
         "request_headers",
         "reroute",
@@ -242,8 +247,24 @@ class ProxyStream:
         self.started_at = loop.time()
         self._deadline: asyncio.TimerHandle | None = None
         # Set by the server: route this stream again after a failed connect
-        # (once; nothing was sent, so any request may go elsewhere).
+        # (once; nothing was sent, so any request may go elsewhere). Only
+        # without a `Call`, which decides retries itself.
         self.reroute: Callable[[ProxyStream], bool] | None = None
+        # Set by the server: give the stream an upstream stream (a new attempt).
+        self.attach: Callable[[ProxyStream], None] | None = None
+        # The reason of the proxy-made answer that ended the stream, if any.
+        self.error = ""
+        # A gRPC response's headers held back (see the module docstring).
+        self.held: list[Header] | None = None
+        self.call = routed.call
+        # What a new attempt sends: the request's headers and DATA, while
+        # within the call's replay limit (None: not kept, no replay).
+        self.replay_headers: Sequence[Header] | None = None
+        self.replay: list[bytes] | None = None
+        self.replay_bytes = 0
+        if self.call is not None:
+            self.replay_headers = request_headers
+            self.replay = []
 
     def set_deadline(self, seconds: float) -> None:
         """End the stream `seconds` from now, unless an earlier deadline is set."""
@@ -276,6 +297,14 @@ class ProxyStream:
             return
         self.request.chunks.append((data, flow))
         self.request.buffered += len(data)
+        replay = self.replay
+        if replay is not None:
+            self.replay_bytes += len(data)
+            call = self.call
+            if call is not None and self.replay_bytes <= call.replay_limit:
+                replay.append(data)
+            else:
+                self.replay = None
         self.pump_request()
 
     def on_request_end(self, trailers: list[Header] | None) -> None:
@@ -290,10 +319,11 @@ class ProxyStream:
         if self.closed:
             return
         self._counters.streams_reset_by_client += 1
-        status = self.status or 499
+        status = self.status if self.response_started else 499
         grpc = GrpcStatus.CANCELLED if self.is_grpc else None
         self._reset_upstream(ErrorCodes.CANCEL)
         # The client gave up: nothing is learned about the endpoint.
+        self.error = "client-gone"
         self._finish(status, grpc, CANCELLED)
 
     def pump_request(self) -> None:
@@ -322,6 +352,18 @@ class ProxyStream:
             # Informational (100 Continue, 103 Early Hints): pass on, keep waiting.
             self._send_down_headers(headers, end_stream=False)
             return
+        call = self.call
+        if call is not None:
+            grpc = grpc_status_of(headers) if self.is_grpc and end_stream else None
+            if (code >= 500 or (grpc is not None and grpc != 0)) and self._retry(
+                STATUS, code, -1 if grpc is None else grpc
+            ):
+                return
+            if self.is_grpc and not end_stream and call.hold_headers():
+                # Wait for the first message or the trailers (module docstring).
+                self.status = code
+                self.held = headers
+                return
         self.status = code
         self.response_started = True
         if end_stream:
@@ -340,6 +382,8 @@ class ProxyStream:
                 up.h2.acknowledge_received_data(flow, self.up_id)
                 up.mark_dirty()
             return
+        if self.held is not None:
+            self._release_held()
         self.response.chunks.append((data, flow))
         self.response.buffered += len(data)
         self.pump_response()
@@ -349,6 +393,11 @@ class ProxyStream:
             return
         if trailers is not None and self.is_grpc:
             self.grpc_status = grpc_status_of(trailers)
+        if self.held is not None:
+            grpc = self.grpc_status
+            if grpc is not None and grpc != 0 and self._retry(STATUS, self.status, grpc):
+                return
+            self._release_held()
         self.response.end = True
         self.response.trailers = trailers
         self.pump_response()
@@ -359,17 +408,31 @@ class ProxyStream:
         self._counters.streams_reset_by_upstream += 1
         self.up_open = False  # h2 has closed the upstream stream already
         if not self.response_started:
+            # REFUSED_STREAM: the upstream did no work on it (RFC 9113 8.7).
+            refused = error_code == ErrorCodes.REFUSED_STREAM
+            if self._retry(NOT_SENT if refused else RESET, 0, -1):
+                return
             self.fail(ProxyError.UPSTREAM_RESET, f"upstream reset the stream ({error_code})")
             return
         self._reset_down(error_code)
+        self.error = "upstream-reset-mid-response"
         self._finish(self.status, self.grpc_status, FAILURE)
 
     def on_upstream_failed(self, error: ProxyError, detail: str) -> None:
         """The upstream connection failed or went away without this stream."""
         self.up_open = False
+        if self.call is not None:
+            if not self.response_started:
+                # Never bound to an upstream stream, or refused above a GOAWAY:
+                # the upstream never saw it.
+                unsent = self.request_headers is not None or error in _UNSENT_ERRORS
+                if self._retry(NOT_SENT if unsent else RESET, 0, -1):
+                    return
+            self.fail(error, detail)
+            return
         reroute = self.reroute
         if (
-            error is ProxyError.CONNECT_FAILED
+            error in _CONNECT_ERRORS
             and reroute is not None
             and self.request_headers is not None
             and not self.closed
@@ -411,6 +474,10 @@ class ProxyStream:
         if self.closed:
             return
         self._counters.proxy_errors += 1
+        self.error = error.reason
+        call = self.call
+        if call is not None:
+            call.proxy_error(error)
         self._reset_upstream(ErrorCodes.CANCEL)
         down = self.down
         grpc: int | None
@@ -448,13 +515,13 @@ class ProxyStream:
             self._finish(self.status, grpc, outcome)
             return
         self._reset_down(
-            ErrorCodes.CANCEL if error is ProxyError.TIMEOUT else ErrorCodes.INTERNAL_ERROR
+            ErrorCodes.CANCEL if error is ProxyError.RESPONSE_TIMEOUT else ErrorCodes.INTERNAL_ERROR
         )
         self._finish(self.status, self.grpc_status, outcome)
 
     def _deadline_passed(self) -> None:
         self._deadline = None
-        self.fail(ProxyError.TIMEOUT, "deadline exceeded in proxy")
+        self.fail(ProxyError.RESPONSE_TIMEOUT, "deadline exceeded in proxy")
         self._outbox.flush()
 
     # -- endings -------------------------------------------------------------------
@@ -493,9 +560,68 @@ class ProxyStream:
             self.up = None
             self.up_open = False
         self.down.forget_stream(self.down_id)
+        self.replay = None
+        call = self.call
+        if call is not None:
+            # A response passed on in full is the endpoint's answer, whatever
+            # its status: the call judges it (`RequestPlan.judge`).
+            completed = outcome is not CANCELLED and not self.error
+            call.ended(status, grpc, SUCCESS if completed else outcome, self.error)
         done = self.routed.done
         if done is not None:
             done(status, grpc, self._loop.time() - self.started_at, outcome)
+
+    # -- attempts ------------------------------------------------------------------
+    def _retry(self, failure: int, status: int, grpc_status: int) -> bool:
+        """Offer the failed attempt to the call; True when the stream is taken
+        care of (a new attempt is under way, or the refusal answered)."""
+        call = self.call
+        attach = self.attach
+        if call is None or attach is None or self.closed or self.response_started:
+            return False
+        replayable = self.replay is not None and self.replay_headers is not None
+        nxt = call.next_attempt(failure, status, grpc_status, replayable, self.request.end)
+        if nxt is None:
+            return False
+        if isinstance(nxt, Refused):
+            self.fail(nxt.error, nxt.detail)
+            return True
+        # Drop the failed upstream stream, keeping the client's window right.
+        self._reset_upstream(ErrorCodes.CANCEL)
+        up = self.up
+        if up is not None:
+            flow = self.response.drop()
+            if flow:
+                up.h2.acknowledge_received_data(flow, self.up_id)
+            up.release_stream(self.up_id)
+            up.mark_dirty()
+            self.up = None
+        request = self.request
+        flow = request.drop()
+        if flow:
+            self.down.h2.acknowledge_received_data(flow, self.down_id)
+            self.down.mark_dirty()
+        # The kept request, again: its DATA was acknowledged when first sent.
+        for data in self.replay or ():
+            request.chunks.append((data, 0))
+            request.buffered += len(data)
+        request.end_sent = False
+        self.response = HalfStream()
+        self.status = 0
+        self.grpc_status = None
+        self.held = None
+        self.routed = nxt
+        self.request_headers = self.replay_headers
+        attach(self)
+        return True
+
+    def _release_held(self) -> None:
+        """Pass on the held response headers: the response has started."""
+        held = self.held
+        self.held = None
+        if held is not None:
+            self.response_started = True
+            self._send_down_headers(held, end_stream=False)
 
     def _reset_upstream(self, code: int) -> None:
         up = self.up

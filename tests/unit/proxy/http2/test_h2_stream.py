@@ -17,9 +17,10 @@ import h2.events
 
 from tulle.codec.http2 import Header
 from tulle.core.outcome import CANCELLED, FAILURE
+from tulle.proxy.errors import ProxyError
 from tulle.proxy.http2.connection import H2Limits, Outbox, new_h2_connection
 from tulle.proxy.http2.dispatch import H2Counters, Routed
-from tulle.proxy.http2.stream import HalfStream, ProxyError, ProxyStream, error_response, pump
+from tulle.proxy.http2.stream import HalfStream, ProxyStream, error_response, pump
 
 REQUEST: list[Header] = [
     (b":method", b"POST"), (b":scheme", b"http"), (b":authority", b"svc"), (b":path", b"/"),
@@ -219,11 +220,11 @@ def test_failure_before_a_response_is_a_grpc_status() -> None:
     async def scenario() -> None:
         stream, client, down, _, _, done = await _joined_stream()
         stream.is_grpc = True
-        stream.fail(ProxyError.TIMEOUT, "deadline exceeded in proxy")
+        stream.fail(ProxyError.RESPONSE_TIMEOUT, "deadline exceeded in proxy")
         events = client.receive_data(down.h2.data_to_send())
         response = [e for e in events if isinstance(e, h2.events.ResponseReceived)]
         assert response and (b"grpc-status", b"4") in response[0].headers
-        assert (b"tulle-proxy-error", b"timeout") in response[0].headers
+        assert (b"tulle-proxy-error", b"response-timeout") in response[0].headers
         assert done and done[0][1] == 4 and done[0][3] is FAILURE
 
     asyncio.run(scenario())
@@ -238,10 +239,10 @@ def test_error_responses() -> None:
     grpc = _header_map(headers)
     assert grpc[b":status"] == b"200" and grpc[b"grpc-status"] == b"14"
     assert grpc[b"tulle-proxy-error"] == b"no-endpoints" and body == b""
-    headers, body = error_response(ProxyError.TIMEOUT, False, "")
+    headers, body = error_response(ProxyError.RESPONSE_TIMEOUT, False, "")
     plain = _header_map(headers)
     assert plain[b":status"] == b"504" and plain[b"content-length"] == str(len(body)).encode()
-    headers, _ = error_response(ProxyError.CONNECT_FAILED, True, "caf\u00e9 100%")
+    headers, _ = error_response(ProxyError.CONNECT_ERROR, True, "caf\u00e9 100%")
     assert _header_map(headers)[b"grpc-message"] == b"caf? 100%25"
 
 
