@@ -23,6 +23,7 @@ from collections.abc import Callable, Sequence
 
 from tulle.codec.http2 import Header, is_success
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
+from tulle.core.retry import STATUS
 from tulle.net.mtls import ALPN_H2, transport_peer_identity
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.errors import ProxyError, Refused
@@ -58,7 +59,9 @@ class H2Call(RequestPlan):
     def next_attempt(
         self, failure: int, status: int, grpc_status: int, replayable: bool, complete: bool
     ) -> Routed | Refused | None:
-        self.end_attempt(FAILURE)
+        # A response is judged (a 5xx counts only on retryable routes); a
+        # failed connection or a reset is the endpoint's failure.
+        self.end_attempt(self.judge(status, grpc_status) if failure == STATUS else FAILURE)
         if not self.may_retry(
             failure, self.method.encode("latin-1"), replayable, complete, status, grpc_status
         ):

@@ -386,11 +386,17 @@ class H2ServerProtocol(H2Peer):
         if isinstance(decision, Routed):
             stream.routed = decision
             stream.call = decision.call
-            if decision.call is not None:
-                # Kept for replay from here on (the body held meanwhile is in
-                # the request queue; `replay` collects only what follows).
+            call = decision.call
+            if call is not None:
+                # The body that arrived meanwhile is all in the request queue
+                # (nothing was sent yet): it is the start of what is kept.
+                chunks = stream.request.chunks
+                size = sum(len(data) for data, _ in chunks)
                 stream.replay_headers = headers
-                stream.replay = None if stream.request.chunks else []
+                stream.replay_bytes = size
+                stream.replay = (
+                    [bytes(data) for data, _ in chunks] if size <= call.replay_limit else None
+                )
             if decision.timeout_s is not None:
                 stream.set_deadline(decision.timeout_s)
             self.pool.attach(stream)
