@@ -458,6 +458,10 @@ def _event_line(event: dict[str, Any]) -> str:
         f"{event.get('service', '')}/{event.get('instance', '')}",
         f"{event.get('method', '')} {event.get('authority', '')}{event.get('path', '')}",
         f"status={event.get('status')}",
+    ]
+    if event.get("grpc_status") is not None:
+        parts.append(f"grpc-status={event['grpc_status']}")
+    parts += [
         f"latency={event.get('latency_ms', 0):.1f}ms",
         f"src={event.get('src') or '-'} dst={event.get('dst') or '-'}",
         f"tls={'true' if event.get('tls') else 'false'}",

@@ -7,8 +7,10 @@ as well.
 
 from __future__ import annotations
 
+import contextlib
 import http.client
 import json
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +24,8 @@ from support.process import ProcessGroup
 from viz_mesh import Mesh, admin_token_file, eventually, manifest_text, start_control
 
 pytestmark = pytest.mark.integration
+
+HTTP2_TESTS = Path(__file__).resolve().parents[1] / "http2"
 
 
 @pytest.fixture
@@ -105,3 +109,58 @@ def test_tap_against_a_real_proxy(
     events = [json.loads(line) for line in result.stdout.splitlines()]
     assert len(events) == 5
     assert all(e["status"] == 201 and e["path"] == "/status/201" for e in events)
+
+
+def test_tap_shows_grpc_calls_with_their_status(processes: ProcessGroup, tmp_path: Path) -> None:
+    """gRPC calls reach tap (and `tulle tap`) with their grpc-status, as HTTP/1 requests do."""
+    sys.path.insert(0, str(HTTP2_TESTS))
+    import grpc
+    from grpc_service import echo_pb2, echo_pb2_grpc
+    from h2support import start_grpc_server
+
+    server = start_grpc_server(processes, "grpc-tapped")
+    proxy = start_proxy(
+        processes,
+        static_dst={"echo": [server.addr]},
+        extra=["--admin-token-file", str(admin_token_file(tmp_path))],
+        name="proxy-grpc-tapped",
+    )
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(manifest_text(proxy.inbound_port))
+    _, _, api = start_control(processes, manifest, f"books=books-0={LOOPBACK}:{proxy.admin_port}")
+    mesh = Mesh.__new__(Mesh)
+    mesh.api_url = api
+    stop = threading.Event()
+
+    def traffic() -> None:
+        channel = grpc.insecure_channel(
+            f"{LOOPBACK}:{proxy.outbound_port}", options=[("grpc.default_authority", "echo")]
+        )
+        stub = echo_pb2_grpc.EchoStub(channel)
+        deadline = time.monotonic() + 20.0
+        try:
+            while not stop.is_set() and time.monotonic() < deadline:
+                with contextlib.suppress(grpc.RpcError):
+                    stub.Fail(echo_pb2.EchoRequest(status_code=5, message="gone"), timeout=5)
+                stop.wait(0.02)
+        finally:
+            channel.close()
+
+    sender = threading.Thread(target=traffic, daemon=True)
+    sender.start()
+    try:
+        result = mesh.cli("tap", "books", "--json", "--limit", "5", "--duration", "10")
+        readable = mesh.cli("tap", "books", "--limit", "2", "--duration", "10")
+    finally:
+        stop.set()
+        sender.join(10)
+    assert result.returncode == 0, result.stderr
+    events = [json.loads(line) for line in result.stdout.splitlines()]
+    assert len(events) == 5
+    for event in events:
+        assert event["path"] == "/tulle.test.echo.Echo/Fail"
+        assert event["method"] == "POST" and event["authority"] == "echo"
+        assert event["status"] == 200 and event["grpc_status"] == 5, json.dumps(event)  # NOT_FOUND
+    assert readable.returncode == 0, readable.stderr
+    lines = readable.stdout.splitlines()
+    assert len(lines) == 2 and all("grpc-status=5" in line for line in lines), lines
