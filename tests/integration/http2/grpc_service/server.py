@@ -16,6 +16,9 @@ import grpc
 
 from grpc_service import echo_pb2, echo_pb2_grpc
 
+# Fail's message that makes it fail only every other call (a flaky endpoint).
+EVERY_OTHER = "every-other"
+
 # Large enough for the 16 MB message tests, with room for framing.
 _MAX_MESSAGE = 64 << 20
 
@@ -23,6 +26,7 @@ _MAX_MESSAGE = 64 << 20
 class EchoService(echo_pb2_grpc.EchoServicer):
     def __init__(self, name: str) -> None:
         self.name = name
+        self.fail_calls = 0
 
     def _reply(self, request: echo_pb2.EchoRequest) -> echo_pb2.EchoReply:
         payload = b"x" * request.reply_size if request.reply_size else request.payload
@@ -58,6 +62,11 @@ class EchoService(echo_pb2_grpc.EchoServicer):
         return self._reply(request)
 
     async def Fail(self, request, context):  # type: ignore[no-untyped-def]
+        if request.message == EVERY_OTHER:
+            # Fail every other call of this kind this server gets, succeed otherwise.
+            self.fail_calls += 1
+            if self.fail_calls % 2 == 0:
+                return self._reply(request)
         if request.status_code:
             await context.abort(grpc.StatusCode(_code(request.status_code)), request.message)
         return self._reply(request)
