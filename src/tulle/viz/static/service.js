@@ -189,7 +189,9 @@ class TapPanel {
       h("td", {}, h("span", { class: "dir" }, event.direction === "inbound" ? "in" : "out")),
       h("td", {}, event.method),
       h("td", { title: event.path }, event.path.length > 60 ? `${event.path.slice(0, 57)}…` : event.path),
-      h("td", { class: `status-${status[0] === "e" ? "err" : status[0]}`, title: event.error || null }, event.error ? `err` : status),
+      // A gRPC call's outcome is its grpc-status (its HTTP status is 200).
+      h("td", { class: `status-${status[0] === "e" || event.grpc_status > 0 ? "err" : status[0]}`, title: event.error || null },
+        event.error ? `err` : event.grpc_status == null ? status : `${status} grpc ${event.grpc_status}`),
       h("td", { class: "num" }, ms(event.latency_ms)),
       h("td", { class: "muted" }, event.client_id || event.src),
       h("td", { class: "muted" }, event.dst_service || event.server_id || event.dst),
