@@ -614,13 +614,7 @@ class Worker:
             self.heartbeat = now
             for ctx in self.contexts:
                 for conn in list(ctx.connections):
-                    if conn.current is not None or conn.closed:
-                        continue
-                    if conn.head_started:
-                        if now - conn.head_started > timeouts.header_read_s:
-                            conn.timeout_head()
-                    elif self.draining or now - conn.last_active > timeouts.idle_s:
-                        conn.close()
+                    conn.sweep(now, timeouts.header_read_s, timeouts.idle_s, self.draining)
 
     async def drain(self) -> None:
         """Stop accepting, let in-flight requests finish (bounded), then stop."""
@@ -633,8 +627,7 @@ class Worker:
         for ctx in self.contexts:
             ctx.draining = True
             for conn in list(ctx.connections):
-                if conn.current is None and not conn.head_started:
-                    conn.close()
+                conn.close_if_idle()
         grace = self.config.timeouts.shutdown_grace_s
         h2_drains = [
             self.loop.create_task(service.drain(grace)) for service in self.h2_services.values()

@@ -1,10 +1,14 @@
 """Per-direction state shared by every connection of one worker: the context a
-connection is built with (config, router, metrics, open connections, drain flag)."""
+connection is built with (config, router, metrics, open connections, drain flag).
+
+It knows the protocols' connections only as `ClientConnection` (what the
+worker's sweeper and drain ask of one), so that it imports no protocol module
+and the protocols can import it."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tulle.codec.http1 import HOPS_LINES
 from tulle.proxy.config import ProxyConfig
@@ -17,7 +21,22 @@ if TYPE_CHECKING:
     from tulle.net.descriptors import DescriptorBudget
     from tulle.net.mtls import MeshTls
     from tulle.proxy.authz import InboundAuthz
-    from tulle.proxy.http1 import Http1Server
+
+
+class ClientConnection(Protocol):
+    """A client connection as the worker sees it (an `Http1Server`)."""
+
+    def sweep(self, now: float, header_read_s: float, idle_s: float, draining: bool) -> None:
+        """Called every sweep: time out a slow request head, close an idle connection."""
+        ...
+
+    def close_if_idle(self) -> None:
+        """Drain: close now unless a request is in flight or arriving."""
+        ...
+
+    def abort(self) -> None:
+        """The grace period is over: cut the connection."""
+        ...
 
 
 class ProxyContext:
@@ -39,7 +58,7 @@ class ProxyContext:
         self.metrics = metrics
         # Live tap: exchanges are published only while someone listens.
         self.tap = tap
-        self.connections: set[Http1Server] = set()
+        self.connections: set[ClientConnection] = set()
         self.draining = False
         # Requests that crossed this many proxy hops are refused (loop-detected);
         # capped so that the next hop's count is always in the pre-built table.

@@ -1310,6 +1310,20 @@ class Http1Server(asyncio.Protocol):
         self.flush()
         self.close()
 
+    # -- ClientConnection (tulle.proxy.context): the worker's sweeper and drain --
+    def sweep(self, now: float, header_read_s: float, idle_s: float, draining: bool) -> None:
+        if self.current is not None or self.closed:
+            return
+        if self.head_started:
+            if now - self.head_started > header_read_s:
+                self.timeout_head()
+        elif draining or now - self.last_active > idle_s:
+            self.close()
+
+    def close_if_idle(self) -> None:
+        if self.current is None and not self.head_started:
+            self.close()
+
     def timeout_head(self) -> None:
         """Called by the sweeper: the client is too slow sending a request head."""
         self._bad_input(
