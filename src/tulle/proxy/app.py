@@ -27,8 +27,8 @@ from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
 from tulle.core.outcome import FAILURE, SUCCESS
-from tulle.net.deadline import within
 from tulle.net.descriptors import DescriptorBudget
+from tulle.net.dial import DialFailed, dial
 from tulle.net.listen import Acceptor, bind, is_local_address, original_dst
 from tulle.net.mtls import (
     ALPN_H2,
@@ -42,13 +42,7 @@ from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.destinations import DestinationGuard
-from tulle.proxy.http1 import (
-    DESCRIPTORS_EXHAUSTED,
-    ConnectFailed,
-    EndpointPool,
-    Http1Server,
-    original_authority,
-)
+from tulle.proxy.http1 import EndpointPool, Http1Server, original_authority
 from tulle.proxy.metrics import Labels, Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapHub
@@ -512,21 +506,14 @@ class Worker:
         )
 
     async def _connect_upstream(self, ctx: ProxyContext, tunnel: Tunnel, dst: Address) -> bool:
-        """Open the tunnel's upstream side to `dst`; False (counted) when that fails."""
+        """Open the tunnel's upstream side to `dst`; False (counted by the dial's
+        reason, as HTTP names it) when that fails."""
         upstream = tunnel.upstream
         try:
-            await within(
-                self.loop.create_connection(lambda: upstream, dst[0], dst[1]),
-                ctx.config.timeouts.connect_s,
-            )
-        except (OSError, TimeoutError) as exc:
-            ctx.metrics.proxy_error(ctx.direction, "opaque-connect-failed")
-            log.debug("opaque connect to %s:%d failed: %s", dst[0], dst[1], exc)
-            return False
-        transport = upstream.transport
-        if transport is not None and not self.fds.admit_upstream(transport):
-            # The last descriptors are the admin listener's (tulle.net.descriptors).
-            ctx.metrics.proxy_error(ctx.direction, DESCRIPTORS_EXHAUSTED)
+            await dial(lambda: upstream, dst, timeout_s=ctx.config.timeouts.connect_s, fds=self.fds)
+        except DialFailed as failed:
+            ctx.metrics.proxy_error(ctx.direction, failed.reason)
+            log.debug("opaque connect to %s:%d failed: %s", dst[0], dst[1], failed.message)
             return False
         return True
 
@@ -569,7 +556,7 @@ class Worker:
         state.on_start()
         try:
             await pool.connect(lambda: tunnel.upstream, ALPN_OPAQUE)
-        except ConnectFailed as failed:
+        except DialFailed as failed:
             state.on_end(time.monotonic(), time.monotonic() - started, FAILURE)
             ctx.metrics.proxy_error(ctx.direction, failed.reason)
             tunnel.close(abort=True)

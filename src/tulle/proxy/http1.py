@@ -25,7 +25,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import errno
 import logging
 import socket
 import ssl
@@ -51,9 +50,9 @@ from tulle.codec.path import normalize_target, origin_form, refusal_reason
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS
 from tulle.core.policy import CLIENT_ID_HEADER
 from tulle.core.retry import NOT_SENT, RESET, STATUS
-from tulle.net.deadline import within
-from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
-from tulle.proxy.errors import Refused
+from tulle.net.dial import DESCRIPTORS_EXHAUSTED, DialFailed, dial
+from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity
+from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.plan import WAIT, RequestPlan, original_authority
 from tulle.proxy.router import PoolHandle, ServiceTarget
 from tulle.proxy.tap import TapEvent
@@ -67,21 +66,6 @@ log = logging.getLogger(__name__)
 
 _monotonic = time.monotonic
 _CLIENT_ID_LINE = CLIENT_ID_HEADER + b":"
-
-
-# A new upstream connection would eat into the descriptors kept for admin.
-DESCRIPTORS_EXHAUSTED = "descriptors-exhausted"
-
-
-class ConnectFailed(Exception):
-    """Opening a connection to an endpoint failed; `status`/`reason` are what the
-    client is told (and what retries and metrics key on)."""
-
-    def __init__(self, status: int, reason: str, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-        self.reason = reason
-        self.message = message
 
 
 _P = TypeVar("_P", bound=asyncio.BaseProtocol)
@@ -114,53 +98,24 @@ class EndpointPool(PoolHandle):
     async def connect(
         self, factory: Callable[[], _P], alpn: str
     ) -> tuple[asyncio.BaseTransport, _P, str]:
-        """A new connection to this endpoint: mesh TLS (with ALPN `alpn`) when it
-        has an identity, whose SPIFFE ID is checked before anything is sent.
-        Returns the transport, the protocol and the verified peer identity ("" in
-        plaintext); raises `ConnectFailed`."""
+        """A new connection to this endpoint (`tulle.net.dial`): mesh TLS (with
+        ALPN `alpn`) when it has an identity, whose SPIFFE ID is checked before
+        anything is sent. Returns the transport, the protocol and the verified
+        peer identity ("" in plaintext); raises `DialFailed`."""
         tls = self.tls_context(alpn)
         if tls is False:
-            raise ConnectFailed(
-                503, "identity-not-ready", "no workload certificate yet for mesh TLS"
+            raise DialFailed(
+                ProxyError.IDENTITY_NOT_READY.reason, "no workload certificate yet for mesh TLS"
             )
         ctx = self.ctx
-        try:
-            transport, protocol = await within(
-                ctx.loop.create_connection(
-                    factory,
-                    self.address[0],
-                    self.address[1],
-                    ssl=tls,
-                    server_hostname="" if tls is not None else None,
-                ),
-                ctx.config.timeouts.connect_s,
-            )
-        except TimeoutError:
-            raise ConnectFailed(
-                504, "connect-timeout", f"connecting to {self.label} timed out"
-            ) from None
-        except ConnectionRefusedError:
-            raise ConnectFailed(
-                502, "connect-refused", f"{self.label} refused the connection"
-            ) from None
-        except OSError as exc:
-            if exc.errno in (errno.EMFILE, errno.ENFILE):
-                raise ConnectFailed(503, DESCRIPTORS_EXHAUSTED, str(exc)) from None
-            reason = "tls-handshake-failed" if isinstance(exc, ssl.SSLError) else "connect-error"
-            raise ConnectFailed(502, reason, f"connecting to {self.label}: {exc}") from None
-        budget = ctx.fds
-        if budget is not None and not budget.admit_upstream(transport):
-            # The last descriptors are the admin listener's (tulle.net.descriptors).
-            transport.abort()
-            raise ConnectFailed(503, DESCRIPTORS_EXHAUSTED, "the proxy is out of file descriptors")
-        peer_id = ""
-        if tls is not None and self.identity:
-            try:
-                peer_id = verify_identity(transport.get_extra_info("ssl_object"), self.identity)
-            except ssl.SSLError as exc:
-                transport.close()
-                raise ConnectFailed(502, "identity-mismatch", f"{self.label}: {exc}") from None
-        return transport, protocol, peer_id
+        return await dial(
+            factory,
+            self.address,
+            timeout_s=ctx.config.timeouts.connect_s,
+            tls=tls,
+            expected_identity=self.identity,
+            fds=ctx.fds,
+        )
 
     def take(self) -> UpstreamConn | None:
         idle = self.idle
@@ -610,8 +565,8 @@ class Exchange(RequestPlan):
     async def _connect(self, pool: EndpointPool) -> None:
         try:
             _, conn, peer_id = await pool.connect(lambda: UpstreamConn(pool), ALPN_HTTP1)
-        except ConnectFailed as failed:
-            self._attempt_failed(failed.status, failed.reason, failed.message)
+        except DialFailed as failed:
+            self._attempt_failed(failed.reason, failed.message)
             return
         conn.peer_id = peer_id
         if self.status != _SENT or self.conn is not None:
@@ -807,9 +762,9 @@ class Exchange(RequestPlan):
         tunnel = Tunnel(server.tcp_stats, pool.tcp_stats)
         try:
             await pool.connect(lambda: tunnel.upstream, ALPN_OPAQUE)
-        except ConnectFailed as failed:
+        except DialFailed as failed:
             tunnel.close(abort=True)
-            self._attempt_failed(failed.status, failed.reason, failed.message)
+            self._attempt_failed(failed.reason, failed.message)
             return
         if self.status == _DONE or server.transport is None or server.closed:
             tunnel.close()
@@ -873,10 +828,11 @@ class Exchange(RequestPlan):
         self.count_retry()
         self._dispatch()
 
-    def _attempt_failed(self, status: int, reason: str, message: str) -> None:
+    def _attempt_failed(self, reason: str, message: str) -> None:
         """A connection attempt failed before any byte of response."""
         if self.status == _DONE:
             return
+        status = ProxyError.of(reason).http_status
         # Running out of descriptors says nothing about the endpoint.
         self.end_attempt(CANCELLED if reason == DESCRIPTORS_EXHAUSTED else FAILURE)
         self._retry_or_fail(status, reason, message, NOT_SENT)

@@ -31,7 +31,7 @@ import h2.settings
 from h2.errors import ErrorCodes
 
 from tulle.core.discovery import Address
-from tulle.net.deadline import within
+from tulle.net.dial import DialFailed, dial
 from tulle.net.mtls import verify_identity
 from tulle.proxy.errors import ProxyError
 from tulle.proxy.http2.dispatch import H2Counters
@@ -317,24 +317,21 @@ class H2ClientConnection(H2Peer):
 
     # -- connecting ---------------------------------------------------------------
     async def connect(self) -> None:
-        (host, port), ssl_context, server_hostname, _ = self.key
-        loop = asyncio.get_running_loop()
+        address, ssl_context, server_hostname, _ = self.key
         try:
-            await within(
-                loop.create_connection(
-                    lambda: self,
-                    host,
-                    port,
-                    ssl=ssl_context,
-                    server_hostname=server_hostname if ssl_context is not None else None,
-                ),
-                self.pool.settings.connect_timeout_s,
+            # The one dialler (tulle.net.dial); the peer's ALPN and identity
+            # are checked in connection_made, before the preface goes out.
+            await dial(
+                lambda: self,
+                address,
+                timeout_s=self.pool.settings.connect_timeout_s,
+                tls=ssl_context,
+                server_hostname=server_hostname,
             )
-        except (OSError, TimeoutError, ssl.SSLError) as exc:
+        except DialFailed as failed:
             self._stop_accepting()
             self.closed = True
-            detail = f"cannot connect to {host}:{port}: {exc or type(exc).__name__}"
-            self._fail_all(dial_error(exc), detail)
+            self._fail_all(ProxyError.of(failed.reason), failed.message)
             self.pool.outbox.flush()
             return
         if self.peer_problem is not None:
@@ -342,17 +339,6 @@ class H2ClientConnection(H2Peer):
             self.closed = True
             self._fail_all(ProxyError.IDENTITY_MISMATCH, self.peer_problem)
             self.pool.outbox.flush()
-
-
-def dial_error(exc: BaseException) -> ProxyError:
-    """A failed dial in the proxy's one vocabulary (as HTTP/1's `EndpointPool.connect`)."""
-    if isinstance(exc, TimeoutError):
-        return ProxyError.CONNECT_TIMEOUT
-    if isinstance(exc, ConnectionRefusedError):
-        return ProxyError.CONNECT_REFUSED
-    if isinstance(exc, ssl.SSLError):
-        return ProxyError.TLS_HANDSHAKE_FAILED
-    return ProxyError.CONNECT_ERROR
 
 
 class H2ClientPool:
