@@ -103,10 +103,10 @@ class Backend(asyncio.Protocol):
                 self.conn.end_stream(stream_id)
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, host: str = "127.0.0.1") -> None:
     loop = asyncio.get_running_loop()
     holder: list[str] = ["?"]
-    server = await loop.create_server(lambda: Backend(holder[0]), "127.0.0.1", port)
+    server = await loop.create_server(lambda: Backend(holder[0]), host, port)
     holder[0] = str(server.sockets[0].getsockname()[1])
     print(f"LISTENING {holder[0]}", flush=True)
     await server.serve_forever()
@@ -115,9 +115,10 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="A tiny HTTP/2 test server.")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
+    parser.add_argument("--host", default="127.0.0.1", help="address to listen on")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.port))
+        asyncio.run(serve(args.port, args.host))
 
 
 if __name__ == "__main__":

@@ -322,6 +322,56 @@ def test_routing_by_original_destination(
     assert metrics(pair.a).total("outbound_passthrough_total", protocol="tcp") == 1
 
 
+H2_BACKEND = Path(__file__).resolve().parents[1] / "http2" / "h2_backend.py"
+
+
+def h2_status(host: str, port: int, authority: bytes) -> int:
+    """One prior-knowledge HTTP/2 GET; the response's :status (0: none)."""
+    import h2.config
+    import h2.connection
+    import h2.events
+
+    config = h2.config.H2Configuration(client_side=True, header_encoding=None)
+    conn = h2.connection.H2Connection(config=config)
+    conn.initiate_connection()
+    request = [(b":method", b"GET"), (b":scheme", b"http"), (b":authority", authority),
+               (b":path", b"/")]  # fmt: skip
+    conn.send_headers(1, request, end_stream=True)
+    with socket.create_connection((host, port), timeout=IO_TIMEOUT_S) as sock:
+        sock.sendall(conn.data_to_send())
+        deadline = time.monotonic() + IO_TIMEOUT_S
+        while time.monotonic() < deadline:
+            data = sock.recv(65536)
+            if not data:
+                break
+            for event in conn.receive_data(data):
+                if isinstance(event, h2.events.ResponseReceived):
+                    return int(dict(event.headers)[b":status"])
+            sock.sendall(conn.data_to_send())
+    return 0
+
+
+def test_captured_http2_whose_authority_names_no_service_goes_to_the_original_destination(
+    pair: Pair, firewall: str, processes: ProcessGroup
+) -> None:
+    """As HTTP/1 does with a Host that names no service (a site outside the mesh)."""
+    port = APP_PORT + 3
+    backend = processes.start(
+        "backend-h2",
+        in_netns(pair.b, [sys.executable, str(H2_BACKEND), "--port", str(port),
+                          "--host", "0.0.0.0"]),
+    )  # fmt: skip
+    backend.wait_for(lambda: "LISTENING" in backend.output(), "listening line")
+    tulle_init(pair.a, firewall)
+    start_sidecar(processes, pair.a)
+    status = run_in(pair.a, lambda: h2_status(pair.b_ip, port, b"outside.example"))
+    assert status == 200
+    m = metrics(pair.a)
+    target = f"{pair.b_ip}:{port}"
+    assert m.total("request_total", direction="outbound", target_addr=target) == 1
+    assert m.total("proxy_error_total", direction="outbound") == 0
+
+
 A_IP6, B_IP6 = "fd00:231::1", "fd00:231::2"
 
 
