@@ -11,6 +11,7 @@ WEB = "spiffe://tulle.test/ns/default/sa/web"
 
 class _Watcher:
     current: object = None
+    port = 8080
 
 
 def _decision(allowed: bool, audit_denied: bool = False) -> Decision:
