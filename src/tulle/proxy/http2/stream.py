@@ -611,7 +611,13 @@ class ProxyStream:
         self.grpc_status = None
         self.held = None
         self.routed = nxt
-        self.request_headers = self.replay_headers
+        headers = self.replay_headers
+        deadline = self._deadline
+        if deadline is not None and headers is not None and self.is_grpc:
+            # The call's deadline covers every attempt: the next one is told
+            # what is left of it, not the caller's whole timeout again.
+            headers = with_grpc_timeout(headers, deadline.when() - self._loop.time())
+        self.request_headers = headers
         attach(self)
         return True
 
@@ -649,6 +655,21 @@ class ProxyStream:
         except H2Error:
             return
         self.down.mark_dirty()
+
+
+def with_grpc_timeout(headers: Sequence[Header], remaining_s: float) -> Sequence[Header]:
+    """`headers` with their `grpc-timeout` (if any) set to `remaining_s`, in
+    milliseconds (at least 1: an expired deadline is the proxy's to enforce)."""
+    value = b"%dm" % max(1, int(remaining_s * 1000))
+    out: list[Header] = []
+    found = False
+    for name, old in headers:
+        if name == b"grpc-timeout":
+            found = True
+            out.append((name, value))
+        else:
+            out.append((name, old))
+    return out if found else headers
 
 
 def _find_status(headers: Sequence[Header]) -> bytes:

@@ -23,7 +23,7 @@ from tulle.core.retry import NOT_SENT, STATUS
 from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.http2.connection import H2Limits, Outbox, new_h2_connection
 from tulle.proxy.http2.dispatch import H2Counters, Routed
-from tulle.proxy.http2.stream import ProxyStream
+from tulle.proxy.http2.stream import ProxyStream, with_grpc_timeout
 
 
 def peer(client_side: bool) -> h2.connection.H2Connection:
@@ -287,3 +287,28 @@ def test_a_cancelled_call_is_reported_once_as_cancelled() -> None:
         assert call.asked == []
 
     asyncio.run(scenario())
+
+
+def test_the_next_attempt_is_told_what_is_left_of_the_deadline() -> None:
+    async def scenario() -> None:
+        call = StubCall(retries=1)
+        world = World(call)
+        world.stream.request_headers = None
+        world.stream.replay_headers = [*GRPC_REQUEST, (b"grpc-timeout", b"10S")]
+        world.stream.set_deadline(10.0)
+        world.send_request()
+        world.upstream_got(0)
+        world.respond(0, UNAVAILABLE_ONLY)
+        up, upstream = world.upstreams[1]
+        events = upstream.receive_data(up.h2.data_to_send())
+        (received,) = [e for e in events if isinstance(e, h2.events.RequestReceived)]
+        timeout = dict(received.headers)[b"grpc-timeout"]
+        assert timeout.endswith(b"m") and 9000 <= int(timeout[:-1]) <= 10000
+
+    asyncio.run(scenario())
+
+
+def test_grpc_timeout_is_rewritten_only_where_it_was() -> None:
+    plain: list[Header] = [(b":path", b"/")]
+    assert with_grpc_timeout(plain, 1.0) is plain
+    assert with_grpc_timeout([(b"grpc-timeout", b"5S")], 0.0004) == [(b"grpc-timeout", b"1m")]
