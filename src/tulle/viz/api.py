@@ -25,8 +25,9 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from tulle.control.manifest import Manifest, ManifestError, parse_duration
+from tulle.control.manifest import Manifest, ManifestError
 from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
+from tulle.core.duration import DurationError, parse_duration
 from tulle.local.manifest import load_local_manifest
 from tulle.viz import aggregate, authz_report, dashboard
 from tulle.viz.apply import apply_manifest
@@ -115,8 +116,14 @@ def _seconds(query: dict[str, str], key: str, default: float, high: float) -> fl
     text = query.get(key, "").strip()
     if not text:
         return default
-    value = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
-    if value is None or value <= 0:
+    if text.replace(".", "", 1).isdigit():
+        value = float(text)  # plain seconds too (docs/api.md)
+    else:
+        try:
+            value = parse_duration(text, field=key)
+        except DurationError:
+            value = 0.0
+    if value <= 0:
         raise ApiError(400, f"{key}: expected a duration like 60s or 10m, got {text!r}")
     return min(value, high)
 

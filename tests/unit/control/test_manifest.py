@@ -10,6 +10,7 @@ import pytest
 
 from tulle.control.manifest import (
     MAX_MANIFEST_BYTES,
+    DurationError,
     ManifestError,
     duration_ms,
     load_manifest,
@@ -73,12 +74,13 @@ def test_policy_is_kept_as_written_and_validated() -> None:
     [("500ms", 0.5), ("2s", 2.0), ("1m30s", 90.0), ("1h", 3600.0), ("1.5s", 1.5)],
 )
 def test_durations_follow_gateway_api(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
+    assert parse_duration(text, field="timeout") == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["fast", "5", "-1s", "1d", "s", "1 s", ""])
 def test_bad_durations_are_refused(text: str) -> None:
-    assert parse_duration(text) is None
+    with pytest.raises(DurationError, match=r"^timeout: "):
+        parse_duration(text, field="timeout")
 
 
 # Each bad document names the exact "file:line: field: message" it must produce.

@@ -30,7 +30,13 @@ from tulle.control.manifest.model import Manifest, ServiceSpec
 from tulle.control.manifest.parse import ManifestReader, load_manifest, parse_manifest, read_with
 from tulle.control.manifest.services import DEFAULT_ENDPOINT_WEIGHT, MAX_WEIGHT, PROTOCOL_HINTS
 from tulle.core.discovery import PROTOCOLS
-from tulle.core.duration import MAX_DURATION_MS, duration_ms, parse_duration
+from tulle.core.duration import (
+    MAX_DURATION_MS,
+    MESH_DURATION,
+    DurationError,
+    duration_ms,
+    parse_duration,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT_WEIGHT",
@@ -41,8 +47,10 @@ __all__ = [
     "MAX_NESTING",
     "MAX_PARSE_SECONDS",
     "MAX_WEIGHT",
+    "MESH_DURATION",
     "PROTOCOLS",
     "PROTOCOL_HINTS",
+    "DurationError",
     "Manifest",
     "ManifestError",
     "ManifestReader",
