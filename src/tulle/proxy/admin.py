@@ -53,6 +53,17 @@ _DISABLED = (
 )
 
 
+def _codec_metric() -> str:
+    """Which HTTP/2 codec this proxy runs: `nghttp2` (native) or `python` (h2, the fallback)."""
+    from tulle.proxy.http2.codec import CODEC
+
+    return (
+        "# HELP tulle_http2_codec_info The HTTP/2 codec the proxy runs.\n"
+        "# TYPE tulle_http2_codec_info gauge\n"
+        f'tulle_http2_codec_info{{codec="{CODEC}"}} 1\n'
+    )
+
+
 class _AdminConnection(asyncio.Protocol):
     def __init__(self, state: AdminState) -> None:
         self.state = state
@@ -101,7 +112,7 @@ class _AdminConnection(asyncio.Protocol):
         state = self.state
         if path == b"/metrics" and method in (b"GET", b"HEAD"):
             snaps = await state.snapshot()
-            text = render(merge(snaps))
+            text = render(merge(snaps)) + _codec_metric()
             if state.extra_metrics is not None:
                 text += await state.extra_metrics()
             self._write(200, b"text/plain; version=0.0.4; charset=utf-8", text.encode(), close)

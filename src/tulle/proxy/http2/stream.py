@@ -27,7 +27,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
@@ -35,6 +34,7 @@ from tulle.codec.http2 import GrpcStatus, Header, grpc_status_of, is_success
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
 from tulle.proxy.http2.dispatch import H2Counters, Routed
 
+from .codec import H2Codec
 from .connection import Outbox
 
 
@@ -106,7 +106,7 @@ class DownSide(Protocol):
     """The client-facing connection as a stream sees it."""
 
     @property
-    def h2(self) -> H2Connection: ...
+    def h2(self) -> H2Codec: ...
     @property
     def writable(self) -> bool: ...
 
@@ -118,7 +118,7 @@ class UpSide(Protocol):
     """The upstream connection as a stream sees it."""
 
     @property
-    def h2(self) -> H2Connection: ...
+    def h2(self) -> H2Codec: ...
     @property
     def writable(self) -> bool: ...
 
@@ -147,7 +147,7 @@ class HalfStream:
         return flow
 
 
-def pump(half: HalfStream, conn: H2Connection, stream_id: int) -> int:
+def pump(half: HalfStream, conn: H2Codec, stream_id: int) -> int:
     """Send what the window allows of `half` on `conn`; the flow-controlled bytes now sent."""
     acked = 0
     chunks = half.chunks
