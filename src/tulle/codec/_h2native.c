@@ -24,6 +24,10 @@
 #include <string.h>
 #include <nghttp2/nghttp2.h>
 
+/* Present in nghttp2 >= 1.57 and in Debian's patched 1.52 (CVE-2023-44487):
+ * weak, so the module loads on a library without it too. */
+#pragma weak nghttp2_option_set_stream_reset_rate_limit
+
 enum {
     EV_REQUEST = 1,   /* (sid, headers, ended) */
     EV_RESPONSE = 2,  /* (sid, headers, ended) */
@@ -633,6 +637,11 @@ static int Session_init(Session *self, PyObject *args, PyObject *kwargs) {
     nghttp2_option_set_no_auto_window_update(opt, 1);
     /* Windows are handed back as the proxy forwards; closed streams need no memory. */
     nghttp2_option_set_no_closed_streams(opt, 1);
+    /* The proxy's FloodGuard (tulle.codec.http2) judges rapid reset and ends
+     * the connection with ENHANCE_YOUR_CALM; nghttp2's own limiter (burst
+     * 1000, 33/s, ending with INTERNAL_ERROR) stays as a backstop well above it. */
+    if (nghttp2_option_set_stream_reset_rate_limit != NULL)
+        nghttp2_option_set_stream_reset_rate_limit(opt, 10000, 1000);
     int rv = client ? nghttp2_session_client_new2(&self->session, cb, self, opt)
                     : nghttp2_session_server_new2(&self->session, cb, self, opt);
     nghttp2_session_callbacks_del(cb);

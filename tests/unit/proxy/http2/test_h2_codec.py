@@ -272,3 +272,22 @@ def test_fuzz_native_server_raw_bytes(raw: bytes) -> None:
     if NATIVE is None:
         pytest.skip("native codec not built")
     _feed(make("native", client_side=False), raw)
+
+
+def test_rapid_reset_is_judged_by_the_proxy_not_the_library() -> None:
+    """nghttp2's own limiter (1000 resets, then GOAWAY INTERNAL_ERROR) would cut a
+    flood before the proxy's FloodGuard answers with ENHANCE_YOUR_CALM; it is
+    set well above the guard, so 3,000 resets reach the proxy as events."""
+    if NATIVE is None:
+        pytest.skip("native codec not built")
+    server = make("native", client_side=False)
+    peer = h2_peer(client_side=True)
+    server.receive_data(peer.data_to_send())
+    resets = 0
+    for i in range(3000):
+        stream_id = 2 * i + 1
+        peer.send_headers(stream_id, REQUEST_HEADERS, end_stream=True)
+        peer.reset_stream(stream_id, 8)
+        resets += sum(1 for e in server.receive_data(peer.data_to_send()) if e[0] == RESET)
+        server.data_to_send()
+    assert resets == 3000
