@@ -28,6 +28,7 @@ from urllib.parse import parse_qsl, urlsplit
 from tulle.control.manifest import Manifest, ManifestError
 from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
 from tulle.core.duration import DurationError, parse_duration
+from tulle.k8s.inject import ADMIN_PORT_ANNOTATION, PROXY_CONTAINER
 from tulle.local.manifest import load_local_manifest
 from tulle.viz import aggregate, authz_report, dashboard
 from tulle.viz.apply import apply_manifest
@@ -133,6 +134,16 @@ def _in_namespace(row: dict[str, Any], namespace: str, name: str) -> bool:
     if "namespace" in row:
         return bool(row["namespace"] == namespace)
     return str(row.get(name, "")).startswith(f"{namespace}/")
+
+
+def _not_ready_hint(target: ScrapeTarget) -> str:
+    if target.namespace:
+        return (
+            f"is the pod's proxy running? `kubectl -n {target.namespace} logs {target.instance} "
+            f"-c {PROXY_CONTAINER}`; it is scraped at {target.admin} (the pod's IP and its "
+            f"{ADMIN_PORT_ANNOTATION} annotation)"
+        )
+    return f"is the proxy at {target.admin} running? see its log; `tulle up` restarts it"
 
 
 def _row_targets(data: WindowData, rows: list[dict[str, Any]]) -> list[ScrapeTarget | None]:
@@ -437,7 +448,7 @@ class MetricsApi:
                 f"{label} ready",
                 ready,
                 "" if ready else ready_why,
-                f"is the proxy at {target.admin} running? see its log; `tulle up` restarts it",
+                _not_ready_hint(target),
             )
             proxies.add(
                 f"{label} metrics scrapeable",

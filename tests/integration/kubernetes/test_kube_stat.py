@@ -362,6 +362,7 @@ def test_stat_routes_edges_and_authz_read_the_proxies_of_meshed_pods(
     assert checks["destination API serving"]["status"] == "ok"
     assert checks[f"{ns}/web/web-0 ready"]["status"] == "ok"
     assert checks[f"{ns}/web/web-1 ready"]["status"] == "fail"
+    assert f"kubectl -n {ns} logs web-1 -c tulle-proxy" in checks[f"{ns}/web/web-1 ready"]["hint"]
     # Started as `tulle install` starts it (no --api-token-file, no manifest
     # to put one beside): tap is refused rather than guarded by a stray file.
     try:
