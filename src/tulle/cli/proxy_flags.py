@@ -260,6 +260,7 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
         limits=Limits(max_head_bytes=int(number("max_head_bytes"))),
         identity=identity,
         identity_token=token,
+        identity_token_file=text("identity_token_file"),
         identity_addrs=identity_addrs,
         identity_issuer_dir=identity_issuer_dir,
         identity_leaf_ttl_s=number("identity_leaf_ttl"),

@@ -176,6 +176,7 @@ class Worker:
                 cfg.identity,
                 [f"{h}:{p}" for h, p in addrs],
                 cfg.identity_token,
+                token_file=cfg.identity_token_file,
                 tls=self.control_tls,
             )
         self.mesh = MeshTls(certs)

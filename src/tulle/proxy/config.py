@@ -62,6 +62,10 @@ class ProxyConfig:
     # Identity, for mTLS; empty when the proxy runs without it.
     identity: str = ""
     identity_token: str = ""
+    # Where identity_token was read from: re-read for every Certify, since the
+    # kubelet replaces a projected ServiceAccount token long before a leaf's
+    # renewal (an hour against 17 h), and the first token has expired by then.
+    identity_token_file: str = ""
     # Where to send CSRs; defaults to the control-plane addresses.
     identity_addrs: tuple[Address, ...] = ()
     # Sign locally with an issuer directory instead (tests, single machine).
@@ -131,6 +135,7 @@ def config_from_json(text: str) -> ProxyConfig:
         limits=Limits(**data["limits"]),
         identity=data["identity"],
         identity_token=data["identity_token"],
+        identity_token_file=data.get("identity_token_file", ""),
         identity_addrs=tuple(addr(a) for a in data["identity_addrs"]),
         identity_issuer_dir=data["identity_issuer_dir"],
         identity_leaf_ttl_s=data["identity_leaf_ttl_s"],
