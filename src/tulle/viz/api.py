@@ -30,6 +30,7 @@ from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_m
 from tulle.core.duration import DurationError, parse_duration
 from tulle.k8s.inject import ADMIN_PORT_ANNOTATION, PROXY_CONTAINER
 from tulle.local.manifest import load_local_manifest
+from tulle.net.small_http import CLIENT_GONE, parse_head, read_head
 from tulle.viz import aggregate, authz_report, dashboard
 from tulle.viz.apply import apply_manifest
 from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
@@ -563,7 +564,7 @@ class ApiServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._serve(reader, writer)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        except CLIENT_GONE:
             pass
         except Exception:
             log.exception("API request failed")
@@ -580,18 +581,11 @@ class ApiServer:
         writer.write(_head(status, "application/json", len(body)) + body)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT_S)
-        lines = raw.decode("latin-1").split("\r\n")
-        parts = lines[0].split()
-        if len(parts) != 3:
+        head = parse_head(await read_head(reader, _READ_TIMEOUT_S))
+        if head is None:
             self._json(writer, 400, {"error": "bad request line"})
             return
-        method, target = parts[0], parts[1]
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, sep, value in (line.partition(":") for line in lines[1:])
-            if sep
-        }
+        method, target, headers = head.method, head.target, dict(head.headers)
         split = urlsplit(target)
         path = split.path.rstrip("/") or "/"
         query = dict(parse_qsl(split.query))
