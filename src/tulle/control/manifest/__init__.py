@@ -12,6 +12,15 @@ every problem names both the field and the line it sits on, e.g.
 or "2s", got "fast"`. It collects every problem it can find in one pass rather
 than stopping at the first, because a user fixing a file wants the full list.
 The format is documented in docs/manifest.md; keep the two in step.
+
+The modules, one concern each: `document` (bytes to a bounded YAML node tree),
+`errors`, `reader` (the shared reader core: generic shapes, each error naming
+its field), `services` (services, endpoints, routes, budgets, backends),
+`matches` (HTTP route matches, shared with policy), `policy` (the `policy:`
+section), `model` (what the control plane serves) and `parse` (the top level
+and the entry points). The local runner's fields (`instances:`, `ingress:`)
+are read by tulle.local.manifest; durations by tulle.core.duration. This
+module is the public face: callers import from here.
 """
 
 from tulle.control.manifest.document import (
