@@ -291,3 +291,24 @@ def test_rapid_reset_is_judged_by_the_proxy_not_the_library() -> None:
         resets += sum(1 for e in server.receive_data(peer.data_to_send()) if e[0] == RESET)
         server.data_to_send()
     assert resets == 3000
+
+
+def test_admin_metrics_say_which_codec_runs() -> None:
+    from tulle.proxy.admin import _codec_metric
+
+    expected = "nghttp2" if NATIVE is not None and codec_module.CODEC == "nghttp2" else "python"
+    assert f'tulle_http2_codec_info{{codec="{expected}"}} 1' in _codec_metric()
+
+
+def test_fallback_is_logged_once(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from tulle.proxy.http2 import connection
+
+    monkeypatch.setattr(connection, "NATIVE", None)
+    monkeypatch.setattr(connection, "_fallback_logged", False)
+    with caplog.at_level("WARNING", logger="tulle.proxy.http2.connection"):
+        first = connection.new_codec(client_side=False, limits=LIMITS)
+        connection.new_codec(client_side=True, limits=LIMITS)
+    assert isinstance(first, PyH2Codec)
+    assert len([r for r in caplog.records if "pure-Python codec" in r.getMessage()]) == 1
