@@ -46,6 +46,7 @@ from tulle.core.discovery import (
     Address,
     Backend,
     Endpoint,
+    FaultSpec,
     HeaderMatch,
     Profile,
     RetryBudgetSpec,
@@ -140,6 +141,28 @@ def _route_from_message(message: pb.Route) -> Route:
         timeout_s=_seconds(message.timeout) if message.HasField("timeout") else None,
         retryable=retryable,
         retry_statuses=tuple(int(s) for s in message.retry_statuses),
+        fault=_fault_from_message(message.fault) if message.HasField("fault") else None,
+    )
+
+
+def _fault_from_message(message: pb.FaultInjection) -> FaultSpec | None:
+    """None for a fault that injects nothing (both percentages 0)."""
+    delay_s = _seconds(message.delay) if message.HasField("delay") else 0.0
+    delay_percent = min(max(message.delay_percent, 0.0), 100.0) if delay_s > 0 else 0.0
+    abort_percent = min(max(message.abort_percent, 0.0), 100.0)
+    if delay_percent <= 0.0 and abort_percent <= 0.0:
+        return None
+    status = message.abort_http_status
+    return FaultSpec(
+        delay_s=delay_s,
+        delay_percent=delay_percent,
+        # A status outside 200..599 cannot be answered: the documented 503.
+        abort_status=status if 200 <= status <= 599 else 0,
+        abort_grpc_status=message.abort_grpc_status if message.has_abort_grpc_status else None,
+        abort_percent=abort_percent,
+        headers=tuple(
+            HeaderMatch(name=h.name.lower(), value=h.value, regex=h.regex) for h in message.headers
+        ),
     )
 
 

@@ -52,6 +52,26 @@ class RouteMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """Faults the calling proxy injects into a route's requests (chaos testing).
+
+    A request is delayed by `delay_s` with probability `delay_percent` / 100
+    and, independently, aborted with probability `abort_percent` / 100 (after
+    its delay, if both hit). An abort answers `abort_status` to HTTP callers
+    and, when `abort_grpc_status` is set, that gRPC status to gRPC callers
+    (otherwise gRPC callers get `abort_status` too). With `headers`, only
+    requests carrying every one of them are eligible (a test caller's marker).
+    """
+
+    delay_s: float = 0.0
+    delay_percent: float = 0.0
+    abort_status: int = 0  # 0: no HTTP abort status (gRPC-only abort)
+    abort_grpc_status: int | None = None
+    abort_percent: float = 0.0
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     matches: tuple[RouteMatch, ...] = ()  # empty: matches every request
@@ -59,6 +79,7 @@ class Route:
     # None: the default rule (idempotent methods on 5xx or connection failure).
     retryable: bool | None = None
     retry_statuses: tuple[int, ...] = ()  # empty: 5xx
+    fault: FaultSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

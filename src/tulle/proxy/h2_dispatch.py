@@ -24,6 +24,7 @@ from tulle.proxy.context import ProxyContext
 from tulle.proxy.destinations import LOOP_DETECTED, Refusal
 from tulle.proxy.http2.dispatch import CompletionCallback, Pending, RefusalKind, Refused, Routed
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
+from tulle.proxy.metrics import fault_labels
 from tulle.proxy.router import ServiceTarget
 
 _monotonic = time.monotonic
@@ -79,7 +80,28 @@ class MeshDispatcher:
             return Pending(
                 lambda: backend_view.wait_known(wait_s), f"discovery of {backend.name!r}"
             )
-        route = target.route(method.encode("latin-1"), path.encode("latin-1"), _lookup(headers))
+        lookup = _lookup(headers)
+        route = target.route(method.encode("latin-1"), path.encode("latin-1"), lookup)
+        delay_s = 0.0
+        fault = route.fault
+        if fault is not None:
+            hit = fault.decide(lookup)
+            if hit is not None:
+                labels = fault_labels(ctx.direction, backend.metrics_labels, route.name, hit)
+                ctx.metrics.inc("fault_injected_total", labels)
+                if hit.abort:
+                    # Before any pick: never an attempt, so never retried.
+                    spec = fault.spec
+                    return Refused(
+                        RefusalKind.FAULT_INJECTED,
+                        f"fault injected by route {route.name!r}",
+                        status=spec.abort_status,
+                        grpc_status=-1
+                        if spec.abort_grpc_status is None
+                        else spec.abort_grpc_status,
+                        delay_s=hit.delay_s,
+                    )
+                delay_s = hit.delay_s
         now = _monotonic()
         balancer = backend.balancer
         state = balancer.pick(now)
@@ -121,6 +143,7 @@ class MeshDispatcher:
             server_hostname=None,
             expected_identity=endpoint.identity if ssl_context is not None else None,
             timeout_s=route.timeout_s or ctx.config.timeouts.response_s or None,
+            delay_s=delay_s,
         )
 
     @staticmethod

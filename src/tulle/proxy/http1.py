@@ -52,12 +52,14 @@ from tulle.codec.http1 import (
     error_response,
 )
 from tulle.codec.path import normalize_target, origin_form, refusal_reason
+from tulle.core.fault import FAULT_REASON, FaultDecision, FaultInjector
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
 from tulle.core.policy import CLIENT_ID_HEADER
 from tulle.core.retry import NOT_SENT, RESET, STATUS, retry_allowed
 from tulle.net.deadline import within
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
 from tulle.proxy.balance import ejected_detail
+from tulle.proxy.metrics import fault_labels
 from tulle.proxy.router import PoolHandle, RoutePolicy, ServiceTarget
 from tulle.proxy.tap import TapEvent, TapHub
 from tulle.proxy.tcp import Tunnel
@@ -594,6 +596,12 @@ class Exchange:
         timeout = route.timeout_s or ctx.config.timeouts.response_s
         if timeout > 0:
             self.timer = ctx.loop.call_later(timeout, self._timed_out)
+        fault = route.fault
+        if fault is not None:
+            decision = fault.decide(head.header)
+            if decision is not None:
+                self._inject_fault(fault, decision)
+                return
         if not backend.view.ready:
             # A split backend that discovery has not answered for yet (it is
             # resolved when the split first arrives): wait for it, bounded.
@@ -601,6 +609,43 @@ class Exchange:
             ctx.loop.create_task(self._await_known(backend, self._send))
             return
         self._send(backend)
+
+    def _inject_fault(self, fault: FaultInjector, decision: FaultDecision) -> None:
+        """A fault the route injects (chaos testing): wait, then abort or go on.
+
+        Before any attempt, so an injected abort is never retried here; the
+        answer carries `tulle-proxy-error: fault-injected` and the metrics'
+        `error` label says so too."""
+        ctx = self.server.ctx
+        backend = self.backend
+        assert backend is not None
+        route = self.route.name if self.route is not None else ""
+        labels = fault_labels(ctx.direction, backend.metrics_labels, route, decision)
+        ctx.metrics.inc("fault_injected_total", labels)
+        if decision.delay_s > 0.0:
+            self.status = _WAITING
+            ctx.loop.call_later(decision.delay_s, self._fault_delayed, fault, decision.abort)
+        else:
+            self._fault_abort(fault)
+
+    def _fault_delayed(self, fault: FaultInjector, abort: bool) -> None:
+        if self.status == _DONE:
+            return
+        backend = self.backend
+        assert backend is not None
+        if abort:
+            self._fault_abort(fault)
+        elif not backend.view.ready:
+            self.server.ctx.loop.create_task(self._await_known(backend, self._send))
+            return
+        else:
+            self._send(backend)
+        self.server.flush_all()
+
+    def _fault_abort(self, fault: FaultInjector) -> None:
+        status, _ = fault.abort_status(False)
+        route = self.route.name if self.route is not None else ""
+        self.fail(status, FAULT_REASON, f"fault injected by route {route!r}")
 
     def _send(self, backend: ServiceTarget) -> None:
         if self.head.method == b"CONNECT":

@@ -32,6 +32,7 @@ from tulle.core.discovery import (
     RouteMatch,
     ServiceView,
 )
+from tulle.core.fault import FaultInjector
 from tulle.core.retry_budget import RetryBudget
 from tulle.core.split import WeightedPicker
 from tulle.proxy.balance import Balancer, EndpointState
@@ -57,6 +58,9 @@ class RoutePolicy:
     timeout_s: float
     retryable: bool | None  # None: the default rule (idempotent methods)
     retry_statuses: frozenset[int]
+    # Faults to inject (outbound, chaos testing); None for nearly every route,
+    # so the request path pays one test for the feature.
+    fault: FaultInjector | None = None
 
 
 DEFAULT_ROUTE = RoutePolicy("default", 0.0, None, frozenset())
@@ -68,7 +72,11 @@ class _CompiledRoute:
     def __init__(self, route: Route, default_timeout: float) -> None:
         timeout = route.timeout_s if route.timeout_s is not None else default_timeout
         self.policy = RoutePolicy(
-            route.name, timeout or 0.0, route.retryable, frozenset(route.retry_statuses)
+            route.name,
+            timeout or 0.0,
+            route.retryable,
+            frozenset(route.retry_statuses),
+            FaultInjector(route.fault) if route.fault is not None else None,
         )
         self.matches = [
             (m, re.compile(m.path_regex) if m.path_regex else None) for m in route.matches

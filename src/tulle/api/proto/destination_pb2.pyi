@@ -362,6 +362,7 @@ class Route(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     RETRY_STATUSES_FIELD_NUMBER: _builtins.int
+    FAULT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Used as the `route` label of metrics. Unique within a profile."""
     retryable: Global___Retryability.ValueType
@@ -379,6 +380,10 @@ class Route(_message.Message):
     def retry_statuses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Response statuses that are retried on a retryable route. Empty: 5xx."""
 
+    @_builtins.property
+    def fault(self) -> Global___FaultInjection:
+        """Faults the client injects into this route's requests. Absent: none."""
+
     def __init__(
         self,
         *,
@@ -387,14 +392,77 @@ class Route(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retryable: Global___Retryability.ValueType = ...,
         retry_statuses: _abc.Iterable[_builtins.int] | None = ...,
+        fault: Global___FaultInjection | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "name", b"name", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "matches", b"matches", "name", b"name", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class FaultInjection(_message.Message):
+    """Chaos testing: the client (the calling proxy) delays or aborts a share of
+    the route's requests itself, before any endpoint is picked. An injected
+    abort MUST NOT be retried and MUST be told apart from real failures (the
+    client answers it with `tulle-proxy-error: fault-injected` and labels it so
+    in its metrics and tap). Delay and abort are drawn independently; a
+    request hit by both is delayed, then aborted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELAY_FIELD_NUMBER: _builtins.int
+    DELAY_PERCENT_FIELD_NUMBER: _builtins.int
+    ABORT_HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    HAS_ABORT_GRPC_STATUS_FIELD_NUMBER: _builtins.int
+    ABORT_GRPC_STATUS_FIELD_NUMBER: _builtins.int
+    ABORT_PERCENT_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    delay_percent: _builtins.float
+    """Share of eligible requests delayed, 0 to 100."""
+    abort_http_status: _builtins.int
+    """HTTP status of an abort (and, when `abort_grpc_status` is unset, what a
+    gRPC caller gets too). 0 with `abort_grpc_status` set: gRPC-only abort;
+    0 otherwise: the client SHOULD answer 503.
+    """
+    has_abort_grpc_status: _builtins.bool
+    """gRPC status of an abort for gRPC requests, answered trailers-only."""
+    abort_grpc_status: _builtins.int
+    abort_percent: _builtins.float
+    """Share of eligible requests aborted, 0 to 100."""
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """How long a delayed request waits before it goes on. Counts towards the
+        route's timeout.
+        """
+
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeaderMatch]:
+        """Only requests carrying every one of these headers are eligible. Empty:
+        every request of the route.
+        """
+
+    def __init__(
+        self,
+        *,
+        delay: _duration_pb2.Duration | None = ...,
+        delay_percent: _builtins.float = ...,
+        abort_http_status: _builtins.int = ...,
+        has_abort_grpc_status: _builtins.bool = ...,
+        abort_grpc_status: _builtins.int = ...,
+        abort_percent: _builtins.float = ...,
+        headers: _abc.Iterable[Global___HeaderMatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_grpc_status", b"abort_grpc_status", "abort_http_status", b"abort_http_status", "abort_percent", b"abort_percent", "delay", b"delay", "delay_percent", b"delay_percent", "has_abort_grpc_status", b"has_abort_grpc_status", "headers", b"headers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FaultInjection: _TypeAlias = FaultInjection  # noqa: Y015
 
 @_typing.final
 class RouteMatch(_message.Message):

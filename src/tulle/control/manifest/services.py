@@ -6,6 +6,7 @@ from collections.abc import Mapping
 
 from yaml.nodes import MappingNode, Node
 
+from tulle.control.manifest import traffic
 from tulle.control.manifest.matches import MatchReader
 from tulle.control.manifest.model import ServiceSpec
 from tulle.control.manifest.reader import _line
@@ -177,7 +178,7 @@ class ServicesReader(MatchReader):
         fields = self.mapping(
             node,
             path,
-            ("name", "matches", "timeout", "timeouts", "retryable", "retry"),
+            ("name", "matches", "timeout", "timeouts", "retryable", "retry", "fault"),
             required=("name",),
         )
         if fields is None:
@@ -221,6 +222,9 @@ class ServicesReader(MatchReader):
                 )
             elif retry is not None:
                 retryable = True
+        fault = None
+        if "fault" in fields:
+            fault = traffic.fault(self, fields["fault"], f"{path}.fault")
         if name is None or len(self.problems) > before:
             return None
         return Route(
@@ -229,6 +233,7 @@ class ServicesReader(MatchReader):
             timeout_s=timeout,
             retryable=retryable,
             retry_statuses=tuple(statuses),
+            fault=fault,
         )
 
     def retry_budget(self, node: Node, path: str) -> RetryBudgetSpec | None:

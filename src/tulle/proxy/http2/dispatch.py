@@ -43,6 +43,8 @@ class RefusalKind(enum.Enum):
     BAD_PATH = "bad-path"  # the path is refused by the normalisation rule (codec/path)
     LOOP_DETECTED = "loop-detected"  # the destination is the proxy itself, or too many hops
     DESTINATION_FORBIDDEN = "destination-forbidden"  # a destination the proxy never calls
+    FAULT_INJECTED = "fault-injected"  # a route's injected abort (chaos testing)
+    RATE_LIMITED = "rate-limited"  # a rate limit's bucket is empty
 
 
 @dataclass(frozen=True, slots=True)
@@ -60,12 +62,21 @@ class Routed:
     expected_identity: str | None = None
     # The route's timeout; the proxy applies the smaller of this and grpc-timeout.
     timeout_s: float | None = None
+    # An injected delay: the stream waits this long before it goes upstream.
+    delay_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
 class Refused:
     kind: RefusalKind
     detail: str = ""
+    # Set by an injected fault: the HTTP / gRPC status of the answer in place
+    # of the kind's (0 / -1: the kind's), and a delay before it is sent.
+    status: int = 0
+    grpc_status: int = -1
+    delay_s: float = 0.0
+    # Headers added to the answer (`retry-after` of a rate limit).
+    headers: tuple[Header, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

@@ -96,6 +96,8 @@ _REFUSAL_ERRORS = {
     RefusalKind.BAD_PATH: ProxyError.BAD_PATH,
     RefusalKind.LOOP_DETECTED: ProxyError.LOOP_DETECTED,
     RefusalKind.DESTINATION_FORBIDDEN: ProxyError.DESTINATION_FORBIDDEN,
+    RefusalKind.FAULT_INJECTED: ProxyError.FAULT_INJECTED,
+    RefusalKind.RATE_LIMITED: ProxyError.RATE_LIMITED,
 }
 
 
@@ -116,7 +118,12 @@ def _refusal_response(refusal: Refused, is_grpc: bool) -> tuple[list[Header], by
             # Bounded: many distinct details (one per unknown name) start over.
             _REFUSAL_CACHE.clear()
         cached = _REFUSAL_CACHE[key] = error_response(
-            _REFUSAL_ERRORS[refusal.kind], is_grpc, refusal.detail
+            _REFUSAL_ERRORS[refusal.kind],
+            is_grpc,
+            refusal.detail,
+            status=refusal.status,
+            grpc_status=refusal.grpc_status,
+            extra=refusal.headers,
         )
     return cached
 
@@ -350,6 +357,17 @@ class H2ServerProtocol(H2Peer):
         else:
             decision = self.dispatcher.route(head.authority, head.method, head.path, forwarded)
         if isinstance(decision, Refused):
+            if decision.delay_s > 0.0:
+                # An injected fault: delayed, then aborted.
+                self._loop.call_later(
+                    decision.delay_s,
+                    self._refuse_later,
+                    stream_id,
+                    decision,
+                    head.is_grpc,
+                    request_ended,
+                )
+                return self._count_refusal(now)
             self._refuse(stream_id, decision, head.is_grpc, request_ended)
             return self._count_refusal(now)
         pending = decision if isinstance(decision, Pending) else None
@@ -383,8 +401,31 @@ class H2ServerProtocol(H2Peer):
             self._pending_routes.add(task)
             task.add_done_callback(self._pending_routes.discard)
             return True
+        if routed.delay_s > 0.0:
+            # An injected delay (a route's fault): the stream waits, its
+            # request body held within flow control, as a pending one does.
+            self._loop.call_later(routed.delay_s, self._attach_delayed, stream)
+            return True
         self.pool.attach(stream)
         return True
+
+    def _attach_delayed(self, stream: ProxyStream) -> None:
+        if stream.closed:
+            return
+        self.pool.attach(stream)
+        self._outbox.flush()
+
+    def _refuse_later(
+        self, stream_id: int, refusal: Refused, is_grpc: bool, request_ended: bool
+    ) -> None:
+        if self.transport is None:
+            return
+        # A body that ended meanwhile closes the stream with the answer; the
+        # reset `_refuse` then sends for an unfinished one is refused by h2
+        # (and ignored).
+        self._refuse(stream_id, refusal, is_grpc, request_ended)
+        self.mark_dirty()
+        self._outbox.flush()
 
     def _count_refusal(self, now: float) -> bool:
         if self._guard.record(FloodKind.RESET, now):

@@ -56,6 +56,9 @@ class ProxyError(enum.Enum):
     # Retrying a loop cannot help, so not UNAVAILABLE: the mesh is misrouted.
     LOOP_DETECTED = ("loop-detected", 508, GrpcStatus.INTERNAL)
     DESTINATION_FORBIDDEN = ("destination-forbidden", 403, GrpcStatus.PERMISSION_DENIED)
+    # A route's injected abort; the route's status replaces these defaults.
+    FAULT_INJECTED = ("fault-injected", 503, GrpcStatus.UNAVAILABLE)
+    RATE_LIMITED = ("rate-limited", 429, GrpcStatus.RESOURCE_EXHAUSTED)
 
     @property
     def reason(self) -> str:
@@ -70,24 +73,40 @@ class ProxyError(enum.Enum):
         return int(self.value[2])
 
 
-def error_response(error: ProxyError, is_grpc: bool, detail: str) -> tuple[list[Header], bytes]:
-    """Headers and body of a proxy-generated response (gRPC: trailers-only, no body)."""
+def error_response(
+    error: ProxyError,
+    is_grpc: bool,
+    detail: str,
+    *,
+    status: int = 0,
+    grpc_status: int = -1,
+    extra: tuple[Header, ...] = (),
+) -> tuple[list[Header], bytes]:
+    """Headers and body of a proxy-generated response (gRPC: trailers-only, no body).
+
+    `status` / `grpc_status` replace the error's own (an injected fault's
+    configured answer); `extra` headers are added (`retry-after`). A gRPC
+    caller gets the error's gRPC status unless `grpc_status` is set, or,
+    when only `status` is set, that HTTP status (as a fault configured with
+    an HTTP status alone answers every caller)."""
     reason = error.reason.encode()
-    if is_grpc:
+    if is_grpc and (grpc_status >= 0 or not status):
         message = (detail or error.reason).encode("ascii", "replace")
         return [
             (b":status", b"200"),
             (b"content-type", b"application/grpc"),
-            (b"grpc-status", str(error.grpc_status).encode()),
+            (b"grpc-status", str(grpc_status if grpc_status >= 0 else error.grpc_status).encode()),
             (b"grpc-message", _percent_encode(message)),
             (b"tulle-proxy-error", reason),
+            *extra,
         ], b""
     body = (detail or error.reason).encode("utf-8", "replace") + b"\n"
     return [
-        (b":status", str(error.http_status).encode()),
+        (b":status", str(status or error.http_status).encode()),
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
         (b"tulle-proxy-error", reason),
+        *extra,
     ], body
 
 
