@@ -204,7 +204,7 @@ class Worker:
 
         port = cfg.app_addr[1] if cfg.app_addr is not None else 0
         watcher = watch(port)
-        self.inbound.authz = InboundAuthz(watcher, self.metrics, watch)
+        self.inbound.authz = InboundAuthz(watcher, self.metrics, watch, cfg.workers)
         self.policy_watcher = watcher
         if not await watcher.wait_known(self.config.timeouts.discovery_s):
             log.warning(

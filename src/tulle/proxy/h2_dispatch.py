@@ -47,7 +47,8 @@ class MeshDispatcher:
         target = router.fixed
         authz = ctx.authz
         if authz is not None and target is not None:
-            decision = authz.policy.authorize_http(
+            policy = authz.policy
+            decision = policy.authorize_http(
                 self.client_id or None,
                 self.client_ip,
                 method.encode("latin-1"),
@@ -60,6 +61,15 @@ class MeshDispatcher:
                 return Refused(
                     RefusalKind.FORBIDDEN, f"{who} may not call this ({decision.policy})"
                 )
+            if policy.rate_limited:
+                # After authorization: a denied request takes no token.
+                limited = authz.limits.check(policy, decision.route, self.client_id, self.client_ip)
+                if limited is not None:
+                    return Refused(
+                        RefusalKind.RATE_LIMITED,
+                        f"rate limit {limited.limit!r} reached",
+                        headers=((b"retry-after", b"%d" % limited.retry_after_s),),
+                    )
         if target is None:
             if not authority:
                 return Refused(RefusalKind.BAD_REQUEST, "no :authority")

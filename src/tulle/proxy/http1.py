@@ -60,6 +60,7 @@ from tulle.net.deadline import within
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
 from tulle.proxy.balance import ejected_detail
 from tulle.proxy.metrics import fault_labels
+from tulle.proxy.ratelimit import RATE_LIMITED
 from tulle.proxy.router import PoolHandle, RoutePolicy, ServiceTarget
 from tulle.proxy.tap import TapEvent, TapHub
 from tulle.proxy.tcp import Tunnel
@@ -441,7 +442,8 @@ class Exchange:
             head.target = normal
             authz = ctx.authz
             if authz is not None:
-                decision = authz.policy_at(server.orig_dst).authorize_http(
+                policy = authz.policy_at(server.orig_dst)
+                decision = policy.authorize_http(
                     server.client_id or None, server.peer[0], head.method, head.target, head.header
                 )
                 authz.record("http", decision, server.client_id)
@@ -449,6 +451,19 @@ class Exchange:
                     who = server.client_id or "an unauthenticated client"
                     self.fail(403, "unauthorized", f"{who} may not call this ({decision.policy})")
                     return
+                if policy.rate_limited:
+                    # After authorization: a denied request takes no token.
+                    limited = authz.limits.check(
+                        policy, decision.route, server.client_id, server.peer[0]
+                    )
+                    if limited is not None:
+                        self.fail(
+                            429,
+                            RATE_LIMITED,
+                            f"rate limit {limited.limit!r} reached",
+                            b"retry-after: %d\r\n" % limited.retry_after_s,
+                        )
+                        return
         else:
             if head.method == b"CONNECT":
                 authority = target_bytes
@@ -1110,8 +1125,9 @@ class Exchange:
             if outcome is FAILURE:
                 self.failed_state = state
 
-    def fail(self, status: int, reason: str, message: str) -> None:
-        """Answer with a proxy-made error (or cut the connection if too late)."""
+    def fail(self, status: int, reason: str, message: str, extra: bytes = b"") -> None:
+        """Answer with a proxy-made error (or cut the connection if too late);
+        `extra` is more header lines for the answer."""
         if self.status == _DONE:
             return
         conn = self.conn
@@ -1127,7 +1143,7 @@ class Exchange:
             self._finish(self.resp_status, False, reason)
             return
         close = not self.req_done or not self.head.keep_alive or server.ctx.draining
-        server.out.append(error_response(status, reason, message, close=close))
+        server.out.append(error_response(status, reason, message, close=close, extra=extra))
         if close:
             self.close_after = True
         self._finish(status, False, reason)

@@ -1,4 +1,4 @@
-"""Traffic-control fields of the manifest (route faults), and their trip through the API."""
+"""Traffic-control fields of the manifest (faults, rate limits), and their trip through the APIs."""
 
 from __future__ import annotations
 
@@ -7,9 +7,13 @@ from textwrap import dedent
 import pytest
 
 from tulle.api.destination_client import profile_from_message
+from tulle.api.policy_client import PolicyDecodeError, policy_from_message
+from tulle.api.proto import policy_pb2 as pb_policy
 from tulle.control.destination.translator import profile_message
 from tulle.control.manifest import ManifestError, parse_manifest
+from tulle.control.policy.translate import policy_message
 from tulle.core.discovery import FaultSpec, HeaderMatch
+from tulle.core.ratelimit import LimitOverride, LimitSpec, RateLimitSpec
 
 FAULTS = dedent(
     """\
@@ -74,3 +78,88 @@ def test_bad_faults_name_the_field(fault: str, message: str) -> None:
     with pytest.raises(ManifestError) as caught:
         parse_manifest(text)
     assert message in str(caught.value)
+
+
+LIMITS = dedent(
+    """\
+    services:
+      - name: books
+    policy:
+      servers:
+        - {name: books-http, workload: books, port: 8080}
+      httpRoutes:
+        - {name: writes, server: books-http, matches: [{method: POST}]}
+      rateLimits:
+        - name: books-total
+          target: {server: books-http}
+          total: {requestsPerSecond: 100, burst: 200}
+          identity: {requestsPerSecond: 10}
+          overrides:
+            - requestsPerSecond: 50
+              burst: 60
+              identities: ["spiffe://tulle.local/ns/default/sa/web"]
+          unauthenticatedPrefix: {ipv4: 24, ipv6: 64}
+        - name: writes
+          target: {httpRoute: writes}
+          total: {requestsPerSecond: 5}
+    """
+)
+
+
+def test_rate_limits_compile_into_the_policy_and_survive_the_policy_api() -> None:
+    policy_spec = parse_manifest(LIMITS).authorization
+    compiled = policy_spec.compile("books", 8080)
+    assert compiled.rate_limit == RateLimitSpec(
+        "books-total",
+        total=LimitSpec(100, 200),
+        identity=LimitSpec(10),
+        overrides=(LimitOverride(LimitSpec(50, 60), ("spiffe://tulle.local/ns/default/sa/web",)),),
+        ipv4_prefix=24,
+        ipv6_prefix=64,
+    )
+    (route,) = compiled.routes
+    assert route.rate_limit == RateLimitSpec("writes", total=LimitSpec(5))
+    assert compiled.rate_limited
+    wire = pb_policy.InboundPolicy.FromString(policy_message(compiled).SerializeToString())
+    assert policy_from_message(wire) == compiled
+    # Another port of the workload is selected by no server: no limit.
+    assert not policy_spec.compile("books", 9090).rate_limited
+
+
+LIMIT_HEAD = (
+    "services:\n  - name: books\npolicy:\n  servers:\n"
+    "    - {name: s, workload: books, port: 80}\n  rateLimits:\n"
+)
+BAD_LIMITS = [
+    ("    - {name: l, target: {server: s}}\n", "give total, identity, overrides or several"),
+    (
+        "    - {name: l, target: {server: t}, total: {requestsPerSecond: 1}}\n",
+        'no server named "t"',
+    ),
+    ("    - {name: l, target: {server: s}, total: {requestsPerSecond: 0}}\n", "must be between"),
+    ("    - {name: l, target: {server: s}, total: {requestsPerSecond: 1, burst: 0}}\n", "burst"),
+    (
+        "    - {name: l, target: {server: s}, total: {requestsPerSecond: 1}}\n"
+        "    - {name: m, target: {server: s}, total: {requestsPerSecond: 1}}\n",
+        'rate limits "l" and "m" both target "s"',
+    ),
+    (
+        "    - {name: l, target: {server: s},\n"
+        "       overrides: [{requestsPerSecond: 1, identities: [x]}]}\n",
+        "expected a SPIFFE ID",
+    ),
+]
+
+
+@pytest.mark.parametrize(("limit", "message"), BAD_LIMITS)
+def test_bad_rate_limits_name_the_field(limit: str, message: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(LIMIT_HEAD + limit)
+    assert message in str(caught.value)
+
+
+def test_policy_api_refuses_a_limit_without_a_positive_rate() -> None:
+    message = pb_policy.InboundPolicy(workload="w", port=1, default_policy=1)
+    message.rate_limit.total.requests_per_second = 0
+    with pytest.raises(PolicyDecodeError):
+        policy_from_message(message)

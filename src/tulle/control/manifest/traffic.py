@@ -4,7 +4,7 @@ One module for the features of docs/manifest.md's "Fault injection" and
 docs/policy.md's "Rate limits", used by the services and policy readers:
 each function takes the reader (anything with its checking methods,
 `ManifestChecks`) and returns the core spec, or None after reporting
-problems. The fields are documented in docs/manifest.md.
+problems.
 """
 
 from __future__ import annotations
@@ -15,6 +15,8 @@ from typing import Protocol, TypeVar
 from yaml.nodes import Node
 
 from tulle.core.discovery import FaultSpec, HeaderMatch
+from tulle.core.policy import RateLimitPolicySpec
+from tulle.core.ratelimit import LimitOverride, LimitSpec, RateLimitSpec
 
 T = TypeVar("T")
 
@@ -49,6 +51,16 @@ class ManifestChecks(Protocol):
     ) -> list[T] | None: ...
 
     def header_match(self, node: Node, path: str) -> HeaderMatch | None: ...
+
+    def name(self, node: Node, path: str) -> str | None: ...
+
+    def reference(self, node: Node, path: str, kind: str, known: set[str]) -> str | None: ...
+
+
+class LimitChecks(ManifestChecks, Protocol):
+    """The policy reader's: rate limits name identities."""
+
+    def identity_pattern(self, node: Node, path: str) -> str | None: ...
 
 
 def fault(p: ManifestChecks, node: Node, path: str) -> FaultSpec | None:
@@ -101,3 +113,92 @@ def fault(p: ManifestChecks, node: Node, path: str) -> FaultSpec | None:
         abort_percent=abort_percent,
         headers=tuple(headers),
     )
+
+
+# The highest rate a limit may name: beyond it a limit limits nothing.
+MAX_RATE = 1_000_000.0
+
+
+def limit(
+    p: ManifestChecks, node: Node, path: str, extra: tuple[str, ...] = ()
+) -> LimitSpec | None:
+    """`{requestsPerSecond, burst}` (`burst` defaults to one second's worth)."""
+    fields = p.mapping(node, path, ("requestsPerSecond", "burst", *extra), ("requestsPerSecond",))
+    if fields is None or "requestsPerSecond" not in fields:
+        return None
+    rate = p.number(fields["requestsPerSecond"], f"{path}.requestsPerSecond", 0.001, MAX_RATE)
+    burst = 0
+    if "burst" in fields:
+        burst = p.integer(fields["burst"], f"{path}.burst", 1, 10_000_000) or 0
+        if not burst:
+            return None
+    if rate is None:
+        return None
+    return LimitSpec(rate, burst)
+
+
+def rate_limit(
+    p: LimitChecks, node: Node, path: str, servers: set[str], routes: set[str]
+) -> RateLimitPolicySpec | None:
+    """`policy.rateLimits[]`: a name, a target (server or httpRoute), and at
+    least one of `total`, `identity`, `overrides`."""
+    fields = p.mapping(
+        node,
+        path,
+        ("name", "target", "total", "identity", "overrides", "unauthenticatedPrefix"),
+        ("name", "target"),
+    )
+    if fields is None or "name" not in fields or "target" not in fields:
+        return None
+    before = len(p.problems)
+    name = p.name(fields["name"], f"{path}.name")
+    target_server = target_route = None
+    target = p.mapping(fields["target"], f"{path}.target", ("server", "httpRoute"))
+    if target is not None:
+        if len(target) != 1:
+            p.problem(fields["target"], f"{path}.target", "give exactly one of server or httpRoute")
+        elif "server" in target:
+            target_server = p.reference(
+                target["server"], f"{path}.target.server", "server", servers
+            )
+        else:
+            target_route = p.reference(
+                target["httpRoute"], f"{path}.target.httpRoute", "httpRoute", routes
+            )
+    total = limit(p, fields["total"], f"{path}.total") if "total" in fields else None
+    identity = limit(p, fields["identity"], f"{path}.identity") if "identity" in fields else None
+    overrides: list[LimitOverride] = []
+    if "overrides" in fields:
+        overrides = (
+            p.items(fields["overrides"], f"{path}.overrides", lambda n, q: _override(p, n, q)) or []
+        )
+    if not ({"total", "identity", "overrides"} & set(fields)):
+        p.problem(node, path, "give total, identity, overrides or several")
+    v4, v6 = 32, 128
+    if "unauthenticatedPrefix" in fields:
+        prefix = p.mapping(
+            fields["unauthenticatedPrefix"], f"{path}.unauthenticatedPrefix", ("ipv4", "ipv6")
+        )
+        if prefix is not None:
+            if "ipv4" in prefix:
+                v4 = p.integer(prefix["ipv4"], f"{path}.unauthenticatedPrefix.ipv4", 1, 32) or 32
+            if "ipv6" in prefix:
+                v6 = p.integer(prefix["ipv6"], f"{path}.unauthenticatedPrefix.ipv6", 1, 128) or 128
+    if name is None or len(p.problems) > before:
+        return None
+    spec = RateLimitSpec(name, total, identity, tuple(overrides), v4, v6)
+    return RateLimitPolicySpec(spec, target_server, target_route)
+
+
+def _override(p: LimitChecks, node: Node, path: str) -> LimitOverride | None:
+    fields = p.mapping(node, path, ("requestsPerSecond", "burst", "identities"), ("identities",))
+    if fields is None or "identities" not in fields:
+        return None
+    before = len(p.problems)
+    spec = limit(p, node, path, extra=("identities",))
+    identities = p.items(fields["identities"], f"{path}.identities", p.identity_pattern) or []
+    if not identities and len(p.problems) == before:
+        p.problem(fields["identities"], f"{path}.identities", "name at least one identity")
+    if spec is None or len(p.problems) > before:
+        return None
+    return LimitOverride(spec, tuple(identities))
