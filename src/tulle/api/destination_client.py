@@ -142,6 +142,7 @@ def _route_from_message(message: pb.Route) -> Route:
         retryable=retryable,
         retry_statuses=tuple(int(s) for s in message.retry_statuses),
         fault=_fault_from_message(message.fault) if message.HasField("fault") else None,
+        access_log=message.access_log,
     )
 
 

@@ -79,6 +79,10 @@ FLAGS: tuple[Flag, ...] = (
     Flag("outbound_raw_addresses", "TULLE_PROXY_OUTBOUND_RAW_ADDRESSES", "str", "forward"),
     Flag("admin_token_file", "TULLE_PROXY_ADMIN_TOKEN_FILE", "str", ""),
     Flag("log_level", "TULLE_PROXY_LOG_LEVEL", "str", "info"),
+    Flag("access_log", "TULLE_PROXY_ACCESS_LOG", "str", ""),
+    Flag("access_log_fields", "TULLE_PROXY_ACCESS_LOG_FIELDS", "str", ""),
+    Flag("access_log_sample", "TULLE_PROXY_ACCESS_LOG_SAMPLE", "float", 1.0),
+    Flag("access_log_scope", "TULLE_PROXY_ACCESS_LOG_SCOPE", "str", "all"),
 )
 _BY_OPTION = {flag.option: flag for flag in FLAGS}
 # Only the plainest spellings: whatever else typer may accept, it also parses.
@@ -238,6 +242,16 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
             admin_token = read_token_file(Path(text("admin_token_file")))
         except CredentialError as exc:
             raise FlagError(str(exc), "--admin-token-file") from None
+    from tulle.core.accesslog import parse_fields
+
+    try:
+        access_log_fields = parse_fields(text("access_log_fields"))
+    except ValueError as exc:
+        raise FlagError(str(exc), "--access-log-fields") from None
+    if text("access_log_scope") not in ("all", "routes"):
+        raise FlagError("expected all or routes", "--access-log-scope")
+    if not 0.0 <= number("access_log_sample") <= 1.0:
+        raise FlagError("expected a share between 0 and 1", "--access-log-sample")
     return ProxyConfig(
         inbound_addr=_addr(text("inbound_addr"), "--inbound-addr"),
         outbound_addr=_addr(text("outbound_addr"), "--outbound-addr"),
@@ -269,6 +283,10 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
         outbound_raw_addresses=outbound_raw_addresses,
         admin_token=admin_token,
         log_level=text("log_level"),
+        access_log=text("access_log"),
+        access_log_fields=access_log_fields,
+        access_log_sample=number("access_log_sample"),
+        access_log_scope=text("access_log_scope"),
     )
 
 

@@ -80,6 +80,8 @@ class Route:
     retryable: bool | None = None
     retry_statuses: tuple[int, ...] = ()  # empty: 5xx
     fault: FaultSpec | None = None
+    # Logged by proxies whose access log is scoped to routes (--access-log-scope routes).
+    access_log: bool = False
 
 
 @dataclass(frozen=True, slots=True)

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
+from tulle.core.accesslog import FIELDS
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
 from tulle.core.outcome import FAILURE, SUCCESS
 from tulle.net.deadline import within
@@ -38,6 +39,7 @@ from tulle.net.mtls import (
     offered_mesh_alpn,
     transport_peer_identity,
 )
+from tulle.proxy.accesslog import AccessLog
 from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
@@ -144,6 +146,16 @@ class Worker:
         self.fds = DescriptorBudget()
         # The sweeper's last run (loop time): a stale one means a stalled loop.
         self.heartbeat = loop.time()
+        # Off (None) unless --access-log: then one sink shared by both directions.
+        self.access_log: AccessLog | None = None
+        if config.access_log:
+            self.access_log = AccessLog(
+                loop,
+                config.access_log,
+                config.access_log_fields or FIELDS,
+                config.access_log_sample,
+                config.access_log_scope,
+            )
         self.outbound = self._context("outbound", None)
         self.inbound = self._context("inbound", config.app_addr)
         self.mesh: MeshTls | None = None
@@ -237,6 +249,7 @@ class Worker:
         )
         ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics, self.tap)
         ctx.fds = self.fds
+        ctx.access_log = self.access_log
         holder.append(ctx)
         self.contexts.append(ctx)
         return ctx
@@ -656,6 +669,8 @@ class Worker:
             for policy_watcher in self.inbound.authz.watchers():
                 await policy_watcher.close()
         await self.resolver.close()
+        if self.access_log is not None:
+            self.access_log.close()
         self.stopped.set()
 
     def describe(self) -> dict[str, Any]:

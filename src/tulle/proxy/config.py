@@ -83,6 +83,11 @@ class ProxyConfig:
     # The bearer token of the admin's POST /shutdown and /tap; empty: disabled.
     admin_token: str = ""
     log_level: str = "info"
+    # Access log (tulle.proxy.accesslog): "" off, "-" standard output, else a file.
+    access_log: str = ""
+    access_log_fields: tuple[str, ...] = ()  # empty: every field
+    access_log_sample: float = 1.0
+    access_log_scope: str = "all"  # or "routes": only routes with accessLog: true
 
 
 def config_to_json(config: ProxyConfig) -> str:
@@ -144,4 +149,8 @@ def config_from_json(text: str) -> ProxyConfig:
         outbound_raw_addresses=data.get("outbound_raw_addresses", "forward"),
         admin_token=data.get("admin_token", ""),
         log_level=data["log_level"],
+        access_log=data.get("access_log", ""),
+        access_log_fields=tuple(data.get("access_log_fields", ())),
+        access_log_sample=data.get("access_log_sample", 1.0),
+        access_log_scope=data.get("access_log_scope", "all"),
     )

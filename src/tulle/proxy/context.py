@@ -15,6 +15,7 @@ from tulle.proxy.tap import TapHub
 if TYPE_CHECKING:
     from tulle.net.descriptors import DescriptorBudget
     from tulle.net.mtls import MeshTls
+    from tulle.proxy.accesslog import AccessLog
     from tulle.proxy.authz import InboundAuthz
     from tulle.proxy.http1 import Http1Server
 
@@ -48,6 +49,8 @@ class ProxyContext:
         self.mesh: MeshTls | None = None
         # Inbound authorization policy; None: every caller is allowed.
         self.authz: InboundAuthz | None = None
+        # The access log (tulle.proxy.accesslog); None: off, one test per request.
+        self.access_log: AccessLog | None = None
         # The process's descriptor budget (tulle.net.descriptors); None: unchecked.
         self.fds: DescriptorBudget | None = None
 

@@ -19,6 +19,7 @@ from collections.abc import Callable, Sequence
 from tulle.codec.http2 import Header
 from tulle.core.outcome import CANCELLED, SUCCESS, Outcome
 from tulle.net.mtls import ALPN_H2, transport_peer_identity
+from tulle.proxy.accesslog import AccessLog, timestamp
 from tulle.proxy.balance import EndpointState, ejected_detail
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.destinations import LOOP_DETECTED, Refusal
@@ -146,9 +147,13 @@ class MeshDispatcher:
             if router.fixed is not None
             else ((endpoint.identity or "") if ssl_context is not None else ""),
         )
+        done = self._completion(target, state, stats_key)
+        access = ctx.access_log
+        if access is not None and access.wants(route.access_log):
+            done = self._logged(done, access, stats_key, method, path)
         return Routed(
             endpoint.address,
-            done=self._completion(target, state, stats_key),
+            done=done,
             ssl_context=ssl_context,
             server_hostname=None,
             expected_identity=endpoint.identity if ssl_context is not None else None,
@@ -186,6 +191,46 @@ class MeshDispatcher:
             )
 
         return done
+
+    def _logged(
+        self,
+        done: CompletionCallback,
+        access: AccessLog,
+        key: tuple[str, str, str, str, str, str],
+        method: str,
+        path: str,
+    ) -> CompletionCallback:
+        """`done`, then an access-log line (only for the streams the log keeps)."""
+        direction, authority, dst, service, route, peer = key
+        inbound = direction == "inbound"
+        src = self.client_ip
+
+        def logged(
+            status: int, grpc_status: int | None, latency_s: float, outcome: Outcome
+        ) -> None:
+            done(status, grpc_status, latency_s, outcome)
+            access.write(
+                {
+                    "ts": timestamp(),
+                    "direction": direction,
+                    "method": method,
+                    "authority": authority,
+                    "path": path,
+                    "status": status,
+                    "grpc_status": grpc_status,
+                    "latency_ms": round(latency_s * 1000.0, 3),
+                    "route": route,
+                    "dst_service": service,
+                    "dst": dst,
+                    "src": src,
+                    "client_id": peer if inbound else "",
+                    "server_id": "" if inbound else peer,
+                    "error": "client-gone" if outcome is CANCELLED else "",
+                    "attempts": 1,
+                }
+            )
+
+        return logged
 
 
 def _lookup(headers: Sequence[Header]) -> Callable[[bytes], bytes | None]:

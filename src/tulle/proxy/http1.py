@@ -58,6 +58,7 @@ from tulle.core.policy import CLIENT_ID_HEADER
 from tulle.core.retry import NOT_SENT, RESET, STATUS, retry_allowed
 from tulle.net.deadline import within
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity, verify_identity
+from tulle.proxy.accesslog import timestamp
 from tulle.proxy.balance import ejected_detail
 from tulle.proxy.metrics import fault_labels
 from tulle.proxy.ratelimit import RATE_LIMITED
@@ -66,6 +67,7 @@ from tulle.proxy.tap import TapEvent, TapHub
 from tulle.proxy.tcp import Tunnel
 
 if TYPE_CHECKING:
+    from tulle.proxy.accesslog import AccessLog
     from tulle.proxy.balance import EndpointState
     from tulle.proxy.context import ProxyContext
     from tulle.proxy.metrics import HttpStats, TcpStats
@@ -1162,10 +1164,41 @@ class Exchange:
         stats.requests += 1
         latency = _monotonic() - self.start
         stats.record_response(status, success, latency, error)
-        tap = self.server.ctx.tap
+        ctx = self.server.ctx
+        tap = ctx.tap
         if tap.active:
             self._publish(tap, status, latency, error)
+        access = ctx.access_log
+        if access is not None:
+            self._log_access(access, status, latency, error)
         self.server.exchange_done(self, keep_connection)
+
+    def _log_access(self, access: AccessLog, status: int, latency_s: float, error: str) -> None:
+        route = self.route
+        if not access.wants(route is not None and route.access_log):
+            return
+        server = self.server
+        head = self.head
+        inbound = server.ctx.direction == "inbound"
+        access.write(
+            {
+                "ts": timestamp(),
+                "direction": server.ctx.direction,
+                "method": head.method.decode("latin-1"),
+                "authority": self.authority,
+                "path": head.target.decode("latin-1"),
+                "status": status,
+                "latency_ms": round(latency_s * 1000.0, 3),
+                "route": route.name if route is not None else "",
+                "dst_service": self.backend.metrics_labels if self.backend is not None else "",
+                "dst": self.endpoint_label,
+                "src": f"{server.peer[0]}:{server.peer[1]}",
+                "client_id": self.peer_id if inbound else "",
+                "server_id": "" if inbound else self.peer_id,
+                "error": error,
+                "attempts": self.attempts,
+            }
+        )
 
     def _publish(self, tap: TapHub, status: int, latency_s: float, error: str) -> None:
         server = self.server
@@ -1213,7 +1246,11 @@ class Exchange:
         # 499 after nginx: the client closed before the response was sent.
         stats = self._stats()
         stats.requests += 1
-        stats.record_response(499, False, _monotonic() - self.start, "client-gone")
+        latency = _monotonic() - self.start
+        stats.record_response(499, False, latency, "client-gone")
+        access = self.server.ctx.access_log
+        if access is not None:
+            self._log_access(access, 499, latency, "client-gone")
 
     def _stats(self) -> HttpStats:
         ctx = self.server.ctx

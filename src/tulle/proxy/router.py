@@ -61,6 +61,8 @@ class RoutePolicy:
     # Faults to inject (outbound, chaos testing); None for nearly every route,
     # so the request path pays one test for the feature.
     fault: FaultInjector | None = None
+    # The route asks for access-log lines (--access-log-scope routes).
+    access_log: bool = False
 
 
 DEFAULT_ROUTE = RoutePolicy("default", 0.0, None, frozenset())
@@ -77,6 +79,7 @@ class _CompiledRoute:
             route.retryable,
             frozenset(route.retry_statuses),
             FaultInjector(route.fault) if route.fault is not None else None,
+            route.access_log,
         )
         self.matches = [
             (m, re.compile(m.path_regex) if m.path_regex else None) for m in route.matches

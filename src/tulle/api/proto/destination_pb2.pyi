@@ -363,9 +363,14 @@ class Route(_message.Message):
     RETRYABLE_FIELD_NUMBER: _builtins.int
     RETRY_STATUSES_FIELD_NUMBER: _builtins.int
     FAULT_FIELD_NUMBER: _builtins.int
+    ACCESS_LOG_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Used as the `route` label of metrics. Unique within a profile."""
     retryable: Global___Retryability.ValueType
+    access_log: _builtins.bool
+    """The client SHOULD write an access-log line for this route's requests
+    when its access log is on for chosen routes only.
+    """
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteMatch]:
         """A request matches the route when it matches ANY of these. Empty: the
@@ -393,10 +398,11 @@ class Route(_message.Message):
         retryable: Global___Retryability.ValueType = ...,
         retry_statuses: _abc.Iterable[_builtins.int] | None = ...,
         fault: Global___FaultInjection | None = ...,
+        access_log: _builtins.bool = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "matches", b"matches", "name", b"name", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log", b"access_log", "fault", b"fault", "matches", b"matches", "name", b"name", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -131,6 +131,7 @@ def _route_message(route: Route) -> pb.Route:
         matches=[_match_message(m) for m in route.matches],
         retryable=retryable,
         retry_statuses=list(route.retry_statuses),
+        access_log=route.access_log,
     )
     if route.timeout_s is not None:
         message.timeout.CopyFrom(_duration(route.timeout_s))

@@ -178,7 +178,7 @@ class ServicesReader(MatchReader):
         fields = self.mapping(
             node,
             path,
-            ("name", "matches", "timeout", "timeouts", "retryable", "retry", "fault"),
+            ("name", "matches", "timeout", "timeouts", "retryable", "retry", "fault", "accessLog"),
             required=("name",),
         )
         if fields is None:
@@ -225,6 +225,9 @@ class ServicesReader(MatchReader):
         fault = None
         if "fault" in fields:
             fault = traffic.fault(self, fields["fault"], f"{path}.fault")
+        access_log = False
+        if "accessLog" in fields:
+            access_log = bool(self.boolean(fields["accessLog"], f"{path}.accessLog"))
         if name is None or len(self.problems) > before:
             return None
         return Route(
@@ -234,6 +237,7 @@ class ServicesReader(MatchReader):
             retryable=retryable,
             retry_statuses=tuple(statuses),
             fault=fault,
+            access_log=access_log,
         )
 
     def retry_budget(self, node: Node, path: str) -> RetryBudgetSpec | None:
