@@ -133,6 +133,11 @@ def proxy(
         "A file (mode 0600) with the bearer token that POST /shutdown and /tap on the "
         "admin listener need; without it they are disabled.",
     ),
+    tap_networks: str = _option(
+        "tap_networks",
+        "Networks CIDR[,CIDR...] whose clients may ask the admin for /tap (with the "
+        "admin token too): loopback by default.",
+    ),
     log_level: str = _option("log_level", "debug, info, warning or error."),
     access_log: str = _option(
         "access_log",

@@ -777,6 +777,7 @@ async def _run_single(config: ProxyConfig) -> int:
         tap=worker.tap,
         live=lambda: _async_value(worker.liveness()),
         token=config.admin_token,
+        tap_networks=config.tap_networks,
     )
     try:
         admin = await AdminServer.start(loop, config.admin_addr, state)

@@ -82,6 +82,9 @@ class ProxyConfig:
     outbound_raw_addresses: str = "forward"
     # The bearer token of the admin's POST /shutdown and /tap; empty: disabled.
     admin_token: str = ""
+    # Networks (CIDRs) whose clients may ask for /tap, token still required:
+    # loopback, and with `tulle up --isolated` the host's bridge address.
+    tap_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     log_level: str = "info"
     # Access log (tulle.proxy.accesslog): "" off, "-" standard output, else a file.
     access_log: str = ""
