@@ -100,12 +100,14 @@ def up(
         help="Give the control plane its documented ports (HTTP API 8084, gRPC 8086, admin "
         "9990) where free; --no-default-ports allocates every port.",
     ),
-    isolated: bool = typer.Option(
-        False,
-        "--isolated",
+    isolated: bool | None = typer.Option(
+        None,
+        "--isolated/--no-isolated",
         envvar="TULLE_UP_ISOLATED",
         help="Each instance in its own network namespace with transparent capture: apps "
-        "call services by name, with no proxy setting (needs root; docs/transparent.md).",
+        "call services by name, with no proxy setting (needs root; docs/transparent.md). "
+        "Default: the manifest's `isolated:`, else off.",
+        show_default=False,
     ),
     supervise: bool = typer.Option(
         False, "--supervise", hidden=True, help="Internal: the detached supervisor itself."
@@ -120,6 +122,8 @@ def up(
     if ingress_port is None:
         configured = manifest.ingress.port if manifest.ingress is not None else None
         ingress_port = configured if configured is not None else DEFAULT_INGRESS_PORT
+    if isolated is None:
+        isolated = manifest.isolated
     state = StateDir(Path(state_dir))
     if isolated:
         try:
@@ -278,7 +282,7 @@ def _detach(
         str(ingress_port),
         "--mtls" if mtls else "--no-mtls",
         "--default-ports" if default_ports else "--no-default-ports",
-        *(["--isolated"] if isolated else []),
+        "--isolated" if isolated else "--no-isolated",
         "--supervise",
     ]
     with contextlib.suppress(OSError):

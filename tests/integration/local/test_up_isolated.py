@@ -285,9 +285,10 @@ def read_banner_by_name(netns: str, name: str, port: int) -> subprocess.Complete
 def test_next_up_cleans_after_kill_9_and_ctrl_c_leaves_nothing(tmp_path: Path) -> None:
     require_isolation()
     manifest = tmp_path / "mesh.yaml"
-    manifest.write_text(TINY_MANIFEST)
+    # The manifest's setting, not the flag, this time.
+    manifest.write_text("isolated: true\n" + TINY_MANIFEST)
     state_dir = tmp_path / "state"
-    argv = [str(manifest), "--isolated", "--ingress-port", "0", "--no-default-ports"]
+    argv = [str(manifest), "--ingress-port", "0", "--no-default-ports"]
     first = UpRun(argv, state_dir, tmp_path)
     try:
         state = first.wait_ready(READY_TIMEOUT_S)

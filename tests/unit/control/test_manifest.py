@@ -90,7 +90,7 @@ BAD = [
     ("services: 3\n", 'mesh.yaml:1: services: expected a list, got "3"'),
     (
         "service: []\n",
-        "mesh.yaml:1: service: unknown field (known: services, policy, ingress); "
+        "mesh.yaml:1: service: unknown field (known: services, policy, ingress, isolated); "
         'did you mean "services"?',
     ),
     ("policy: 4\nservices: []\n", 'mesh.yaml:1: policy: expected a mapping, got "4"'),

@@ -7,8 +7,10 @@ from pathlib import Path
 
 import pytest
 
+from tulle.control.manifest import ManifestError, parse_manifest
 from tulle.local import isolation
 from tulle.local.isolation import IsolationError, Record, check_requirements, plan_network
+from tulle.local.manifest import parse_local_manifest
 
 
 def test_names_are_unique_per_state_dir_and_fit_interface_names(tmp_path: Path) -> None:
@@ -81,3 +83,15 @@ def test_record_survives_a_new_process_and_only_own_names_are_deleted(tmp_path: 
     assert not (tmp_path / isolation.RECORD_FILE).exists()
     assert isolation._OWN_NAME.match("eth0") is None
     assert isolation._OWN_VETH.match("tv-abcdef-3") is not None
+
+
+SERVICES = "services:\n  - name: web\n    instances: {command: python -m web}\n"
+
+
+def test_the_manifest_setting_is_the_local_runners() -> None:
+    assert parse_local_manifest(SERVICES).isolated is False
+    assert parse_local_manifest("isolated: true\n" + SERVICES).isolated is True
+    with pytest.raises(ManifestError, match="isolated"):
+        parse_local_manifest("isolated: maybe\n" + SERVICES)
+    # The control plane accepts the field and ignores it (it serves the generated copy).
+    assert "web" in parse_manifest("isolated: true\n" + SERVICES).services
