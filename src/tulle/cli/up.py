@@ -382,7 +382,11 @@ def down(
         console.print("some processes did not stop in time and were killed", style="yellow")
     # The supervisor unregisters on a clean stop; not when it had to be killed.
     registry.unregister(state.root)
-    # It also removes its network on a clean stop; not when it had to be killed.
+    # It also removes its network on a clean stop; not when it had to be killed
+    # (the kernel drops its lock as it dies: a moment after SIGKILL).
+    deadline = time.monotonic() + 5.0
+    while forced and state.is_locked() and time.monotonic() < deadline:
+        time.sleep(0.1)
     cleaned = state.is_locked() or _clean_network(isolation.Record(state.root), _say)
     console.print("stopped", markup=False)
     if not cleaned:
