@@ -354,6 +354,18 @@ def namespace_pids(name: str) -> list[int]:
     return [int(word) for word in out.split() if word.isdigit()]
 
 
+def _delete_link(name: str) -> list[str]:
+    """Delete a link if it exists; a problem only when it is still there after."""
+    if not _link_exists(name):
+        return []
+    try:
+        _ip("link", "del", name)
+    except IsolationError as exc:
+        # Gone meanwhile (a veth goes with its namespace, asynchronously): fine.
+        return [str(exc)] if _link_exists(name) else []
+    return []
+
+
 def destroy(record: Record, say: Callable[[str], None] = lambda _: None) -> list[str]:
     """Delete what the record names (killing what still runs inside); returns problems."""
     problems: list[str] = []
@@ -371,19 +383,16 @@ def destroy(record: Record, say: Callable[[str], None] = lambda _: None) -> list
             except IsolationError as exc:
                 problems.append(str(exc))
     for name in record.veths:
-        # Deleting a namespace deletes its veth pair; this is for a crash in between.
-        if _OWN_VETH.match(name) and _link_exists(name):
-            try:
-                _ip("link", "del", name)
-            except IsolationError as exc:
-                problems.append(str(exc))
+        # Deleting a namespace deletes its veth pair (the kernel does it a moment
+        # later); this is for a crash between creating the two.
+        if _OWN_VETH.match(name):
+            problems += _delete_link(name)
     for name in record.bridges:
         if _OWN_NAME.match(name) and _link_exists(name):
-            try:
-                _ip("link", "del", name)
+            failed = _delete_link(name)
+            problems += failed
+            if not failed:
                 say(f"removed bridge {name}")
-            except IsolationError as exc:
-                problems.append(str(exc))
     for directory in record.etc_dirs:
         path = Path(directory)
         if path.parent == ETC_NETNS and _OWN_NAME.match(path.name) and path.is_dir():
