@@ -44,6 +44,7 @@ from tulle.api.proto import destination_pb2_grpc as pb_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
 from tulle.core.discovery import (
     Address,
+    AffinitySpec,
     Backend,
     Endpoint,
     FaultSpec,
@@ -184,7 +185,21 @@ def profile_from_message(message: pb.DestinationProfile) -> Profile:
         timeout_s=_seconds(message.default_timeout)
         if message.HasField("default_timeout")
         else None,
+        affinity=_affinity_from_message(message.affinity) if message.HasField("affinity") else None,
     )
+
+
+def _affinity_from_message(message: pb.SessionAffinity) -> AffinitySpec | None:
+    """None for an affinity without a key (from a newer server, or empty)."""
+    kind = message.WhichOneof("key")
+    factor = message.load_factor
+    # Below 1 no endpoint could take its share; unset or absurd: the default.
+    load_factor = factor if 1.0 <= factor <= 100.0 else 1.25
+    if kind == "header" and message.header:
+        return AffinitySpec(header=message.header.lower(), load_factor=load_factor)
+    if kind == "cookie" and message.cookie:
+        return AffinitySpec(cookie=message.cookie, load_factor=load_factor)
+    return None
 
 
 def _apply_profile(view: ServiceView, message: pb.DestinationProfile) -> None:

@@ -100,11 +100,33 @@ class Backend:
 
 
 @dataclass(frozen=True, slots=True)
+class AffinitySpec:
+    """Session affinity: requests with the same key go to the same endpoint
+    (consistent hashing with bounded loads, `tulle.core.affinity`). Exactly
+    one of `header` (lower-case name) and `cookie` is set."""
+
+    header: str = ""
+    cookie: str = ""
+    # An endpoint takes at most this times the mean in-flight load before a
+    # key moves on to the next endpoint of the ring.
+    load_factor: float = 1.25
+
+    @property
+    def header_bytes(self) -> bytes:
+        return self.header.encode("latin-1")
+
+    @property
+    def cookie_bytes(self) -> bytes:
+        return self.cookie.encode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     routes: tuple[Route, ...] = ()
     retry_budget: RetryBudgetSpec = RetryBudgetSpec()
     backends: tuple[Backend, ...] = ()  # empty: the service itself
     timeout_s: float | None = None  # default for routes without their own
+    affinity: AffinitySpec | None = None  # None: balanced per request (P2C)
 
 
 EMPTY_PROFILE = Profile()

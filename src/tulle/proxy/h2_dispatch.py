@@ -115,7 +115,12 @@ class MeshDispatcher:
                 delay_s = hit.delay_s
         now = _monotonic()
         balancer = backend.balancer
-        state = balancer.pick(now)
+        affinity = backend.affinity
+        if affinity is not None:
+            # Session affinity: the key's endpoint on the ring, else the balancer.
+            state = affinity.pick(lookup, now) or balancer.pick(now)
+        else:
+            state = balancer.pick(now)
         if state is None:
             if backend.refusal is not None:
                 return self._refused(backend.refusal)

@@ -709,8 +709,13 @@ class Exchange:
         now = _monotonic()
         balancer = backend.balancer
         failed = self.failed_state
-        # A retry goes to another endpoint than the one that failed, if any.
-        state = balancer.pick(now) if failed is None else balancer.pick_avoiding(now, failed)
+        affinity = backend.affinity
+        if affinity is not None and failed is None:
+            # Session affinity: the key's endpoint on the ring, else the balancer.
+            state = affinity.pick(self.head.header, now) or balancer.pick(now)
+        else:
+            # A retry goes to another endpoint than the one that failed, if any.
+            state = balancer.pick(now) if failed is None else balancer.pick_avoiding(now, failed)
         if state is None:
             self._nothing_to_pick(backend)
             return

@@ -35,6 +35,7 @@ from tulle.core.discovery import (
 from tulle.core.fault import FaultInjector
 from tulle.core.retry_budget import RetryBudget
 from tulle.core.split import WeightedPicker
+from tulle.proxy.affinity import AffinityPicker
 from tulle.proxy.balance import Balancer, EndpointState
 from tulle.proxy.destinations import DestinationGuard, Refusal, normalize_ip
 from tulle.proxy.metrics import Metrics
@@ -131,6 +132,7 @@ class ServiceTarget:
         "_make_pool",
         "_router",
         "_routes",
+        "affinity",
         "authority_label",
         "balancer",
         "budget",
@@ -168,6 +170,8 @@ class ServiceTarget:
         self.default_retryable = default_retryable
         self.default_route = DEFAULT_ROUTE
         self._backend_picker: WeightedPicker[ServiceTarget] | None = None
+        # Session affinity (tulle.proxy.affinity); None for nearly every service.
+        self.affinity: AffinityPicker | None = None
         self.authority_label = name
         self.metrics_labels = name
         # Set when every endpoint is a destination this proxy refuses (its own
@@ -224,6 +228,13 @@ class ServiceTarget:
             self._backend_picker = WeightedPicker(items)
         else:
             self._backend_picker = None
+        affinity = profile.affinity
+        # Rebuilt on every endpoint or profile change (called from _on_view too).
+        self.affinity = (
+            AffinityPicker(affinity, self.balancer.states(), self._router.metrics, self.name)
+            if affinity is not None
+            else None
+        )
 
     def route(
         self, method: bytes, path: bytes, header: Callable[[bytes], bytes | None]
@@ -273,6 +284,7 @@ class Router:
         self._resolver = resolver
         self._make_pool = make_pool
         self._metrics = metrics
+        self.metrics = metrics
         self._max_pending = max_pending
         self._by_authority: dict[bytes, ServiceTarget] = {}
         self._services: dict[str, ServiceTarget] = {}

@@ -12,7 +12,7 @@ from tulle.api.proto import policy_pb2 as pb_policy
 from tulle.control.destination.translator import profile_message
 from tulle.control.manifest import ManifestError, parse_manifest
 from tulle.control.policy.translate import policy_message
-from tulle.core.discovery import FaultSpec, HeaderMatch
+from tulle.core.discovery import AffinitySpec, FaultSpec, HeaderMatch
 from tulle.core.ratelimit import LimitOverride, LimitSpec, RateLimitSpec
 
 FAULTS = dedent(
@@ -163,3 +163,31 @@ def test_policy_api_refuses_a_limit_without_a_positive_rate() -> None:
     message.rate_limit.total.requests_per_second = 0
     with pytest.raises(PolicyDecodeError):
         policy_from_message(message)
+
+
+def test_affinity_parses_and_survives_the_destination_api() -> None:
+    text = (
+        "services:\n  - name: a\n    affinity: {header: X-User, loadFactor: 1.5}\n"
+        "  - name: b\n    affinity: {cookie: session}\n"
+    )
+    services = parse_manifest(text).services
+    assert services["a"].profile.affinity == AffinitySpec(header="x-user", load_factor=1.5)
+    assert services["b"].profile.affinity == AffinitySpec(cookie="session")
+    for name in ("a", "b"):
+        profile = services[name].profile
+        assert profile_from_message(profile_message(name, profile)) == profile
+
+
+@pytest.mark.parametrize(
+    ("affinity", "message"),
+    [
+        ("{}", "give exactly one of header or cookie"),
+        ("{header: a, cookie: b}", "give exactly one of header or cookie"),
+        ("{header: 'a b'}", "is not a valid header name"),
+        ("{cookie: s, loadFactor: 0.5}", "must be between 1 and 100"),
+    ],
+)
+def test_bad_affinity_names_the_field(affinity: str, message: str) -> None:
+    with pytest.raises(ManifestError) as caught:
+        parse_manifest(f"services:\n  - name: a\n    affinity: {affinity}\n")
+    assert message in str(caught.value)

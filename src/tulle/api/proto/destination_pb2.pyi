@@ -309,6 +309,7 @@ class DestinationProfile(_message.Message):
     RETRY_BUDGET_FIELD_NUMBER: _builtins.int
     BACKENDS_FIELD_NUMBER: _builtins.int
     DEFAULT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    AFFINITY_FIELD_NUMBER: _builtins.int
     fully_qualified_name: _builtins.str
     """The service this profile belongs to, as the server resolved the request.
     Empty when the service does not exist.
@@ -336,6 +337,10 @@ class DestinationProfile(_message.Message):
     def default_timeout(self) -> _duration_pb2.Duration:
         """Timeout of requests whose route sets none. Absent: no timeout."""
 
+    @_builtins.property
+    def affinity(self) -> Global___SessionAffinity:
+        """Session affinity. Absent: every request is balanced on its own."""
+
     def __init__(
         self,
         *,
@@ -344,14 +349,53 @@ class DestinationProfile(_message.Message):
         retry_budget: Global___RetryBudget | None = ...,
         backends: _abc.Iterable[Global___WeightedBackend] | None = ...,
         default_timeout: _duration_pb2.Duration | None = ...,
+        affinity: Global___SessionAffinity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_timeout", b"default_timeout", "retry_budget", b"retry_budget"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "default_timeout", b"default_timeout", "retry_budget", b"retry_budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "default_timeout", b"default_timeout", "fully_qualified_name", b"fully_qualified_name", "retry_budget", b"retry_budget", "routes", b"routes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "backends", b"backends", "default_timeout", b"default_timeout", "fully_qualified_name", b"fully_qualified_name", "retry_budget", b"retry_budget", "routes", b"routes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DestinationProfile: _TypeAlias = DestinationProfile  # noqa: Y015
+
+@_typing.final
+class SessionAffinity(_message.Message):
+    """Requests carrying the same key SHOULD go to the same endpoint: the client
+    hashes the key onto a ring of the service's endpoints (consistent hashing,
+    so an endpoint joining or leaving moves only its share of keys), and
+    passes over an endpoint whose in-flight requests have reached
+    ceil(load_factor * (total + 1) / endpoints), so that one hot key cannot
+    overload one endpoint. Requests without the key are balanced as usual.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    COOKIE_FIELD_NUMBER: _builtins.int
+    LOAD_FACTOR_FIELD_NUMBER: _builtins.int
+    header: _builtins.str
+    """Lower-case header name: its value is the key."""
+    cookie: _builtins.str
+    """Cookie name: its value (in the Cookie header) is the key."""
+    load_factor: _builtins.float
+    """At least 1; 0 means the client's default (1.25)."""
+    def __init__(
+        self,
+        *,
+        header: _builtins.str = ...,
+        cookie: _builtins.str = ...,
+        load_factor: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cookie", b"cookie", "header", b"header", "key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie", b"cookie", "header", b"header", "key", b"key", "load_factor", b"load_factor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_key: _TypeAlias = _typing.Literal["header", "cookie"]  # noqa: Y015
+    _WhichOneofArgType_key: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_key) -> _WhichOneofReturnType_key | None: ...
+
+Global___SessionAffinity: _TypeAlias = SessionAffinity  # noqa: Y015
 
 @_typing.final
 class Route(_message.Message):

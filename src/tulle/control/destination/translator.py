@@ -169,6 +169,13 @@ def profile_message(name: str, profile: Profile) -> pb.DestinationProfile:
     )
     if profile.timeout_s is not None:
         message.default_timeout.CopyFrom(_duration(profile.timeout_s))
+    affinity = profile.affinity
+    if affinity is not None:
+        message.affinity.load_factor = affinity.load_factor
+        if affinity.header:
+            message.affinity.header = affinity.header
+        else:
+            message.affinity.cookie = affinity.cookie
     return message
 
 

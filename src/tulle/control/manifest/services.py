@@ -47,6 +47,7 @@ class ServicesReader(MatchReader):
                 "routes",
                 "retryBudget",
                 "backends",
+                "affinity",
             ),
             required=("name",),
         )
@@ -115,6 +116,9 @@ class ServicesReader(MatchReader):
         backends: list[Backend] = []
         if "backends" in fields:
             backends = self.backends(fields["backends"], f"{path}.backends", pending_backends)
+        affinity = None
+        if "affinity" in fields:
+            affinity = traffic.affinity(self, fields["affinity"], f"{path}.affinity")
         if name is None or len(self.problems) > before:
             return None
         return ServiceSpec(
@@ -127,6 +131,7 @@ class ServicesReader(MatchReader):
                 retry_budget=budget,
                 backends=tuple(backends),
                 timeout_s=timeout,
+                affinity=affinity,
             ),
             identity=identity,
             line=_line(node),

@@ -9,12 +9,13 @@ problems.
 
 from __future__ import annotations
 
+import re
 from collections.abc import Callable, Sequence
 from typing import Protocol, TypeVar
 
 from yaml.nodes import Node
 
-from tulle.core.discovery import FaultSpec, HeaderMatch
+from tulle.core.discovery import AffinitySpec, FaultSpec, HeaderMatch
 from tulle.core.policy import RateLimitPolicySpec
 from tulle.core.ratelimit import LimitOverride, LimitSpec, RateLimitSpec
 
@@ -41,6 +42,8 @@ class ManifestChecks(Protocol):
     ) -> dict[str, Node] | None: ...
 
     def integer(self, node: Node, path: str, low: int, high: int) -> int | None: ...
+
+    def string(self, node: Node, path: str, *, what: str = "a string") -> str | None: ...
 
     def number(self, node: Node, path: str, low: float, high: float) -> float | None: ...
 
@@ -202,3 +205,32 @@ def _override(p: LimitChecks, node: Node, path: str) -> LimitOverride | None:
     if spec is None or len(p.problems) > before:
         return None
     return LimitOverride(spec, tuple(identities))
+
+
+_TOKEN = re.compile(r"^[!#$%&'*+.^_`|~0-9A-Za-z-]+$")
+
+
+def affinity(p: ManifestChecks, node: Node, path: str) -> AffinitySpec | None:
+    """`services[].affinity`: `header` or `cookie` (one of them), and `loadFactor`."""
+    fields = p.mapping(node, path, ("header", "cookie", "loadFactor"))
+    if fields is None:
+        return None
+    before = len(p.problems)
+    if ("header" in fields) == ("cookie" in fields):
+        p.problem(node, path, "give exactly one of header or cookie")
+    header = cookie = ""
+    for key in ("header", "cookie"):
+        if key in fields:
+            text = p.string(fields[key], f"{path}.{key}", what=f"a {key} name") or ""
+            if text and not _TOKEN.match(text):
+                p.problem(fields[key], f"{path}.{key}", f'"{text}" is not a valid {key} name')
+            if key == "header":
+                header = text.lower()
+            else:
+                cookie = text
+    load_factor = 1.25
+    if "loadFactor" in fields:
+        load_factor = p.number(fields["loadFactor"], f"{path}.loadFactor", 1.0, 100.0) or 1.25
+    if len(p.problems) > before:
+        return None
+    return AffinitySpec(header=header, cookie=cookie, load_factor=load_factor)
