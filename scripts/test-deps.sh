@@ -14,7 +14,7 @@ cd "$(dirname "$0")/.."
 TOOLS=(
   curl:curl wrk:wrk nginx:nginx h2load:nghttp2-client prometheus:prometheus
   chromium:chromium iptables:iptables ip:iproute2 strace:strace stress-ng:stress-ng
-  haproxy:haproxy
+  haproxy:haproxy gcc:gcc
 )
 
 log=$(mktemp "${TMPDIR:-/tmp}/tulle-test-deps.XXXXXX.log")
@@ -43,6 +43,12 @@ for pair in "${TOOLS[@]}"; do
   have "${pair%%:*}" || missing+=("${pair##*:}")
 done
 
+# The native HTTP/2 codec (tulle.codec._h2native) links against libnghttp2's
+# runtime library (curl's dependency, so normally present); gcc builds it.
+if ! ldconfig -p 2>/dev/null | grep -q 'libnghttp2\.so\.14'; then
+  missing+=(libnghttp2-14)
+fi
+
 if [ ${#missing[@]} -gt 0 ]; then
   if [ "$(id -u)" -eq 0 ] && command -v apt-get >/dev/null 2>&1; then
     export DEBIAN_FRONTEND=noninteractive
@@ -59,6 +65,10 @@ else
 fi
 
 step "pip install -e '.[dev]'" python3 -m pip install -q --disable-pip-version-check -e '.[dev]'
+# The build skips the extension rather than fail (pip install must work
+# anywhere); the suite must exercise it, so its absence here is an error.
+step "native HTTP/2 codec built" python3 -c \
+  'from tulle.proxy.http2.codec import CODEC, CODEC_DETAIL; assert CODEC == "nghttp2", CODEC_DETAIL'
 
 # The Kubernetes tests' API server and etcd: built once (minutes of CPU), then cached.
 if [ -d tests/integration/kubernetes ] && [ -f scripts/k8s_fixture.sh ]; then

@@ -44,8 +44,10 @@ from tulle.api.proto import destination_pb2_grpc as pb_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
 from tulle.core.discovery import (
     Address,
+    AffinitySpec,
     Backend,
     Endpoint,
+    FaultSpec,
     HeaderMatch,
     Profile,
     RetryBudgetSpec,
@@ -141,6 +143,29 @@ def _route_from_message(message: pb.Route) -> Route:
         retryable=retryable,
         retry_statuses=tuple(int(s) for s in message.retry_statuses),
         retry_grpc_statuses=tuple(int(s) for s in message.retry_grpc_statuses),
+        fault=_fault_from_message(message.fault) if message.HasField("fault") else None,
+        access_log=message.access_log,
+    )
+
+
+def _fault_from_message(message: pb.FaultInjection) -> FaultSpec | None:
+    """None for a fault that injects nothing (both percentages 0)."""
+    delay_s = _seconds(message.delay) if message.HasField("delay") else 0.0
+    delay_percent = min(max(message.delay_percent, 0.0), 100.0) if delay_s > 0 else 0.0
+    abort_percent = min(max(message.abort_percent, 0.0), 100.0)
+    if delay_percent <= 0.0 and abort_percent <= 0.0:
+        return None
+    status = message.abort_http_status
+    return FaultSpec(
+        delay_s=delay_s,
+        delay_percent=delay_percent,
+        # A status outside 200..599 cannot be answered: the documented 503.
+        abort_status=status if 200 <= status <= 599 else 0,
+        abort_grpc_status=message.abort_grpc_status if message.has_abort_grpc_status else None,
+        abort_percent=abort_percent,
+        headers=tuple(
+            HeaderMatch(name=h.name.lower(), value=h.value, regex=h.regex) for h in message.headers
+        ),
     )
 
 
@@ -161,7 +186,21 @@ def profile_from_message(message: pb.DestinationProfile) -> Profile:
         timeout_s=_seconds(message.default_timeout)
         if message.HasField("default_timeout")
         else None,
+        affinity=_affinity_from_message(message.affinity) if message.HasField("affinity") else None,
     )
+
+
+def _affinity_from_message(message: pb.SessionAffinity) -> AffinitySpec | None:
+    """None for an affinity without a key (from a newer server, or empty)."""
+    kind = message.WhichOneof("key")
+    factor = message.load_factor
+    # Below 1 no endpoint could take its share; unset or absurd: the default.
+    load_factor = factor if 1.0 <= factor <= 100.0 else 1.25
+    if kind == "header" and message.header:
+        return AffinitySpec(header=message.header.lower(), load_factor=load_factor)
+    if kind == "cookie" and message.cookie:
+        return AffinitySpec(cookie=message.cookie, load_factor=load_factor)
+    return None
 
 
 def _apply_profile(view: ServiceView, message: pb.DestinationProfile) -> None:

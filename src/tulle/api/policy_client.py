@@ -44,6 +44,7 @@ from tulle.core.policy import (
     PolicyRoute,
     fail_closed,
 )
+from tulle.core.ratelimit import LimitOverride, LimitSpec, RateLimitSpec
 
 log = logging.getLogger("tulle.api.policy")
 
@@ -86,6 +87,29 @@ def _authorization(message: pb.Authorization) -> Authorization:
     return Authorization(message.name, tuple(_authentication(a) for a in message.required))
 
 
+def _limit(message: pb.Limit) -> LimitSpec:
+    rate = message.requests_per_second
+    # A rate that is not a positive number cannot be enforced as written.
+    if not rate > 0.0 or rate == float("inf"):
+        raise ValueError(f"a rate limit needs a positive rate, got {rate}")
+    return LimitSpec(rate, message.burst)
+
+
+def _rate_limit(message: pb.RateLimit) -> RateLimitSpec:
+    return RateLimitSpec(
+        name=message.name,
+        total=_limit(message.total) if message.HasField("total") else None,
+        identity=_limit(message.identity) if message.HasField("identity") else None,
+        overrides=tuple(
+            LimitOverride(_limit(o.limit), tuple(o.identities))
+            for o in message.overrides
+            if o.HasField("limit")
+        ),
+        ipv4_prefix=message.ipv4_prefix or 32,
+        ipv6_prefix=message.ipv6_prefix or 128,
+    )
+
+
 def policy_from_message(message: pb.InboundPolicy) -> InboundPolicy:
     """Compile a policy message; raises PolicyDecodeError when it cannot be enforced."""
     try:
@@ -102,10 +126,14 @@ def policy_from_message(message: pb.InboundPolicy) -> InboundPolicy:
                     name=route.name,
                     matches=tuple(_match_from_message(m) for m in route.matches),
                     authorizations=tuple(_authorization(a) for a in route.authorizations),
+                    rate_limit=_rate_limit(route.rate_limit)
+                    if route.HasField("rate_limit")
+                    else None,
                 )
                 for route in message.routes
             ),
             probe_paths=tuple(message.probe_paths),
+            rate_limit=_rate_limit(message.rate_limit) if message.HasField("rate_limit") else None,
         )
     except (ValueError, re.error) as exc:  # bad CIDRs, bad regular expressions
         raise PolicyDecodeError(f"cannot enforce the policy: {exc}") from None

@@ -159,7 +159,8 @@ def control(
         "--api-token-file",
         envvar="TULLE_CONTROL_API_TOKEN_FILE",
         help="The bearer token that writes (POST /api/apply) and tap on the HTTP API need; "
-        "created (mode 0600) when absent. Default: .tulle/api-token beside the manifest.",
+        "created (mode 0600) when absent. Default: .tulle/api-token beside the manifest; "
+        "none with --source kubernetes (tap and writes are then refused).",
     ),
     api_allowed_hosts: str = typer.Option(
         "",
@@ -231,13 +232,19 @@ def control(
     )
     api_token = proxy_admin_token = ""
     try:
-        if http_addr != "off":
+        if http_addr != "off" and (api_token_file or source != "kubernetes"):
             token_path = (
                 Path(api_token_file) if api_token_file else default_api_token_file(manifest)
             )
             api_token = ensure_token_file(token_path)
             logging.getLogger("tulle.control").info(
                 "HTTP API writes and tap need the token in %s", token_path.resolve()
+            )
+        elif http_addr != "off":
+            # In a pod there is no manifest to sit beside (and the root file
+            # system is read-only): tap stays off unless a token is mounted.
+            logging.getLogger("tulle.control").info(
+                "HTTP API tap is off: no --api-token-file (docs/kubernetes.md)"
             )
         if proxy_admin_token_file:
             proxy_admin_token = read_token_file(Path(proxy_admin_token_file))

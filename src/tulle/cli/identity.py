@@ -15,6 +15,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from tulle.cli.main import app
+from tulle.core.duration import DurationError
 from tulle.identity.ca import (
     DEFAULT_ANCHOR_TTL_S,
     DEFAULT_ISSUER_TTL_S,
@@ -22,7 +23,7 @@ from tulle.identity.ca import (
     fingerprint_sha256,
     is_issued_by,
 )
-from tulle.identity.duration import format_duration, parse_duration
+from tulle.identity.duration import format_duration, parse_lifetime
 from tulle.identity.spiffe import InvalidSpiffeId, resolve_identity
 from tulle.identity.store import IdentityStoreError, IssuerDirectory
 from tulle.identity.tokens import make_token
@@ -75,9 +76,9 @@ def _guard(action: Callable[[], T]) -> T:
 
 def _duration(text: str, option: str) -> float:
     try:
-        return parse_duration(text)
-    except ValueError as error:
-        raise typer.BadParameter(str(error), param_hint=option) from None
+        return parse_lifetime(text, option)
+    except DurationError as error:
+        raise typer.BadParameter(error.reason, param_hint=option) from None
 
 
 @identity_app.command("init")

@@ -133,7 +133,27 @@ def proxy(
         "A file (mode 0600) with the bearer token that POST /shutdown and /tap on the "
         "admin listener need; without it they are disabled.",
     ),
+    tap_networks: str = _option(
+        "tap_networks",
+        "Networks CIDR[,CIDR...] whose clients may ask the admin for /tap (with the "
+        "admin token too): loopback by default.",
+    ),
     log_level: str = _option("log_level", "debug, info, warning or error."),
+    access_log: str = _option(
+        "access_log",
+        "Write one JSON line per request here ('-': standard output); empty: off "
+        "(docs/observability.md).",
+    ),
+    access_log_fields: str = _option(
+        "access_log_fields", "Comma-separated fields of each line; empty: every field."
+    ),
+    access_log_sample: float = _option(
+        "access_log_sample", "The share of requests logged, 0 to 1."
+    ),
+    access_log_scope: str = _option(
+        "access_log_scope",
+        "'all' requests, or only those of 'routes' whose manifest says accessLog: true.",
+    ),
 ) -> None:
     arguments = locals()  # the parameters, named as in FLAGS
     try:

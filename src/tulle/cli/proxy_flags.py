@@ -78,7 +78,12 @@ FLAGS: tuple[Flag, ...] = (
     Flag("deny_dst", "TULLE_PROXY_DENY_DST", "str", ""),
     Flag("outbound_raw_addresses", "TULLE_PROXY_OUTBOUND_RAW_ADDRESSES", "str", "forward"),
     Flag("admin_token_file", "TULLE_PROXY_ADMIN_TOKEN_FILE", "str", ""),
+    Flag("tap_networks", "TULLE_PROXY_TAP_NETWORKS", "str", "127.0.0.0/8,::1/128"),
     Flag("log_level", "TULLE_PROXY_LOG_LEVEL", "str", "info"),
+    Flag("access_log", "TULLE_PROXY_ACCESS_LOG", "str", ""),
+    Flag("access_log_fields", "TULLE_PROXY_ACCESS_LOG_FIELDS", "str", ""),
+    Flag("access_log_sample", "TULLE_PROXY_ACCESS_LOG_SAMPLE", "float", 1.0),
+    Flag("access_log_scope", "TULLE_PROXY_ACCESS_LOG_SCOPE", "str", "all"),
 )
 _BY_OPTION = {flag.option: flag for flag in FLAGS}
 # Only the plainest spellings: whatever else typer may accept, it also parses.
@@ -169,6 +174,8 @@ def _addrs(value: str, flag: str) -> tuple[Address, ...]:
 
 def build_config(values: Mapping[str, object]) -> ProxyConfig:
     """The proxy's configuration from the flags' values; FlagError names a bad one."""
+    import ipaddress
+
     from tulle.core.discovery import Endpoint, parse_static_dst
     from tulle.proxy.config import Limits, ProxyConfig, Timeouts
     from tulle.proxy.destinations import RAW_MODES
@@ -238,6 +245,24 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
             admin_token = read_token_file(Path(text("admin_token_file")))
         except CredentialError as exc:
             raise FlagError(str(exc), "--admin-token-file") from None
+    from tulle.core.accesslog import parse_fields
+
+    try:
+        access_log_fields = parse_fields(text("access_log_fields"))
+    except ValueError as exc:
+        raise FlagError(str(exc), "--access-log-fields") from None
+    if text("access_log_scope") not in ("all", "routes"):
+        raise FlagError("expected all or routes", "--access-log-scope")
+    if not 0.0 <= number("access_log_sample") <= 1.0:
+        raise FlagError("expected a share between 0 and 1", "--access-log-sample")
+    tap_networks = []
+    for cidr in (c.strip() for c in text("tap_networks").split(",")):
+        if not cidr:
+            continue
+        try:
+            tap_networks.append(str(ipaddress.ip_network(cidr, strict=False)))
+        except ValueError as exc:
+            raise FlagError(str(exc), "--tap-networks") from None
     return ProxyConfig(
         inbound_addr=_addr(text("inbound_addr"), "--inbound-addr"),
         outbound_addr=_addr(text("outbound_addr"), "--outbound-addr"),
@@ -260,6 +285,7 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
         limits=Limits(max_head_bytes=int(number("max_head_bytes"))),
         identity=identity,
         identity_token=token,
+        identity_token_file=text("identity_token_file"),
         identity_addrs=identity_addrs,
         identity_issuer_dir=identity_issuer_dir,
         identity_leaf_ttl_s=number("identity_leaf_ttl"),
@@ -267,7 +293,12 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
         deny_dst=denied,
         outbound_raw_addresses=outbound_raw_addresses,
         admin_token=admin_token,
+        tap_networks=tuple(tap_networks),
         log_level=text("log_level"),
+        access_log=text("access_log"),
+        access_log_fields=access_log_fields,
+        access_log_sample=number("access_log_sample"),
+        access_log_scope=text("access_log_scope"),
     )
 
 

@@ -13,6 +13,7 @@ import os
 import signal
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -25,7 +26,7 @@ from tulle.cli.main import app
 from tulle.control.manifest import ManifestError, load_document, read_manifest_bytes
 from tulle.core.credentials import CredentialError
 from tulle.demo.shop import cli as _shop_cli  # noqa: F401 -- registers `tulle demo shop`
-from tulle.local import registry
+from tulle.local import isolation, registry
 from tulle.local.logstream import LogStream
 from tulle.local.manifest import LocalManifest, parse_local_manifest
 from tulle.local.plan import (
@@ -33,6 +34,7 @@ from tulle.local.plan import (
     NO_PREFERRED_PORTS,
     PreferredPorts,
     build_plan,
+    instance_names,
     resolve_manifest_path,
     tulle_argv,
 )
@@ -40,6 +42,7 @@ from tulle.local.ports import port_is_free
 from tulle.local.state import DEFAULT_STATE_DIR, MeshAlreadyRunning, StateDir, pid_alive
 from tulle.local.summary import print_summary
 from tulle.local.supervisor import StartError, Supervisor, signal_group
+from tulle.net.capture import PROXY_UID
 
 DETACH_READY_TIMEOUT_S = 90.0
 DOWN_TIMEOUT_S = 30.0
@@ -97,6 +100,15 @@ def up(
         help="Give the control plane its documented ports (HTTP API 8084, gRPC 8086, admin "
         "9990) where free; --no-default-ports allocates every port.",
     ),
+    isolated: bool | None = typer.Option(
+        None,
+        "--isolated/--no-isolated",
+        envvar="TULLE_UP_ISOLATED",
+        help="Each instance in its own network namespace with transparent capture: apps "
+        "call services by name, with no proxy setting (needs root; docs/transparent.md). "
+        "Default: the manifest's `isolated:`, else off.",
+        show_default=False,
+    ),
     supervise: bool = typer.Option(
         False, "--supervise", hidden=True, help="Internal: the detached supervisor itself."
     ),
@@ -110,7 +122,14 @@ def up(
     if ingress_port is None:
         configured = manifest.ingress.port if manifest.ingress is not None else None
         ingress_port = configured if configured is not None else DEFAULT_INGRESS_PORT
+    if isolated is None:
+        isolated = manifest.isolated
     state = StateDir(Path(state_dir))
+    if isolated:
+        try:
+            isolation.check_requirements()
+        except isolation.IsolationError as exc:
+            raise _fail("tulle up", str(exc)) from None
     if not supervise:
         if state.is_locked():
             raise _fail("tulle up", str(MeshAlreadyRunning(state.root, state.read_pid())))
@@ -122,7 +141,7 @@ def up(
             )
     preferred = PreferredPorts() if default_ports else NO_PREFERRED_PORTS
     if detach and not supervise:
-        raise typer.Exit(_detach(path, state, ingress_port, mtls, default_ports))
+        raise typer.Exit(_detach(path, state, ingress_port, mtls, default_ports, isolated))
     raise typer.Exit(
         _run(
             manifest,
@@ -133,6 +152,7 @@ def up(
             detached=supervise,
             mtls=mtls,
             preferred=preferred,
+            isolated=isolated,
         )
     )
 
@@ -147,6 +167,7 @@ def _run(
     detached: bool,
     mtls: bool = True,
     preferred: PreferredPorts = NO_PREFERRED_PORTS,
+    isolated: bool = False,
 ) -> int:
     try:
         lock = state.acquire()
@@ -160,7 +181,28 @@ def _run(
         registry.register(state.root)
     except OSError as exc:
         logs.supervisor(f"cannot register the mesh in {registry.tulle_home()}: {exc}")
+    # What a `tulle up --isolated` killed with -9 left behind (the lock is ours now).
+    network_record = isolation.Record(state.root)
+    _clean_network(network_record, logs.supervisor)
     try:
+        network = None
+        if isolated:
+            try:
+                network = isolation.plan_network(
+                    state.root,
+                    instance_names(manifest),
+                    list(manifest.mesh.services),
+                    isolation.taken_networks(),
+                )
+                isolation.create(
+                    network,
+                    network_record,
+                    [*tulle_argv(), "init", "--proxy-uid", str(PROXY_UID)],
+                    logs.supervisor,
+                )
+            except isolation.IsolationError as exc:
+                logs.supervisor(f"cannot isolate the instances: {exc}", warning=True)
+                return 1
         try:
             plan = build_plan(
                 manifest,
@@ -170,6 +212,7 @@ def _run(
                 ingress_port=ingress_port,
                 mtls=mtls,
                 preferred=preferred,
+                network=network,
             )
         except CredentialError as exc:
             raise _fail("tulle up", str(exc)) from None
@@ -204,12 +247,29 @@ def _run(
             supervisor.stop()
             logs.supervisor("stopped")
     finally:
+        _clean_network(network_record, logs.supervisor)
         registry.unregister(state.root)
         state.release(lock)
 
 
+def _clean_network(record: isolation.Record, say: Callable[..., None]) -> bool:
+    """Remove the namespaces, bridge and hosts files of `--isolated`, if any;
+    whether everything recorded is gone."""
+    if record.empty:
+        return True
+    problems = isolation.destroy(record, say)
+    for problem in problems:
+        say(f"clean-up: {problem}", warning=True)
+    return not problems
+
+
 def _detach(
-    path: Path, state: StateDir, ingress_port: int, mtls: bool = True, default_ports: bool = True
+    path: Path,
+    state: StateDir,
+    ingress_port: int,
+    mtls: bool = True,
+    default_ports: bool = True,
+    isolated: bool = False,
 ) -> int:
     state.create()
     argv = [
@@ -222,6 +282,7 @@ def _detach(
         str(ingress_port),
         "--mtls" if mtls else "--no-mtls",
         "--default-ports" if default_ports else "--no-default-ports",
+        "--isolated" if isolated else "--no-isolated",
         "--supervise",
     ]
     with contextlib.suppress(OSError):
@@ -293,7 +354,8 @@ def down(
         console.print(
             f"no mesh is running in {state.root}", markup=False, highlight=False, soft_wrap=True
         )
-        raise typer.Exit(0)
+        # A `tulle up --isolated` that was killed (-9) left its network behind.
+        raise typer.Exit(0 if _clean_network(isolation.Record(state.root), _say) else 1)
     recorded = state.read_state() or {}
     children = [p.get("pid") for p in recorded.get("processes", []) if p.get("pid")]
     with contextlib.suppress(ProcessLookupError):
@@ -320,4 +382,18 @@ def down(
         console.print("some processes did not stop in time and were killed", style="yellow")
     # The supervisor unregisters on a clean stop; not when it had to be killed.
     registry.unregister(state.root)
+    # It also removes its network on a clean stop; not when it had to be killed
+    # (the kernel drops its lock as it dies: a moment after SIGKILL).
+    deadline = time.monotonic() + 5.0
+    while forced and state.is_locked() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    cleaned = state.is_locked() or _clean_network(isolation.Record(state.root), _say)
     console.print("stopped", markup=False)
+    if not cleaned:
+        raise typer.Exit(1)
+
+
+def _say(text: str, *, warning: bool = False) -> None:
+    console.print(
+        text, markup=False, highlight=False, soft_wrap=True, style="yellow" if warning else None
+    )

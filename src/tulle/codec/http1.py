@@ -64,6 +64,7 @@ REASONS: dict[int, bytes] = {
     405: b"Method Not Allowed",
     408: b"Request Timeout",
     413: b"Content Too Large",
+    429: b"Too Many Requests",
     431: b"Request Header Fields Too Large",
     500: b"Internal Server Error",
     502: b"Bad Gateway",
@@ -554,8 +555,11 @@ def encode_last_chunk(out: list[bytes], trailers: list[tuple[bytes, bytes]] | No
         out.append(b"0\r\n\r\n")
 
 
-def error_response(status: int, reason: str, message: str, *, close: bool) -> bytes:
-    """A proxy-made response: `tulle-proxy-error` names the cause."""
+def error_response(
+    status: int, reason: str, message: str, *, close: bool, extra: bytes = b""
+) -> bytes:
+    """A proxy-made response: `tulle-proxy-error` names the cause; `extra` is
+    more header lines (each ending in CRLF), such as `retry-after`."""
     body = message.encode("utf-8", "replace") + b"\n"
     phrase = REASONS.get(status, b"Error")
     head = [
@@ -564,6 +568,8 @@ def error_response(status: int, reason: str, message: str, *, close: bool) -> by
         b"content-type: text/plain; charset=utf-8\r\n",
         b"content-length: %d\r\n" % len(body),
     ]
+    if extra:
+        head.append(extra)
     if close:
         head.append(b"connection: close\r\n")
     head.append(b"\r\n")

@@ -1,8 +1,8 @@
 """The control plane's admin HTTP listener: `/metrics`, `/ready`, `/live`.
 
 Scraped every few seconds, never on a request path, so it is a deliberately
-small HTTP/1.1 server on asyncio streams: one request per connection, answers
-closed after writing.
+small HTTP/1.1 server on asyncio streams: one request per connection (read by
+net/small_http.py), answers closed after writing.
 """
 
 from __future__ import annotations
@@ -12,9 +12,9 @@ import contextlib
 from collections.abc import Callable
 
 from tulle.control.metrics import ControlMetrics
+from tulle.net.small_http import CLIENT_GONE, parse_head, read_head
 
 _MAX_HEAD = 8192
-_READ_TIMEOUT_S = 5.0
 
 
 class AdminServer:
@@ -50,16 +50,16 @@ class AdminServer:
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
-            head = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT_S)
+            head = await read_head(reader)
             if len(head) > _MAX_HEAD:
                 return
-            parts = head.split(b"\r\n", 1)[0].decode("latin-1").split()
-            if len(parts) != 3:
+            request = parse_head(head)
+            if request is None:
                 status, ctype, body = "400 Bad Request", "text/plain", "bad request\n"
                 method = "GET"
             else:
-                method = parts[0]
-                status, ctype, body = self._answer(method, parts[1])
+                method = request.method
+                status, ctype, body = self._answer(method, request.target)
             payload = body.encode()
             response = (
                 f"HTTP/1.1 {status}\r\nContent-Type: {ctype}\r\n"
@@ -67,7 +67,7 @@ class AdminServer:
             ).encode()
             writer.write(response if method == "HEAD" else response + payload)
             await writer.drain()
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        except CLIENT_GONE:
             pass
         finally:
             writer.close()

@@ -150,7 +150,8 @@ class ControlPlane:
             self._viz = VizService(
                 scrape_targets=config.scrape_targets,
                 prometheus_url=config.prometheus_url,
-                manifest_path=config.manifest,
+                # No file to check or write when the cluster is the source.
+                manifest_path=config.manifest if config.source != "kubernetes" else None,
                 manifest=lambda: self.watcher.manifest,
                 ready=self.ready,
                 scrape_interval_s=config.scrape_interval_s,

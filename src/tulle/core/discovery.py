@@ -52,6 +52,26 @@ class RouteMatch:
 
 
 @dataclass(frozen=True, slots=True)
+class FaultSpec:
+    """Faults the calling proxy injects into a route's requests (chaos testing).
+
+    A request is delayed by `delay_s` with probability `delay_percent` / 100
+    and, independently, aborted with probability `abort_percent` / 100 (after
+    its delay, if both hit). An abort answers `abort_status` to HTTP callers
+    and, when `abort_grpc_status` is set, that gRPC status to gRPC callers
+    (otherwise gRPC callers get `abort_status` too). With `headers`, only
+    requests carrying every one of them are eligible (a test caller's marker).
+    """
+
+    delay_s: float = 0.0
+    delay_percent: float = 0.0
+    abort_status: int = 0  # 0: no HTTP abort status (gRPC-only abort)
+    abort_grpc_status: int | None = None
+    abort_percent: float = 0.0
+    headers: tuple[HeaderMatch, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     matches: tuple[RouteMatch, ...] = ()  # empty: matches every request
@@ -59,6 +79,9 @@ class Route:
     # None: the default rule (idempotent methods on 5xx or connection failure).
     retryable: bool | None = None
     retry_statuses: tuple[int, ...] = ()  # empty: 5xx
+    fault: FaultSpec | None = None
+    # Logged by proxies whose access log is scoped to routes (--access-log-scope routes).
+    access_log: bool = False
     # gRPC statuses (numbers) retried on a retryable route; empty: none.
     retry_grpc_statuses: tuple[int, ...] = ()
 
@@ -79,11 +102,33 @@ class Backend:
 
 
 @dataclass(frozen=True, slots=True)
+class AffinitySpec:
+    """Session affinity: requests with the same key go to the same endpoint
+    (consistent hashing with bounded loads, `tulle.core.affinity`). Exactly
+    one of `header` (lower-case name) and `cookie` is set."""
+
+    header: str = ""
+    cookie: str = ""
+    # An endpoint takes at most this times the mean in-flight load before a
+    # key moves on to the next endpoint of the ring.
+    load_factor: float = 1.25
+
+    @property
+    def header_bytes(self) -> bytes:
+        return self.header.encode("latin-1")
+
+    @property
+    def cookie_bytes(self) -> bytes:
+        return self.cookie.encode("latin-1")
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     routes: tuple[Route, ...] = ()
     retry_budget: RetryBudgetSpec = RetryBudgetSpec()
     backends: tuple[Backend, ...] = ()  # empty: the service itself
     timeout_s: float | None = None  # default for routes without their own
+    affinity: AffinitySpec | None = None  # None: balanced per request (P2C)
 
 
 EMPTY_PROFILE = Profile()

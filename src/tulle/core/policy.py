@@ -30,6 +30,7 @@ from dataclasses import dataclass, field
 from typing import Final
 
 from tulle.core.discovery import RouteMatch
+from tulle.core.ratelimit import RateLimitSpec
 
 ALL_UNAUTHENTICATED: Final = "all-unauthenticated"
 ALL_AUTHENTICATED: Final = "all-authenticated"
@@ -104,6 +105,7 @@ class PolicyRoute:
     name: str
     matches: tuple[RouteMatch, ...] = ()  # empty: every request
     authorizations: tuple[Authorization, ...] = ()
+    rate_limit: RateLimitSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -277,6 +279,8 @@ class InboundPolicy:
     known: bool = True
     # Overrides `default:<mode>` as the policy label (used by FAIL_CLOSED).
     default_name: str = ""
+    # On every authorized HTTP request of the server (routes' own on top).
+    rate_limit: RateLimitSpec | None = None
 
     _checks: tuple[_AuthenticationCheck, ...] = field(
         init=False, repr=False, compare=False, hash=False
@@ -294,11 +298,18 @@ class InboundPolicy:
     _masks: dict[tuple[str | None, str], int] = field(
         init=False, repr=False, compare=False, hash=False
     )
+    # Whether any rate limit applies here: the request path's one test.
+    rate_limited: bool = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.default_mode not in MODES:
             raise ValueError(f"unknown default policy {self.default_mode!r}")
         setattr_ = object.__setattr__
+        setattr_(
+            self,
+            "rate_limited",
+            self.rate_limit is not None or any(r.rate_limit is not None for r in self.routes),
+        )
         bits: dict[Authentication, int] = {}
         checks: list[_AuthenticationCheck] = []
 
@@ -456,6 +467,19 @@ class AuthorizationPolicySpec:
 
 
 @dataclass(frozen=True, slots=True)
+class RateLimitPolicySpec:
+    """A rate limit and what it protects: a whole server or one of its routes."""
+
+    limit: RateLimitSpec
+    target_server: str | None
+    target_route: str | None
+
+    @property
+    def name(self) -> str:
+        return self.limit.name
+
+
+@dataclass(frozen=True, slots=True)
 class WorkloadPolicySpec:
     name: str
     default_mode: str | None = None  # None: the mesh default
@@ -472,6 +496,17 @@ class PolicySpec:
     authentications: tuple[Authentication, ...] = ()
     http_routes: tuple[HttpRouteSpec, ...] = ()
     authorization_policies: tuple[AuthorizationPolicySpec, ...] = ()
+    rate_limits: tuple[RateLimitPolicySpec, ...] = ()
+
+    def _limit_of(
+        self, *, server: str | None = None, route: str | None = None
+    ) -> RateLimitSpec | None:
+        for spec in self.rate_limits:
+            if (server is not None and spec.target_server == server) or (
+                route is not None and spec.target_route == route
+            ):
+                return spec.limit
+        return None
 
     def server_for(self, workload: str, port: int) -> ServerSpec | None:
         """The server that selects a port: one naming the port beats one naming none."""
@@ -519,6 +554,7 @@ class PolicySpec:
                     for p in self.authorization_policies
                     if p.target_route == route.name
                 ),
+                rate_limit=self._limit_of(route=route.name),
             )
             for route in self.http_routes
             if route.server == server.name
@@ -537,6 +573,7 @@ class PolicySpec:
             ),
             routes=routes,
             probe_paths=probes,
+            rate_limit=self._limit_of(server=server.name),
         )
 
 

@@ -164,9 +164,13 @@ class CertManager:
         timeout_s: float = 5.0,
         alpn_protocols: Sequence[str] = (),
         retry: BackoffSpec = DEFAULT_RETRY,
+        token_file: str = "",
     ) -> CertManager:
-        """Certificates from the control plane's replicas (`host:port` each) with a join token."""
-        source = GrpcCertificateSource(control_addresses, token, tls=tls, timeout_s=timeout_s)
+        """Certificates from the control plane's replicas (`host:port` each) with a join token
+        (or a ServiceAccount token, re-read from `token_file` for every request when given)."""
+        source = GrpcCertificateSource(
+            control_addresses, token, tls=tls, timeout_s=timeout_s, token_file=token_file
+        )
         return cls(identity, source, alpn_protocols=alpn_protocols, retry=retry)
 
     @classmethod
@@ -401,11 +405,13 @@ class GrpcCertificateSource:
         *,
         tls: ControlTls | None = None,
         timeout_s: float = 5.0,
+        token_file: str = "",
     ) -> None:
         if not addresses:
             raise ValueError("at least one control-plane address is needed")
         self.addresses = list(addresses)
         self.token = token
+        self.token_file = token_file
         self.timeout_s = timeout_s
         self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
@@ -424,9 +430,23 @@ class GrpcCertificateSource:
         count = len(self.addresses)
         return [(self._preferred + offset) % count for offset in range(count)]
 
+    def current_token(self) -> str:
+        """The token to send: the file's content now (a rotated projected token), else
+        the last one read when the file cannot be read (the kubelet swaps it atomically)."""
+        if self.token_file:
+            try:
+                with open(self.token_file, encoding="utf-8") as f:
+                    token = f.read().strip()
+            except OSError as exc:
+                log.warning("cannot re-read the identity token %s: %s", self.token_file, exc)
+            else:
+                if token:
+                    self.token = token
+        return self.token
+
     async def certify(self, identity: str, csr_der: bytes) -> IssuedCertificate:
         request = identity_pb2.CertifyRequest(
-            identity=identity, token=self.token, certificate_signing_request=csr_der
+            identity=identity, token=self.current_token(), certificate_signing_request=csr_der
         )
         errors: list[str] = []
         for index in self._in_turn():

@@ -1,28 +1,17 @@
-"""Human-written lifetimes (`30s`, `24h`, `90d`, `10y`) for certificates and tokens."""
+"""Certificate and token lifetimes (`30s`, `24h`, `90d`, `10y`): reading and showing them.
+
+The grammar is the one of every duration (tulle.core.duration), with the
+units of a lifetime.
+"""
 
 from __future__ import annotations
 
-import re
-
-_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86_400, "w": 7 * 86_400, "y": 365 * 86_400}
-_PART = re.compile(r"(\d+(?:\.\d+)?)([smhdwy])")
+from tulle.core.duration import LIFETIME, parse_duration
 
 
-def parse_duration(text: str) -> float:
-    """Seconds in `text`, e.g. `1h30m` -> 5400.0; raises ValueError with a hint."""
-    cleaned = text.strip().lower()
-    position = 0
-    total = 0.0
-    for match in _PART.finditer(cleaned):
-        if match.start() != position:
-            break
-        total += float(match.group(1)) * _UNITS[match.group(2)]
-        position = match.end()
-    if not cleaned or position != len(cleaned):
-        raise ValueError(f"{text!r} is not a duration; write e.g. 30s, 10m, 24h, 90d or 1y")
-    if total <= 0:
-        raise ValueError(f"duration {text!r} must be longer than zero")
-    return total
+def parse_lifetime(text: str, field: str = "lifetime") -> float:
+    """Seconds in `text`, e.g. `1h30m` -> 5400.0; raises DurationError naming `field`."""
+    return parse_duration(text, field=field, rule=LIFETIME)
 
 
 def format_duration(seconds: float) -> str:

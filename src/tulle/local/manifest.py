@@ -1,8 +1,9 @@
 """The local runner's part of the manifest: what only `tulle up` reads.
 
 A service's `instances:` (the command, replicas, environment and identity of
-the processes `tulle up` starts) and the top-level `ingress:` (where calls from
-outside the mesh come in). The control plane's reader (tulle.control.manifest)
+the processes `tulle up` starts), the top-level `ingress:` (where calls from
+outside the mesh come in) and `isolated:` (each instance in its own network
+namespace, docs/transparent.md). The control plane's reader (tulle.control.manifest)
 accepts these fields and ignores them; `LocalReader` reads the same document
 with them, so `tulle up`, `tulle manifest validate` and the dashboard's apply
 check the whole file. The format is documented in docs/manifest.md.
@@ -56,6 +57,8 @@ class LocalManifest:
     # By service name; only the services that give `instances:`.
     instances: Mapping[str, InstancesSpec] = field(default_factory=dict)
     ingress: IngressSpec | None = None
+    # `isolated: true`: each instance in its own network namespace (`tulle up --isolated`).
+    isolated: bool = False
 
 
 def load_local_manifest(path: str | Path) -> LocalManifest:
@@ -67,16 +70,22 @@ def parse_local_manifest(text: str | bytes, *, source: str = "mesh.yaml") -> Loc
     """Validate the whole document, local fields included; raises ManifestError."""
     reader = LocalReader(source)
     mesh = read_with(reader, text)
-    return LocalManifest(mesh=mesh, instances=reader.instances_of, ingress=reader.ingress_spec)
+    return LocalManifest(
+        mesh=mesh,
+        instances=reader.instances_of,
+        ingress=reader.ingress_spec,
+        isolated=reader.isolated,
+    )
 
 
 class LocalReader(ManifestReader):
-    """The control plane's reader, plus `instances:` and `ingress:`."""
+    """The control plane's reader, plus `instances:`, `ingress:` and `isolated:`."""
 
     def __init__(self, source: str) -> None:
         super().__init__(source)
         self.instances_of: dict[str, InstancesSpec] = {}
         self.ingress_spec: IngressSpec | None = None
+        self.isolated = False
 
     def local_service_fields(self, name: str | None, fields: Mapping[str, Node], path: str) -> None:
         if "instances" not in fields:
@@ -89,6 +98,8 @@ class LocalReader(ManifestReader):
     def local_top_fields(self, fields: Mapping[str, Node]) -> None:
         if "ingress" in fields:
             self.ingress_spec = self.ingress(fields["ingress"])
+        if "isolated" in fields:
+            self.isolated = bool(self.boolean(fields["isolated"], "isolated"))
 
     def instances(self, node: Node, path: str) -> InstancesSpec | None:
         fields = self.mapping(

@@ -26,6 +26,8 @@ from typing import Any, Literal
 import yaml
 
 from tulle.core.credentials import ensure_token_file
+from tulle.local import isolation
+from tulle.local.isolation import Network
 from tulle.local.manifest import LocalManifest
 from tulle.local.ports import LOOPBACK, allocate_ports, port_is_free
 from tulle.local.state import GENERATED_MANIFEST, INGRESS_MANIFEST, STATE_FILE, StateDir
@@ -70,6 +72,10 @@ class ProcessSpec:
     # apps, this port accepts connections.
     ready_port: int | None = None
     ready_http: bool = False
+    # Where `ready_port` is reached from the supervisor, and (for an isolated
+    # app, reachable only on its namespace's loopback) the namespace to ask from.
+    ready_host: str = LOOPBACK
+    netns: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +93,18 @@ class InstancePlan:
     # mTLS identity will be once `proxy_argv` passes identity flags.
     identity: str | None = None
     service_account: str | None = None
+    # Where the host reaches its app, inbound and admin: 127.0.0.1, or with
+    # --isolated its namespace's address (`netns`).
+    host: str = LOOPBACK
+    netns: str | None = None
+
+    @property
+    def endpoint(self) -> str:
+        """The address peers call it at: its sidecar's inbound, or, isolated, its
+        app's port, which the namespace's capture rules hand to the inbound."""
+        if self.netns is not None:
+            return f"{self.host}:{self.app_port}"
+        return f"{LOOPBACK}:{self.inbound_port}"
 
     @property
     def name(self) -> str:
@@ -114,10 +132,14 @@ class MeshPlan:
     services: tuple[tuple[str, str], ...] = field(default_factory=tuple)
     # The services the ingress lets callers from outside reach.
     exposed: tuple[str, ...] = field(default_factory=tuple)
+    # With --isolated: the bridge's host address, where the control plane's
+    # gRPC API listens so that sidecars in namespaces reach it.
+    control_host: str = LOOPBACK
+    network: Network | None = None
 
     @property
     def control_grpc_addr(self) -> str:
-        return f"{LOOPBACK}:{self.control_grpc_port}"
+        return f"{self.control_host}:{self.control_grpc_port}"
 
     @property
     def control_http_url(self) -> str | None:
@@ -141,32 +163,43 @@ def proxy_argv(
     instance: InstancePlan | None,
     identity: str | None = None,
     identity_grpc_port: int | None = None,
-    protected: tuple[int, ...] = (),
+    protected: tuple[str, ...] = (),
     admin_token_file: Path | None = None,
+    control_host: str = LOOPBACK,
+    identity_host: str | None = None,
 ) -> tuple[str, ...]:
     """The command line of a sidecar (or, with `instance=None`, of the ingress).
 
     The single place where `tulle up` builds proxy arguments: options that
     every proxy of a local mesh needs (identity, mTLS, the addresses no
     outbound may forward to) are added here. `protected`: the mesh's admin
-    and control-plane ports (`--deny-dst`). The ingress reaches services by
+    and control-plane addresses (`--deny-dst`). The ingress reaches services by
     name only (`--outbound-raw-addresses refuse`): a caller from outside must
     not reach an app's own port, a sidecar's admin or the control plane by
     writing `Host: 127.0.0.1:PORT`.
+
+    An isolated sidecar (`instance.netns`) has the namespace's ports to itself:
+    its inbound listens on every address (`tulle init`'s REDIRECT on
+    PREROUTING rewrites to the receiving interface's address), its admin too
+    (the host scrapes it at the namespace's address), its outbound on
+    loopback, where the capture rules send the app's connections.
     """
+    isolated = instance is not None and instance.netns is not None
+    listen = "0.0.0.0" if isolated else LOOPBACK
+    control_addr = f"{control_host}:{control_grpc_port}"
     argv = [
         *tulle_argv(),
         "proxy",
         "--inbound-addr",
-        f"{LOOPBACK}:{inbound_port}",
+        f"{listen}:{inbound_port}",
         "--outbound-addr",
         f"{LOOPBACK}:{outbound_port}",
         "--admin-addr",
-        f"{LOOPBACK}:{admin_port}",
+        f"{listen}:{admin_port}",
         "--app-addr",
         f"{LOOPBACK}:{app_port}",
         "--control-addr",
-        f"{LOOPBACK}:{control_grpc_port}",
+        control_addr,
         "--shutdown-grace",
         f"{SIDECAR_SHUTDOWN_GRACE_S:g}",
     ]
@@ -176,7 +209,7 @@ def proxy_argv(
     else:
         argv += ["--outbound-raw-addresses", "refuse"]
     if protected:
-        argv += ["--deny-dst", ",".join(f"{LOOPBACK}:{port}" for port in protected)]
+        argv += ["--deny-dst", ",".join(protected)]
     if admin_token_file is not None:
         # POST /shutdown and /tap: the mesh's admin token, which the control
         # plane's tap relay sends too (the apps never see it).
@@ -185,8 +218,15 @@ def proxy_argv(
         # mTLS: the proxy makes its key, sends a CSR with the join token found
         # in TULLE_PROXY_IDENTITY_TOKEN (the environment: not visible in `ps`).
         argv += ["--identity", identity]
-        if identity_grpc_port is not None and identity_grpc_port != control_grpc_port:
-            argv += ["--identity-addr", f"{LOOPBACK}:{identity_grpc_port}"]
+        if identity_grpc_port is not None:
+            identity_addr = f"{identity_host or control_host}:{identity_grpc_port}"
+            if identity_addr != control_addr:
+                argv += ["--identity-addr", identity_addr]
+    if isolated:
+        assert instance is not None and instance.netns is not None
+        # The control plane's tap relay connects from the host's bridge address.
+        argv += ["--tap-networks", f"127.0.0.0/8,::1/128,{control_host}/32"]
+        return (*isolation.proxy_prefix(instance.netns), *argv)
     return tuple(argv)
 
 
@@ -272,6 +312,8 @@ def base_environment() -> dict[str, str]:
 def app_environment(
     base: Mapping[str, str], instance: InstancePlan, extra: Mapping[str, str]
 ) -> dict[str, str]:
+    if instance.netns is not None:
+        return isolated_app_environment(base, instance, extra)
     proxy_url = f"http://{LOOPBACK}:{instance.outbound_port}"
     env = dict(base)
     env.update(extra)
@@ -296,8 +338,35 @@ def app_environment(
     return env
 
 
-def generated_document(raw: Any, instances: tuple[InstancePlan, ...]) -> dict[str, Any]:
-    """The user's manifest with `instances` replaced by sidecar-inbound endpoints."""
+def isolated_app_environment(
+    base: Mapping[str, str], instance: InstancePlan, extra: Mapping[str, str]
+) -> dict[str, str]:
+    """An isolated app's environment: nothing about the mesh, no proxy setting
+    (not even `no_proxy`): its calls are captured by the namespace's rules."""
+    env = {k: v for k, v in base.items() if k not in _PROXY_ENV_ALL}
+    env.update(extra)
+    env.update(
+        {
+            "PORT": str(instance.app_port),
+            "TULLE_SERVICE": instance.service,
+            "TULLE_INSTANCE": instance.name,
+            "TULLE_REPLICA": str(instance.replica),
+        }
+    )
+    return env
+
+
+def generated_document(
+    raw: Any, instances: tuple[InstancePlan, ...], virtual: Mapping[str, str] | None = None
+) -> dict[str, Any]:
+    """The user's manifest with `instances` replaced by sidecar-inbound endpoints.
+
+    `virtual` (--isolated: service -> its virtual address): each service is
+    also served under its address as a name, a copy of it, so that discovery
+    answers a captured connection's original destination `ADDRESS:PORT`
+    (docs/transparent.md, routing by the original destination) as it answers
+    the service's name.
+    """
     by_service: dict[str, list[InstancePlan]] = {}
     for instance in instances:
         by_service.setdefault(instance.service, []).append(instance)
@@ -311,7 +380,7 @@ def generated_document(raw: Any, instances: tuple[InstancePlan, ...]) -> dict[st
             endpoints = list(entry.get("endpoints") or [])
             for instance in planned:
                 endpoint: dict[str, Any] = {
-                    "address": f"{LOOPBACK}:{instance.inbound_port}",
+                    "address": instance.endpoint,
                     "labels": {"instance": instance.name},
                 }
                 if instance.identity:
@@ -319,6 +388,10 @@ def generated_document(raw: Any, instances: tuple[InstancePlan, ...]) -> dict[st
                 endpoints.append(endpoint)
             entry["endpoints"] = endpoints
         services.append(entry)
+    for entry in list(services):
+        address = (virtual or {}).get(str(entry.get("name")))
+        if address is not None:
+            services.append({**entry, "name": address})
     document["services"] = services
     return document
 
@@ -349,6 +422,7 @@ def _control(
     admin_port: int,
     env: Mapping[str, str],
     extra: tuple[str, ...] = (),
+    grpc_host: str = LOOPBACK,
 ) -> ProcessSpec:
     argv = [
         *tulle_argv(),
@@ -356,7 +430,7 @@ def _control(
         "--manifest",
         str(manifest),
         "--grpc-addr",
-        f"{LOOPBACK}:{grpc_port}",
+        f"{grpc_host}:{grpc_port}",
         "--admin-addr",
         f"{LOOPBACK}:{admin_port}",
     ]
@@ -375,11 +449,15 @@ def build_plan(
     ingress_port: int | None,
     mtls: bool = True,
     preferred: PreferredPorts = NO_PREFERRED_PORTS,
+    network: Network | None = None,
 ) -> MeshPlan:
     """Allocate ports and describe every process of the mesh.
 
     `ingress_port`: None takes the manifest's `ingress.port`, else the default;
     0 picks a free port. `preferred`: the control plane's ports, where free.
+    `network` (--isolated, from `isolation.plan_network` over
+    `instance_names`): each instance runs in its namespace, on the default
+    ports, and the control plane's gRPC API listens on the bridge.
     """
     if ingress_port is None:
         configured = manifest.ingress.port if manifest.ingress is not None else None
@@ -395,7 +473,9 @@ def build_plan(
     with_http = "http_addr" in options
     fixed = 5 + (1 if with_http else 0) + (1 if ingress_port == 0 else 0)
     fixed += 2 if exposed is not None else 0
-    ports = iter(allocate_ports(fixed + 4 * len(instance_specs)))
+    per_instance = 0 if network is not None else 4
+    ports = iter(allocate_ports(fixed + per_instance * len(instance_specs)))
+    control_host = network.host_address if network is not None else LOOPBACK
     control_grpc = _prefer(preferred.grpc, next(ports))
     control_admin = _prefer(preferred.admin, next(ports))
     # The ingress has no app; its inbound side forwards to a port nobody
@@ -405,8 +485,25 @@ def build_plan(
     ingress = ingress_port if ingress_port != 0 else next(ports)
     instances: list[InstancePlan] = []
     for spec, run, replica in instance_specs:
-        instances.append(
-            InstancePlan(
+        identity = workload_identity(spec.name, run.identity, run.service_account) if mtls else None
+        service_account = run.service_account
+        if network is not None:
+            ns = network.namespace(f"{spec.name}-{replica}")
+            instance = InstancePlan(
+                service=spec.name,
+                replica=replica,
+                protocol=spec.protocol,
+                app_port=isolation.APP_PORT,
+                inbound_port=isolation.PROXY_INBOUND_PORT,
+                outbound_port=isolation.PROXY_OUTBOUND_PORT,
+                admin_port=isolation.PROXY_ADMIN_PORT,
+                identity=identity,
+                service_account=service_account,
+                host=ns.address,
+                netns=ns.name,
+            )
+        else:
+            instance = InstancePlan(
                 service=spec.name,
                 replica=replica,
                 protocol=spec.protocol,
@@ -414,16 +511,10 @@ def build_plan(
                 inbound_port=next(ports),
                 outbound_port=next(ports),
                 admin_port=next(ports),
-                identity=workload_identity(
-                    spec.name,
-                    run.identity,
-                    run.service_account,
-                )
-                if mtls
-                else None,
-                service_account=run.service_account,
+                identity=identity,
+                service_account=service_account,
             )
-        )
+        instances.append(instance)
     mesh_identity = MeshIdentity(state_dir) if mtls else None
     # The credentials of the mesh's HTTP surfaces (docs/local.md): made once,
     # kept across runs so a CLI or a dashboard tab holding them keeps working.
@@ -435,7 +526,9 @@ def build_plan(
     base = base_environment()
     # Marks every process of this mesh (tests and `tulle down` checks find them by it).
     base["TULLE_MESH_STATE_DIR"] = str(state_dir.resolve())
-    document = generated_document(raw, tuple(instances))
+    document = generated_document(
+        raw, tuple(instances), network.virtual if network is not None else None
+    )
     files = {
         GENERATED_MANIFEST: render_document(
             document, manifest_path, "Each service's `instances` became endpoints at its sidecars."
@@ -456,10 +549,11 @@ def build_plan(
     # tap) and the control planes' ports. Ports are fixed for the mesh's life
     # (a restarted process gets the same ones), so a list on the command line
     # stays true; the ingress-control ports are added below when it exists.
-    protected = [control_grpc, control_admin, ingress_admin]
-    protected += [instance.admin_port for instance in instances]
+    protected = [f"{control_host}:{control_grpc}", f"{LOOPBACK}:{control_admin}"]
+    protected.append(f"{LOOPBACK}:{ingress_admin}")
+    protected += [f"{instance.host}:{instance.admin_port}" for instance in instances]
     if control_http is not None:
-        protected.append(control_http)
+        protected.append(f"{LOOPBACK}:{control_http}")
     processes: list[ProcessSpec] = [
         _control(
             "control",
@@ -468,6 +562,7 @@ def build_plan(
             control_admin,
             base,
             tuple(control_extra),
+            grpc_host=control_host,
         )
     ]
     ingress_control_grpc = control_grpc
@@ -476,7 +571,7 @@ def build_plan(
         # one of its own that knows only the exposed services: everything
         # else is "no such service" to callers from outside.
         ingress_control_grpc, ingress_control_admin = next(ports), next(ports)
-        protected += [ingress_control_grpc, ingress_control_admin]
+        protected += [f"{LOOPBACK}:{ingress_control_grpc}", f"{LOOPBACK}:{ingress_control_admin}"]
         files[INGRESS_MANIFEST] = render_document(
             exposed_document(document, exposed),
             manifest_path,
@@ -516,6 +611,7 @@ def build_plan(
                     identity=instance.identity,
                     protected=tuple(protected),
                     admin_token_file=admin_token_file,
+                    control_host=control_host,
                 ),
                 env=base
                 if mesh_identity is None
@@ -526,17 +622,22 @@ def build_plan(
                 replica=instance.replica,
                 ready_port=instance.admin_port,
                 ready_http=True,
+                ready_host=instance.host,
             )
         )
+        command = app_argv(run.command, instance.app_port, instance.replica)
+        if instance.netns is not None:
+            command = (*isolation.app_prefix(instance.netns), *command)
         processes.append(
             ProcessSpec(
                 name=instance.name,
                 role="app",
-                argv=app_argv(run.command, instance.app_port, instance.replica),
+                argv=command,
                 env=app_environment(base, instance, run.env),
                 service=instance.service,
                 replica=instance.replica,
                 ready_port=instance.app_port,
+                netns=instance.netns,
             )
         )
     processes.append(
@@ -554,6 +655,8 @@ def build_plan(
                 identity_grpc_port=control_grpc,
                 protected=tuple(protected),
                 admin_token_file=admin_token_file,
+                control_host=control_host if exposed is None else LOOPBACK,
+                identity_host=control_host,
             ),
             env=mesh_identity.token_env(base, INGRESS_IDENTITY)
             if mesh_identity is not None
@@ -576,7 +679,19 @@ def build_plan(
         generated_files=files,
         services=tuple((s.name, s.protocol) for s in manifest.mesh.services.values()),
         exposed=exposed if exposed is not None else all_services,
+        control_host=control_host,
+        network=network,
     )
+
+
+def instance_names(manifest: LocalManifest) -> list[str]:
+    """Every instance's name (`web-0`, ...), in the order `build_plan` plans them."""
+    return [
+        f"{spec.name}-{replica}"
+        for spec in manifest.mesh.services.values()
+        if spec.name in manifest.instances
+        for replica in range(manifest.instances[spec.name].replicas)
+    ]
 
 
 def _prefer(port: int | None, allocated: int) -> int:

@@ -11,15 +11,21 @@ from rich.table import Table
 def print_summary(state: dict[str, Any], console: Console) -> None:
     """Render a state JSON (as written by the supervisor) for people."""
     pids = {p["name"]: p.get("pid") for p in state.get("processes", [])}
+    isolation = state.get("isolation")
     table = Table(title="tulle up: the local mesh", title_justify="left")
-    for column in ("service", "instance", "app", "inbound", "outbound", "admin", "pid"):
+    columns = ["service", "instance", "app", "inbound", "outbound", "admin", "pid"]
+    if isolation:
+        columns[2:2] = ["address", "namespace"]
+    for column in columns:
         table.add_column(column, no_wrap=True)
     for instance in state.get("instances", []):
         app_pid = pids.get(instance["name"])
         proxy_pid = pids.get(f"{instance['name']}.proxy")
+        where = [instance["app"].rsplit(":", 1)[0], instance.get("netns", "")] if isolation else []
         table.add_row(
             instance["service"],
             instance["name"],
+            *where,
             instance["app"].rsplit(":", 1)[1],
             instance["inbound"].rsplit(":", 1)[1],
             instance["outbound"].rsplit(":", 1)[1],
@@ -27,7 +33,25 @@ def print_summary(state: dict[str, Any], console: Console) -> None:
             f"{app_pid or '-'} / {proxy_pid or '-'}",
         )
     console.print(table, soft_wrap=True)
-    console.print("  pid column: app / sidecar; every address is on 127.0.0.1", style="dim")
+    if isolation:
+        console.print(
+            f"  pid column: app / sidecar; each instance in its network namespace on bridge "
+            f"{isolation.get('bridge')} ({isolation.get('subnet')}), capture by `tulle init`",
+            style="dim",
+            markup=False,
+            highlight=False,
+        )
+        virtual = isolation.get("virtual_addresses") or {}
+        console.print(
+            "  services by name (each namespace's /etc/hosts): "
+            + ", ".join(f"{name} {address}" for name, address in virtual.items()),
+            style="dim",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+    else:
+        console.print("  pid column: app / sidecar; every address is on 127.0.0.1", style="dim")
     control = state.get("control", {})
     ingress = state.get("ingress", {})
     console.print(

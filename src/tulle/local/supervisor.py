@@ -38,7 +38,9 @@ from pathlib import Path
 from typing import Any
 
 from tulle.core.backoff import Backoff, BackoffSpec
+from tulle.local import isolation
 from tulle.local.crashloop import CrashLoop, CrashLoopSpec, describe_exit
+from tulle.local.isolation import run_in_namespace
 from tulle.local.logstream import LogStream
 from tulle.local.plan import SIDECAR_SHUTDOWN_GRACE_S, MeshPlan, ProcessSpec
 from tulle.local.ports import LOOPBACK, port_is_listening
@@ -125,8 +127,10 @@ class Child:
         return "restarting" if self.restart_at is not None else "stopped"
 
 
-def http_ready(port: int, path: str = "/ready", timeout_s: float = 0.5) -> bool:
-    connection = http.client.HTTPConnection(LOOPBACK, port, timeout=timeout_s)
+def http_ready(
+    port: int, path: str = "/ready", timeout_s: float = 0.5, host: str = LOOPBACK
+) -> bool:
+    connection = http.client.HTTPConnection(host, port, timeout=timeout_s)
     try:
         connection.request("GET", path)
         return connection.getresponse().status == 200
@@ -211,10 +215,13 @@ class Supervisor:
         if port is None:
             return child.running()
         if child.spec.ready_http:
-            ready = http_ready(port)
+            ready = http_ready(port, host=child.spec.ready_host)
             child.live_seen = child.live_seen or ready
             return ready
-        return port_is_listening(port)
+        if child.spec.netns is not None:
+            # An isolated app listens on its namespace's loopback only.
+            return run_in_namespace(child.spec.netns, lambda: port_is_listening(port)) is True
+        return port_is_listening(port, child.spec.ready_host)
 
     def _wait(self, children: list[Child], timeout_s: float, *, fatal: bool) -> list[str]:
         """Wait until each child is ready; returns the names that never were."""
@@ -345,7 +352,7 @@ class Supervisor:
             if now < child.next_live_check or child.popen is None or not child.running():
                 continue
             child.next_live_check = now + LIVENESS_INTERVAL_S
-            if http_ready(port, "/live", LIVENESS_TIMEOUT_S):
+            if http_ready(port, "/live", LIVENESS_TIMEOUT_S, child.spec.ready_host):
                 child.live_seen = True
                 child.live_failures = 0
                 continue
@@ -444,13 +451,17 @@ class Supervisor:
                     "service": i.service,
                     "replica": i.replica,
                     "protocol": i.protocol,
-                    "app": f"{LOOPBACK}:{i.app_port}",
-                    "inbound": f"{LOOPBACK}:{i.inbound_port}",
+                    "app": f"{i.host}:{i.app_port}",
+                    "inbound": f"{i.host}:{i.inbound_port}",
+                    # Isolated: inside the namespace (its own loopback), where
+                    # the capture rules send the app's connections.
                     "outbound": f"{LOOPBACK}:{i.outbound_port}",
-                    "admin": f"{LOOPBACK}:{i.admin_port}",
+                    "admin": f"{i.host}:{i.admin_port}",
+                    **({"netns": i.netns} if i.netns is not None else {}),
                 }
                 for i in plan.instances
             ],
+            **({"isolation": isolation.describe(plan.network)} if plan.network is not None else {}),
             "processes": [
                 {
                     "name": c.spec.name,

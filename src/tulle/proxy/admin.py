@@ -15,6 +15,7 @@ credential once an ingress, a sidecar or an app can connect from loopback.
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import json
 import logging
 from collections.abc import Awaitable, Callable
@@ -45,12 +46,35 @@ class AdminState:
     live: Callable[[], Awaitable[str]] | None = None
     # The bearer token of POST /shutdown and /tap; empty: they are disabled.
     token: str = ""
+    # Whose clients may ask for /tap (CIDRs; `--tap-networks`).
+    tap_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
 
 
 _DISABLED = (
     b"%s is disabled: start the proxy with --admin-token-file FILE (env "
     b"TULLE_PROXY_ADMIN_TOKEN_FILE) and send Authorization: Bearer <the token in FILE>\n"
 )
+
+
+def _codec_metric() -> str:
+    """Which HTTP/2 codec this proxy runs: `nghttp2` (native) or `python` (h2, the fallback)."""
+    from tulle.proxy.http2.codec import CODEC
+
+    return (
+        "# HELP tulle_http2_codec_info The HTTP/2 codec the proxy runs.\n"
+        "# TYPE tulle_http2_codec_info gauge\n"
+        f'tulle_http2_codec_info{{codec="{CODEC}"}} 1\n'
+    )
+
+
+def _in_networks(host: str, networks: tuple[str, ...]) -> bool:
+    try:
+        address = ipaddress.ip_address(host.partition("%")[0])
+    except ValueError:
+        return False
+    if isinstance(address, ipaddress.IPv6Address) and address.ipv4_mapped is not None:
+        address = address.ipv4_mapped
+    return any(address in ipaddress.ip_network(cidr, strict=False) for cidr in networks)
 
 
 class _AdminConnection(asyncio.Protocol):
@@ -101,7 +125,7 @@ class _AdminConnection(asyncio.Protocol):
         state = self.state
         if path == b"/metrics" and method in (b"GET", b"HEAD"):
             snaps = await state.snapshot()
-            text = render(merge(snaps))
+            text = render(merge(snaps)) + _codec_metric()
             if state.extra_metrics is not None:
                 text += await state.extra_metrics()
             self._write(200, b"text/plain; version=0.0.4; charset=utf-8", text.encode(), close)
@@ -170,15 +194,16 @@ class _AdminConnection(asyncio.Protocol):
         return True
 
     async def _tap(self, head: RequestHead) -> None:
-        """Stream live requests. Only loopback clients: tap shows request paths
-        and identities, so it is for the control plane and operators on the host."""
+        """Stream live requests. Only clients of `tap_networks` (loopback by
+        default): tap shows request paths and identities, so it is for the
+        control plane and operators on the host."""
         transport = self.transport
         if transport is None:
             return
         peer = transport.get_extra_info("peername")
         host = peer[0] if isinstance(peer, tuple) else ""
-        if not (host.startswith("127.") or host == "::1"):
-            self._write(403, b"text/plain", b"tap is only served to loopback clients\n", True)
+        if not _in_networks(host, self.state.tap_networks):
+            self._write(403, b"text/plain", b"tap is not served to this client's address\n", True)
             return
         hub = self.state.tap
         if hub is None:

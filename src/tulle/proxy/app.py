@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, TypeVar
 
 from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
+from tulle.core.accesslog import FIELDS
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
 from tulle.core.outcome import FAILURE, SUCCESS
 from tulle.net.descriptors import DescriptorBudget
@@ -38,6 +39,7 @@ from tulle.net.mtls import (
     offered_mesh_alpn,
     transport_peer_identity,
 )
+from tulle.proxy.accesslog import AccessLog
 from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
@@ -138,6 +140,16 @@ class Worker:
         self.fds = DescriptorBudget()
         # The sweeper's last run (loop time): a stale one means a stalled loop.
         self.heartbeat = loop.time()
+        # Off (None) unless --access-log: then one sink shared by both directions.
+        self.access_log: AccessLog | None = None
+        if config.access_log:
+            self.access_log = AccessLog(
+                loop,
+                config.access_log,
+                config.access_log_fields or FIELDS,
+                config.access_log_sample,
+                config.access_log_scope,
+            )
         self.outbound = self._context("outbound", None)
         self.inbound = self._context("inbound", config.app_addr)
         self.mesh: MeshTls | None = None
@@ -170,6 +182,7 @@ class Worker:
                 cfg.identity,
                 [f"{h}:{p}" for h, p in addrs],
                 cfg.identity_token,
+                token_file=cfg.identity_token_file,
                 tls=self.control_tls,
             )
         self.mesh = MeshTls(certs)
@@ -197,7 +210,7 @@ class Worker:
 
         port = cfg.app_addr[1] if cfg.app_addr is not None else 0
         watcher = watch(port)
-        self.inbound.authz = InboundAuthz(watcher, self.metrics, watch)
+        self.inbound.authz = InboundAuthz(watcher, self.metrics, watch, cfg.workers)
         self.policy_watcher = watcher
         if not await watcher.wait_known(self.config.timeouts.discovery_s):
             log.warning(
@@ -230,6 +243,7 @@ class Worker:
         )
         ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics, self.tap)
         ctx.fds = self.fds
+        ctx.access_log = self.access_log
         holder.append(ctx)
         self.contexts.append(ctx)
         return ctx
@@ -637,6 +651,8 @@ class Worker:
             for policy_watcher in self.inbound.authz.watchers():
                 await policy_watcher.close()
         await self.resolver.close()
+        if self.access_log is not None:
+            self.access_log.close()
         self.stopped.set()
 
     def describe(self) -> dict[str, Any]:
@@ -743,6 +759,7 @@ async def _run_single(config: ProxyConfig) -> int:
         tap=worker.tap,
         live=lambda: _async_value(worker.liveness()),
         token=config.admin_token,
+        tap_networks=config.tap_networks,
     )
     try:
         admin = await AdminServer.start(loop, config.admin_addr, state)

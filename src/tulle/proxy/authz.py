@@ -26,6 +26,7 @@ from typing import TYPE_CHECKING
 
 from tulle.core.policy import FAIL_CLOSED, Decision, InboundPolicy
 from tulle.proxy.metrics import Labels, Metrics
+from tulle.proxy.ratelimit import InboundRateLimits
 
 if TYPE_CHECKING:
     from collections.abc import Callable
@@ -47,9 +48,12 @@ class InboundAuthz:
         watcher: PolicyWatcher,
         metrics: Metrics,
         watch: Callable[[int], PolicyWatcher] | None = None,
+        workers: int = 1,
     ) -> None:
         self.watcher = watcher
         self._metrics = metrics
+        # Asked only for requests whose policy has a limit (`rate_limited`).
+        self.limits = InboundRateLimits(metrics, workers)
         self._labels: dict[tuple[str, str, str, str, bool], tuple[str, Labels]] = {}
         self._last_audit_log = 0.0
         self._ports: dict[int, PolicyWatcher] = {watcher.port: watcher}

@@ -62,6 +62,10 @@ class ProxyConfig:
     # Identity, for mTLS; empty when the proxy runs without it.
     identity: str = ""
     identity_token: str = ""
+    # Where identity_token was read from: re-read for every Certify, since the
+    # kubelet replaces a projected ServiceAccount token long before a leaf's
+    # renewal (an hour against 17 h), and the first token has expired by then.
+    identity_token_file: str = ""
     # Where to send CSRs; defaults to the control-plane addresses.
     identity_addrs: tuple[Address, ...] = ()
     # Sign locally with an issuer directory instead (tests, single machine).
@@ -78,7 +82,15 @@ class ProxyConfig:
     outbound_raw_addresses: str = "forward"
     # The bearer token of the admin's POST /shutdown and /tap; empty: disabled.
     admin_token: str = ""
+    # Networks (CIDRs) whose clients may ask for /tap, token still required:
+    # loopback, and with `tulle up --isolated` the host's bridge address.
+    tap_networks: tuple[str, ...] = ("127.0.0.0/8", "::1/128")
     log_level: str = "info"
+    # Access log (tulle.proxy.accesslog): "" off, "-" standard output, else a file.
+    access_log: str = ""
+    access_log_fields: tuple[str, ...] = ()  # empty: every field
+    access_log_sample: float = 1.0
+    access_log_scope: str = "all"  # or "routes": only routes with accessLog: true
 
 
 def config_to_json(config: ProxyConfig) -> str:
@@ -131,6 +143,7 @@ def config_from_json(text: str) -> ProxyConfig:
         limits=Limits(**data["limits"]),
         identity=data["identity"],
         identity_token=data["identity_token"],
+        identity_token_file=data.get("identity_token_file", ""),
         identity_addrs=tuple(addr(a) for a in data["identity_addrs"]),
         identity_issuer_dir=data["identity_issuer_dir"],
         identity_leaf_ttl_s=data["identity_leaf_ttl_s"],
@@ -139,4 +152,8 @@ def config_from_json(text: str) -> ProxyConfig:
         outbound_raw_addresses=data.get("outbound_raw_addresses", "forward"),
         admin_token=data.get("admin_token", ""),
         log_level=data["log_level"],
+        access_log=data.get("access_log", ""),
+        access_log_fields=tuple(data.get("access_log_fields", ())),
+        access_log_sample=data.get("access_log_sample", 1.0),
+        access_log_scope=data.get("access_log_scope", "all"),
     )

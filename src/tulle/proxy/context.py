@@ -20,6 +20,7 @@ from tulle.proxy.tap import TapHub
 if TYPE_CHECKING:
     from tulle.net.descriptors import DescriptorBudget
     from tulle.net.mtls import MeshTls
+    from tulle.proxy.accesslog import AccessLog
     from tulle.proxy.authz import InboundAuthz
 
 
@@ -87,6 +88,15 @@ class ProxyContext:
     @authz.setter
     def authz(self, authz: InboundAuthz | None) -> None:
         self.plan.authz = authz
+
+    @property
+    def access_log(self) -> AccessLog | None:
+        """The access log (tulle.proxy.accesslog); None: off, one test per request."""
+        return self.plan.access_log
+
+    @access_log.setter
+    def access_log(self, access_log: AccessLog | None) -> None:
+        self.plan.access_log = access_log
 
     def record_rejected(self, status: int, reason: str) -> None:
         """A request refused before it had an authority (bad input)."""

@@ -37,6 +37,9 @@ class ProxyError(enum.Enum):
     CONNECT_NOT_ALLOWED = ("connect-not-allowed", 400, _INTERNAL)
     # Policy and the outbound's destination rules.
     FORBIDDEN = ("unauthorized", 403, _DENIED)
+    RATE_LIMITED = ("rate-limited", 429, GrpcStatus.RESOURCE_EXHAUSTED)
+    # A route's injected abort (chaos testing); the route's status replaces these.
+    FAULT_INJECTED = ("fault-injected", 503, _UNAVAILABLE)
     DESTINATION_FORBIDDEN = ("destination-forbidden", 403, _DENIED)
     # Retrying a loop cannot help, so not UNAVAILABLE: the mesh is misrouted.
     LOOP_DETECTED = ("loop-detected", 508, _INTERNAL)
@@ -90,3 +93,10 @@ class Refused:
 
     error: ProxyError
     detail: str = ""
+    # Set by an injected fault: the HTTP / gRPC status of the answer in place
+    # of the error's (0 / -1: the error's), and a delay before it is sent.
+    status: int = 0
+    grpc_status: int = -1
+    delay_s: float = 0.0
+    # Headers added to the answer (`retry-after` of a rate limit).
+    headers: tuple[tuple[bytes, bytes], ...] = ()

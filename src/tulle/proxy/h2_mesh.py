@@ -12,7 +12,9 @@ context when the endpoint is meshed), a `Refused` carrying the one
 its call for every further attempt (`next_attempt`: the plan's retry rule and
 budget, then a new pick) and tells it how it ended (`ended`: balancer
 feedback, `request_total` / `response_total` / latency with the
-`grpc_status_code` label, `proxy_error_total`, `timeout_total`, tap).
+`grpc_status_code` label, `proxy_error_total`, `timeout_total`, tap, the
+access log). A route's injected fault (`tulle.core.fault`) is decided once,
+after the route match and before the first pick, as for HTTP/1.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from tulle.proxy.context import ProxyContext
 from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.http2.dispatch import Pending, Routed
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
+from tulle.proxy.metrics import fault_labels
 from tulle.proxy.plan import WAIT, RequestPlan
 from tulle.proxy.router import ServiceTarget
 from tulle.proxy.tap import TapEvent
@@ -40,6 +43,8 @@ class H2Call(RequestPlan):
     """The request plan of one HTTP/2 stream (the stream's `Call`)."""
 
     __slots__ = ("dispatcher", "grpc", "method", "path", "replay_limit")
+
+    logs_grpc_status = True
 
     def __init__(self, dispatcher: MeshDispatcher, method: str, path: str, grpc: bool) -> None:
         pc = dispatcher.ctx.plan
@@ -80,13 +85,15 @@ class H2Call(RequestPlan):
         self.finish(status, outcome is SUCCESS and is_success(status, grpc_status), error, grpc)
 
     def refused(self, refusal: Refused) -> Refused:
-        """Record a stream refused before it had an upstream (metrics, tap)."""
+        """Record a stream refused before it had an upstream (metrics, tap),
+        with the status its answer will have (`http2.stream.error_response`)."""
         error = refusal.error
         self.end_attempt(CANCELLED)
-        if self.grpc:
-            self.finish(200, False, error.reason, error.grpc_status)
+        if self.grpc and (refusal.grpc_status >= 0 or not refusal.status):
+            grpc = refusal.grpc_status if refusal.grpc_status >= 0 else error.grpc_status
+            self.finish(200, False, error.reason, grpc)
         else:
-            self.finish(error.http_status, False, error.reason)
+            self.finish(refusal.status or error.http_status, False, error.reason)
         return refusal
 
     def tap_event(self, status: int, grpc_status: int, latency_s: float, error: str) -> TapEvent:
@@ -148,9 +155,7 @@ class MeshDispatcher:
             # Captured inbound: the app port the caller was connecting to.
             call.target = fixed if orig is None else router.fixed_at(orig[1])
             call.authority = authority
-            refused = call.authorize(
-                self.client_id, self.client_ip, method_b, path_b, header, orig
-            )
+            refused = call.authorize(self.client_id, self.client_ip, method_b, path_b, header, orig)
         elif not authority:
             refused = Refused(ProxyError.BAD_REQUEST, "no :authority")
         else:
@@ -171,12 +176,41 @@ class MeshDispatcher:
         if not call.backend_ready():
             call.release()
             return _pending(backend, ctx.plan.discovery_s, call)
-        return self.attempt(call)
+        delay_s = 0.0
+        route = call.route
+        fault = route.fault if route is not None else None
+        if fault is not None and route is not None:
+            hit = fault.decide(header)
+            if hit is not None:
+                labels = fault_labels(ctx.direction, backend.metrics_labels, route.name, hit)
+                ctx.metrics.inc("fault_injected_total", labels)
+                if hit.abort:
+                    # Before any pick: never an attempt, so never retried.
+                    spec = fault.spec
+                    return call.refused(
+                        Refused(
+                            ProxyError.FAULT_INJECTED,
+                            f"fault injected by route {route.name!r}",
+                            status=spec.abort_status,
+                            grpc_status=-1
+                            if spec.abort_grpc_status is None
+                            else spec.abort_grpc_status,
+                            delay_s=hit.delay_s,
+                        )
+                    )
+                delay_s = hit.delay_s
+        return self.attempt(call, header, delay_s)
 
-    def attempt(self, call: H2Call) -> Routed | Refused:
-        """Pick an endpoint for the call's next attempt."""
+    def attempt(
+        self,
+        call: H2Call,
+        header: Callable[[bytes], bytes | None] | None = None,
+        delay_s: float = 0.0,
+    ) -> Routed | Refused:
+        """Pick an endpoint for the call's next attempt (`header`: the first
+        attempt's, for session affinity; `delay_s`: an injected delay)."""
         ctx = self.ctx
-        state = call.pick(_monotonic())
+        state = call.pick(_monotonic(), header)
         if isinstance(state, Refused):
             return call.refused(state)
         endpoint = state.endpoint
@@ -201,6 +235,7 @@ class MeshDispatcher:
             server_hostname=None,
             expected_identity=endpoint.identity if ssl_context is not None else None,
             timeout_s=timeout or ctx.plan.response_s or None,
+            delay_s=delay_s,
             call=call,
         )
 

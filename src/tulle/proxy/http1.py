@@ -47,12 +47,14 @@ from tulle.codec.http1 import (
     error_response,
 )
 from tulle.codec.path import normalize_target, origin_form, refusal_reason
+from tulle.core.fault import FAULT_REASON, FaultDecision, FaultInjector
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS
 from tulle.core.policy import CLIENT_ID_HEADER
 from tulle.core.retry import NOT_SENT, RESET, STATUS
 from tulle.net.dial import DESCRIPTORS_EXHAUSTED, DialFailed, dial
 from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity
 from tulle.proxy.errors import ProxyError, Refused
+from tulle.proxy.metrics import fault_labels
 from tulle.proxy.plan import WAIT, RequestPlan, original_authority
 from tulle.proxy.router import PoolHandle, ServiceTarget
 from tulle.proxy.tap import TapEvent
@@ -495,6 +497,12 @@ class Exchange(RequestPlan):
         timeout = route.timeout_s or self.pc.response_s
         if timeout > 0:
             self.timer = ctx.loop.call_later(timeout, self._timed_out)
+        fault = route.fault
+        if fault is not None:
+            decision = fault.decide(head.header)
+            if decision is not None:
+                self._inject_fault(fault, decision)
+                return
         backend = self.backend
         assert backend is not None
         if not backend.view.ready:
@@ -504,6 +512,40 @@ class Exchange(RequestPlan):
             ctx.loop.create_task(self._await_known(backend, self._send))
             return
         self._send()
+
+    def _inject_fault(self, fault: FaultInjector, decision: FaultDecision) -> None:
+        """A fault the route injects (chaos testing): wait, then abort or go on.
+
+        Before any attempt, so an injected abort is never retried here; the
+        answer carries `tulle-proxy-error: fault-injected` and the metrics'
+        `error` label says so too."""
+        ctx = self.server.ctx
+        labels = fault_labels(ctx.direction, self.dst_service(), self.route_name(), decision)
+        ctx.metrics.inc("fault_injected_total", labels)
+        if decision.delay_s > 0.0:
+            self.status = _WAITING
+            ctx.loop.call_later(decision.delay_s, self._fault_delayed, fault, decision.abort)
+        else:
+            self._fault_abort(fault)
+
+    def _fault_delayed(self, fault: FaultInjector, abort: bool) -> None:
+        if self.status == _DONE:
+            return
+        backend = self.backend
+        assert backend is not None
+        if abort:
+            self._fault_abort(fault)
+        elif not backend.view.ready:
+            self.server.ctx.loop.create_task(self._await_known(backend, self._send))
+            return
+        else:
+            self._send()
+        self.server.flush_all()
+
+    def _fault_abort(self, fault: FaultInjector) -> None:
+        status, _ = fault.abort_status(False)
+        route = self.route.name if self.route is not None else ""
+        self.fail(status, FAULT_REASON, f"fault injected by route {route!r}")
 
     def _send(self) -> None:
         if self.head.method == b"CONNECT":
@@ -545,7 +587,7 @@ class Exchange(RequestPlan):
         return b"".join(out)
 
     def _dispatch(self) -> None:
-        state = self.pick(_monotonic())
+        state = self.pick(_monotonic(), self.head.header)
         if isinstance(state, Refused):
             self.refuse(state)
             return
@@ -913,10 +955,12 @@ class Exchange(RequestPlan):
     def refuse(self, refused: Refused) -> None:
         """Answer with the proxy error the plan decided on."""
         error = refused.error
-        self.fail(error.http_status, error.reason, refused.detail)
+        extra = b"".join(name + b": " + value + b"\r\n" for name, value in refused.headers)
+        self.fail(refused.status or error.http_status, error.reason, refused.detail, extra)
 
-    def fail(self, status: int, reason: str, message: str) -> None:
-        """Answer with a proxy-made error (or cut the connection if too late)."""
+    def fail(self, status: int, reason: str, message: str, extra: bytes = b"") -> None:
+        """Answer with a proxy-made error (or cut the connection if too late);
+        `extra` is more header lines for the answer."""
         if self.status == _DONE:
             return
         conn = self.conn
@@ -932,7 +976,7 @@ class Exchange(RequestPlan):
             self._finish(self.resp_status, False, reason)
             return
         close = not self.req_done or not self.head.keep_alive or server.ctx.draining
-        server.out.append(error_response(status, reason, message, close=close))
+        server.out.append(error_response(status, reason, message, close=close, extra=extra))
         if close:
             self.close_after = True
         self._finish(status, False, reason)

@@ -17,6 +17,8 @@ import time
 from collections.abc import Callable, Iterable
 from typing import Any
 
+from tulle.core.fault import FaultDecision
+
 # Linkerd's latency buckets (ms).
 LATENCY_BUCKETS_MS: tuple[float, ...] = (
     1, 2, 3, 4, 5, 10, 20, 30, 40, 50, 100, 200, 300, 400, 500,
@@ -180,6 +182,27 @@ class Metrics:
             self.start_time
         )
         return snap
+
+
+_FAULT_LABELS: dict[tuple[str, str, str, float, bool], Labels] = {}
+
+
+def fault_labels(direction: str, dst_service: str, route: str, decision: FaultDecision) -> Labels:
+    """Labels of `fault_injected_total`: `fault` is "delay", "abort" or
+    "delay-abort". Cached (bounded): only requests a fault hits get here."""
+    key = (direction, dst_service, route, decision.delay_s, decision.abort)
+    labels = _FAULT_LABELS.get(key)
+    if labels is None:
+        kind = "abort" if decision.delay_s <= 0.0 else "delay-abort" if decision.abort else "delay"
+        labels = (
+            ("direction", direction),
+            ("dst_service", dst_service),
+            ("route", route),
+            ("fault", kind),
+        )
+        if len(_FAULT_LABELS) < 10_000:
+            _FAULT_LABELS[key] = labels
+    return labels
 
 
 def merge(snapshots: Iterable[Snapshot]) -> Snapshot:

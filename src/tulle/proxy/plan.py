@@ -47,11 +47,13 @@ from typing import TYPE_CHECKING, Final
 
 from tulle.core.outcome import CANCELLED, FAILURE, SUCCESS, Outcome
 from tulle.core.retry import NOT_SENT, retry_allowed
+from tulle.proxy.accesslog import timestamp
 from tulle.proxy.balance import ejected_detail
 from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.router import RoutePolicy, ServiceTarget
 
 if TYPE_CHECKING:
+    from tulle.proxy.accesslog import AccessLog
     from tulle.proxy.authz import InboundAuthz
     from tulle.proxy.balance import EndpointState
     from tulle.proxy.metrics import HttpStats, Metrics
@@ -85,6 +87,7 @@ class PlanContext:
     a `Metrics` alone."""
 
     __slots__ = (
+        "access_log",
         "authz",
         "direction",
         "discovery_s",
@@ -120,12 +123,17 @@ class PlanContext:
         self.max_replay_bytes = max_replay_bytes
         # Inbound authorization policy; None: every caller is allowed.
         self.authz: InboundAuthz | None = None
+        # The access log (tulle.proxy.accesslog); None: off, one test per request.
+        self.access_log: AccessLog | None = None
         self.timeout_labels = (("direction", direction),)
         self.retry_labels: dict[str, tuple[tuple[str, str], ...]] = {}
 
 
 class RequestPlan:
     """One request's way through the proxy, across its attempts."""
+
+    # Whether access-log lines carry `grpc_status` (HTTP/2 and gRPC do).
+    logs_grpc_status = False
 
     __slots__ = (
         "admitted",
@@ -178,10 +186,19 @@ class RequestPlan:
         policy = authz.policy_at(app_dst)
         decision = policy.authorize_http(client_id or None, client_ip, method, path, header)
         authz.record("http", decision, client_id)
-        if decision.allowed:
-            return None
-        who = client_id or "an unauthenticated client"
-        return Refused(ProxyError.FORBIDDEN, f"{who} may not call this ({decision.policy})")
+        if not decision.allowed:
+            who = client_id or "an unauthenticated client"
+            return Refused(ProxyError.FORBIDDEN, f"{who} may not call this ({decision.policy})")
+        if policy.rate_limited:
+            # After authorization: a denied request takes no token.
+            limited = authz.limits.check(policy, decision.route, client_id, client_ip)
+            if limited is not None:
+                return Refused(
+                    ProxyError.RATE_LIMITED,
+                    f"rate limit {limited.limit!r} reached",
+                    headers=((b"retry-after", b"%d" % limited.retry_after_s),),
+                )
+        return None
 
     # -- 2. route: the logical service ---------------------------------------------
     def resolve(self, authority: bytes) -> Refused | None:
@@ -246,14 +263,23 @@ class RequestPlan:
         )
 
     # -- 4. pick: one attempt ----------------------------------------------------------
-    def pick(self, now: float) -> EndpointState | Refused:
-        """An endpoint for the next attempt, started (`EndpointState.on_start`)."""
+    def pick(
+        self, now: float, header: Callable[[bytes], bytes | None] | None = None
+    ) -> EndpointState | Refused:
+        """An endpoint for the next attempt, started (`EndpointState.on_start`).
+
+        With session affinity (`tulle.proxy.affinity`) a first attempt goes to
+        the key's endpoint (from `header`), else to the balancer's pick."""
         backend = self.backend
         assert backend is not None
         balancer = backend.balancer
         failed = self.failed_state
-        # A retry goes to another endpoint than the one that failed, if any.
-        state = balancer.pick(now) if failed is None else balancer.pick_avoiding(now, failed)
+        affinity = backend.affinity
+        if affinity is not None and failed is None and header is not None:
+            state = affinity.pick(header, now) or balancer.pick(now)
+        else:
+            # A retry goes to another endpoint than the one that failed, if any.
+            state = balancer.pick(now) if failed is None else balancer.pick_avoiding(now, failed)
         if state is None:
             return self.nothing_to_pick(backend)
         self.state = state
@@ -386,6 +412,39 @@ class RequestPlan:
         tap = self.pc.tap
         if tap.active:
             tap.emit(self.tap_event(status, grpc_status, latency, error))
+        access = self.pc.access_log
+        if access is not None:
+            route = self.route
+            if access.wants(route is not None and route.access_log):
+                self.log_access(access, status, grpc_status, latency, error)
+
+    def log_access(
+        self, access: AccessLog, status: int, grpc_status: int, latency_s: float, error: str
+    ) -> None:
+        """One access-log line: the tap record's fields, and the attempts."""
+        event = self.tap_event(status, grpc_status, latency_s, error)
+        values: dict[str, object] = {
+            "ts": timestamp(),
+            "direction": event.direction,
+            "method": event.method,
+            "authority": event.authority,
+            "path": event.path,
+            "status": status,
+        }
+        if self.logs_grpc_status:
+            values["grpc_status"] = event.grpc_status
+        values.update(
+            latency_ms=event.latency_ms,
+            route=event.route,
+            dst_service=event.dst_service,
+            dst=event.dst,
+            src=event.src,
+            client_id=event.client_id,
+            server_id=event.server_id,
+            error=error,
+            attempts=self.attempts,
+        )
+        access.write(values)
 
     def cancelled(self, status: int, grpc_status: int = -1) -> None:
         """The client went away first: says nothing about the endpoint; recorded

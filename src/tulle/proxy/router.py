@@ -32,8 +32,10 @@ from tulle.core.discovery import (
     RouteMatch,
     ServiceView,
 )
+from tulle.core.fault import FaultInjector
 from tulle.core.retry_budget import RetryBudget
 from tulle.core.split import WeightedPicker
+from tulle.proxy.affinity import AffinityPicker
 from tulle.proxy.balance import Balancer, EndpointState
 from tulle.proxy.destinations import DestinationGuard, Refusal, normalize_ip
 from tulle.proxy.metrics import Metrics
@@ -57,6 +59,11 @@ class RoutePolicy:
     timeout_s: float
     retryable: bool | None  # None: the default rule (idempotent methods)
     retry_statuses: frozenset[int]
+    # Faults to inject (outbound, chaos testing); None for nearly every route,
+    # so the request path pays one test for the feature.
+    fault: FaultInjector | None = None
+    # The route asks for access-log lines (--access-log-scope routes).
+    access_log: bool = False
     # gRPC statuses retried on a retryable route (`retry.grpcStatuses`); a
     # gRPC status outside it is the application's answer.
     retry_grpc_statuses: frozenset[int] = frozenset()
@@ -75,7 +82,9 @@ class _CompiledRoute:
             timeout or 0.0,
             route.retryable,
             frozenset(route.retry_statuses),
-            frozenset(route.retry_grpc_statuses),
+            FaultInjector(route.fault) if route.fault is not None else None,
+            route.access_log,
+            retry_grpc_statuses=frozenset(route.retry_grpc_statuses),
         )
         self.matches = [
             (m, re.compile(m.path_regex) if m.path_regex else None) for m in route.matches
@@ -127,6 +136,7 @@ class ServiceTarget:
         "_make_pool",
         "_router",
         "_routes",
+        "affinity",
         "authority_label",
         "balancer",
         "budget",
@@ -164,6 +174,8 @@ class ServiceTarget:
         self.default_retryable = default_retryable
         self.default_route = DEFAULT_ROUTE
         self._backend_picker: WeightedPicker[ServiceTarget] | None = None
+        # Session affinity (tulle.proxy.affinity); None for nearly every service.
+        self.affinity: AffinityPicker | None = None
         self.authority_label = name
         self.metrics_labels = name
         # Set when every endpoint is a destination this proxy refuses (its own
@@ -220,6 +232,13 @@ class ServiceTarget:
             self._backend_picker = WeightedPicker(items)
         else:
             self._backend_picker = None
+        affinity = profile.affinity
+        # Rebuilt on every endpoint or profile change (called from _on_view too).
+        self.affinity = (
+            AffinityPicker(affinity, self.balancer.states(), self._router.metrics, self.name)
+            if affinity is not None
+            else None
+        )
 
     def route(
         self, method: bytes, path: bytes, header: Callable[[bytes], bytes | None]
@@ -269,6 +288,7 @@ class Router:
         self._resolver = resolver
         self._make_pool = make_pool
         self._metrics = metrics
+        self.metrics = metrics
         self._max_pending = max_pending
         self._by_authority: dict[bytes, ServiceTarget] = {}
         self._services: dict[str, ServiceTarget] = {}

@@ -25,9 +25,12 @@ from pathlib import Path
 from typing import Any, Protocol
 from urllib.parse import parse_qsl, urlsplit
 
-from tulle.control.manifest import Manifest, ManifestError, parse_duration
+from tulle.control.manifest import Manifest, ManifestError
 from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
+from tulle.core.duration import DurationError, parse_duration
+from tulle.k8s.inject import ADMIN_PORT_ANNOTATION, PROXY_CONTAINER
 from tulle.local.manifest import load_local_manifest
+from tulle.net.small_http import CLIENT_GONE, parse_head, read_head
 from tulle.viz import aggregate, authz_report, dashboard
 from tulle.viz.apply import apply_manifest
 from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
@@ -115,8 +118,14 @@ def _seconds(query: dict[str, str], key: str, default: float, high: float) -> fl
     text = query.get(key, "").strip()
     if not text:
         return default
-    value = float(text) if text.replace(".", "", 1).isdigit() else parse_duration(text)
-    if value is None or value <= 0:
+    if text.replace(".", "", 1).isdigit():
+        value = float(text)  # plain seconds too (docs/api.md)
+    else:
+        try:
+            value = parse_duration(text, field=key)
+        except DurationError:
+            value = 0.0
+    if value <= 0:
         raise ApiError(400, f"{key}: expected a duration like 60s or 10m, got {text!r}")
     return min(value, high)
 
@@ -126,6 +135,16 @@ def _in_namespace(row: dict[str, Any], namespace: str, name: str) -> bool:
     if "namespace" in row:
         return bool(row["namespace"] == namespace)
     return str(row.get(name, "")).startswith(f"{namespace}/")
+
+
+def _not_ready_hint(target: ScrapeTarget) -> str:
+    if target.namespace:
+        return (
+            f"is the pod's proxy running? `kubectl -n {target.namespace} logs {target.instance} "
+            f"-c {PROXY_CONTAINER}`; it is scraped at {target.admin} (the pod's IP and its "
+            f"{ADMIN_PORT_ANNOTATION} annotation)"
+        )
+    return f"is the proxy at {target.admin} running? see its log; `tulle up` restarts it"
 
 
 def _row_targets(data: WindowData, rows: list[dict[str, Any]]) -> list[ScrapeTarget | None]:
@@ -430,7 +449,7 @@ class MetricsApi:
                 f"{label} ready",
                 ready,
                 "" if ready else ready_why,
-                f"is the proxy at {target.admin} running? see its log; `tulle up` restarts it",
+                _not_ready_hint(target),
             )
             proxies.add(
                 f"{label} metrics scrapeable",
@@ -545,7 +564,7 @@ class ApiServer:
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
             await self._serve(reader, writer)
-        except (TimeoutError, asyncio.IncompleteReadError, asyncio.LimitOverrunError, OSError):
+        except CLIENT_GONE:
             pass
         except Exception:
             log.exception("API request failed")
@@ -562,18 +581,11 @@ class ApiServer:
         writer.write(_head(status, "application/json", len(body)) + body)
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
-        raw = await asyncio.wait_for(reader.readuntil(b"\r\n\r\n"), _READ_TIMEOUT_S)
-        lines = raw.decode("latin-1").split("\r\n")
-        parts = lines[0].split()
-        if len(parts) != 3:
+        head = parse_head(await read_head(reader, _READ_TIMEOUT_S))
+        if head is None:
             self._json(writer, 400, {"error": "bad request line"})
             return
-        method, target = parts[0], parts[1]
-        headers = {
-            name.strip().lower(): value.strip()
-            for name, sep, value in (line.partition(":") for line in lines[1:])
-            if sep
-        }
+        method, target, headers = head.method, head.target, dict(head.headers)
         split = urlsplit(target)
         path = split.path.rstrip("/") or "/"
         query = dict(parse_qsl(split.query))

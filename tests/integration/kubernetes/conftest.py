@@ -8,6 +8,7 @@ from pathlib import Path
 
 import pytest
 from kube_cluster import Cluster, KubeletStandIn, require_binaries, start_cluster
+from kube_injector import Injector
 from support.process import ProcessGroup
 
 
@@ -29,3 +30,13 @@ def cluster() -> Iterator[Cluster]:
 @pytest.fixture
 def kubelet(cluster: Cluster) -> KubeletStandIn:
     return KubeletStandIn(cluster)
+
+
+@pytest.fixture
+def injector(cluster: Cluster, processes: ProcessGroup, tmp_path: Path) -> Iterator[Injector]:
+    """A control plane serving the injection webhook, which the API server calls."""
+    made = Injector(cluster, processes, tmp_path)
+    try:
+        yield made
+    finally:
+        made.remove()

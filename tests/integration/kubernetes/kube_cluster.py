@@ -440,6 +440,13 @@ class KubeletStandIn:
             },
         }
         pod = self.cluster.create(f"/api/v1/namespaces/{namespace}/pods", body)
+        self.report_running(namespace, pod, ip, ready=ready)
+
+    def report_running(
+        self, namespace: str, pod: dict[str, Any], ip: str, *, ready: bool = True
+    ) -> None:
+        """What a kubelet reports once a pod's containers run: its IP, Running, Ready."""
+        name = pod["metadata"]["name"]
         now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
         pod["status"] = {
             "phase": "Running",

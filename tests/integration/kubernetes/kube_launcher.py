@@ -35,15 +35,9 @@ def start_kube_control(
     extra: tuple[str, ...] = (),
     http: bool = False,
 ) -> KubeReplica:
-    """A replica; with `http`, its metrics API on a free loopback port (token in `cluster.root`)."""
-    api = ["--http-addr", "off"]
-    if http:
-        api = [
-            "--http-addr",
-            f"{LOOPBACK}:0",
-            "--api-token-file",
-            str(cluster.root / f"{name}-api-token"),
-        ]
+    """A replica; with `http`, its metrics API on a free loopback port (no API token, as
+    `tulle install` runs it: tap and writes refused)."""
+    api = ["--http-addr", f"{LOOPBACK}:0" if http else "off"]
     process = group.tulle(
         name,
         [

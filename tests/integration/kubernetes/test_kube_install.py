@@ -45,7 +45,26 @@ def test_install_is_accepted_and_check_passes_then_fails_with_a_hint(
     assert "deployment.apps/tulle-control created (server dry run)" in dry.stdout
     applied = kubectl(cluster, "apply", "-f", "-", stdin=printed.stdout)
     assert applied.returncode == 0, applied.stderr
+    assert "mutatingwebhookconfiguration.admissionregistration.k8s.io/tulle-proxy-injector" in (
+        applied.stdout
+    )
+    try:
+        check_installed(cluster, kubelet, processes, ns)
+    finally:
+        # Out of the way once checked: it would send every later test's pods to a
+        # Service nothing serves here (the API server dialling a ClusterIP off
+        # this machine). Until then only pods of `ns` are made, which its label
+        # keeps away from it. test_kube_inject.py points its own at loopback.
+        cluster.delete(
+            "/apis/admissionregistration.k8s.io/v1/mutatingwebhookconfigurations/"
+            "tulle-proxy-injector"
+        )
 
+
+def check_installed(
+    cluster: Cluster, kubelet: KubeletStandIn, processes: ProcessGroup, ns: str
+) -> None:
+    """Each check's verdict, with the control plane's replica up and then down."""
     # No kubelet runs the Deployment's pods: a real replica stands for one, and
     # the kubelet stand-in reports the pod that would run it.
     replica = start_kube_control(processes, cluster, name="control-installed")

@@ -13,6 +13,7 @@ import json
 import subprocess
 import sys
 import time
+import urllib.error
 import urllib.request
 import uuid
 from collections.abc import Callable
@@ -223,7 +224,7 @@ def test_stat_routes_edges_and_authz_read_the_proxies_of_meshed_pods(
         with urllib.request.urlopen(f"{api}{path}", timeout=10) as answer:
             return json.loads(answer.read())
 
-    def cli(*args: str, as_json: bool = True) -> Any:
+    def cli(*args: str, as_json: bool = True, code: int = 0) -> Any:
         result = subprocess.run(
             [sys.executable, "-m", "tulle", *args, "--control", api]
             + (["--json"] if as_json else []),
@@ -232,7 +233,7 @@ def test_stat_routes_edges_and_authz_read_the_proxies_of_meshed_pods(
             timeout=60,
             check=False,
         )
-        assert result.returncode == 0, result.stderr
+        assert result.returncode == code, result.stderr
         assert "Traceback" not in result.stderr
         return json.loads(result.stdout) if as_json else result.stdout
 
@@ -352,3 +353,21 @@ def test_stat_routes_edges_and_authz_read_the_proxies_of_meshed_pods(
     assert document["unreachable"] == ["web-1"]
     text = cli("authz", "svc/web", "-n", ns, as_json=False)
     assert f"{ns}/web-from-client" in text and "web-1: its proxy does not answer" in text
+
+    # `tulle check` of that control plane: there is no manifest file to check
+    # when the cluster is the source, and the pod whose proxy is down fails.
+    report = cli("check", code=1)
+    checks = {c["name"]: c for cat in report["categories"] for c in cat["checks"]}
+    assert "manifest valid" not in checks
+    assert checks["destination API serving"]["status"] == "ok"
+    assert checks[f"{ns}/web/web-0 ready"]["status"] == "ok"
+    assert checks[f"{ns}/web/web-1 ready"]["status"] == "fail"
+    assert f"kubectl -n {ns} logs web-1 -c tulle-proxy" in checks[f"{ns}/web/web-1 ready"]["hint"]
+    # Started as `tulle install` starts it (no --api-token-file, no manifest
+    # to put one beside): tap is refused rather than guarded by a stray file.
+    try:
+        urllib.request.urlopen(f"{api}/api/tap?service={ns}/web", timeout=10)
+        raise AssertionError("tap answered without a token")
+    except urllib.error.HTTPError as refused:
+        assert refused.code == 403
+        assert "no API token" in json.loads(refused.read())["error"]

@@ -10,6 +10,7 @@ import pytest
 
 from tulle.control.manifest import (
     MAX_MANIFEST_BYTES,
+    DurationError,
     ManifestError,
     duration_ms,
     load_manifest,
@@ -73,12 +74,13 @@ def test_policy_is_kept_as_written_and_validated() -> None:
     [("500ms", 0.5), ("2s", 2.0), ("1m30s", 90.0), ("1h", 3600.0), ("1.5s", 1.5)],
 )
 def test_durations_follow_gateway_api(text: str, seconds: float) -> None:
-    assert parse_duration(text) == pytest.approx(seconds)
+    assert parse_duration(text, field="timeout") == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text", ["fast", "5", "-1s", "1d", "s", "1 s", ""])
 def test_bad_durations_are_refused(text: str) -> None:
-    assert parse_duration(text) is None
+    with pytest.raises(DurationError, match=r"^timeout: "):
+        parse_duration(text, field="timeout")
 
 
 # Each bad document names the exact "file:line: field: message" it must produce.
@@ -88,7 +90,7 @@ BAD = [
     ("services: 3\n", 'mesh.yaml:1: services: expected a list, got "3"'),
     (
         "service: []\n",
-        "mesh.yaml:1: service: unknown field (known: services, policy, ingress); "
+        "mesh.yaml:1: service: unknown field (known: services, policy, ingress, isolated); "
         'did you mean "services"?',
     ),
     ("policy: 4\nservices: []\n", 'mesh.yaml:1: policy: expected a mapping, got "4"'),
@@ -120,7 +122,8 @@ BAD = [
     (
         "services:\n  - name: a\n    endpoint: []\n",
         "mesh.yaml:3: services[0].endpoint: unknown field (known: name, port, protocol, identity, "
-        'endpoints, instances, timeout, routes, retryBudget, backends); did you mean "endpoints"?',
+        "endpoints, instances, timeout, routes, retryBudget, backends, affinity);"
+        ' did you mean "endpoints"?',
     ),
     (
         "services:\n  - name: a\n    endpoints:\n      - 127.0.0.1\n",

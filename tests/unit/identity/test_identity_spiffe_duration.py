@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from tulle.identity.duration import format_duration, parse_duration
+from tulle.identity.duration import format_duration, parse_lifetime
 from tulle.identity.spiffe import InvalidSpiffeId, SpiffeId, parse_spiffe_id, resolve_identity
 
 
@@ -39,13 +39,13 @@ def test_resolve_short_form() -> None:
 
 
 def test_durations() -> None:
-    assert parse_duration("30s") == 30
-    assert parse_duration("1h30m") == 5400
-    assert parse_duration("24h") == 86_400
-    assert parse_duration("1y") == 365 * 86_400
+    assert parse_lifetime("30s") == 30
+    assert parse_lifetime("1h30m") == 5400
+    assert parse_lifetime("24h") == 86_400
+    assert parse_lifetime("1y") == 365 * 86_400
     for bad in ("", "10", "h", "10x", "0s", "5m 3"):
         with pytest.raises(ValueError):
-            parse_duration(bad)
+            parse_lifetime(bad)
     assert format_duration(90_061) == "1d 1h"
     assert format_duration(-59) == "-59s"
     assert format_duration(0) == "0s"

@@ -77,7 +77,7 @@ BAD = [
     (
         "policy:\n  server: []\n",
         "mesh.yaml:3: policy.server: unknown field (known: defaultPolicy, workloads, servers, "
-        'authentications, httpRoutes, authorizationPolicies); did you mean "servers"?',
+        'authentications, httpRoutes, authorizationPolicies, rateLimits); did you mean "servers"?',
     ),
     (
         "policy:\n  servers: [{name: s, workload: api}]\n",

@@ -108,6 +108,8 @@ class _Decision:
 
 
 class _Policy:
+    rate_limited = False
+
     def __init__(self, allowed: bool) -> None:
         self.allowed = allowed
 

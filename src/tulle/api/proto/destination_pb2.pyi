@@ -309,6 +309,7 @@ class DestinationProfile(_message.Message):
     RETRY_BUDGET_FIELD_NUMBER: _builtins.int
     BACKENDS_FIELD_NUMBER: _builtins.int
     DEFAULT_TIMEOUT_FIELD_NUMBER: _builtins.int
+    AFFINITY_FIELD_NUMBER: _builtins.int
     fully_qualified_name: _builtins.str
     """The service this profile belongs to, as the server resolved the request.
     Empty when the service does not exist.
@@ -336,6 +337,10 @@ class DestinationProfile(_message.Message):
     def default_timeout(self) -> _duration_pb2.Duration:
         """Timeout of requests whose route sets none. Absent: no timeout."""
 
+    @_builtins.property
+    def affinity(self) -> Global___SessionAffinity:
+        """Session affinity. Absent: every request is balanced on its own."""
+
     def __init__(
         self,
         *,
@@ -344,14 +349,53 @@ class DestinationProfile(_message.Message):
         retry_budget: Global___RetryBudget | None = ...,
         backends: _abc.Iterable[Global___WeightedBackend] | None = ...,
         default_timeout: _duration_pb2.Duration | None = ...,
+        affinity: Global___SessionAffinity | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["default_timeout", b"default_timeout", "retry_budget", b"retry_budget"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "default_timeout", b"default_timeout", "retry_budget", b"retry_budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["backends", b"backends", "default_timeout", b"default_timeout", "fully_qualified_name", b"fully_qualified_name", "retry_budget", b"retry_budget", "routes", b"routes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "backends", b"backends", "default_timeout", b"default_timeout", "fully_qualified_name", b"fully_qualified_name", "retry_budget", b"retry_budget", "routes", b"routes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___DestinationProfile: _TypeAlias = DestinationProfile  # noqa: Y015
+
+@_typing.final
+class SessionAffinity(_message.Message):
+    """Requests carrying the same key SHOULD go to the same endpoint: the client
+    hashes the key onto a ring of the service's endpoints (consistent hashing,
+    so an endpoint joining or leaving moves only its share of keys), and
+    passes over an endpoint whose in-flight requests have reached
+    ceil(load_factor * (total + 1) / endpoints), so that one hot key cannot
+    overload one endpoint. Requests without the key are balanced as usual.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    HEADER_FIELD_NUMBER: _builtins.int
+    COOKIE_FIELD_NUMBER: _builtins.int
+    LOAD_FACTOR_FIELD_NUMBER: _builtins.int
+    header: _builtins.str
+    """Lower-case header name: its value is the key."""
+    cookie: _builtins.str
+    """Cookie name: its value (in the Cookie header) is the key."""
+    load_factor: _builtins.float
+    """At least 1; 0 means the client's default (1.25)."""
+    def __init__(
+        self,
+        *,
+        header: _builtins.str = ...,
+        cookie: _builtins.str = ...,
+        load_factor: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["cookie", b"cookie", "header", b"header", "key", b"key"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["cookie", b"cookie", "header", b"header", "key", b"key", "load_factor", b"load_factor"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_key: _TypeAlias = _typing.Literal["header", "cookie"]  # noqa: Y015
+    _WhichOneofArgType_key: _TypeAlias = _typing.Literal["key", b"key"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_key) -> _WhichOneofReturnType_key | None: ...
+
+Global___SessionAffinity: _TypeAlias = SessionAffinity  # noqa: Y015
 
 @_typing.final
 class Route(_message.Message):
@@ -362,10 +406,16 @@ class Route(_message.Message):
     TIMEOUT_FIELD_NUMBER: _builtins.int
     RETRYABLE_FIELD_NUMBER: _builtins.int
     RETRY_STATUSES_FIELD_NUMBER: _builtins.int
+    FAULT_FIELD_NUMBER: _builtins.int
+    ACCESS_LOG_FIELD_NUMBER: _builtins.int
     RETRY_GRPC_STATUSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Used as the `route` label of metrics. Unique within a profile."""
     retryable: Global___Retryability.ValueType
+    access_log: _builtins.bool
+    """The client SHOULD write an access-log line for this route's requests
+    when its access log is on for chosen routes only.
+    """
     @_builtins.property
     def matches(self) -> _containers.RepeatedCompositeFieldContainer[Global___RouteMatch]:
         """A request matches the route when it matches ANY of these. Empty: the
@@ -379,6 +429,10 @@ class Route(_message.Message):
     @_builtins.property
     def retry_statuses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """Response statuses that are retried on a retryable route. Empty: 5xx."""
+
+    @_builtins.property
+    def fault(self) -> Global___FaultInjection:
+        """Faults the client injects into this route's requests. Absent: none."""
 
     @_builtins.property
     def retry_grpc_statuses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
@@ -397,15 +451,79 @@ class Route(_message.Message):
         timeout: _duration_pb2.Duration | None = ...,
         retryable: Global___Retryability.ValueType = ...,
         retry_statuses: _abc.Iterable[_builtins.int] | None = ...,
+        fault: Global___FaultInjection | None = ...,
+        access_log: _builtins.bool = ...,
         retry_grpc_statuses: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["matches", b"matches", "name", b"name", "retry_grpc_statuses", b"retry_grpc_statuses", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log", b"access_log", "fault", b"fault", "matches", b"matches", "name", b"name", "retry_grpc_statuses", b"retry_grpc_statuses", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class FaultInjection(_message.Message):
+    """Chaos testing: the client (the calling proxy) delays or aborts a share of
+    the route's requests itself, before any endpoint is picked. An injected
+    abort MUST NOT be retried and MUST be told apart from real failures (the
+    client answers it with `tulle-proxy-error: fault-injected` and labels it so
+    in its metrics and tap). Delay and abort are drawn independently; a
+    request hit by both is delayed, then aborted.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    DELAY_FIELD_NUMBER: _builtins.int
+    DELAY_PERCENT_FIELD_NUMBER: _builtins.int
+    ABORT_HTTP_STATUS_FIELD_NUMBER: _builtins.int
+    HAS_ABORT_GRPC_STATUS_FIELD_NUMBER: _builtins.int
+    ABORT_GRPC_STATUS_FIELD_NUMBER: _builtins.int
+    ABORT_PERCENT_FIELD_NUMBER: _builtins.int
+    HEADERS_FIELD_NUMBER: _builtins.int
+    delay_percent: _builtins.float
+    """Share of eligible requests delayed, 0 to 100."""
+    abort_http_status: _builtins.int
+    """HTTP status of an abort (and, when `abort_grpc_status` is unset, what a
+    gRPC caller gets too). 0 with `abort_grpc_status` set: gRPC-only abort;
+    0 otherwise: the client SHOULD answer 503.
+    """
+    has_abort_grpc_status: _builtins.bool
+    """gRPC status of an abort for gRPC requests, answered trailers-only."""
+    abort_grpc_status: _builtins.int
+    abort_percent: _builtins.float
+    """Share of eligible requests aborted, 0 to 100."""
+    @_builtins.property
+    def delay(self) -> _duration_pb2.Duration:
+        """How long a delayed request waits before it goes on. Counts towards the
+        route's timeout.
+        """
+
+    @_builtins.property
+    def headers(self) -> _containers.RepeatedCompositeFieldContainer[Global___HeaderMatch]:
+        """Only requests carrying every one of these headers are eligible. Empty:
+        every request of the route.
+        """
+
+    def __init__(
+        self,
+        *,
+        delay: _duration_pb2.Duration | None = ...,
+        delay_percent: _builtins.float = ...,
+        abort_http_status: _builtins.int = ...,
+        has_abort_grpc_status: _builtins.bool = ...,
+        abort_grpc_status: _builtins.int = ...,
+        abort_percent: _builtins.float = ...,
+        headers: _abc.Iterable[Global___HeaderMatch] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["delay", b"delay"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["abort_grpc_status", b"abort_grpc_status", "abort_http_status", b"abort_http_status", "abort_percent", b"abort_percent", "delay", b"delay", "delay_percent", b"delay_percent", "has_abort_grpc_status", b"has_abort_grpc_status", "headers", b"headers"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___FaultInjection: _TypeAlias = FaultInjection  # noqa: Y015
 
 @_typing.final
 class RouteMatch(_message.Message):

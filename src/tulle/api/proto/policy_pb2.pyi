@@ -106,6 +106,7 @@ class InboundPolicy(_message.Message):
     AUTHORIZATIONS_FIELD_NUMBER: _builtins.int
     ROUTES_FIELD_NUMBER: _builtins.int
     PROBE_PATHS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     workload: _builtins.str
     port: _builtins.int
     server: _builtins.str
@@ -136,6 +137,12 @@ class InboundPolicy(_message.Message):
         app's own health checks.
         """
 
+    @_builtins.property
+    def rate_limit(self) -> Global___RateLimit:
+        """A rate limit on every authorized HTTP request to the server (routes'
+        own limits apply on top). Absent: none.
+        """
+
     def __init__(
         self,
         *,
@@ -147,14 +154,129 @@ class InboundPolicy(_message.Message):
         authorizations: _abc.Iterable[Global___Authorization] | None = ...,
         routes: _abc.Iterable[Global___HttpRoute] | None = ...,
         probe_paths: _abc.Iterable[_builtins.str] | None = ...,
+        rate_limit: Global___RateLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorizations", b"authorizations", "default_policy", b"default_policy", "port", b"port", "probe_paths", b"probe_paths", "protocol", b"protocol", "routes", b"routes", "server", b"server", "workload", b"workload"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorizations", b"authorizations", "default_policy", b"default_policy", "port", b"port", "probe_paths", b"probe_paths", "protocol", b"protocol", "rate_limit", b"rate_limit", "routes", b"routes", "server", b"server", "workload", b"workload"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___InboundPolicy: _TypeAlias = InboundPolicy  # noqa: Y015
+
+@_typing.final
+class RateLimit(_message.Message):
+    """Token buckets, after Linkerd's HTTPLocalRateLimitPolicy. A request that
+    authorization allowed takes one token from each bucket that applies to it
+    (the route's, then the server's); one empty bucket refuses it with HTTP 429
+    and `Retry-After` (whole seconds until a token is back, at least 1), or
+    gRPC RESOURCE_EXHAUSTED, and `tulle-proxy-error: rate-limited`. Denied
+    requests take no token. Buckets are per proxy process (worker): a client
+    MUST divide the rates by its number of workers.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    NAME_FIELD_NUMBER: _builtins.int
+    TOTAL_FIELD_NUMBER: _builtins.int
+    IDENTITY_FIELD_NUMBER: _builtins.int
+    OVERRIDES_FIELD_NUMBER: _builtins.int
+    IPV4_PREFIX_FIELD_NUMBER: _builtins.int
+    IPV6_PREFIX_FIELD_NUMBER: _builtins.int
+    name: _builtins.str
+    """Used as the `limit` label of metrics."""
+    ipv4_prefix: _builtins.int
+    """Prefix lengths grouping unauthenticated clients: 0 means a bucket per
+    address (32 and 128).
+    """
+    ipv6_prefix: _builtins.int
+    @_builtins.property
+    def total(self) -> Global___Limit:
+        """One bucket shared by every client. Absent: none."""
+
+    @_builtins.property
+    def identity(self) -> Global___Limit:
+        """One bucket per client: per verified mesh identity, and for clients
+        without one per source network (`ipv4_prefix` / `ipv6_prefix`). Absent:
+        none. A client SHOULD bound how many per-client buckets it keeps (the
+        least recently used go first).
+        """
+
+    @_builtins.property
+    def overrides(self) -> _containers.RepeatedCompositeFieldContainer[Global___LimitOverride]:
+        """Per-client limits for chosen identities, in place of `identity`; the
+        first override listing the identity wins.
+        """
+
+    def __init__(
+        self,
+        *,
+        name: _builtins.str = ...,
+        total: Global___Limit | None = ...,
+        identity: Global___Limit | None = ...,
+        overrides: _abc.Iterable[Global___LimitOverride] | None = ...,
+        ipv4_prefix: _builtins.int = ...,
+        ipv6_prefix: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "total", b"total"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identity", b"identity", "ipv4_prefix", b"ipv4_prefix", "ipv6_prefix", b"ipv6_prefix", "name", b"name", "overrides", b"overrides", "total", b"total"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___RateLimit: _TypeAlias = RateLimit  # noqa: Y015
+
+@_typing.final
+class Limit(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    requests_per_second: _builtins.float
+    """Tokens added per second; MUST be > 0."""
+    burst: _builtins.int
+    """Bucket size (the burst allowed after a quiet spell). 0: one second's
+    worth, at least 1.
+    """
+    def __init__(
+        self,
+        *,
+        requests_per_second: _builtins.float = ...,
+        burst: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "requests_per_second", b"requests_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Limit: _TypeAlias = Limit  # noqa: Y015
+
+@_typing.final
+class LimitOverride(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    LIMIT_FIELD_NUMBER: _builtins.int
+    IDENTITIES_FIELD_NUMBER: _builtins.int
+    @_builtins.property
+    def limit(self) -> Global___Limit: ...
+    @_builtins.property
+    def identities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """SPIFFE IDs, with `*` as in MeshTls.identities."""
+
+    def __init__(
+        self,
+        *,
+        limit: Global___Limit | None = ...,
+        identities: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["limit", b"limit"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["identities", b"identities", "limit", b"limit"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___LimitOverride: _TypeAlias = LimitOverride  # noqa: Y015
 
 @_typing.final
 class Authorization(_message.Message):
@@ -309,6 +431,7 @@ class HttpRoute(_message.Message):
     NAME_FIELD_NUMBER: _builtins.int
     MATCHES_FIELD_NUMBER: _builtins.int
     AUTHORIZATIONS_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Used as the `route` label of metrics. Unique within a policy."""
     @_builtins.property
@@ -321,16 +444,21 @@ class HttpRoute(_message.Message):
         apply to the route's requests too, after these.
         """
 
+    @_builtins.property
+    def rate_limit(self) -> Global___RateLimit:
+        """A rate limit on the route's authorized requests. Absent: none."""
+
     def __init__(
         self,
         *,
         name: _builtins.str = ...,
         matches: _abc.Iterable[_destination_pb2.RouteMatch] | None = ...,
         authorizations: _abc.Iterable[Global___Authorization] | None = ...,
+        rate_limit: Global___RateLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["rate_limit", b"rate_limit"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorizations", b"authorizations", "matches", b"matches", "name", b"name"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["authorizations", b"authorizations", "matches", b"matches", "name", b"name", "rate_limit", b"rate_limit"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -21,7 +21,7 @@ from google.protobuf.duration_pb2 import Duration
 
 from tulle.api.proto import destination_pb2 as pb
 from tulle.control.destination.watcher import ServiceState
-from tulle.core.discovery import Address, Endpoint, Profile, Route, RouteMatch
+from tulle.core.discovery import Address, Endpoint, FaultSpec, Profile, Route, RouteMatch
 
 T = TypeVar("T")
 
@@ -131,11 +131,26 @@ def _route_message(route: Route) -> pb.Route:
         matches=[_match_message(m) for m in route.matches],
         retryable=retryable,
         retry_statuses=list(route.retry_statuses),
+        access_log=route.access_log,
         retry_grpc_statuses=list(route.retry_grpc_statuses),
     )
     if route.timeout_s is not None:
         message.timeout.CopyFrom(_duration(route.timeout_s))
+    if route.fault is not None:
+        message.fault.CopyFrom(_fault_message(route.fault))
     return message
+
+
+def _fault_message(fault: FaultSpec) -> pb.FaultInjection:
+    return pb.FaultInjection(
+        delay=_duration(fault.delay_s),
+        delay_percent=fault.delay_percent,
+        abort_http_status=fault.abort_status,
+        has_abort_grpc_status=fault.abort_grpc_status is not None,
+        abort_grpc_status=fault.abort_grpc_status or 0,
+        abort_percent=fault.abort_percent,
+        headers=[pb.HeaderMatch(name=h.name, value=h.value, regex=h.regex) for h in fault.headers],
+    )
 
 
 # Streams of the same service send the same profile: build each message once.
@@ -155,6 +170,13 @@ def profile_message(name: str, profile: Profile) -> pb.DestinationProfile:
     )
     if profile.timeout_s is not None:
         message.default_timeout.CopyFrom(_duration(profile.timeout_s))
+    affinity = profile.affinity
+    if affinity is not None:
+        message.affinity.load_factor = affinity.load_factor
+        if affinity.header:
+            message.affinity.header = affinity.header
+        else:
+            message.affinity.cookie = affinity.cookie
     return message
 
 

@@ -52,7 +52,6 @@ from tulle.control.manifest import (
     PROTOCOL_HINTS,
     Manifest,
     ServiceSpec,
-    parse_duration,
 )
 from tulle.core.discovery import (
     Backend,
@@ -63,6 +62,7 @@ from tulle.core.discovery import (
     Route,
     RouteMatch,
 )
+from tulle.core.duration import duration_ms
 from tulle.core.policy import (
     MODES,
     Authentication,
@@ -470,10 +470,11 @@ def _duration(value: Any, what: str) -> float | None:
     text = _str(value, what)
     if not text:
         return None
-    seconds = parse_duration(text)
-    if seconds is None:
+    # Gateway API: "0s" is no timeout at all, so zero is allowed here.
+    milliseconds = duration_ms(text)
+    if isinstance(milliseconds, str):
         raise Invalid(f"{what}: expected a duration like 500ms or 2s, got {text!r}")
-    return seconds or None
+    return milliseconds / 1000 or None
 
 
 def _parents_service(route: Obj, namespace: str, service: str, port: int) -> bool:

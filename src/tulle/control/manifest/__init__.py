@@ -12,6 +12,15 @@ every problem names both the field and the line it sits on, e.g.
 or "2s", got "fast"`. It collects every problem it can find in one pass rather
 than stopping at the first, because a user fixing a file wants the full list.
 The format is documented in docs/manifest.md; keep the two in step.
+
+The modules, one concern each: `document` (bytes to a bounded YAML node tree),
+`errors`, `reader` (the shared reader core: generic shapes, each error naming
+its field), `services` (services, endpoints, routes, budgets, backends),
+`matches` (HTTP route matches, shared with policy), `policy` (the `policy:`
+section), `model` (what the control plane serves) and `parse` (the top level
+and the entry points). The local runner's fields (`instances:`, `ingress:`)
+are read by tulle.local.manifest; durations by tulle.core.duration. This
+module is the public face: callers import from here.
 """
 
 from tulle.control.manifest.document import (
@@ -30,7 +39,13 @@ from tulle.control.manifest.model import Manifest, ServiceSpec
 from tulle.control.manifest.parse import ManifestReader, load_manifest, parse_manifest, read_with
 from tulle.control.manifest.services import DEFAULT_ENDPOINT_WEIGHT, MAX_WEIGHT, PROTOCOL_HINTS
 from tulle.core.discovery import PROTOCOLS
-from tulle.core.duration import MAX_DURATION_MS, duration_ms, parse_duration
+from tulle.core.duration import (
+    MAX_DURATION_MS,
+    MESH_DURATION,
+    DurationError,
+    duration_ms,
+    parse_duration,
+)
 
 __all__ = [
     "DEFAULT_ENDPOINT_WEIGHT",
@@ -41,8 +56,10 @@ __all__ = [
     "MAX_NESTING",
     "MAX_PARSE_SECONDS",
     "MAX_WEIGHT",
+    "MESH_DURATION",
     "PROTOCOLS",
     "PROTOCOL_HINTS",
+    "DurationError",
     "Manifest",
     "ManifestError",
     "ManifestReader",

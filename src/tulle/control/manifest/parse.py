@@ -48,13 +48,15 @@ class ManifestReader(ServicesReader, PolicyReader):
     """
 
     def local_top_fields(self, fields: Mapping[str, Node]) -> None:
-        """`ingress:` belongs to the local runner: ignored here."""
+        """`ingress:` and `isolated:` belong to the local runner: ignored here."""
 
     def manifest(self, root: Node | None) -> Manifest | None:
         if root is None:
             self.problem(None, "", "the manifest is empty; expected a top-level `services:` list")
             return None
-        fields = self.mapping(root, "", ("services", "policy", "ingress"), required=("services",))
+        fields = self.mapping(
+            root, "", ("services", "policy", "ingress", "isolated"), required=("services",)
+        )
         if fields is None:
             return None
         policy: Mapping[str, Any] | None = None

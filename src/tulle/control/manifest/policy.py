@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 from yaml.nodes import MappingNode, Node
 
+from tulle.control.manifest import traffic
 from tulle.control.manifest.matches import MatchReader
 from tulle.control.manifest.model import ServiceSpec
 from tulle.control.manifest.reader import _SPIFFE_RE
@@ -35,6 +36,7 @@ class PolicyReader(MatchReader):
                 "authentications",
                 "httpRoutes",
                 "authorizationPolicies",
+                "rateLimits",
             ),
         )
         if fields is None:
@@ -81,6 +83,23 @@ class PolicyReader(MatchReader):
                 n, p, set(servers), set(routes), set(authentications)
             ),
         )
+        limits = self.unique(
+            fields.get("rateLimits"),
+            "policy.rateLimits",
+            lambda n, p: traffic.rate_limit(self, n, p, set(servers), set(routes)),
+        )
+        limited: dict[tuple[bool, str], str] = {}
+        for limit, limit_node in limits.values():
+            target = limit.target_server or limit.target_route or ""
+            limit_key = (limit.target_server is not None, target)
+            if limit_key in limited:
+                self.problem(
+                    limit_node,
+                    "policy.rateLimits",
+                    f'rate limits "{limited[limit_key]}" and "{limit.limit.name}" both target'
+                    f' "{target}"; give one limit per server or route',
+                )
+            limited[limit_key] = limit.limit.name
         if len(self.problems) > before:
             return None
         return PolicySpec(
@@ -90,6 +109,7 @@ class PolicyReader(MatchReader):
             authentications=tuple(a for a, _ in authentications.values()),
             http_routes=tuple(r for r, _ in routes.values()),
             authorization_policies=tuple(p for p, _ in policies.values()),
+            rate_limits=tuple(r for r, _ in limits.values()),
         )
 
     def policy_mode(self, node: Node, path: str) -> str | None:

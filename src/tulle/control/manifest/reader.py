@@ -19,7 +19,7 @@ from yaml.nodes import MappingNode, Node, ScalarNode, SequenceNode
 
 from tulle.control.manifest.errors import Problem
 from tulle.core.discovery import PROTOCOLS
-from tulle.core.duration import duration_ms
+from tulle.core.duration import DurationError, parse_duration
 
 _NAME_RE = re.compile(r"^[a-z0-9]([a-z0-9-]*[a-z0-9])?(\.[a-z0-9]([a-z0-9-]*[a-z0-9])?)*$")
 _SPIFFE_RE = re.compile(r"^spiffe://[a-z0-9._-]+(/[A-Za-z0-9._~!$&'()*+,;=:@%-]+)+$")
@@ -141,14 +141,11 @@ class Reader:
                 node, path, f'expected a duration like "500ms" or "2s", got {_describe(node)}'
             )
             return None
-        milliseconds = duration_ms(str(node.value))
-        if isinstance(milliseconds, str):
-            self.problem(node, path, milliseconds)
+        try:
+            return parse_duration(str(node.value), field=path)
+        except DurationError as exc:
+            self.problem(node, path, exc.reason)
             return None
-        if milliseconds <= 0:
-            self.problem(node, path, "must be longer than zero")
-            return None
-        return milliseconds / 1000
 
     def string_map(self, node: Node, path: str) -> dict[str, str] | None:
         """A mapping of names to scalar values; values keep their written text."""

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from yaml.nodes import MappingNode, Node, ScalarNode
 
 from tulle.codec.http2 import GrpcStatus
+from tulle.control.manifest import traffic
 from tulle.control.manifest.matches import MatchReader
 from tulle.control.manifest.model import ServiceSpec
 from tulle.control.manifest.reader import _INT, _line
@@ -62,6 +63,7 @@ class ServicesReader(MatchReader):
                 "routes",
                 "retryBudget",
                 "backends",
+                "affinity",
             ),
             required=("name",),
         )
@@ -130,6 +132,9 @@ class ServicesReader(MatchReader):
         backends: list[Backend] = []
         if "backends" in fields:
             backends = self.backends(fields["backends"], f"{path}.backends", pending_backends)
+        affinity = None
+        if "affinity" in fields:
+            affinity = traffic.affinity(self, fields["affinity"], f"{path}.affinity")
         if name is None or len(self.problems) > before:
             return None
         return ServiceSpec(
@@ -142,6 +147,7 @@ class ServicesReader(MatchReader):
                 retry_budget=budget,
                 backends=tuple(backends),
                 timeout_s=timeout,
+                affinity=affinity,
             ),
             identity=identity,
             line=_line(node),
@@ -193,7 +199,7 @@ class ServicesReader(MatchReader):
         fields = self.mapping(
             node,
             path,
-            ("name", "matches", "timeout", "timeouts", "retryable", "retry"),
+            ("name", "matches", "timeout", "timeouts", "retryable", "retry", "fault", "accessLog"),
             required=("name",),
         )
         if fields is None:
@@ -245,6 +251,12 @@ class ServicesReader(MatchReader):
                 )
             elif retry is not None:
                 retryable = True
+        fault = None
+        if "fault" in fields:
+            fault = traffic.fault(self, fields["fault"], f"{path}.fault")
+        access_log = False
+        if "accessLog" in fields:
+            access_log = bool(self.boolean(fields["accessLog"], f"{path}.accessLog"))
         if name is None or len(self.problems) > before:
             return None
         return Route(
@@ -253,6 +265,8 @@ class ServicesReader(MatchReader):
             timeout_s=timeout,
             retryable=retryable,
             retry_statuses=tuple(statuses),
+            fault=fault,
+            access_log=access_log,
             retry_grpc_statuses=tuple(grpc_statuses),
         )
 

@@ -19,6 +19,7 @@ from tulle.core.policy import (
     InboundPolicy,
     PolicyRoute,
 )
+from tulle.core.ratelimit import LimitSpec, RateLimitSpec
 
 MODE_TO_WIRE: dict[str, pb.DefaultPolicy.ValueType] = {
     ALL_UNAUTHENTICATED: pb.DEFAULT_POLICY_ALL_UNAUTHENTICATED,
@@ -49,16 +50,40 @@ def authorization_message(authorization: Authorization) -> pb.Authorization:
     )
 
 
+def _limit_message(limit: LimitSpec) -> pb.Limit:
+    return pb.Limit(requests_per_second=limit.requests_per_second, burst=limit.burst)
+
+
+def rate_limit_message(spec: RateLimitSpec) -> pb.RateLimit:
+    message = pb.RateLimit(
+        name=spec.name,
+        overrides=[
+            pb.LimitOverride(limit=_limit_message(o.limit), identities=list(o.identities))
+            for o in spec.overrides
+        ],
+        ipv4_prefix=spec.ipv4_prefix,
+        ipv6_prefix=spec.ipv6_prefix,
+    )
+    if spec.total is not None:
+        message.total.CopyFrom(_limit_message(spec.total))
+    if spec.identity is not None:
+        message.identity.CopyFrom(_limit_message(spec.identity))
+    return message
+
+
 def route_message(route: PolicyRoute) -> pb.HttpRoute:
-    return pb.HttpRoute(
+    message = pb.HttpRoute(
         name=route.name,
         matches=[_match_message(m) for m in route.matches],
         authorizations=[authorization_message(a) for a in route.authorizations],
     )
+    if route.rate_limit is not None:
+        message.rate_limit.CopyFrom(rate_limit_message(route.rate_limit))
+    return message
 
 
 def policy_message(policy: InboundPolicy) -> pb.InboundPolicy:
-    return pb.InboundPolicy(
+    message = pb.InboundPolicy(
         workload=policy.workload,
         port=policy.port,
         server=policy.server,
@@ -68,3 +93,6 @@ def policy_message(policy: InboundPolicy) -> pb.InboundPolicy:
         routes=[route_message(r) for r in policy.routes],
         probe_paths=list(policy.probe_paths),
     )
+    if policy.rate_limit is not None:
+        message.rate_limit.CopyFrom(rate_limit_message(policy.rate_limit))
+    return message

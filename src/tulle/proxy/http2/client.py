@@ -25,9 +25,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import cast
 
-import h2.events
 import h2.exceptions
-import h2.settings
 from h2.errors import ErrorCodes
 
 from tulle.core.discovery import Address
@@ -36,7 +34,19 @@ from tulle.net.mtls import verify_identity
 from tulle.proxy.errors import ProxyError
 from tulle.proxy.http2.dispatch import H2Counters
 
-from .connection import H2Limits, H2Peer, Outbox, new_h2_connection
+from .codec import (
+    DATA,
+    END,
+    GOAWAY,
+    INFORMATIONAL,
+    RESET,
+    RESPONSE,
+    SETTINGS,
+    TRAILERS,
+    WINDOW,
+    Event,
+)
+from .connection import H2Limits, H2Peer, Outbox, new_codec
 from .stream import ProxyStream
 
 _log = logging.getLogger(__name__)
@@ -63,13 +73,20 @@ class PoolSettings:
 PoolKey = tuple[Address, ssl.SSLContext | None, str | None, str | None]
 
 
+def _error_name(code: int) -> str:
+    try:
+        return repr(ErrorCodes(code))
+    except ValueError:
+        return str(code)
+
+
 class H2ClientConnection(H2Peer):
     """One upstream HTTP/2 connection carrying many proxied streams."""
 
     def __init__(self, pool: H2ClientPool, key: PoolKey) -> None:
         self.pool = pool
         self.key = key
-        self.h2 = new_h2_connection(client_side=True, limits=pool.settings.limits)
+        self.h2 = new_codec(client_side=True, limits=pool.settings.limits)
         self.transport: asyncio.Transport | None = None
         self.dirty = False
         self.streams: dict[int, ProxyStream] = {}
@@ -86,7 +103,7 @@ class H2ClientConnection(H2Peer):
     def capacity(self) -> int:
         if not self.settings_seen:
             return _ASSUMED_PEER_STREAMS
-        return min(self.h2.remote_settings.max_concurrent_streams, 1 << 16)
+        return min(self.h2.peer_max_concurrent_streams, 1 << 16)
 
     @property
     def load(self) -> int:
@@ -111,10 +128,9 @@ class H2ClientConnection(H2Peer):
         headers = stream.request_headers
         if headers is None:
             return True
-        stream_id = self.h2.get_next_available_stream_id()
         end = stream.request.end and not stream.request.chunks and stream.request.trailers is None
         try:
-            self.h2.send_headers(stream_id, headers, end_stream=end)
+            stream_id = self.h2.send_request(headers, end)
         except h2.exceptions.TooManyStreamsError:
             # h2 still counts streams we have let go of; retry when one closes.
             self.waiting.appendleft(stream)
@@ -186,42 +202,42 @@ class H2ClientConnection(H2Peer):
             self._close()
         self.pool.outbox.flush()
 
-    def _handle(self, events: list[h2.events.Event]) -> None:
+    def _handle(self, events: list[Event]) -> None:
         streams = self.streams
-        for event in events:
-            if isinstance(event, h2.events.DataReceived):
-                stream = streams.get(event.stream_id)
+        for kind, stream_id, a, b in events:
+            if kind == DATA:
+                stream = streams.get(stream_id)
                 if stream is not None:
-                    stream.on_response_data(event.data, event.flow_controlled_length)
-                elif event.flow_controlled_length:
+                    stream.on_response_data(a, b)
+                elif b:
                     # Late data for a stream already given up: free the window.
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.ResponseReceived):
-                stream = streams.get(event.stream_id)
+                    self.h2.acknowledge_received_data(b, stream_id)
+            elif kind == RESPONSE:
+                stream = streams.get(stream_id)
                 if stream is not None:
-                    stream.on_response_headers(event.headers, event.stream_ended is not None)
-            elif isinstance(event, h2.events.StreamEnded):
-                stream = streams.get(event.stream_id)
+                    stream.on_response_headers(a, b)
+            elif kind == END:
+                stream = streams.get(stream_id)
                 if stream is not None:
                     stream.on_response_end(None)
-            elif isinstance(event, h2.events.TrailersReceived):
-                stream = streams.get(event.stream_id)
+            elif kind == TRAILERS:
+                stream = streams.get(stream_id)
                 if stream is not None:
-                    stream.on_response_end(event.headers)
-            elif isinstance(event, h2.events.WindowUpdated):
-                self._window_opened(event.stream_id)
-            elif isinstance(event, h2.events.StreamReset):
-                stream = streams.pop(event.stream_id, None)
+                    stream.on_response_end(a)
+            elif kind == WINDOW:
+                self._window_opened(stream_id)
+            elif kind == RESET:
+                stream = streams.pop(stream_id, None)
                 if stream is not None:
-                    stream.on_upstream_reset(event.error_code)
-            elif isinstance(event, h2.events.InformationalResponseReceived):
-                stream = streams.get(event.stream_id)
+                    stream.on_upstream_reset(a)
+            elif kind == INFORMATIONAL:
+                stream = streams.get(stream_id)
                 if stream is not None:
-                    stream.on_response_headers(event.headers, False)
-            elif isinstance(event, h2.events.RemoteSettingsChanged):
-                self._settings_changed(event)
-            elif isinstance(event, h2.events.ConnectionTerminated):
-                self._goaway(event)
+                    stream.on_response_headers(a, False)
+            elif kind == SETTINGS:
+                self._settings_changed(bool(a))
+            elif kind == GOAWAY:
+                self._goaway(stream_id, a)
         self.mark_dirty()
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -239,9 +255,9 @@ class H2ClientConnection(H2Peer):
         self.pool.outbox.flush()
 
     # -- events ------------------------------------------------------------------
-    def _settings_changed(self, event: h2.events.RemoteSettingsChanged) -> None:
+    def _settings_changed(self, window_changed: bool) -> None:
         self.settings_seen = True
-        if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+        if window_changed:
             self._window_opened(0)
         self._start_waiting()
 
@@ -259,11 +275,11 @@ class H2ClientConnection(H2Peer):
             if stream.request.chunks or (stream.request.end and not stream.request.end_sent):
                 stream.pump_request()
 
-    def _goaway(self, event: h2.events.ConnectionTerminated) -> None:
+    def _goaway(self, last: int, error_code: int) -> None:
         self._stop_accepting()
-        last = event.last_stream_id if event.last_stream_id is not None else 0
-        if event.error_code != ErrorCodes.NO_ERROR:
-            self._fail_all(ProxyError.UPSTREAM_CLOSED, f"upstream GOAWAY {event.error_code!r}")
+        if error_code != ErrorCodes.NO_ERROR:
+            name = _error_name(error_code)
+            self._fail_all(ProxyError.UPSTREAM_CLOSED, f"upstream GOAWAY {name}")
             self._close()
             return
         for stream_id in [sid for sid in self.streams if sid > last]:

@@ -1,119 +1,55 @@
-"""What both ends of the HTTP/2 proxy share: the h2 connection, its limits, and write batching.
+"""What both ends of the HTTP/2 proxy share: the codec of a connection, and write batching.
 
 Theory of operation. One `asyncio.Protocol` per TCP connection drives one
-`h2.H2Connection` (sans-IO). A read may touch several connections: a batch of
+sans-IO codec (`H2Codec`, tulle.proxy.http2.codec: nghttp2 in C, or h2 when
+the extension is missing). A read may touch several connections: a batch of
 frames from a client can start streams on three upstream connections. Each
 touched connection is marked dirty in a shared `Outbox`, and the entry point
 that received the bytes (or fired the timer) flushes the outbox once at the
 end, so every connection gets at most one `transport.write` per batch.
-
-`GracefulH2Connection` works around h2 treating any received GOAWAY as the
-end of everything: after a NO_ERROR GOAWAY the peer still finishes the streams
-it has accepted, so the connection must keep receiving and sending on them.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass
-from typing import Any
+import logging
+import struct
 
-import h2.config
-import h2.connection
-import h2.events
-import h2.settings
-import hyperframe.frame
-from h2.errors import ErrorCodes
-from hyperframe.frame import GoAwayFrame
+from .codec import CODEC_DETAIL, NATIVE, H2Codec, H2Limits
 
-# RFC 9113 defaults; a larger connection window than 64 KiB is what lets a
-# single stream reach line rate across the proxy.
-_DEFAULT_WINDOW = 65_535
+_log = logging.getLogger(__name__)
+_fallback_logged = False
+
+__all__ = ["H2Limits", "H2Peer", "Outbox", "goaway_frame", "new_codec"]
 
 
-@dataclass(frozen=True, slots=True)
-class H2Limits:
-    """What a connection advertises and enforces (both to clients and to upstreams)."""
+def new_codec(*, client_side: bool, limits: H2Limits) -> H2Codec:
+    """A codec for one connection: the native one when this process has it."""
+    global _fallback_logged
+    if NATIVE is not None:
+        session: H2Codec = NATIVE.Session(
+            client_side,
+            limits.max_concurrent_streams,
+            limits.stream_window,
+            limits.connection_window,
+            limits.max_frame_size,
+            limits.max_header_list_size,
+        )
+        return session
+    from .h2py import PyH2Codec
 
-    max_concurrent_streams: int = 250
-    # Per-stream receive window: the most one stream may buffer in the proxy.
-    stream_window: int = 1 << 20
-    # Per-connection receive window: the most all streams of one connection may buffer.
-    connection_window: int = 4 << 20
-    max_frame_size: int = 16_384
-    max_header_list_size: int = 64 << 10
-    # Proxy hops (`tulle-hops`) a request may already have crossed: more is a
-    # loop of proxies, refused with 508 loop-detected (not advertised).
-    max_hops: int = 16
-
-
-class GracefulH2Connection(h2.connection.H2Connection):
-    """An H2Connection that keeps working on accepted streams after a NO_ERROR GOAWAY."""
-
-    def _receive_goaway_frame(self, frame: GoAwayFrame) -> tuple[list[Any], list[Any]]:
-        if frame.error_code != ErrorCodes.NO_ERROR:
-            return super()._receive_goaway_frame(frame)
-        event = h2.events.ConnectionTerminated()
-        event.error_code = ErrorCodes.NO_ERROR
-        event.last_stream_id = frame.last_stream_id
-        event.additional_data = frame.additional_data or None
-        return [], [event]
+    if not _fallback_logged:
+        _fallback_logged = True
+        _log.warning(
+            "HTTP/2 runs on the pure-Python codec (h2), several times slower: %s", CODEC_DETAIL
+        )
+    return PyH2Codec(client_side=client_side, limits=limits)
 
 
-def _frame_repr(frame: hyperframe.frame.Frame) -> str:
-    return f"{type(frame).__name__}(stream_id={frame.stream_id})"
-
-
-def _cheap_frame_reprs() -> None:
-    """Frames' repr without their flags and body, in a process that proxies HTTP/2.
-
-    h2 formats `repr(frame)` for a trace log line on every frame it receives,
-    whether or not anything logs it (`H2Connection._receive_frame`): the full
-    repr renders the flags and the body, thousands of instructions per frame
-    and three frames per proxied stream. The proxy never logs frames, so it
-    keeps the class and stream id only (bench/instructions.py: docs/benchmarks.md).
-    """
-    hyperframe.frame.Frame.__repr__ = _frame_repr  # type: ignore[method-assign]
-
-
-def new_h2_connection(*, client_side: bool, limits: H2Limits) -> GracefulH2Connection:
-    """A connection configured for proxying: bytes headers, no outbound re-validation.
-
-    Outbound validation is off because every header block the proxy sends was
-    either validated by h2 on the way in or built by the proxy itself.
-    """
-    if hyperframe.frame.Frame.__repr__ is not _frame_repr:
-        _cheap_frame_reprs()
-    config = h2.config.H2Configuration(
-        client_side=client_side,
-        header_encoding=None,
-        validate_outbound_headers=False,
-        normalize_outbound_headers=False,
-        validate_inbound_headers=True,
-        normalize_inbound_headers=False,
-    )
-    conn = GracefulH2Connection(config=config)
-    settings: dict[h2.settings.SettingCodes, int] = {
-        h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: limits.max_concurrent_streams,
-        h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: limits.stream_window,
-        h2.settings.SettingCodes.MAX_FRAME_SIZE: limits.max_frame_size,
-        h2.settings.SettingCodes.MAX_HEADER_LIST_SIZE: limits.max_header_list_size,
-    }
-    if client_side:
-        settings[h2.settings.SettingCodes.ENABLE_PUSH] = 0
-    conn.local_settings = h2.settings.Settings(client=client_side, initial_values=settings)
-    conn.initiate_connection()
-    if limits.connection_window > _DEFAULT_WINDOW:
-        conn.increment_flow_control_window(limits.connection_window - _DEFAULT_WINDOW)
-    return conn
-
-
-def goaway_frame(last_stream_id: int, error_code: int = ErrorCodes.NO_ERROR) -> bytes:
-    """A GOAWAY built by hand: h2's own close_connection() forbids sending anything after it."""
-    frame = GoAwayFrame(0)
-    frame.last_stream_id = last_stream_id
-    frame.error_code = error_code
-    return bytes(frame.serialize())
+def goaway_frame(last_stream_id: int, error_code: int = 0) -> bytes:
+    """A GOAWAY built by hand, sent on a drain while accepted streams go on."""
+    # 9-byte frame header: length 8 (24 bits) and type 7 in one word, flags, stream 0.
+    return struct.pack("!IBIII", 8 << 8 | 0x7, 0, 0, last_stream_id & 0x7FFFFFFF, error_code)
 
 
 class H2Peer(asyncio.Protocol):
@@ -128,7 +64,7 @@ class H2Peer(asyncio.Protocol):
     more answers it does not read).
     """
 
-    h2: GracefulH2Connection
+    h2: H2Codec
     transport: asyncio.Transport | None
     dirty: bool
     writable: bool = True

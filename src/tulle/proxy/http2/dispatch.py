@@ -83,6 +83,8 @@ class Routed:
     timeout_s: float | None = None
     # The stream's request plan (None: `done` alone is told how it ended).
     call: Call | None = None
+    # An injected delay: the stream waits this long before it goes upstream.
+    delay_s: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)

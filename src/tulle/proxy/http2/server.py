@@ -46,9 +46,7 @@ import logging
 from collections.abc import Callable
 from typing import cast
 
-import h2.events
 import h2.exceptions
-import h2.settings
 from h2.errors import ErrorCodes
 
 from tulle.codec.http2 import (
@@ -67,7 +65,20 @@ from tulle.core.outcome import CANCELLED
 from tulle.proxy.errors import ProxyError, Refused
 
 from .client import H2ClientPool
-from .connection import H2Limits, H2Peer, goaway_frame, new_h2_connection
+from .codec import (
+    DATA,
+    EMPTY_DATA,
+    END,
+    GOAWAY,
+    PING,
+    REQUEST,
+    RESET,
+    SETTINGS,
+    TRAILERS,
+    WINDOW,
+    Event,
+)
+from .connection import H2Limits, H2Peer, goaway_frame, new_codec
 from .dispatch import Dispatcher, H2Counters, Pending, Routed
 from .stream import ProxyStream, error_response
 
@@ -92,7 +103,14 @@ def _refusal_response(refusal: Refused, is_grpc: bool) -> tuple[list[Header], by
         if len(_REFUSAL_CACHE) >= _REFUSAL_CACHE_MAX:
             # Bounded: many distinct details (one per unknown name) start over.
             _REFUSAL_CACHE.clear()
-        cached = _REFUSAL_CACHE[key] = error_response(refusal.error, is_grpc, refusal.detail)
+        cached = _REFUSAL_CACHE[key] = error_response(
+            refusal.error,
+            is_grpc,
+            refusal.detail,
+            status=refusal.status,
+            grpc_status=refusal.grpc_status,
+            extra=refusal.headers,
+        )
     return cached
 
 
@@ -113,7 +131,7 @@ class H2ServerProtocol(H2Peer):
         self.pool = pool
         self.counters: H2Counters = pool.counters
         self.limits = limits or H2Limits()
-        self.h2 = new_h2_connection(client_side=False, limits=self.limits)
+        self.h2 = new_codec(client_side=False, limits=self.limits)
         self.transport: asyncio.Transport | None = None
         self.dirty = False
         self.streams: dict[int, ProxyStream] = {}
@@ -210,62 +228,59 @@ class H2ServerProtocol(H2Peer):
             self._close(ErrorCodes.INTERNAL_ERROR)
             return False
 
-    def _handle(self, events: list[h2.events.Event]) -> bool:
+    def _handle(self, events: list[Event]) -> bool:
         """Act on one batch of events; False when the connection ended (flood, GOAWAY)."""
         guard = self._guard
         now = self._loop.time()
         streams = self.streams
-        for event in events:
-            if isinstance(event, h2.events.DataReceived):
-                stream = streams.get(event.stream_id)
-                if (
-                    not event.data
-                    and event.stream_ended is None
-                    and guard.record(FloodKind.EMPTY_DATA, now)
-                ):
-                    self._flood()
-                    return False
+        for kind, stream_id, a, b in events:
+            if kind == DATA:
+                stream = streams.get(stream_id)
                 if stream is not None:
-                    stream.on_request_data(event.data, event.flow_controlled_length)
-                elif event.flow_controlled_length:
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
-            elif isinstance(event, h2.events.RequestReceived):
-                if not self._on_request(event, now):
+                    stream.on_request_data(a, b)
+                elif b:
+                    self.h2.acknowledge_received_data(b, stream_id)
+            elif kind == REQUEST:
+                if not self._on_request(stream_id, a, b, now):
                     return False
-            elif isinstance(event, h2.events.StreamEnded):
-                stream = streams.get(event.stream_id)
+            elif kind == END:
+                stream = streams.get(stream_id)
                 if stream is not None:
                     stream.on_request_end(None)
-            elif isinstance(event, h2.events.TrailersReceived):
-                stream = streams.get(event.stream_id)
+            elif kind == TRAILERS:
+                stream = streams.get(stream_id)
                 if stream is not None:
-                    trailers: list[Header] = event.headers
+                    trailers: list[Header] = a
                     if self.client_id is not None:
                         trailers = without_client_id(trailers)
                     # An empty trailer block is malformed: end with DATA then.
                     stream.on_request_end(trailers or None)
-            elif isinstance(event, h2.events.WindowUpdated):
-                self._window_opened(event.stream_id)
-            elif isinstance(event, h2.events.StreamReset):
-                stream = streams.get(event.stream_id)
+            elif kind == WINDOW:
+                self._window_opened(stream_id)
+            elif kind == RESET:
+                stream = streams.get(stream_id)
                 if stream is not None:
                     stream.on_client_reset()
                     if guard.record(FloodKind.RESET, now):
                         self._flood()
                         return False
-            elif isinstance(event, h2.events.PingReceived):
+            elif kind == EMPTY_DATA:
+                if guard.record(FloodKind.EMPTY_DATA, now):
+                    self._flood()
+                    return False
+            elif kind == PING:
                 if guard.record(FloodKind.PING, now):
                     self._flood()
                     return False
-            elif isinstance(event, h2.events.RemoteSettingsChanged):
+            elif kind == SETTINGS:
                 if guard.record(FloodKind.SETTINGS, now):
                     self._flood()
                     return False
-                if h2.settings.SettingCodes.INITIAL_WINDOW_SIZE in event.changed_settings:
+                if a:
                     self._window_opened(0)
-            elif isinstance(event, h2.events.ConnectionTerminated):
+            elif kind == GOAWAY:
                 self._peer_going_away = True
-                if event.error_code != ErrorCodes.NO_ERROR or not streams:
+                if b != ErrorCodes.NO_ERROR or not streams:
                     self._abort()
                     return False
         return True
@@ -289,7 +304,9 @@ class H2ServerProtocol(H2Peer):
         self._outbox.flush()
 
     # -- streams -------------------------------------------------------------------
-    def _on_request(self, event: h2.events.RequestReceived, now: float) -> bool:
+    def _on_request(
+        self, stream_id: int, headers: list[Header], request_ended: bool, now: float
+    ) -> bool:
         """Start proxying one stream, or refuse it; False when that ended the connection.
 
         A refused stream costs the proxy a parse and an answer but nothing
@@ -300,11 +317,9 @@ class H2ServerProtocol(H2Peer):
         (REFUSED_STREAM after our GOAWAY) do not: a busy client has many in
         flight when the GOAWAY reaches it, and they are safe to retry.
         """
-        stream_id = event.stream_id
         if self._last_accepted is not None and stream_id > self._last_accepted:
             self._reset(stream_id, ErrorCodes.REFUSED_STREAM)
             return True
-        headers = event.headers
         try:
             head = parse_request_head(headers)
         except MalformedRequest:
@@ -313,7 +328,7 @@ class H2ServerProtocol(H2Peer):
         self.counters.streams_total += 1
         if head.path_problem:
             refusal = Refused(ProxyError.BAD_PATH, head.path_problem)
-            self._refuse(stream_id, refusal, head.is_grpc, event.stream_ended is not None)
+            self._refuse(stream_id, refusal, head.is_grpc, request_ended)
             return self._count_refusal(now)
         # What policy and routes match is what goes upstream: the normalised
         # `:path`, and on the inbound the verified identity only.
@@ -328,7 +343,18 @@ class H2ServerProtocol(H2Peer):
         else:
             decision = self.dispatcher.route(head.authority, head.method, head.path, forwarded)
         if isinstance(decision, Refused):
-            self._refuse(stream_id, decision, head.is_grpc, event.stream_ended is not None)
+            if decision.delay_s > 0.0:
+                # An injected fault: delayed, then aborted.
+                self._loop.call_later(
+                    decision.delay_s,
+                    self._refuse_later,
+                    stream_id,
+                    decision,
+                    head.is_grpc,
+                    request_ended,
+                )
+                return self._count_refusal(now)
+            self._refuse(stream_id, decision, head.is_grpc, request_ended)
             return self._count_refusal(now)
         pending = decision if isinstance(decision, Pending) else None
         routed = decision if isinstance(decision, Routed) else _UNROUTED
@@ -352,7 +378,7 @@ class H2ServerProtocol(H2Peer):
             timeout = routed.timeout_s
         if timeout is not None:
             stream.set_deadline(timeout)
-        if event.stream_ended is not None:
+        if request_ended:
             stream.request.end = True
         stream.reroute = self._reroute
         stream.attach = self.pool.attach
@@ -362,8 +388,31 @@ class H2ServerProtocol(H2Peer):
             self._pending_routes.add(task)
             task.add_done_callback(self._pending_routes.discard)
             return True
+        if routed.delay_s > 0.0:
+            # An injected delay (a route's fault): the stream waits, its
+            # request body held within flow control, as a pending one does.
+            self._loop.call_later(routed.delay_s, self._attach_delayed, stream)
+            return True
         self.pool.attach(stream)
         return True
+
+    def _attach_delayed(self, stream: ProxyStream) -> None:
+        if stream.closed:
+            return
+        self.pool.attach(stream)
+        self._outbox.flush()
+
+    def _refuse_later(
+        self, stream_id: int, refusal: Refused, is_grpc: bool, request_ended: bool
+    ) -> None:
+        if self.transport is None:
+            return
+        # A body that ended meanwhile closes the stream with the answer; the
+        # reset `_refuse` then sends for an unfinished one is refused by h2
+        # (and ignored).
+        self._refuse(stream_id, refusal, is_grpc, request_ended)
+        self.mark_dirty()
+        self._outbox.flush()
 
     def _count_refusal(self, now: float) -> bool:
         if self._guard.record(FloodKind.RESET, now):
@@ -430,8 +479,7 @@ class H2ServerProtocol(H2Peer):
         self.counters.proxy_errors += 1
         if self.on_refused is not None:
             self.on_refused(refusal.error.reason)
-        h2_stream = self.h2.streams.get(stream_id)
-        if h2_stream is None or h2_stream.closed:
+        if not self.h2.stream_open(stream_id):
             # The client reset the stream in the same read (rapid reset): an
             # answer would only be encoded to be refused by h2.
             return
@@ -443,7 +491,7 @@ class H2ServerProtocol(H2Peer):
             if not request_ended:
                 # The client may still be sending a body nobody will read.
                 self.h2.reset_stream(stream_id, ErrorCodes.NO_ERROR)
-        except (h2.exceptions.StreamClosedError, h2.exceptions.StreamIDTooLowError):
+        except h2.exceptions.H2Error:
             # The client ended or reset the stream in the same read.
             pass
 

@@ -40,7 +40,6 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Protocol
 
-from h2.connection import H2Connection
 from h2.errors import ErrorCodes
 from h2.exceptions import H2Error
 
@@ -50,6 +49,7 @@ from tulle.core.retry import NOT_SENT, RESET, STATUS
 from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.http2.dispatch import H2Counters, Routed
 
+from .codec import H2Codec
 from .connection import Outbox
 
 # Failures of the connection before this stream was sent on it: nothing
@@ -68,24 +68,40 @@ _UNSENT_ERRORS = frozenset(
 _CONNECT_ERRORS = _UNSENT_ERRORS - {ProxyError.UPSTREAM_GOAWAY}
 
 
-def error_response(error: ProxyError, is_grpc: bool, detail: str) -> tuple[list[Header], bytes]:
-    """Headers and body of a proxy-generated response (gRPC: trailers-only, no body)."""
+def error_response(
+    error: ProxyError,
+    is_grpc: bool,
+    detail: str,
+    *,
+    status: int = 0,
+    grpc_status: int = -1,
+    extra: tuple[Header, ...] = (),
+) -> tuple[list[Header], bytes]:
+    """Headers and body of a proxy-generated response (gRPC: trailers-only, no body).
+
+    `status` / `grpc_status` replace the error's own (an injected fault's
+    configured answer); `extra` headers are added (`retry-after`). A gRPC
+    caller gets the error's gRPC status unless `grpc_status` is set, or,
+    when only `status` is set, that HTTP status (as a fault configured with
+    an HTTP status alone answers every caller)."""
     reason = error.reason.encode()
-    if is_grpc:
+    if is_grpc and (grpc_status >= 0 or not status):
         message = (detail or error.reason).encode("ascii", "replace")
         return [
             (b":status", b"200"),
             (b"content-type", b"application/grpc"),
-            (b"grpc-status", str(error.grpc_status).encode()),
+            (b"grpc-status", str(grpc_status if grpc_status >= 0 else error.grpc_status).encode()),
             (b"grpc-message", _percent_encode(message)),
             (b"tulle-proxy-error", reason),
+            *extra,
         ], b""
     body = (detail or error.reason).encode("utf-8", "replace") + b"\n"
     return [
-        (b":status", str(error.http_status).encode()),
+        (b":status", str(status or error.http_status).encode()),
         (b"content-type", b"text/plain; charset=utf-8"),
         (b"content-length", str(len(body)).encode()),
         (b"tulle-proxy-error", reason),
+        *extra,
     ], body
 
 
@@ -104,7 +120,7 @@ class DownSide(Protocol):
     """The client-facing connection as a stream sees it."""
 
     @property
-    def h2(self) -> H2Connection: ...
+    def h2(self) -> H2Codec: ...
     @property
     def writable(self) -> bool: ...
 
@@ -116,7 +132,7 @@ class UpSide(Protocol):
     """The upstream connection as a stream sees it."""
 
     @property
-    def h2(self) -> H2Connection: ...
+    def h2(self) -> H2Codec: ...
     @property
     def writable(self) -> bool: ...
 
@@ -145,7 +161,7 @@ class HalfStream:
         return flow
 
 
-def pump(half: HalfStream, conn: H2Connection, stream_id: int) -> int:
+def pump(half: HalfStream, conn: H2Codec, stream_id: int) -> int:
     """Send what the window allows of `half` on `conn`; the flow-controlled bytes now sent."""
     acked = 0
     chunks = half.chunks

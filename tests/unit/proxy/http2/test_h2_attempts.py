@@ -21,8 +21,9 @@ from tulle.codec.http2 import Header
 from tulle.core.outcome import CANCELLED, SUCCESS, Outcome
 from tulle.core.retry import NOT_SENT, STATUS
 from tulle.proxy.errors import ProxyError, Refused
-from tulle.proxy.http2.connection import H2Limits, Outbox, new_h2_connection
+from tulle.proxy.http2.connection import H2Limits, Outbox
 from tulle.proxy.http2.dispatch import H2Counters, Routed
+from tulle.proxy.http2.h2py import new_h2_connection
 from tulle.proxy.http2.stream import ProxyStream, with_grpc_timeout
 
 

@@ -1,17 +1,32 @@
-"""H2ServerProtocol over a fake transport: refusals, floods and malformed input, no sockets."""
+"""H2ServerProtocol over a fake transport: refusals, floods and malformed input, no sockets.
+
+Every test runs on both codecs: the native one (when built) and h2's.
+"""
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Iterator
 
 import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+import pytest
 from hyperframe.frame import PingFrame
 
 from tulle.codec.http2 import PREFACE, FloodKind, FloodLimit
 from tulle.proxy.http2 import H2ClientPool, H2ServerProtocol, StaticDispatcher
+from tulle.proxy.http2 import connection as h2_connection
+
+
+@pytest.fixture(autouse=True, params=["native", "python"])
+def codec(request: pytest.FixtureRequest, monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
+    if request.param == "python":
+        monkeypatch.setattr(h2_connection, "NATIVE", None)
+    elif h2_connection.NATIVE is None:
+        pytest.skip("native HTTP/2 codec not built")
+    yield request.param
 
 
 class FakeTransport:

@@ -18,8 +18,9 @@ import h2.events
 from tulle.codec.http2 import Header
 from tulle.core.outcome import CANCELLED, FAILURE
 from tulle.proxy.errors import ProxyError
-from tulle.proxy.http2.connection import H2Limits, Outbox, new_h2_connection
+from tulle.proxy.http2.connection import H2Limits, Outbox
 from tulle.proxy.http2.dispatch import H2Counters, Routed
+from tulle.proxy.http2.h2py import new_h2_connection
 from tulle.proxy.http2.stream import HalfStream, ProxyStream, error_response, pump
 
 REQUEST: list[Header] = [
