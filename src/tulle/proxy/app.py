@@ -322,7 +322,7 @@ class Worker:
                 loop.create_task(self._attach(sock, lambda: Http1Server(ctx, peer, orig)))
                 return
             if kind is Kind.HTTP2:
-                loop.create_task(self._attach(sock, self._h2_protocol(ctx)))
+                loop.create_task(self._attach(sock, self._h2_protocol(ctx, orig)))
                 return
             # TLS that is not the mesh's and unknown bytes: opaque TCP to where
             # the connection was going.
@@ -402,7 +402,9 @@ class Worker:
             return
         route(sock, peer, kind, data, orig)
 
-    def _h2_protocol(self, ctx: ProxyContext) -> Callable[[], asyncio.Protocol]:
+    def _h2_protocol(
+        self, ctx: ProxyContext, orig: Address | None = None
+    ) -> Callable[[], asyncio.Protocol]:
         """The HTTP/2 path of a direction, made on first use (inside the loop).
 
         h2 and the HTTP/2 layers are imported here, with the first HTTP/2
@@ -418,7 +420,9 @@ class Worker:
 
             service = H2Service(MeshDispatcher(ctx), limits=H2Limits(max_hops=ctx.max_hops))
             self.h2_services[ctx.direction] = service
-        return lambda: MeshH2Protocol(service, ctx)
+        # Inbound, captured: each connection to the app at its original port.
+        app_dst = orig if ctx.direction == "inbound" else None
+        return lambda: MeshH2Protocol(service, ctx, app_dst)
 
     @staticmethod
     def _mesh_alpn(data: bytes) -> str | None:
@@ -466,7 +470,7 @@ class Worker:
         if alpn == ALPN_HTTP1:
             factory = lambda: Http1Server(ctx, peer, orig)  # noqa: E731
         elif alpn == ALPN_H2:
-            factory = self._h2_protocol(ctx)
+            factory = self._h2_protocol(ctx, orig)
         elif alpn == ALPN_OPAQUE and app_addr is not None:
             opaque = self._tunnel_to(ctx, app_addr)
             tunnel = opaque

@@ -17,6 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 
 from tulle.codec.http2 import Header
+from tulle.core.discovery import Address
 from tulle.core.outcome import CANCELLED, SUCCESS, Outcome
 from tulle.net.mtls import ALPN_H2, transport_peer_identity
 from tulle.proxy.accesslog import AccessLog, timestamp
@@ -34,21 +35,30 @@ _monotonic = time.monotonic
 class MeshDispatcher:
     """The `Dispatcher` of one direction (inbound or outbound) of a worker."""
 
-    def __init__(self, ctx: ProxyContext, client_id: str = "", client_ip: str = "") -> None:
+    def __init__(
+        self,
+        ctx: ProxyContext,
+        client_id: str = "",
+        client_ip: str = "",
+        app_dst: Address | None = None,
+    ) -> None:
         self.ctx = ctx
         # Inbound over mesh TLS: the verified identity of the calling proxy.
         self.client_id = client_id
         self.client_ip = client_ip
+        # Inbound, captured: the app at the original port, with that port's policy.
+        self.app_dst = app_dst
 
     def route(
         self, authority: str, method: str, path: str, headers: Sequence[Header]
     ) -> Routed | Refused | Pending:
         ctx = self.ctx
         router = ctx.router
-        target = router.fixed
+        app_dst = self.app_dst
+        target = router.fixed if app_dst is None else router.fixed_at(app_dst[1])
         authz = ctx.authz
         if authz is not None and target is not None:
-            policy = authz.policy
+            policy = authz.policy_at(app_dst)
             decision = policy.authorize_http(
                 self.client_id or None,
                 self.client_ip,
@@ -255,7 +265,9 @@ class MeshH2Protocol(H2ServerProtocol):
     client presented a mesh identity gets its own dispatcher carrying it (for
     the `client_id` label and, later, authorization)."""
 
-    def __init__(self, service: H2Service, ctx: ProxyContext) -> None:
+    def __init__(
+        self, service: H2Service, ctx: ProxyContext, app_dst: Address | None = None
+    ) -> None:
         super().__init__(
             service.dispatcher,
             service.pool,
@@ -264,6 +276,7 @@ class MeshH2Protocol(H2ServerProtocol):
             idle_timeout_s=service.idle_timeout_s,
         )
         self._ctx = ctx
+        self._app_dst = app_dst
         service.connections.add(self)
         self.on_closed = service.connections.discard
         metrics, direction = ctx.metrics, ctx.direction
@@ -274,7 +287,7 @@ class MeshH2Protocol(H2ServerProtocol):
         client_id = transport_peer_identity(ssl_object) if ssl_object is not None else None
         peer = transport.get_extra_info("peername")
         client_ip = peer[0] if isinstance(peer, tuple) else ""
-        self.dispatcher = MeshDispatcher(self._ctx, client_id or "", client_ip)
+        self.dispatcher = MeshDispatcher(self._ctx, client_id or "", client_ip, self._app_dst)
         if self._ctx.direction == "inbound":
             self.client_id = (client_id or "").encode()
         super().connection_made(transport)
