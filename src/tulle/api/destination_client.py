@@ -186,6 +186,7 @@ def profile_from_message(message: pb.DestinationProfile) -> Profile:
         if message.HasField("default_timeout")
         else None,
         affinity=_affinity_from_message(message.affinity) if message.HasField("affinity") else None,
+        override_identities=tuple(message.override_identities),
     )
 
 

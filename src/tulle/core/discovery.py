@@ -127,6 +127,9 @@ class Profile:
     backends: tuple[Backend, ...] = ()  # empty: the service itself
     timeout_s: float | None = None  # default for routes without their own
     affinity: AffinitySpec | None = None  # None: balanced per request (P2C)
+    # Callers (SPIFFE ID patterns) whose `tulle-backend` header picks the split
+    # backend of a request; empty: the header is ignored.
+    override_identities: tuple[str, ...] = ()
 
 
 EMPTY_PROFILE = Profile()

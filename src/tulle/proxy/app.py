@@ -247,6 +247,7 @@ class Worker:
             fixed_target=fixed,
             guard=self.guard if fixed is None else None,
         )
+        router.own_identity = self.config.identity
         ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics, self.tap)
         ctx.fds = self.fds
         ctx.access_log = self.access_log

@@ -96,6 +96,8 @@ class MeshDispatcher:
         if view.exists is False:
             return Refused(RefusalKind.UNKNOWN_SERVICE, f"no service named {target.name!r}")
         backend = target.backend()
+        if target.override is not None:
+            backend = target.overridden(_lookup(headers), backend)
         backend_view = backend.view
         if not backend_view.ready:
             return Pending(

@@ -599,6 +599,8 @@ class Exchange:
             self.fail(503, "overloaded", f"too many pending requests for {target.name!r}")
             return
         backend = target.backend()
+        if target.override is not None:
+            backend = target.overridden(head.header, backend)
         self.backend = backend
         route = target.route(head.method, head.target, head.header)
         self.route = route

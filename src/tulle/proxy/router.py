@@ -33,12 +33,16 @@ from tulle.core.discovery import (
     ServiceView,
 )
 from tulle.core.fault import FaultInjector
+from tulle.core.policy import identity_pattern
 from tulle.core.retry_budget import RetryBudget
 from tulle.core.split import WeightedPicker
 from tulle.proxy.affinity import AffinityPicker
 from tulle.proxy.balance import Balancer, EndpointState
 from tulle.proxy.destinations import DestinationGuard, Refusal, normalize_ip
 from tulle.proxy.metrics import Metrics
+
+# The header a trusted caller sends to pick a split backend (requestOverride).
+OVERRIDE_HEADER = b"tulle-backend"
 
 
 class PoolHandle:
@@ -141,6 +145,7 @@ class ServiceTarget:
         "default_route",
         "metrics_labels",
         "name",
+        "override",
         "passthrough",
         "pending",
         "refusal",
@@ -172,6 +177,9 @@ class ServiceTarget:
         self._backend_picker: WeightedPicker[ServiceTarget] | None = None
         # Session affinity (tulle.proxy.affinity); None for nearly every service.
         self.affinity: AffinityPicker | None = None
+        # Per-request override: backend names a `tulle-backend` header may
+        # pick (empty: this proxy's identity may not); None: not offered.
+        self.override: dict[bytes, ServiceTarget] | None = None
         self.authority_label = name
         self.metrics_labels = name
         # Set when every endpoint is a destination this proxy refuses (its own
@@ -228,6 +236,7 @@ class ServiceTarget:
             self._backend_picker = WeightedPicker(items)
         else:
             self._backend_picker = None
+        self.override = self._override_table(profile)
         affinity = profile.affinity
         # Rebuilt on every endpoint or profile change (called from _on_view too).
         self.affinity = (
@@ -235,6 +244,37 @@ class ServiceTarget:
             if affinity is not None
             else None
         )
+
+    def _override_table(self, profile: Profile) -> dict[bytes, ServiceTarget] | None:
+        if not profile.override_identities:
+            return None
+        own = self._router.own_identity
+        if not own or not any(
+            identity_pattern(p).fullmatch(own) for p in profile.override_identities
+        ):
+            return {}
+        table: dict[bytes, ServiceTarget] = {self.name.encode(): self}
+        # Every backend of the split, those of weight 0 too: a version that
+        # takes no traffic yet is what a tester sends single requests to.
+        for b in profile.backends:
+            target = self if b.service == self.name else self._router.service(b.service)
+            table[b.service.encode()] = target
+        return table
+
+    def overridden(
+        self, header: Callable[[bytes], bytes | None], backend: ServiceTarget
+    ) -> ServiceTarget:
+        """The backend a `tulle-backend` header picks, when this proxy may; else `backend`."""
+        override = self.override
+        asked = header(OVERRIDE_HEADER)
+        if asked is None or override is None:
+            return backend
+        chosen = override.get(asked.strip().lower())
+        result = "applied" if chosen is not None else "refused"
+        self._router.metrics.inc(
+            "request_override_total", (("dst_service", self.name), ("result", result))
+        )
+        return chosen if chosen is not None else backend
 
     def route(
         self, method: bytes, path: bytes, header: Callable[[bytes], bytes | None]
@@ -285,6 +325,8 @@ class Router:
         self._make_pool = make_pool
         self._metrics = metrics
         self.metrics = metrics
+        # This proxy's own SPIFFE ID (--identity): whom per-request overrides trust.
+        self.own_identity = ""
         self._max_pending = max_pending
         self._by_authority: dict[bytes, ServiceTarget] = {}
         self._services: dict[str, ServiceTarget] = {}

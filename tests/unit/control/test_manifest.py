@@ -122,7 +122,7 @@ BAD = [
     (
         "services:\n  - name: a\n    endpoint: []\n",
         "mesh.yaml:3: services[0].endpoint: unknown field (known: name, port, protocol, identity, "
-        "endpoints, instances, timeout, routes, retryBudget, backends, affinity); "
+        "endpoints, instances, timeout, routes, retryBudget, backends, affinity, requestOverride); "
         'did you mean "endpoints"?',
     ),
     (

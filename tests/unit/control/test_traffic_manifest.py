@@ -191,3 +191,15 @@ def test_bad_affinity_names_the_field(affinity: str, message: str) -> None:
     with pytest.raises(ManifestError) as caught:
         parse_manifest(f"services:\n  - name: a\n    affinity: {affinity}\n")
     assert message in str(caught.value)
+
+
+def test_request_override_parses_and_survives_the_destination_api() -> None:
+    text = (
+        "services:\n  - name: a\n    backends: [{name: a, weight: 1}, {name: b, weight: 0}]\n"
+        "    requestOverride: {identities: ['spiffe://t.test/ns/qa/sa/*']}\n  - name: b\n"
+    )
+    profile = parse_manifest(text).services["a"].profile
+    assert profile.override_identities == ("spiffe://t.test/ns/qa/sa/*",)
+    assert profile_from_message(profile_message("a", profile)) == profile
+    with pytest.raises(ManifestError, match="expected a SPIFFE ID"):
+        parse_manifest(text.replace("spiffe://t.test/ns/qa/sa/*", "tester"))

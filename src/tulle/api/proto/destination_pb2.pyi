@@ -310,6 +310,7 @@ class DestinationProfile(_message.Message):
     BACKENDS_FIELD_NUMBER: _builtins.int
     DEFAULT_TIMEOUT_FIELD_NUMBER: _builtins.int
     AFFINITY_FIELD_NUMBER: _builtins.int
+    OVERRIDE_IDENTITIES_FIELD_NUMBER: _builtins.int
     fully_qualified_name: _builtins.str
     """The service this profile belongs to, as the server resolved the request.
     Empty when the service does not exist.
@@ -341,6 +342,16 @@ class DestinationProfile(_message.Message):
     def affinity(self) -> Global___SessionAffinity:
         """Session affinity. Absent: every request is balanced on its own."""
 
+    @_builtins.property
+    def override_identities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Per-request override (Linkerd 1's l5d-dtab, narrowed): a client whose
+        own identity matches one of these SPIFFE IDs (`*` as in the Policy API's
+        MeshTls) MAY send a request carrying `tulle-backend: NAME` to NAME when
+        NAME is one of `backends` (or the service itself), instead of the
+        weighted pick. Clients whose identity matches none MUST ignore the
+        header. Empty: no override.
+        """
+
     def __init__(
         self,
         *,
@@ -350,10 +361,11 @@ class DestinationProfile(_message.Message):
         backends: _abc.Iterable[Global___WeightedBackend] | None = ...,
         default_timeout: _duration_pb2.Duration | None = ...,
         affinity: Global___SessionAffinity | None = ...,
+        override_identities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "default_timeout", b"default_timeout", "retry_budget", b"retry_budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "backends", b"backends", "default_timeout", b"default_timeout", "fully_qualified_name", b"fully_qualified_name", "retry_budget", b"retry_budget", "routes", b"routes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "backends", b"backends", "default_timeout", b"default_timeout", "fully_qualified_name", b"fully_qualified_name", "override_identities", b"override_identities", "retry_budget", b"retry_budget", "routes", b"routes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -169,6 +169,7 @@ def profile_message(name: str, profile: Profile) -> pb.DestinationProfile:
     )
     if profile.timeout_s is not None:
         message.default_timeout.CopyFrom(_duration(profile.timeout_s))
+    message.override_identities.extend(profile.override_identities)
     affinity = profile.affinity
     if affinity is not None:
         message.affinity.load_factor = affinity.load_factor

@@ -48,6 +48,7 @@ class ServicesReader(MatchReader):
                 "retryBudget",
                 "backends",
                 "affinity",
+                "requestOverride",
             ),
             required=("name",),
         )
@@ -119,6 +120,11 @@ class ServicesReader(MatchReader):
         affinity = None
         if "affinity" in fields:
             affinity = traffic.affinity(self, fields["affinity"], f"{path}.affinity")
+        override: tuple[str, ...] = ()
+        if "requestOverride" in fields:
+            override = traffic.request_override(
+                self, fields["requestOverride"], f"{path}.requestOverride"
+            )
         if name is None or len(self.problems) > before:
             return None
         return ServiceSpec(
@@ -132,6 +138,7 @@ class ServicesReader(MatchReader):
                 backends=tuple(backends),
                 timeout_s=timeout,
                 affinity=affinity,
+                override_identities=override,
             ),
             identity=identity,
             line=_line(node),
