@@ -428,7 +428,8 @@ def _mesh_steps(
             identity=mtls_hops.BOOKS, issuer=issuer,
         )  # fmt: skip
         b = mtls_hops.start_proxy(
-            processes, "grpc-b", app_port=None, dst=f"{LOOPBACK}:{a.inbound}",
+            processes, "grpc-b", app_port=None,
+            dst=f"{LOOPBACK}:{a.inbound}@{mtls_hops.BOOKS}",
             identity=mtls_hops.WEB, issuer=issuer,
         )  # fmt: skip
         pids = [a.process.pid, b.process.pid]
@@ -457,7 +458,8 @@ def _mesh_steps(
             identity=mtls_hops.BOOKS, issuer=issuer,
         )  # fmt: skip
         mtls_b = mtls_hops.start_proxy(
-            processes, "mtls-b", app_port=None, dst=f"{LOOPBACK}:{mtls_a.inbound}",
+            processes, "mtls-b", app_port=None,
+            dst=f"{LOOPBACK}:{mtls_a.inbound}@{mtls_hops.BOOKS}",
             identity=mtls_hops.WEB, issuer=issuer,
         )  # fmt: skip
 
