@@ -52,7 +52,7 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 SERVICE = "bench"
 WARMUP_REQUESTS = 300
-READY_TIMEOUT_S = 120.0  # the proxy starts under valgrind: tens of times slower
+READY_TIMEOUT_S = 400.0  # the proxies start under valgrind: tens of times slower (identity: more)
 
 
 class BenchError(Exception):
