@@ -190,7 +190,7 @@ async def api_authz(api: Any, query: dict[str, str]) -> dict[str, Any]:
     import asyncio
 
     # Imported here: api.py registers this handler, so a top-level import would be circular.
-    from tulle.viz.api import ApiError
+    from tulle.viz.api_context import ApiError
 
     service = query.get("service", "").strip()
     if not service:

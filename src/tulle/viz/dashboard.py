@@ -160,7 +160,7 @@ async def overview(api: MetricsApi, query: dict[str, str]) -> dict[str, Any]:
     once for all services (one pass per step, not one per service and step).
     """
     # Imported here: api.py registers this handler, so a top-level import would be circular.
-    from tulle.viz.api import MAX_WINDOW_S, ApiError, _seconds
+    from tulle.viz.api_context import MAX_WINDOW_S, ApiError, _seconds
     from tulle.viz.prometheus import PrometheusError
 
     spark_s = _seconds(query, "spark", DEFAULT_SPARK_WINDOW_S, MAX_WINDOW_S)

@@ -16,7 +16,8 @@ from collections.abc import Callable
 from pathlib import Path
 
 from tulle.control.manifest import Manifest
-from tulle.viz.api import ApiContext, ApiServer, MetricsSource, StoreSource
+from tulle.viz.api import ApiServer
+from tulle.viz.api_context import ApiContext, MetricsSource, StoreSource
 from tulle.viz.prometheus import PrometheusSource
 from tulle.viz.promtext import Sample
 from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S, Scraper

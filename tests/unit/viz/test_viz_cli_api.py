@@ -12,7 +12,8 @@ import pytest
 
 from tulle.cli.observe import DEFAULT_CONTROL_URL, resolve_control_url
 from tulle.proxy.metrics import Metrics, render
-from tulle.viz.api import ApiContext, ApiError, MetricsApi, StoreSource
+from tulle.viz.api import MetricsApi
+from tulle.viz.api_context import ApiContext, ApiError, StoreSource
 from tulle.viz.checks import FAIL, OK, WARN, CheckReport, port_free
 from tulle.viz.promtext import parse
 from tulle.viz.targets import ScrapeTarget
