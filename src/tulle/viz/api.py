@@ -34,7 +34,8 @@ from tulle.viz.api_context import (
     MAX_WINDOW_S,
     ApiContext,
     ApiError,
-    _seconds,
+    query_seconds,
+    read_window,
 )
 from tulle.viz.apply import apply_manifest
 from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
@@ -125,11 +126,7 @@ class MetricsApi:
         self.context = context
 
     async def _window(self, query: dict[str, str]) -> WindowData:
-        seconds = _seconds(query, "window", DEFAULT_WINDOW_S, MAX_WINDOW_S)
-        try:
-            return await self.context.source.window(seconds)
-        except PrometheusError as exc:
-            raise ApiError(502, str(exc)) from None
+        return await read_window(self.context, query)
 
     def _envelope(self, data: WindowData, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -239,8 +236,8 @@ class MetricsApi:
         service = query.get("service", "")
         if not service:
             raise ApiError(400, "timeseries needs ?service=NAME")
-        seconds = _seconds(query, "window", MAX_WINDOW_S, MAX_WINDOW_S)
-        step = _seconds(query, "step", 10.0, MAX_WINDOW_S)
+        seconds = query_seconds(query, "window", MAX_WINDOW_S, MAX_WINDOW_S)
+        step = query_seconds(query, "step", 10.0, MAX_WINDOW_S)
         if step < 1:
             raise ApiError(400, "step must be at least 1s")
         try:
@@ -444,7 +441,7 @@ class MetricsApi:
         return (200 if result.ok else 422), result.to_json()
 
     async def top(self, query: dict[str, str]) -> dict[str, Any]:
-        duration = _seconds(query, "duration", DEFAULT_TOP_DURATION_S, 60.0)
+        duration = query_seconds(query, "duration", DEFAULT_TOP_DURATION_S, 60.0)
         targets = select_targets(self.context.targets(), query.get("service", ""))
         events: list[dict[str, Any]] = []
         errors: list[str] = []
@@ -482,8 +479,8 @@ class ApiServer:
             "/api/targets": self.api.targets,
             "/api/check": self.api.check,
             "/api/top": self.api.top,
-            "/api/overview": functools.partial(dashboard.overview, self.api),
-            "/api/authz": functools.partial(authz_report.api_authz, self.api),
+            "/api/overview": functools.partial(dashboard.overview, self.api.context),
+            "/api/authz": functools.partial(authz_report.api_authz, self.api.context),
         }
 
     async def start(self, host: str, port: int) -> tuple[str, int]:

@@ -17,6 +17,7 @@ from typing import Protocol
 
 from tulle.control.manifest import Manifest
 from tulle.core.duration import DurationError, parse_duration
+from tulle.viz.prometheus import PrometheusError
 from tulle.viz.targets import GivenUp, ScrapeTarget
 from tulle.viz.window import WindowData, WindowStore
 
@@ -74,7 +75,7 @@ class ApiContext:
     proxy_admin_token: str = ""
 
 
-def _seconds(query: dict[str, str], key: str, default: float, high: float) -> float:
+def query_seconds(query: dict[str, str], key: str, default: float, high: float) -> float:
     text = query.get(key, "").strip()
     if not text:
         return default
@@ -88,3 +89,12 @@ def _seconds(query: dict[str, str], key: str, default: float, high: float) -> fl
     if value <= 0:
         raise ApiError(400, f"{key}: expected a duration like 60s or 10m, got {text!r}")
     return min(value, high)
+
+
+async def read_window(context: ApiContext, query: dict[str, str]) -> WindowData:
+    """The figures over the query's `window` (60 s unless it says; 600 s at most)."""
+    seconds = query_seconds(query, "window", DEFAULT_WINDOW_S, MAX_WINDOW_S)
+    try:
+        return await context.source.window(seconds)
+    except PrometheusError as exc:
+        raise ApiError(502, str(exc)) from None

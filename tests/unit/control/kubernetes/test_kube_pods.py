@@ -18,7 +18,8 @@ from tulle.control.kubernetes.pods import (
 )
 from tulle.control.kubernetes.translate import ClusterState
 from tulle.viz import aggregate
-from tulle.viz.api import ApiContext, MetricsApi, StoreSource
+from tulle.viz.api import MetricsApi
+from tulle.viz.api_context import ApiContext, StoreSource
 from tulle.viz.promtext import Sample
 from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
