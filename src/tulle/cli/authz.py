@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.cli.observe import (
     NAMESPACE_OPTION,
     STATE_DIR_OPTION,

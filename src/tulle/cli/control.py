@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.control.destination.translator import DEFAULT_QUEUE_CAPACITY
 from tulle.control.kubernetes.client import KubeError
 from tulle.control.manifest import ManifestError

@@ -28,7 +28,7 @@ from urllib.parse import urlencode, urlsplit
 import typer
 
 from tulle.cli import observe_fast
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.core.credentials import CredentialError, read_token_file
 from tulle.local.registry import find_state_dir
 from tulle.local.state import StateDir

@@ -22,7 +22,7 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.control.manifest import ManifestError, load_document, read_manifest_bytes
 from tulle.core.credentials import CredentialError
 from tulle.demo.shop import cli as _shop_cli  # noqa: F401 -- registers `tulle demo shop`

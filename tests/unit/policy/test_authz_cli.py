@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 from tulle.cli import authz as authz_cli
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.control.manifest import parse_manifest
 from tulle.viz.promtext import parse
 
