@@ -9,7 +9,8 @@ import typer
 
 import tulle.cli.observe  # noqa: F401  (registers the commands)
 from tulle.cli.app import app
-from tulle.cli.observe_fast import COMMANDS, parse
+from tulle.cli.observe_fast import parse
+from tulle.cli.observe_options import COMMANDS
 
 
 def typer_command(name: str) -> Any:
