@@ -4,7 +4,7 @@ connection is built with (config, router, metrics, open connections, drain flag)
 from __future__ import annotations
 
 import asyncio
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from tulle.codec.http1 import HOPS_LINES
 from tulle.proxy.config import ProxyConfig
@@ -17,7 +17,23 @@ if TYPE_CHECKING:
     from tulle.net.mtls import MeshTls
     from tulle.proxy.accesslog import AccessLog
     from tulle.proxy.authz import InboundAuthz
-    from tulle.proxy.http1 import Http1Server
+
+
+class Http1Connection(Protocol):
+    """What the worker's sweeper and drain read of an open HTTP/1 connection
+    (`tulle.proxy.http1.Http1Server`), which registers itself in `connections`."""
+
+    @property
+    def current(self) -> object | None: ...
+    @property
+    def closed(self) -> bool: ...
+    @property
+    def head_started(self) -> float: ...
+    @property
+    def last_active(self) -> float: ...
+    def timeout_head(self) -> None: ...
+    def close(self) -> None: ...
+    def abort(self) -> None: ...
 
 
 class ProxyContext:
@@ -39,7 +55,7 @@ class ProxyContext:
         self.metrics = metrics
         # Live tap: exchanges are published only while someone listens.
         self.tap = tap
-        self.connections: set[Http1Server] = set()
+        self.connections: set[Http1Connection] = set()
         self.draining = False
         # Requests that crossed this many proxy hops are refused (loop-detected);
         # capped so that the next hop's count is always in the pre-built table.
