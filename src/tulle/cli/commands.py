@@ -91,7 +91,7 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
     "manifest": ("Work with the local manifest (mesh.yaml).", ("tulle.cli.control",)),
     "demo": (
         "Run the demo: a small backend with a Tulle proxy in front of it.",
-        ("tulle.cli.demo", "tulle.demo.shop.cli"),
+        ("tulle.cli.demo", "tulle.cli.demo_shop"),
     ),
     "identity": (
         "The mesh's certificate authority: trust anchor, issuer, join tokens, rotation.",
