@@ -29,10 +29,11 @@ import typer
 
 from tulle.cli import observe_options
 from tulle.cli.app import app
+from tulle.core.checks import FAIL, OK, WARN, CheckReport
 from tulle.core.credentials import CredentialError, read_token_file
 from tulle.local.registry import find_state_dir
 from tulle.local.state import StateDir
-from tulle.viz.checks import FAIL, OK, WARN, CheckReport, preflight
+from tulle.viz.checks import preflight
 
 if TYPE_CHECKING:
     from rich.console import Console

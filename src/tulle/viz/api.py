@@ -24,6 +24,7 @@ from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
 from tulle.control.manifest import ManifestError
+from tulle.core.checks import CERT_EXPIRY_WARN_S, CheckReport
 from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
 from tulle.k8s.inject import ADMIN_PORT_ANNOTATION, PROXY_CONTAINER
 from tulle.local.manifest import load_local_manifest
@@ -38,7 +39,6 @@ from tulle.viz.api_context import (
     read_window,
 )
 from tulle.viz.apply import apply_manifest
-from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
 from tulle.viz.http_client import FetchError, request
 from tulle.viz.prometheus import PrometheusError, PrometheusSource
 from tulle.viz.promtext import ParseError, parse
