@@ -23,6 +23,7 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
+from tulle.codec.promtext import ParseError, parse
 from tulle.control.manifest import ManifestError
 from tulle.core.checks import CERT_EXPIRY_WARN_S, CheckReport
 from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
@@ -41,7 +42,6 @@ from tulle.viz.api_context import (
 from tulle.viz.apply import apply_manifest
 from tulle.viz.http_client import FetchError, request
 from tulle.viz.prometheus import PrometheusError, PrometheusSource
-from tulle.viz.promtext import ParseError, parse
 from tulle.viz.tap_relay import relay, select_targets, summarize_top
 from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowData, WindowStore

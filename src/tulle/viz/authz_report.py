@@ -13,10 +13,10 @@ from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tulle.codec.promtext import Sample, parse
 from tulle.core.discovery import RouteMatch, parse_address
 from tulle.core.policy import SERVER_DEFAULT_MODE, Authentication, PolicySpec
 from tulle.viz.api_context import ApiContext, ApiError
-from tulle.viz.promtext import Sample, parse
 
 AUTHZ_METRICS = {
     "inbound_http_authz_allow_total": ("http", "allow"),

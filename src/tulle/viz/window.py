@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tulle.viz.promtext import Labels, Sample
+from tulle.codec.promtext import Labels, Sample
 from tulle.viz.targets import ScrapeTarget
 
 SeriesKey = tuple[str, Labels]

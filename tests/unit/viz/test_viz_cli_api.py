@@ -11,12 +11,12 @@ from pathlib import Path
 import pytest
 
 from tulle.cli.observe import DEFAULT_CONTROL_URL, resolve_control_url
+from tulle.codec.promtext import parse
 from tulle.core.checks import FAIL, OK, WARN, CheckReport
 from tulle.proxy.metrics import Metrics, render
 from tulle.viz.api import MetricsApi
 from tulle.viz.api_context import ApiContext, ApiError, StoreSource
 from tulle.viz.checks import port_free
-from tulle.viz.promtext import parse
 from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
 

@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
+from tulle.codec.promtext import Sample, parse
 from tulle.proxy.metrics import Metrics, render
 from tulle.viz import aggregate
-from tulle.viz.promtext import Sample, parse
 from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
 

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tulle.cli.observe import stat_query
+from tulle.codec.promtext import Sample
 from tulle.control.kubernetes.pods import (
     DEFAULT_PROXY_ADMIN_PORT,
     DestinationNames,
@@ -20,7 +21,6 @@ from tulle.control.kubernetes.translate import ClusterState
 from tulle.viz import aggregate
 from tulle.viz.api import MetricsApi
 from tulle.viz.api_context import ApiContext, StoreSource
-from tulle.viz.promtext import Sample
 from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
 
