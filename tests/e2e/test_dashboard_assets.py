@@ -14,10 +14,10 @@ import pytest
 
 from tulle.cli.dashboard import dashboard_url
 from tulle.codec.promtext import Sample
+from tulle.core.scrape import ScrapeTarget
 from tulle.viz.api import MetricsApi
 from tulle.viz.api_context import ApiContext, ApiError, StoreSource
 from tulle.viz.dashboard import asset_version, overview, serve_asset
-from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
 
 

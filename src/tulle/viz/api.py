@@ -27,6 +27,7 @@ from tulle.codec.promtext import ParseError, parse
 from tulle.control.manifest import ManifestError
 from tulle.core.checks import CERT_EXPIRY_WARN_S, CheckReport
 from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
+from tulle.core.scrape import ScrapeTarget
 from tulle.k8s.inject import ADMIN_PORT_ANNOTATION, PROXY_CONTAINER
 from tulle.local.manifest import load_local_manifest
 from tulle.net.small_http import CLIENT_GONE, parse_head, read_head
@@ -43,7 +44,6 @@ from tulle.viz.apply import apply_manifest
 from tulle.viz.http_client import FetchError, request
 from tulle.viz.prometheus import PrometheusError, PrometheusSource
 from tulle.viz.tap_relay import relay, select_targets, summarize_top
-from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowData, WindowStore
 
 log = logging.getLogger(__name__)

@@ -17,8 +17,9 @@ from typing import Protocol
 
 from tulle.control.manifest import Manifest
 from tulle.core.duration import DurationError, parse_duration
+from tulle.core.scrape import ScrapeTarget
 from tulle.viz.prometheus import PrometheusError
-from tulle.viz.targets import GivenUp, ScrapeTarget
+from tulle.viz.targets import GivenUp
 from tulle.viz.window import WindowData, WindowStore
 
 DEFAULT_WINDOW_S = 60.0

@@ -21,11 +21,12 @@ from typing import TYPE_CHECKING
 
 from tulle.codec.promtext import Sample
 from tulle.control.manifest import Manifest
+from tulle.core.scrape import ScrapeTarget
 from tulle.viz.api import ApiServer
 from tulle.viz.api_context import ApiContext, MetricsSource, StoreSource
 from tulle.viz.prometheus import PrometheusSource
 from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S, Scraper
-from tulle.viz.targets import GivenUp, ScrapeTarget, TargetSource
+from tulle.viz.targets import GivenUp, TargetSource
 from tulle.viz.window import WindowStore
 
 if TYPE_CHECKING:

@@ -18,7 +18,7 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 
 from tulle.codec.promtext import Labels, Sample
-from tulle.viz.targets import ScrapeTarget
+from tulle.core.scrape import ScrapeTarget
 
 SeriesKey = tuple[str, Labels]
 DEFAULT_RETENTION_S = 600.0

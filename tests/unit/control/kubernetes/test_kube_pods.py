@@ -18,10 +18,10 @@ from tulle.control.kubernetes.pods import (
     workload_of,
 )
 from tulle.control.kubernetes.translate import ClusterState
+from tulle.core.scrape import ScrapeTarget
 from tulle.viz import aggregate
 from tulle.viz.api import MetricsApi
 from tulle.viz.api_context import ApiContext, StoreSource
-from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
 
 
