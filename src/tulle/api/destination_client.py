@@ -50,6 +50,7 @@ from tulle.core.discovery import (
     Endpoint,
     FaultSpec,
     HeaderMatch,
+    MirrorSpec,
     Profile,
     RetryBudgetSpec,
     Route,
@@ -145,6 +146,12 @@ def _route_from_message(message: pb.Route) -> Route:
         retry_statuses=tuple(int(s) for s in message.retry_statuses),
         fault=_fault_from_message(message.fault) if message.HasField("fault") else None,
         access_log=message.access_log,
+        mirror=MirrorSpec(
+            message.mirror.service,
+            min(max(message.mirror.percent, 0.0), 100.0) or 100.0,
+        )
+        if message.HasField("mirror") and message.mirror.service
+        else None,
     )
 
 

@@ -72,6 +72,15 @@ class FaultSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorSpec:
+    """Copies of a share of a route's requests sent to another service; the
+    copies' answers are discarded and never delay or fail the request."""
+
+    service: str
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     matches: tuple[RouteMatch, ...] = ()  # empty: matches every request
@@ -82,6 +91,7 @@ class Route:
     fault: FaultSpec | None = None
     # Logged by proxies whose access log is scoped to routes (--access-log-scope routes).
     access_log: bool = False
+    mirror: MirrorSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Protocol
 from tulle.codec.http1 import HOPS_LINES
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.metrics import Metrics, TcpStats
+from tulle.proxy.mirror import Mirrors
 from tulle.proxy.router import Router
 from tulle.proxy.tap import TapHub
 
@@ -65,6 +66,8 @@ class ProxyContext:
         self.mesh: MeshTls | None = None
         # Inbound authorization policy; None: every caller is allowed.
         self.authz: InboundAuthz | None = None
+        # Copies for routes that mirror (tulle.proxy.mirror); idle otherwise.
+        self.mirrors = Mirrors(loop, metrics, direction)
         # The access log (tulle.proxy.accesslog); None: off, one test per request.
         self.access_log: AccessLog | None = None
         # The process's descriptor budget (tulle.net.descriptors); None: unchecked.

@@ -62,7 +62,7 @@ from tulle.proxy.accesslog import timestamp
 from tulle.proxy.balance import ejected_detail
 from tulle.proxy.metrics import fault_labels
 from tulle.proxy.ratelimit import RATE_LIMITED
-from tulle.proxy.router import PoolHandle, RoutePolicy, ServiceTarget
+from tulle.proxy.router import MirrorPolicy, PoolHandle, RoutePolicy, ServiceTarget
 from tulle.proxy.tap import TapEvent, TapHub
 from tulle.proxy.tcp import Tunnel
 
@@ -1178,7 +1178,17 @@ class Exchange:
         access = ctx.access_log
         if access is not None:
             self._log_access(access, status, latency, error)
+        route = self.route
+        if route is not None and route.mirror is not None:
+            self._mirror(route.mirror)
         self.server.exchange_done(self, keep_connection)
+
+    def _mirror(self, mirror: MirrorPolicy) -> None:
+        """A copy to the route's mirror, after the answer (tulle.proxy.mirror)."""
+        if not mirror.sampler.keep():
+            return
+        whole = self.req_done and self.head.upgrade is None and self.head.method != b"CONNECT"
+        self.server.ctx.mirrors.send(mirror.target, self.replay if whole else None, _monotonic())
 
     def _log_access(self, access: AccessLog, status: int, latency_s: float, error: str) -> None:
         route = self.route

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tulle.core.accesslog import Sampler
 from tulle.core.concurrency import PendingLimit
 from tulle.core.discovery import (
     Address,
@@ -68,6 +69,14 @@ class RoutePolicy:
     fault: FaultInjector | None = None
     # The route asks for access-log lines (--access-log-scope routes).
     access_log: bool = False
+    # Traffic mirroring: where copies go and which share (tulle.proxy.mirror).
+    mirror: MirrorPolicy | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    target: ServiceTarget
+    sampler: Sampler
 
 
 DEFAULT_ROUTE = RoutePolicy("default", 0.0, None, frozenset())
@@ -76,8 +85,11 @@ DEFAULT_ROUTE = RoutePolicy("default", 0.0, None, frozenset())
 class _CompiledRoute:
     __slots__ = ("matches", "policy")
 
-    def __init__(self, route: Route, default_timeout: float) -> None:
+    def __init__(
+        self, route: Route, default_timeout: float, service: Callable[[str], ServiceTarget]
+    ) -> None:
         timeout = route.timeout_s if route.timeout_s is not None else default_timeout
+        mirror = route.mirror
         self.policy = RoutePolicy(
             route.name,
             timeout or 0.0,
@@ -85,6 +97,9 @@ class _CompiledRoute:
             frozenset(route.retry_statuses),
             FaultInjector(route.fault) if route.fault is not None else None,
             route.access_log,
+            MirrorPolicy(service(mirror.service), Sampler(mirror.percent / 100.0))
+            if mirror is not None
+            else None,
         )
         self.matches = [
             (m, re.compile(m.path_regex) if m.path_regex else None) for m in route.matches
@@ -218,7 +233,9 @@ class ServiceTarget:
 
     def _apply_profile(self, profile: Profile) -> None:
         default_timeout = profile.timeout_s or 0.0
-        self._routes = [_CompiledRoute(r, default_timeout) for r in profile.routes]
+        self._routes = [
+            _CompiledRoute(r, default_timeout, self._service_named) for r in profile.routes
+        ]
         self.default_route = RoutePolicy(
             "default", default_timeout, self.default_retryable, frozenset()
         )
@@ -244,6 +261,10 @@ class ServiceTarget:
             if affinity is not None
             else None
         )
+
+    def _service_named(self, name: str) -> ServiceTarget:
+        # Itself by name: this target may not be in the router's table yet.
+        return self if name == self.name else self._router.service(name)
 
     def _override_table(self, profile: Profile) -> dict[bytes, ServiceTarget] | None:
         if not profile.override_identities:

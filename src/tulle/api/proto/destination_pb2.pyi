@@ -420,6 +420,7 @@ class Route(_message.Message):
     RETRY_STATUSES_FIELD_NUMBER: _builtins.int
     FAULT_FIELD_NUMBER: _builtins.int
     ACCESS_LOG_FIELD_NUMBER: _builtins.int
+    MIRROR_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Used as the `route` label of metrics. Unique within a profile."""
     retryable: Global___Retryability.ValueType
@@ -445,6 +446,10 @@ class Route(_message.Message):
     def fault(self) -> Global___FaultInjection:
         """Faults the client injects into this route's requests. Absent: none."""
 
+    @_builtins.property
+    def mirror(self) -> Global___Mirror:
+        """Traffic mirroring. Absent: none."""
+
     def __init__(
         self,
         *,
@@ -455,14 +460,45 @@ class Route(_message.Message):
         retry_statuses: _abc.Iterable[_builtins.int] | None = ...,
         fault: Global___FaultInjection | None = ...,
         access_log: _builtins.bool = ...,
+        mirror: Global___Mirror | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "mirror", b"mirror", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log", b"access_log", "fault", b"fault", "matches", b"matches", "name", b"name", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log", b"access_log", "fault", b"fault", "matches", b"matches", "mirror", b"mirror", "name", b"name", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class Mirror(_message.Message):
+    """The client SHOULD send a copy of `percent` of the route's requests to
+    `service` once the original has been answered, and discard the copy's
+    answer. A copy MUST NOT delay or fail the original: a client bounds the
+    copies in flight and the bytes it keeps for them, and drops a copy
+    (counting it) rather than wait.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    percent: _builtins.float
+    """0 to 100; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        percent: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["percent", b"percent", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Mirror: _TypeAlias = Mirror  # noqa: Y015
 
 @_typing.final
 class FaultInjection(_message.Message):

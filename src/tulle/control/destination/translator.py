@@ -137,6 +137,9 @@ def _route_message(route: Route) -> pb.Route:
         message.timeout.CopyFrom(_duration(route.timeout_s))
     if route.fault is not None:
         message.fault.CopyFrom(_fault_message(route.fault))
+    if route.mirror is not None:
+        message.mirror.service = route.mirror.service
+        message.mirror.percent = route.mirror.percent
     return message
 
 

@@ -190,7 +190,17 @@ class ServicesReader(MatchReader):
         fields = self.mapping(
             node,
             path,
-            ("name", "matches", "timeout", "timeouts", "retryable", "retry", "fault", "accessLog"),
+            (
+                "name",
+                "matches",
+                "timeout",
+                "timeouts",
+                "retryable",
+                "retry",
+                "fault",
+                "accessLog",
+                "mirror",
+            ),
             required=("name",),
         )
         if fields is None:
@@ -237,6 +247,9 @@ class ServicesReader(MatchReader):
         fault = None
         if "fault" in fields:
             fault = traffic.fault(self, fields["fault"], f"{path}.fault")
+        mirror = None
+        if "mirror" in fields:
+            mirror = traffic.mirror(self, fields["mirror"], f"{path}.mirror")
         access_log = False
         if "accessLog" in fields:
             access_log = bool(self.boolean(fields["accessLog"], f"{path}.accessLog"))
@@ -250,6 +263,7 @@ class ServicesReader(MatchReader):
             retry_statuses=tuple(statuses),
             fault=fault,
             access_log=access_log,
+            mirror=mirror,
         )
 
     def retry_budget(self, node: Node, path: str) -> RetryBudgetSpec | None:

@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 from yaml.nodes import Node
 
-from tulle.core.discovery import AffinitySpec, FaultSpec, HeaderMatch
+from tulle.core.discovery import AffinitySpec, FaultSpec, HeaderMatch, MirrorSpec
 from tulle.core.policy import RateLimitPolicySpec
 from tulle.core.ratelimit import LimitOverride, LimitSpec, RateLimitSpec
 
@@ -258,3 +258,18 @@ def request_override(p: ManifestChecks, node: Node, path: str) -> tuple[str, ...
     if not items:
         p.problem(fields["identities"], f"{path}.identities", "name at least one identity")
     return tuple(found)
+
+
+def mirror(p: ManifestChecks, node: Node, path: str) -> MirrorSpec | None:
+    """`routes[].mirror: {service, percent}` (percent defaults to 100)."""
+    fields = p.mapping(node, path, ("service", "percent"), ("service",))
+    if fields is None or "service" not in fields:
+        return None
+    before = len(p.problems)
+    service = p.name(fields["service"], f"{path}.service")
+    percent = 100.0
+    if "percent" in fields:
+        percent = p.number(fields["percent"], f"{path}.percent", 0.001, 100) or 100.0
+    if service is None or len(p.problems) > before:
+        return None
+    return MirrorSpec(service, percent)
