@@ -446,6 +446,15 @@ def _mesh_steps(
             identity=mtls_hops.WEB, issuer=issuer,
         )  # fmt: skip
         pids = [a.process.pid, b.process.pid]
+        # The same two hops in plaintext: what of the gRPC cost is TLS.
+        plain_a = mtls_hops.start_proxy(
+            processes, "grpc-plain-a", app_port=grpc_port, dst=None, identity=None, issuer=None
+        )
+        plain_b = mtls_hops.start_proxy(
+            processes, "grpc-plain-b", app_port=None, dst=f"{LOOPBACK}:{plain_a.inbound}",
+            identity=None, issuer=None,
+        )  # fmt: skip
+        plain_pids = [plain_a.process.pid, plain_b.process.pid]
 
         def grpc_step(name: str, port: int, proxies: Sequence[int]) -> Callable[[], None]:
             def step() -> None:
@@ -457,6 +466,7 @@ def _mesh_steps(
             return step
 
         steps.append(("grpc-direct", grpc_step("grpc-direct", grpc_port, ())))
+        steps.append(("grpc-plain-2", grpc_step("grpc-plain-2", plain_b.outbound, plain_pids)))
         steps.append(("grpc-mtls-2", grpc_step("grpc-mtls-2", b.outbound, pids)))
     if "mtls" in parts:
         plain_a = mtls_hops.start_proxy(
@@ -507,6 +517,7 @@ ROWS = (
     ("h2-haproxy", "... through HAProxy, proto h2 both sides"),
     ("h2-tulle", "... through Tulle, h2 both sides"),
     ("grpc-direct", "gRPC unary h2load c=2 m=50: direct"),
+    ("grpc-plain-2", "... through two Tulle hops, plaintext between them"),
     ("grpc-mtls-2", "... through two Tulle hops, mTLS between them"),
     ("plain-2", "HTTP/1.1 wrk c=50: two Tulle hops, plaintext"),
     ("mtls-2", "... two Tulle hops, mTLS between them"),
@@ -535,6 +546,8 @@ def _render(results: Results, args: argparse.Namespace, parts: set[str]) -> None
         ("HTTP/2 HAProxy / direct", "h2-haproxy", "h2-direct"),
         ("HTTP/2 Tulle / direct", "h2-tulle", "h2-direct"),
         ("gRPC two mTLS hops / direct", "grpc-mtls-2", "grpc-direct"),
+        ("gRPC two plaintext hops / direct", "grpc-plain-2", "grpc-direct"),
+        ("gRPC two hops mTLS / plaintext", "grpc-mtls-2", "grpc-plain-2"),
         ("two hops mTLS / plaintext", "mtls-2", "plain-2"),
     ):
         value = _ratio(results, top, bottom)
