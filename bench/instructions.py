@@ -14,11 +14,19 @@ What it measures, per tree (everything on 127.0.0.1):
 * http2 -- one prior-knowledge h2c client (the `h2` library, one stream at a
   time) -> the same proxy -> an h2c backend run by this script.
 
+`--hops plain|mtls` puts a second proxy in the path: client -> proxy B
+outbound -> proxy A inbound -> backend, the B -> A hop plaintext or mTLS
+(both proxies holding identities from a local issuer, B checking A's), and
+counts both proxies' instructions: the mesh-TLS cost per request, countable
+on a noisy machine (`--hops mtls` against `--hops plain` of the same tree,
+or two trees under `--hops mtls`).
+
 Instrumentation is switched on after a warm-up (`callgrind_control -i on`),
 and the count is taken at two request counts so start-up and warm-up cancel
 out: (Ir@N2 - Ir@N1) / (N2 - N1).
 
 Usage: python bench/instructions.py TREE [TREE ...] [--protocol http1|http2|both]
+                                    [--hops one|plain|mtls]
        e.g. git worktree add /tmp/base <rev>; python bench/instructions.py /tmp/base .
 Needs: valgrind (apt-get install -y valgrind).
 """
@@ -44,7 +52,7 @@ from pathlib import Path
 LOOPBACK = "127.0.0.1"
 SERVICE = "bench"
 WARMUP_REQUESTS = 300
-READY_TIMEOUT_S = 120.0  # the proxy starts under valgrind: tens of times slower
+READY_TIMEOUT_S = 400.0  # the proxies start under valgrind: tens of times slower (identity: more)
 
 
 class BenchError(Exception):
@@ -200,39 +208,76 @@ def read_total(out_prefix: str) -> int:
     return total
 
 
-def count(tree: Path, protocol: str, requests: int, workdir: Path) -> int:
-    """Instructions the proxy executed for `requests` requests after a warm-up."""
+WEB = "spiffe://bench.local/ns/default/sa/web"
+BOOKS = "spiffe://bench.local/ns/default/sa/books"
+
+
+def proxy_argv(out: str, ports: tuple[int, int, int], extra: list[str]) -> list[str]:
+    outbound, inbound, admin = ports
+    return [
+        "valgrind", "--tool=callgrind", "--instr-atstart=no",
+        "--trace-children=yes",
+        f"--callgrind-out-file={out}",
+        sys.executable, "-m", "tulle", "proxy",
+        "--outbound-addr", f"{LOOPBACK}:{outbound}",
+        "--inbound-addr", f"{LOOPBACK}:{inbound}",
+        "--admin-addr", f"{LOOPBACK}:{admin}",
+        *extra,
+    ]  # fmt: skip
+
+
+def count(tree: Path, protocol: str, requests: int, workdir: Path, hops: str = "one") -> int:
+    """Instructions the proxies executed for `requests` requests after a warm-up."""
     env = dict(os.environ, PYTHONPATH=f"{tree}/src", PYTHONHASHSEED="0")
-    out = str(workdir / f"cg-{tree.name}-{protocol}-{requests}.out")
-    outbound, inbound, admin = free_port(), free_port(), free_port()
+    out = str(workdir / f"cg-{tree.name}-{protocol}-{hops}-{requests}")
     with backend(tree, protocol) as backend_port:
-        proxy = subprocess.Popen(
-            [
-                "valgrind", "--tool=callgrind", "--instr-atstart=no",
-                "--trace-children=yes",
-                f"--callgrind-out-file={out}",
-                sys.executable, "-m", "tulle", "proxy",
-                "--outbound-addr", f"{LOOPBACK}:{outbound}",
-                "--inbound-addr", f"{LOOPBACK}:{inbound}",
-                "--admin-addr", f"{LOOPBACK}:{admin}",
-                "--static-dst", f"{SERVICE}={LOOPBACK}:{backend_port}",
-            ],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
+        argvs: list[list[str]] = []
+        entry = free_port()
+        if hops == "one":
+            argvs.append(
+                proxy_argv(
+                    out + "-a.out",
+                    (entry, free_port(), free_port()),
+                    ["--static-dst", f"{SERVICE}={LOOPBACK}:{backend_port}"],
+                )
+            )
+        else:
+            a_inbound = free_port()
+            a_extra = ["--app-addr", f"{LOOPBACK}:{backend_port}"]
+            b_extra = ["--static-dst", f"{SERVICE}={LOOPBACK}:{a_inbound}"]
+            if hops == "mtls":
+                issuer = workdir / "issuer"
+                if not issuer.exists():
+                    subprocess.run(
+                        [sys.executable, "-m", "tulle", "identity", "init", "--dir",
+                         str(issuer), "--trust-domain", "bench.local"],
+                        check=True, capture_output=True, env=env,
+                    )  # fmt: skip
+                a_extra += ["--identity", BOOKS, "--identity-issuer-dir", str(issuer)]
+                b_extra[-1] += f"@{BOOKS}"
+                b_extra += ["--identity", WEB, "--identity-issuer-dir", str(issuer)]
+            argvs.append(proxy_argv(out + "-a.out", (free_port(), a_inbound, free_port()), a_extra))
+            argvs.append(proxy_argv(out + "-b.out", (entry, free_port(), free_port()), b_extra))
+        proxies = [
+            subprocess.Popen(argv, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+            for argv in argvs
+        ]
         try:
-            wait_http1(outbound) if protocol == "http1" else wait_listening(outbound)
+            wait_http1(entry) if protocol == "http1" else wait_h2(entry)
             run = http1_run if protocol == "http1" else http2_run
-            run(outbound, WARMUP_REQUESTS)
-            control("-i", "on", proxy.pid)
-            run(outbound, requests)
-            control("-i", "off", proxy.pid)
-            control("-d", "", proxy.pid)
+            run(entry, WARMUP_REQUESTS)
+            for proxy in proxies:
+                control("-i", "on", proxy.pid)
+            run(entry, requests)
+            for proxy in proxies:
+                control("-i", "off", proxy.pid)
+                control("-d", "", proxy.pid)
         finally:
-            proxy.terminate()
-            proxy.wait(timeout=60)
-    return read_total(out)
+            for proxy in proxies:
+                proxy.terminate()
+            for proxy in proxies:
+                proxy.wait(timeout=60)
+    return sum(read_total(f"{out}-{side}.out") for side in "ab")
 
 
 def wait_listening(port: int) -> None:
@@ -242,6 +287,23 @@ def wait_listening(port: int) -> None:
             return
         time.sleep(0.3)
     raise BenchError(f"nothing listened on {LOOPBACK}:{port} within {READY_TIMEOUT_S:.0f} s")
+
+
+def wait_h2(port: int) -> None:
+    """Until one h2c stream through the proxies answers 200 (the hop behind
+    may still be starting, or fetching its certificate, under valgrind)."""
+    wait_listening(port)
+    deadline = time.monotonic() + READY_TIMEOUT_S
+    while time.monotonic() < deadline:
+        with contextlib.suppress(OSError, BenchError):
+            client = H2Client(port)
+            try:
+                if client.get() == 200:
+                    return
+            finally:
+                client.close()
+        time.sleep(0.5)
+    raise BenchError(f"no h2c stream answered 200 on {LOOPBACK}:{port} in {READY_TIMEOUT_S:.0f} s")
 
 
 def control(flag: str, value: str, pid: int) -> None:
@@ -275,6 +337,12 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs="+", type=Path, help="source trees (each has src/tulle)")
     parser.add_argument("--protocol", choices=("http1", "http2", "both"), default="both")
+    parser.add_argument(
+        "--hops",
+        choices=("one", "plain", "mtls"),
+        default="one",
+        help="one proxy, or two with a plaintext or mTLS hop between them (both counted)",
+    )
     parser.add_argument("--low", type=int, default=500, help="requests in the first count")
     parser.add_argument("--high", type=int, default=2500, help="requests in the second count")
     args = parser.parse_args()
@@ -292,9 +360,10 @@ def main() -> int:
         for protocol in protocols:
             for tree in trees:
                 print(f"{protocol} {tree} ...", file=sys.stderr, flush=True)
-                low = count(tree, protocol, args.low, Path(tmp))
-                high = count(tree, protocol, args.high, Path(tmp))
+                low = count(tree, protocol, args.low, Path(tmp), args.hops)
+                high = count(tree, protocol, args.high, Path(tmp), args.hops)
                 results[(protocol, tree)] = (high - low) / (args.high - args.low)
+    print(f"hops: {args.hops}\n")
     print("| protocol | tree | instructions per request | vs first tree |")
     print("|---|---|---:|---:|")
     for protocol in protocols:

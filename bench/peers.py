@@ -13,7 +13,9 @@ prior-knowledge h2c port. Each proxy runs one worker (nginx
   Cache-Control, Upgrade-Insecure-Requests): direct, nginx, HAProxy, Tulle.
 * HTTP/2, `h2load -c10 -m10`, h2 on both sides (HAProxy `proto h2` on its
   server line; nginx cannot proxy to h2, so it has no row): direct, HAProxy,
-  Tulle; with Tulle's CPU per stream (from /proc: user + system).
+  Tulle.
+* Each proxy's CPU per request or stream (user + system from /proc, over
+  the proxy's processes), which says more than req/s on a busy machine.
 * gRPC unary (h2load sending gRPC-framed Echo/Unary, c=2 m=50) against the
   test gRPC server: direct, and through two Tulle hops with mTLS between them.
 * HTTP/1.1 c=50 through two Tulle hops: plaintext vs mTLS between the hops.
@@ -191,7 +193,8 @@ def start_backend(processes: h1.Processes, work: Path) -> tuple[int, int]:
     return h1_port, h2_port
 
 
-def start_nginx_proxy(processes: h1.Processes, work: Path, backend: int) -> int:
+def start_nginx_proxy(processes: h1.Processes, work: Path, backend: int) -> tuple[int, int]:
+    """nginx as the HTTP/1.1 reverse proxy; (port, master pid: its worker is a child)."""
     directory = work / "nginx-proxy"
     directory.mkdir()
     port = h1.free_port()
@@ -204,12 +207,13 @@ def start_nginx_proxy(processes: h1.Processes, work: Path, backend: int) -> int:
         "nginx-proxy", [binary, "-p", str(directory), "-c", str(config), "-e", str(directory / "e")]
     )
     h1.wait_until(process, "nginx proxy", lambda: h1.http_ok(port, "/"))
-    return port
+    return port, process.pid
 
 
 def start_haproxy(
     processes: h1.Processes, work: Path, backend_h1: int, backend_h2: int
-) -> tuple[int, int]:
+) -> tuple[int, int, int]:
+    """HAProxy with an HTTP/1.1 and an h2 frontend; (h1 port, h2 port, pid)."""
     binary = shutil.which("haproxy") or "/usr/sbin/haproxy"
     h1_port, h2_port = h1.free_port(), h1.free_port()
     config = work / "haproxy.cfg"
@@ -224,7 +228,7 @@ def start_haproxy(
     )
     process = processes.start("haproxy", [binary, "-db", "-f", str(config)])
     h1.wait_until(process, "haproxy", lambda: h1.http_ok(h1_port, "/"))
-    return h1_port, h2_port
+    return h1_port, h2_port, process.pid
 
 
 def start_tulle(processes: h1.Processes, name: str, dsts: Sequence[str]) -> h1.ProxyPorts:
@@ -340,8 +344,8 @@ def _run(
     results: Results,
 ) -> None:
     backend_h1, backend_h2 = start_backend(processes, work)
-    nginx_port = start_nginx_proxy(processes, work, backend_h1)
-    haproxy_h1, haproxy_h2 = start_haproxy(processes, work, backend_h1, backend_h2)
+    nginx_port, nginx_pid = start_nginx_proxy(processes, work, backend_h1)
+    haproxy_h1, haproxy_h2, haproxy_pid = start_haproxy(processes, work, backend_h1, backend_h2)
     tulle = start_tulle(
         processes,
         "tulle",
@@ -353,8 +357,15 @@ def _run(
 
     steps: list[tuple[str, Callable[[], None]]] = []
 
-    def h1_step(name: str, port: int, host: str | None, sampler_pid: int | None = None) -> None:
+    def h1_step(
+        name: str,
+        port: int,
+        host: str | None,
+        proxies: Sequence[int] = (),
+        sampler_pid: int | None = None,
+    ) -> None:
         def step() -> None:
+            before = sum(h2b.cpu_seconds(pid) for pid in proxies)
             if sampler_pid is not None:
                 with RssSampler(sampler_pid) as sampler:
                     result = wrk(port, host, 50, duration, browser=True)
@@ -364,7 +375,9 @@ def _run(
                 )
             else:
                 result = wrk(port, host, 50, duration, browser=True)
-            results.run(name).add(result.requests_per_s, result.errors)
+            cpu = sum(h2b.cpu_seconds(pid) for pid in proxies) - before
+            per_request = cpu / result.requests * 1e6 if proxies and result.requests else None
+            results.run(name).add(result.requests_per_s, result.errors, per_request)
 
         steps.append((name, step))
 
@@ -377,12 +390,12 @@ def _run(
 
     if "http1" in parts:
         h1_step("h1-direct", backend_h1, None)
-        h1_step("h1-nginx", nginx_port, None)
-        h1_step("h1-haproxy", haproxy_h1, None)
-        h1_step("h1-tulle", tulle.outbound, H1_SERVICE, sampler_pid=tulle.process.pid)
+        h1_step("h1-nginx", nginx_port, None, [nginx_pid])
+        h1_step("h1-haproxy", haproxy_h1, None, [haproxy_pid])
+        h1_step("h1-tulle", tulle.outbound, H1_SERVICE, tulle_pids, sampler_pid=tulle.process.pid)
     if "http2" in parts:
         h2_step("h2-direct", backend_h2, H2_SERVICE)
-        h2_step("h2-haproxy", haproxy_h2, H2_SERVICE)
+        h2_step("h2-haproxy", haproxy_h2, H2_SERVICE, [haproxy_pid])
         h2_step("h2-tulle", tulle.outbound, H2_SERVICE, tulle_pids)
     if "grpc" in parts or "mtls" in parts:
         _mesh_steps(processes, work, duration, parts, results, backend_h1, steps)
@@ -428,10 +441,20 @@ def _mesh_steps(
             identity=mtls_hops.BOOKS, issuer=issuer,
         )  # fmt: skip
         b = mtls_hops.start_proxy(
-            processes, "grpc-b", app_port=None, dst=f"{LOOPBACK}:{a.inbound}",
+            processes, "grpc-b", app_port=None,
+            dst=f"{LOOPBACK}:{a.inbound}@{mtls_hops.BOOKS}",
             identity=mtls_hops.WEB, issuer=issuer,
         )  # fmt: skip
         pids = [a.process.pid, b.process.pid]
+        # The same two hops in plaintext: what of the gRPC cost is TLS.
+        plain_a = mtls_hops.start_proxy(
+            processes, "grpc-plain-a", app_port=grpc_port, dst=None, identity=None, issuer=None
+        )
+        plain_b = mtls_hops.start_proxy(
+            processes, "grpc-plain-b", app_port=None, dst=f"{LOOPBACK}:{plain_a.inbound}",
+            identity=None, issuer=None,
+        )  # fmt: skip
+        plain_pids = [plain_a.process.pid, plain_b.process.pid]
 
         def grpc_step(name: str, port: int, proxies: Sequence[int]) -> Callable[[], None]:
             def step() -> None:
@@ -443,6 +466,7 @@ def _mesh_steps(
             return step
 
         steps.append(("grpc-direct", grpc_step("grpc-direct", grpc_port, ())))
+        steps.append(("grpc-plain-2", grpc_step("grpc-plain-2", plain_b.outbound, plain_pids)))
         steps.append(("grpc-mtls-2", grpc_step("grpc-mtls-2", b.outbound, pids)))
     if "mtls" in parts:
         plain_a = mtls_hops.start_proxy(
@@ -457,7 +481,8 @@ def _mesh_steps(
             identity=mtls_hops.BOOKS, issuer=issuer,
         )  # fmt: skip
         mtls_b = mtls_hops.start_proxy(
-            processes, "mtls-b", app_port=None, dst=f"{LOOPBACK}:{mtls_a.inbound}",
+            processes, "mtls-b", app_port=None,
+            dst=f"{LOOPBACK}:{mtls_a.inbound}@{mtls_hops.BOOKS}",
             identity=mtls_hops.WEB, issuer=issuer,
         )  # fmt: skip
 
@@ -492,6 +517,7 @@ ROWS = (
     ("h2-haproxy", "... through HAProxy, proto h2 both sides"),
     ("h2-tulle", "... through Tulle, h2 both sides"),
     ("grpc-direct", "gRPC unary h2load c=2 m=50: direct"),
+    ("grpc-plain-2", "... through two Tulle hops, plaintext between them"),
     ("grpc-mtls-2", "... through two Tulle hops, mTLS between them"),
     ("plain-2", "HTTP/1.1 wrk c=50: two Tulle hops, plaintext"),
     ("mtls-2", "... two Tulle hops, mTLS between them"),
@@ -503,7 +529,7 @@ def _render(results: Results, args: argparse.Namespace, parts: set[str]) -> None
     print(
         f"\n`python bench/peers.py --duration {args.duration:g} --rounds {args.rounds}`, {stamp}\n"
     )
-    print("| target | req/s (range over rounds) | failed | proxy CPU us/stream |")
+    print("| target | req/s (range over rounds) | failed | proxy CPU us per request/stream |")
     print("|---|---:|---:|---:|")
     for name, label in ROWS:
         run = results.runs.get(name)
@@ -520,6 +546,8 @@ def _render(results: Results, args: argparse.Namespace, parts: set[str]) -> None
         ("HTTP/2 HAProxy / direct", "h2-haproxy", "h2-direct"),
         ("HTTP/2 Tulle / direct", "h2-tulle", "h2-direct"),
         ("gRPC two mTLS hops / direct", "grpc-mtls-2", "grpc-direct"),
+        ("gRPC two plaintext hops / direct", "grpc-plain-2", "grpc-direct"),
+        ("gRPC two hops mTLS / plaintext", "grpc-mtls-2", "grpc-plain-2"),
         ("two hops mTLS / plaintext", "mtls-2", "plain-2"),
     ):
         value = _ratio(results, top, bottom)

@@ -13,10 +13,11 @@ import time
 import pytest
 
 from tulle.cli.dashboard import dashboard_url
-from tulle.viz.api import ApiContext, ApiError, MetricsApi, StoreSource
+from tulle.codec.promtext import Sample
+from tulle.core.scrape import ScrapeTarget
+from tulle.viz.api import MetricsApi
+from tulle.viz.api_context import ApiContext, ApiError, StoreSource
 from tulle.viz.dashboard import asset_version, overview, serve_asset
-from tulle.viz.promtext import Sample
-from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
 
 
@@ -105,7 +106,7 @@ def test_overview_gives_every_service_with_its_sparkline() -> None:
             manifest=lambda: None,
         )
     )
-    document = asyncio.run(overview(api, {"window": "60s", "spark": "60s", "step": "10s"}))
+    document = asyncio.run(overview(api.context, {"window": "60s", "spark": "60s", "step": "10s"}))
     rows = {row["service"]: row for row in document["rows"]}
     assert set(rows) == {"books", "web"}
     assert rows["books"]["requests"] == 40 and rows["books"]["success_rate"] == 0.9
@@ -115,7 +116,7 @@ def test_overview_gives_every_service_with_its_sparkline() -> None:
     assert [p["ts"] for p in points] == sorted(p["ts"] for p in points)
     assert sum(point["rps"] for point in rows["web"]["points"]) * 10 == pytest.approx(10)
     with pytest.raises(ApiError, match="step must be at least 1s"):
-        asyncio.run(overview(api, {"step": "0.5"}))
+        asyncio.run(overview(api.context, {"step": "0.5"}))
 
 
 def test_cli_builds_the_dashboard_url() -> None:

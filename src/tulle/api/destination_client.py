@@ -39,6 +39,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from tulle.api.control_tls import ControlTls, open_channel
+from tulle.api.failover import Replicas, WatchStats, follow
 from tulle.api.proto import destination_pb2 as pb
 from tulle.api.proto import destination_pb2_grpc as pb_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
@@ -49,6 +50,7 @@ from tulle.core.discovery import (
     Endpoint,
     FaultSpec,
     HeaderMatch,
+    MirrorSpec,
     Profile,
     RetryBudgetSpec,
     Route,
@@ -145,6 +147,12 @@ def _route_from_message(message: pb.Route) -> Route:
         retry_grpc_statuses=tuple(int(s) for s in message.retry_grpc_statuses),
         fault=_fault_from_message(message.fault) if message.HasField("fault") else None,
         access_log=message.access_log,
+        mirror=MirrorSpec(
+            message.mirror.service,
+            min(max(message.mirror.percent, 0.0), 100.0) or 100.0,
+        )
+        if message.HasField("mirror") and message.mirror.service
+        else None,
     )
 
 
@@ -187,6 +195,7 @@ def profile_from_message(message: pb.DestinationProfile) -> Profile:
         if message.HasField("default_timeout")
         else None,
         affinity=_affinity_from_message(message.affinity) if message.HasField("affinity") else None,
+        override_identities=tuple(message.override_identities),
     )
 
 
@@ -268,13 +277,28 @@ class ControlResolver:
         self._tasks: set[asyncio.Task[None]] = set()
         self._channels: dict[int, grpc.aio.Channel] = {}
         # Where the last stream succeeded: new streams try it first.
-        self._preferred = self._rng.randrange(len(self.addresses))
+        self._replicas = Replicas(
+            [format_address(a) for a in self.addresses], self._rng.randrange(len(self.addresses))
+        )
         self._closed = False
-        # Counters for the proxy's metrics.
-        self.updates_received = 0
-        self.reconnects = 0
-        self.stream_failures = 0
-        self.streams_connected = 0
+        # Counters for the proxy's metrics, of all the streams.
+        self.stats = WatchStats()
+
+    @property
+    def updates_received(self) -> int:
+        return self.stats.updates
+
+    @property
+    def reconnects(self) -> int:
+        return self.stats.reconnects
+
+    @property
+    def stream_failures(self) -> int:
+        return self.stats.failures
+
+    @property
+    def streams_connected(self) -> int:
+        return self.stats.connected
 
     # -- Resolver ----------------------------------------------------------
 
@@ -327,9 +351,19 @@ class ControlResolver:
         pending, self._pending = self._pending, []
         for key in pending:
             view = self._views[key]
-            self._spawn(self._follow(key, "get", self._open_get, partial(apply_update, view)))
             self._spawn(
-                self._follow(key, "profile", self._open_profile, partial(_apply_profile, view))
+                self._follow(
+                    f"get stream for {key!r}",
+                    partial(self._open_get, key=key),
+                    partial(apply_update, view),
+                )
+            )
+            self._spawn(
+                self._follow(
+                    f"profile stream for {key!r}",
+                    partial(self._open_profile, key=key),
+                    partial(_apply_profile, view),
+                )
             )
 
     def _spawn(self, coro: Coroutine[Any, Any, None]) -> None:
@@ -347,53 +381,25 @@ class ControlResolver:
     def _request(self, key: str) -> pb.GetDestination:
         return pb.GetDestination(path=key, context_token=self.proxy_id)
 
-    def _open_get(self, index: int, key: str) -> AsyncIterable[pb.Update]:
+    def _open_get(self, index: int, *, key: str) -> AsyncIterable[pb.Update]:
         stub = pb_grpc.DestinationStub(self._channel(index))
         return stub.Get(self._request(key))
 
-    def _open_profile(self, index: int, key: str) -> AsyncIterable[pb.DestinationProfile]:
+    def _open_profile(self, index: int, *, key: str) -> AsyncIterable[pb.DestinationProfile]:
         stub = pb_grpc.DestinationStub(self._channel(index))
         return stub.GetProfile(self._request(key))
 
-    async def _follow(
-        self,
-        key: str,
-        rpc: str,
-        open_stream: Callable[[int, str], AsyncIterable[M]],
-        apply: Callable[[M], None],
-    ) -> None:
-        """Keep one stream open for `key`, across failures and replicas, until closed."""
-        backoff = Backoff(self._backoff_spec, self._rng)
-        index = self._preferred
-        ever_connected = False
-        while not self._closed:
-            connected = False
-            try:
-                async for message in open_stream(index, key):
-                    if not connected:
-                        connected = True
-                        self.streams_connected += 1
-                        if ever_connected:
-                            self.reconnects += 1
-                            log.info("%s stream for %r reconnected to %s", rpc, key, index)
-                        ever_connected = True
-                        self._preferred = index
-                        backoff.reset()
-                    self.updates_received += 1
-                    apply(message)
-                reason = "ended by the server"
-            except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
-            except asyncio.CancelledError:
-                if connected:
-                    self.streams_connected -= 1
-                raise
-            if connected:
-                self.streams_connected -= 1
-            self.stream_failures += 1
-            host, port = self.addresses[index]
-            log.debug("%s stream for %r via %s:%d: %s", rpc, key, host, port, reason)
-            # Move on after every failure: a dead replica is skipped at once,
-            # and the rotation comes back to a restarted one.
-            index = (index + 1) % len(self.addresses)
-            await asyncio.sleep(backoff.next_delay())
+    def _follow(
+        self, what: str, open_stream: Callable[[int], AsyncIterable[M]], apply: Callable[[M], None]
+    ) -> Coroutine[Any, Any, None]:
+        """Keep one stream open, across failures and replicas, until closed."""
+        return follow(
+            what,
+            open_stream,
+            apply,
+            backoff=Backoff(self._backoff_spec, self._rng),
+            replicas=self._replicas,
+            stats=self.stats,
+            closed=lambda: self._closed,
+            logger=log,
+        )

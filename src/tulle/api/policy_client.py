@@ -28,6 +28,7 @@ import grpc
 
 from tulle.api.control_tls import ControlTls, open_channel
 from tulle.api.destination_client import CHANNEL_OPTIONS, DEFAULT_BACKOFF, _match_from_message
+from tulle.api.failover import Replicas, WatchStats, follow
 from tulle.api.proto import policy_pb2 as pb
 from tulle.api.proto import policy_pb2_grpc as pb_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
@@ -175,16 +176,29 @@ class PolicyWatcher:
         self._channels: dict[int, grpc.aio.Channel] = {}
         self._known = asyncio.Event()
         self._closed = False
-        # Counters for the proxy's metrics.
+        self._replicas = Replicas(
+            [format_address(a) for a in self.addresses], self._rng.randrange(len(self.addresses))
+        )
+        # Counters for the proxy's metrics: the stream's, and what became of its messages.
+        self.stats = WatchStats()
         self.updates_received = 0
         self.updates_rejected = 0
-        self.reconnects = 0
-        self.stream_failures = 0
-        self.connected = False
 
     @property
     def known(self) -> bool:
         return self.current.known
+
+    @property
+    def connected(self) -> bool:
+        return self.stats.connected > 0
+
+    @property
+    def reconnects(self) -> int:
+        return self.stats.reconnects
+
+    @property
+    def stream_failures(self) -> int:
+        return self.stats.failures
 
     def add_listener(self, listener: PolicyListener) -> None:
         """Called with every new policy (on the event loop's thread), after `current` changed."""
@@ -264,31 +278,14 @@ class PolicyWatcher:
             )
 
     async def _follow(self) -> None:
-        backoff = Backoff(self._backoff_spec, self._rng)
-        index = self._rng.randrange(len(self.addresses))
-        ever_connected = False
         request = pb.InboundRequest(workload=self.workload, port=self.port, proxy_id=self.proxy_id)
-        while not self._closed:
-            try:
-                stub = pb_grpc.PolicyStub(self._channel(index))
-                async for message in stub.WatchInbound(request):
-                    if not self.connected:
-                        self.connected = True
-                        if ever_connected:
-                            self.reconnects += 1
-                            log.info(
-                                "policy stream for %s:%d reconnected", self.workload, self.port
-                            )
-                        ever_connected = True
-                        backoff.reset()
-                    self._apply(message)
-                reason = "ended by the server"
-            except grpc.aio.AioRpcError as exc:
-                reason = f"{exc.code().name}: {exc.details()}"
-            finally:
-                self.connected = False
-            self.stream_failures += 1
-            host, port = self.addresses[index]
-            log.debug("policy stream via %s:%d: %s", host, port, reason)
-            index = (index + 1) % len(self.addresses)
-            await asyncio.sleep(backoff.next_delay())
+        await follow(
+            f"policy stream for {self.workload}:{self.port}",
+            lambda index: pb_grpc.PolicyStub(self._channel(index)).WatchInbound(request),
+            self._apply,
+            backoff=Backoff(self._backoff_spec, self._rng),
+            replicas=self._replicas,
+            stats=self.stats,
+            closed=lambda: self._closed,
+            logger=log,
+        )

@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.cli.observe import (
     NAMESPACE_OPTION,
     STATE_DIR_OPTION,
@@ -34,6 +34,7 @@ from tulle.cli.observe import (
     api_call,
     resolve_control_url,
 )
+from tulle.codec.promtext import ParseError, Sample
 from tulle.control.manifest import Manifest, ManifestError, load_manifest
 from tulle.core.discovery import parse_address
 from tulle.local.registry import find_state_dir
@@ -46,7 +47,6 @@ from tulle.viz.authz_report import (
     fetch_samples,
     proxies_from_state,
 )
-from tulle.viz.promtext import ParseError, Sample
 
 console = Console(width=None if sys.stdout.isatty() else 200, highlight=False)
 

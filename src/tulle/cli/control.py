@@ -8,7 +8,7 @@ from pathlib import Path
 
 import typer
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.control.destination.translator import DEFAULT_QUEUE_CAPACITY
 from tulle.control.kubernetes.client import KubeError
 from tulle.control.manifest import ManifestError
@@ -20,6 +20,7 @@ from tulle.identity.store import IdentityStoreError
 from tulle.local.manifest import load_local_manifest
 from tulle.local.state import API_TOKEN_FILE, DEFAULT_STATE_DIR
 from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S
+from tulle.viz.service import VizService
 
 DEFAULT_HTTP_ADDR = "127.0.0.1:8084"
 
@@ -286,7 +287,7 @@ def control(
     if source not in ("manifest", "kubernetes"):
         raise typer.BadParameter("expected 'manifest' or 'kubernetes'", param_hint="--source")
     try:
-        run(config)
+        run(config, VizService.for_control_plane)
     except ManifestError as exc:
         typer.echo(f"tulle control: cannot start, the manifest is unusable:\n{exc}", err=True)
         raise typer.Exit(1) from None

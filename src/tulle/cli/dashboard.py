@@ -18,7 +18,7 @@ from urllib.parse import quote
 
 import typer
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.cli.observe import (
     CONTROL_OPTION,
     STATE_DIR_OPTION,

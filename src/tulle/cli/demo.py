@@ -26,7 +26,7 @@ from rich.console import Console
 from rich.table import Table
 from rich.text import Text
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.demo import backend as demo_backend
 
 demo_app = typer.Typer(

@@ -14,7 +14,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.core.duration import DurationError
 from tulle.identity.ca import (
     DEFAULT_ANCHOR_TTL_S,

@@ -18,7 +18,7 @@ from dataclasses import dataclass
 
 import typer
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.net.capture import (
     ADMIN_PORT,
     INBOUND_PORT,

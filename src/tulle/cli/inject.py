@@ -22,7 +22,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.k8s.documents import Outcome, inject_document
 from tulle.k8s.inject import InjectConfig, InjectError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import typer
 import yaml
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.control.kubernetes.install import (
     DEFAULT_IMAGE,
     IdentityFiles,

@@ -6,7 +6,7 @@ import asyncio
 
 from tulle.control.kubernetes.check import kubernetes_checks
 from tulle.control.kubernetes.client import KubeClient, KubeConfig, KubeError
-from tulle.viz.checks import CheckReport
+from tulle.core.checks import CheckReport
 
 
 def run_kubernetes_checks(kubeconfig: str | None, namespace: str) -> CheckReport:

@@ -27,12 +27,13 @@ from urllib.parse import urlencode, urlsplit
 
 import typer
 
-from tulle.cli import observe_fast
-from tulle.cli.main import app
+from tulle.cli import observe_options
+from tulle.cli.app import app
+from tulle.core.checks import FAIL, OK, WARN, CheckReport
 from tulle.core.credentials import CredentialError, read_token_file
 from tulle.local.registry import find_state_dir
 from tulle.local.state import StateDir
-from tulle.viz.checks import FAIL, OK, WARN, CheckReport, preflight
+from tulle.viz.checks import preflight
 
 if TYPE_CHECKING:
     from rich.console import Console
@@ -58,22 +59,22 @@ _TOKEN_HELP = (
 _WINDOW_HELP = "How far back to look: 10s .. 10m."
 
 
-def _option(option: observe_fast.Option, help: str) -> Any:
-    """The typer option of a table entry of `observe_fast`: spellings, default, variable."""
+def _option(option: observe_options.Option, help: str) -> Any:
+    """The typer option of a table entry of `observe_options`: spellings, default, variable."""
     return typer.Option(option.default, *option.spellings, envvar=option.envvar, help=help)
 
 
 # Options several commands share (the tap and dashboard ones too).
-CONTROL_OPTION = _option(observe_fast.CONTROL, _CONTROL_HELP)
-STATE_DIR_OPTION = _option(observe_fast.STATE_DIR, STATE_DIR_HELP)
-WINDOW_OPTION = _option(observe_fast.WINDOW, _WINDOW_HELP)
-JSON_OPTION = _option(observe_fast.JSON, _JSON_HELP)
+CONTROL_OPTION = _option(observe_options.CONTROL, _CONTROL_HELP)
+STATE_DIR_OPTION = _option(observe_options.STATE_DIR, STATE_DIR_HELP)
+WINDOW_OPTION = _option(observe_options.WINDOW, _WINDOW_HELP)
+JSON_OPTION = _option(observe_options.JSON, _JSON_HELP)
 TOKEN_OPTION = typer.Option("", "--token", envvar="TULLE_API_TOKEN", help=_TOKEN_HELP)
 NAMESPACE_OPTION = _option(
-    observe_fast.NAMESPACE,
+    observe_options.NAMESPACE,
     "Kubernetes: the namespace of SERVICE, or the only namespace to show. Default: every one.",
 )
-ALL_NAMESPACES_OPTION = _option(observe_fast.ALL_NAMESPACES, "Kubernetes: every namespace.")
+ALL_NAMESPACES_OPTION = _option(observe_options.ALL_NAMESPACES, "Kubernetes: every namespace.")
 # `tulle stat svc/NAME`, as kubectl spells a Service.
 SERVICE_KINDS = ("svc", "service", "services")
 
@@ -256,7 +257,7 @@ def _service_name(name: str, namespace: str) -> str:
 def stat_query(resource: str, kind: str, namespace: str) -> dict[str, str]:
     """The /api/stat query of `tulle stat RESOURCE`: SERVICE, svc/SERVICE, KIND/NAME or KIND."""
     head, slash, name = resource.partition("/")
-    workload_kind = observe_fast.WORKLOAD_KINDS.get(head.lower())
+    workload_kind = observe_options.WORKLOAD_KINDS.get(head.lower())
     if workload_kind is not None and (slash or not name):
         if kind not in ("service", "workload"):
             raise typer.BadParameter(

@@ -15,7 +15,7 @@ from typing import Any
 
 import typer
 
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.cli.proxy_flags import FLAGS, FlagError, build_config
 from tulle.proxy.config import config_to_json
 from tulle.proxy.runner import CONFIG_ENV, MMAP_THRESHOLD_BYTES

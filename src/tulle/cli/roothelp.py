@@ -3,7 +3,7 @@
 Typer draws its help with `typer.rich_utils`, which imports rich's Markdown,
 Syntax and Traceback (markdown-it, pygments): about 0.2 s of CPU before the
 first line, and every command module would have to be imported to list the
-commands. This module draws the same panels from `tulle.cli.main.COMMANDS`
+commands. This module draws the same panels from `tulle.cli.commands.COMMANDS`
 with the few rich pieces they need, with typer's styles and its environment
 knobs (TERMINAL_WIDTH, FORCE_COLOR, ...). The unit tests render typer's own
 help of the full app next to this one, plain and in colour, and require the
@@ -17,7 +17,7 @@ import os
 import sys
 from types import ModuleType
 
-from tulle.cli.main import COMMANDS, HELP, VERSION_HELP
+from tulle.cli.commands import COMMANDS, HELP, VERSION_HELP
 
 # typer.rich_utils' styles, as of typer 0.29.
 STYLE_USAGE_COMMAND = "bold"

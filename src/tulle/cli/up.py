@@ -22,10 +22,10 @@ import typer
 from rich.console import Console
 from rich.text import Text
 
-from tulle.cli.main import app
+from tulle.cli import demo_shop as _demo_shop  # noqa: F401 -- registers `tulle demo shop`
+from tulle.cli.app import app
 from tulle.control.manifest import ManifestError, load_document, read_manifest_bytes
 from tulle.core.credentials import CredentialError
-from tulle.demo.shop import cli as _shop_cli  # noqa: F401 -- registers `tulle demo shop`
 from tulle.local import isolation, registry
 from tulle.local.logstream import LogStream
 from tulle.local.manifest import LocalManifest, parse_local_manifest

@@ -12,9 +12,10 @@ import asyncio
 import contextlib
 import logging
 import signal
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 import grpc
 
@@ -31,9 +32,6 @@ from tulle.control.policy.index import PolicyIndex
 from tulle.control.policy.service import add_policy_servicer
 from tulle.core.discovery import Address, format_address
 from tulle.identity.store import IdentityStoreError, IssuerUnavailable
-from tulle.viz.promtext import Sample
-from tulle.viz.service import VizService
-from tulle.viz.targets import ScrapeTarget
 
 if TYPE_CHECKING:
     from tulle.control.identity_service import IdentityService
@@ -111,10 +109,28 @@ class ControlConfig:
     native_sidecar: str = "auto"
 
 
+class HttpApi(Protocol):
+    """The HTTP API served beside the gRPC one (`tulle.viz.service.VizService`).
+
+    Started after the other listeners, stopped first. The control plane takes
+    it from whoever runs the replica (`tulle control` passes the metrics API),
+    so that this package does not depend on the one that reads its manifest.
+    """
+
+    async def start(self, host: str, port: int) -> Address: ...
+
+    async def stop(self) -> None: ...
+
+
+# Builds the HTTP API of a replica, from its config and its state: called once,
+# at the end of `ControlPlane.__init__`, when `config.http_addr` is set.
+HttpApiFactory = Callable[["ControlPlane"], HttpApi]
+
+
 class ControlPlane:
     """One control-plane replica. `start()`, then `wait()` or `stop()`."""
 
-    def __init__(self, config: ControlConfig) -> None:
+    def __init__(self, config: ControlConfig, http_api: HttpApiFactory | None = None) -> None:
         self.config = config
         self.metrics = ControlMetrics()
         self._source: ManifestFileSource | None = None
@@ -139,35 +155,20 @@ class ControlPlane:
         self.grpc_address: Address | None = None
         self.admin_address: Address | None = None
         self.http_address: Address | None = None
-        self._viz: VizService | None = None
+        self._viz: HttpApi | None = None
         self._identity: IdentityService | None = None
         self.serving: ServingCertificate | None = None
         self._renewer: asyncio.Task[None] | None = None
         self.policy: PolicyIndex | None = None
         self.webhook_address: Address | None = None
         self._webhook: InjectionWebhook | None = None
-        if config.http_addr is not None:
-            self._viz = VizService(
-                scrape_targets=config.scrape_targets,
-                prometheus_url=config.prometheus_url,
-                # No file to check or write when the cluster is the source.
-                manifest_path=config.manifest if config.source != "kubernetes" else None,
-                manifest=lambda: self.watcher.manifest,
-                ready=self.ready,
-                scrape_interval_s=config.scrape_interval_s,
-                api_token=config.api_token,
-                allowed_hosts=config.api_allowed_hosts,
-                proxy_admin_token=config.proxy_admin_token,
-                # The meshed pods' proxies, once the Kubernetes source runs.
-                discovered=self._pod_targets if config.source == "kubernetes" else None,
-                relabel=self._relabel if config.source == "kubernetes" else None,
-            )
+        if config.http_addr is not None and http_api is not None:
+            self._viz = http_api(self)
 
-    def _pod_targets(self) -> list[ScrapeTarget]:
-        return self._kube.proxy_targets() if self._kube is not None else []
-
-    def _relabel(self, target: ScrapeTarget, samples: list[Sample]) -> list[Sample]:
-        return self._kube.names.relabel(target, samples) if self._kube is not None else samples
+    @property
+    def kubernetes(self) -> KubernetesSource | None:
+        """The Kubernetes source, once `start()` has listed everything (source "kubernetes")."""
+        return self._kube
 
     def ready(self) -> bool:
         return self._server is not None and not self._stopped.is_set()
@@ -396,9 +397,9 @@ class ControlPlane:
         await self._stopped.wait()
 
 
-async def serve(config: ControlConfig) -> None:
+async def serve(config: ControlConfig, http_api: HttpApiFactory | None = None) -> None:
     """Run a replica until SIGTERM or SIGINT."""
-    plane = ControlPlane(config)
+    plane = ControlPlane(config, http_api)
     loop = asyncio.get_running_loop()
     stop_requested = asyncio.Event()
     for signum in (signal.SIGTERM, signal.SIGINT):
@@ -421,11 +422,11 @@ async def serve(config: ControlConfig) -> None:
         await plane.stop()
 
 
-def run(config: ControlConfig) -> None:
+def run(config: ControlConfig, http_api: HttpApiFactory | None = None) -> None:
     """Run `serve` on uvloop when it is installed (plain asyncio otherwise)."""
     try:
         import uvloop
     except ImportError:
-        asyncio.run(serve(config))
+        asyncio.run(serve(config, http_api))
         return
-    uvloop.run(serve(config))
+    uvloop.run(serve(config, http_api))

@@ -119,6 +119,19 @@ class InjectionWebhook:
                 except _HttpError as error:
                     status, body, keep_alive = error.status, (error.reason + "\n").encode(), False
                     ctype = "text/plain"
+                except (OSError, ssl.SSLError, asyncio.IncompleteReadError):
+                    raise
+                except Exception:
+                    # A shape of pod nobody foresaw: one 500 (the failure policy
+                    # decides), never a dead control plane.
+                    self.errors += 1
+                    log.exception("injection webhook: unexpected error")
+                    status, body, keep_alive = (
+                        "500 Internal Server Error",
+                        b"internal error\n",
+                        False,
+                    )
+                    ctype = "text/plain"
                 else:
                     ctype = "application/json"
                 if not status:

@@ -72,6 +72,15 @@ class FaultSpec:
 
 
 @dataclass(frozen=True, slots=True)
+class MirrorSpec:
+    """Copies of a share of a route's requests sent to another service; the
+    copies' answers are discarded and never delay or fail the request."""
+
+    service: str
+    percent: float = 100.0
+
+
+@dataclass(frozen=True, slots=True)
 class Route:
     name: str
     matches: tuple[RouteMatch, ...] = ()  # empty: matches every request
@@ -82,6 +91,7 @@ class Route:
     fault: FaultSpec | None = None
     # Logged by proxies whose access log is scoped to routes (--access-log-scope routes).
     access_log: bool = False
+    mirror: MirrorSpec | None = None
     # gRPC statuses (numbers) retried on a retryable route; empty: none.
     retry_grpc_statuses: tuple[int, ...] = ()
 
@@ -129,6 +139,9 @@ class Profile:
     backends: tuple[Backend, ...] = ()  # empty: the service itself
     timeout_s: float | None = None  # default for routes without their own
     affinity: AffinitySpec | None = None  # None: balanced per request (P2C)
+    # Callers (SPIFFE ID patterns) whose `tulle-backend` header picks the split
+    # backend of a request; empty: the header is ignored.
+    override_identities: tuple[str, ...] = ()
 
 
 EMPTY_PROFILE = Profile()

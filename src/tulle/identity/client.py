@@ -38,6 +38,7 @@ import grpc
 from cryptography import x509
 
 from tulle.api.control_tls import ControlTls, open_channel
+from tulle.api.failover import Replicas, follow
 from tulle.api.proto import identity_pb2, identity_pb2_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
 from tulle.identity.authority import CertificationRefused, Certifier, IssuedCertificate
@@ -378,16 +379,18 @@ class CertManager:
                 future.cancel()
 
     async def _watch_loop(self) -> None:
-        while True:
-            try:
-                async for bundle in self.source.watch_bundles(self.identity):
-                    self._watch_retry.reset()
-                    self._on_bundle(bundle)
-            except CertifyFailed as error:
-                log.info("trust bundle watch for %s: %s", self.identity, error)
-            except Exception:
-                log.warning("trust bundle watch for %s failed", self.identity, exc_info=True)
-            await self._sleep(self._watch_retry.next_delay())
+        # The source rotates among its replicas itself (GrpcCertificateSource).
+        await follow(
+            f"trust bundle watch for {self.identity}",
+            lambda _replica: self.source.watch_bundles(self.identity),
+            self._on_bundle,
+            backoff=self._watch_retry,
+            expected=(CertifyFailed,),
+            reason=str,
+            failure_level=logging.INFO,
+            sleep=self._sleep,
+            logger=log,
+        )
 
 
 class GrpcCertificateSource:
@@ -416,7 +419,7 @@ class GrpcCertificateSource:
         self._tls = tls
         self._channels: dict[str, grpc.aio.Channel] = {}
         # The replica that answered last is asked first next time.
-        self._preferred = 0
+        self._replicas = Replicas(self.addresses)
         self._next_watch = 0
 
     def _stub(self, address: str) -> identity_pb2_grpc.IdentityAsyncStub:
@@ -425,10 +428,6 @@ class GrpcCertificateSource:
             channel = open_channel(address, (), self._tls)
             self._channels[address] = channel
         return identity_pb2_grpc.IdentityStub(channel)
-
-    def _in_turn(self) -> list[int]:
-        count = len(self.addresses)
-        return [(self._preferred + offset) % count for offset in range(count)]
 
     def current_token(self) -> str:
         """The token to send: the file's content now (a rotated projected token), else
@@ -449,7 +448,7 @@ class GrpcCertificateSource:
             identity=identity, token=self.current_token(), certificate_signing_request=csr_der
         )
         errors: list[str] = []
-        for index in self._in_turn():
+        for index in self._replicas.in_turn():
             address = self.addresses[index]
             try:
                 response = await self._stub(address).Certify(request, timeout=self.timeout_s)
@@ -459,7 +458,7 @@ class GrpcCertificateSource:
                     continue
                 # A refusal (bad token, wrong identity) is the same on every replica.
                 break
-            self._preferred = index
+            self._replicas.answered(index)
             try:
                 return _issued_from_proto(response)
             except ValueError as error:
@@ -468,8 +467,8 @@ class GrpcCertificateSource:
 
     async def watch_bundles(self, identity: str) -> AsyncIterator[TrustBundle]:
         # Each new watch goes to the next replica, so a dead one is not retried forever.
-        address = self.addresses[self._next_watch % len(self.addresses)]
-        self._next_watch += 1
+        address = self.addresses[self._next_watch]
+        self._next_watch = self._replicas.after(self._next_watch)
         call = self._stub(address).WatchTrustBundle(
             identity_pb2.WatchTrustBundleRequest(identity=identity)
         )

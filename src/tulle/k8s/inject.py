@@ -476,7 +476,10 @@ def _app_port(containers: list[Obj]) -> int:
     """The first TCP port the app declares (only a default: captured inbound
     goes to the port the caller called)."""
     for container in containers:
-        for port in container.get("ports") or []:
+        ports = container.get("ports")
+        if not isinstance(ports, list):
+            continue  # the API server's validation speaks for malformed ports
+        for port in ports:
             if not isinstance(port, Mapping):
                 continue
             number = port.get("containerPort")

@@ -44,7 +44,7 @@ import shutil
 import signal
 import subprocess
 import threading
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TypeVar
@@ -475,8 +475,3 @@ def describe(network: Network) -> dict[str, object]:
         "namespaces": {ns.instance: ns.name for ns in network.namespaces},
         "virtual_addresses": dict(network.virtual),
     }
-
-
-def existing(names: Iterable[str]) -> list[str]:
-    """Which of these links or namespaces exist now (for messages and tests)."""
-    return [n for n in names if _link_exists(n) or Path("/run/netns", n).exists()]

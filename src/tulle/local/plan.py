@@ -14,7 +14,6 @@ sidecar's command line is built is `proxy_argv`.
 
 from __future__ import annotations
 
-import inspect
 import os
 import sys
 import time
@@ -277,18 +276,6 @@ class MeshIdentity:
         return env
 
 
-def control_options() -> frozenset[str]:
-    """The options of this build's `tulle control` (as parameter names).
-
-    The HTTP API (`--http-addr`) and scraping (`--scrape-targets`) are newer
-    than `tulle up`; they are passed only where they exist.
-    """
-    from tulle.cli import control as control_cli
-
-    command = getattr(control_cli, "control", None)
-    return frozenset(inspect.signature(command).parameters) if command is not None else frozenset()
-
-
 def app_argv(command: tuple[str, ...], port: int, replica: int) -> tuple[str, ...]:
     """Fill `{port}`/`{replica}`; run `tulle` and `python` with this interpreter."""
     filled = [
@@ -469,9 +456,7 @@ def build_plan(
         if spec.name in manifest.instances
         for replica in range(manifest.instances[spec.name].replicas)
     ]
-    options = control_options()
-    with_http = "http_addr" in options
-    fixed = 5 + (1 if with_http else 0) + (1 if ingress_port == 0 else 0)
+    fixed = 6 + (1 if ingress_port == 0 else 0)
     fixed += 2 if exposed is not None else 0
     per_instance = 0 if network is not None else 4
     ports = iter(allocate_ports(fixed + per_instance * len(instance_specs)))
@@ -481,7 +466,7 @@ def build_plan(
     # The ingress has no app; its inbound side forwards to a port nobody
     # listens on, so a stray call there fails fast instead of looping.
     ingress_inbound, ingress_admin, ingress_void = next(ports), next(ports), next(ports)
-    control_http = _prefer(preferred.http, next(ports)) if with_http else None
+    control_http = _prefer(preferred.http, next(ports))
     ingress = ingress_port if ingress_port != 0 else next(ports)
     instances: list[InstancePlan] = []
     for spec, run, replica in instance_specs:
@@ -534,17 +519,19 @@ def build_plan(
             document, manifest_path, "Each service's `instances` became endpoints at its sidecars."
         )
     }
-    control_extra: list[str] = []
-    if control_http is not None:
-        control_extra += ["--http-addr", f"{LOOPBACK}:{control_http}"]
-        control_extra += ["--api-token-file", str(state.api_token_file.resolve())]
-        control_extra += ["--proxy-admin-token-file", str(admin_token_file)]
+    control_extra = [
+        "--http-addr",
+        f"{LOOPBACK}:{control_http}",
+        "--api-token-file",
+        str(state.api_token_file.resolve()),
+        "--proxy-admin-token-file",
+        str(admin_token_file),
+    ]
     if mesh_identity is not None:
         control_extra += ["--identity-dir", str(mesh_identity.directory)]
-    if "scrape_targets" in options:
-        # state.json lists every proxy's admin address, and is rewritten when
-        # anything changes; the control plane re-reads it.
-        control_extra += ["--scrape-targets", str((state_dir / STATE_FILE).resolve())]
+    # state.json lists every proxy's admin address, and is rewritten when
+    # anything changes; the control plane re-reads it.
+    control_extra += ["--scrape-targets", str((state_dir / STATE_FILE).resolve())]
     # What no proxy of this mesh forwards to: every proxy's admin (shutdown,
     # tap) and the control planes' ports. Ports are fixed for the mesh's life
     # (a restarted process gets the same ones), so a list on the command line
@@ -552,8 +539,7 @@ def build_plan(
     protected = [f"{control_host}:{control_grpc}", f"{LOOPBACK}:{control_admin}"]
     protected.append(f"{LOOPBACK}:{ingress_admin}")
     protected += [f"{instance.host}:{instance.admin_port}" for instance in instances]
-    if control_http is not None:
-        protected.append(f"{LOOPBACK}:{control_http}")
+    protected.append(f"{LOOPBACK}:{control_http}")
     processes: list[ProcessSpec] = [
         _control(
             "control",
@@ -585,7 +571,7 @@ def build_plan(
                 ingress_control_admin,
                 base,
                 # Not the dashboard: it must not take the HTTP API's default port.
-                (("--http-addr", "off") if with_http else ())
+                ("--http-addr", "off")
                 # With mTLS its gRPC API is TLS too: the ingress's one set of
                 # trust anchors verifies both control planes.
                 + (

@@ -241,6 +241,7 @@ class Worker:
             fixed_target=fixed,
             guard=self.guard if fixed is None else None,
         )
+        router.own_identity = self.config.identity
         ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics, self.tap)
         ctx.fds = self.fds
         ctx.access_log = self.access_log
@@ -414,6 +415,9 @@ class Worker:
 
             service = H2Service(MeshDispatcher(ctx), limits=H2Limits(max_hops=ctx.max_hops))
             self.h2_services[ctx.direction] = service
+        # A captured connection's original destination: inbound, the app at
+        # its original port (and that port's policy); outbound, where a stream
+        # whose :authority names no service goes.
         return lambda: MeshH2Protocol(service, ctx, orig)
 
     @staticmethod

@@ -13,6 +13,7 @@ from typing import TYPE_CHECKING, Protocol
 from tulle.codec.http1 import HOPS_LINES
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.metrics import Metrics, TcpStats
+from tulle.proxy.mirror import Mirrors
 from tulle.proxy.plan import PlanContext
 from tulle.proxy.router import Router
 from tulle.proxy.tap import TapHub
@@ -77,6 +78,8 @@ class ProxyContext:
             response_s=config.timeouts.response_s,
             max_replay_bytes=config.limits.max_replay_bytes,
         )
+        # Copies for routes that mirror (tulle.proxy.mirror); idle otherwise.
+        self.mirrors = Mirrors(loop, metrics, direction)
         # The process's descriptor budget (tulle.net.descriptors); None: unchecked.
         self.fds: DescriptorBudget | None = None
 

@@ -56,7 +56,7 @@ from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity
 from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.metrics import fault_labels
 from tulle.proxy.plan import WAIT, RequestPlan, original_authority
-from tulle.proxy.router import PoolHandle, ServiceTarget
+from tulle.proxy.router import MirrorPolicy, PoolHandle, ServiceTarget
 from tulle.proxy.tap import TapEvent
 from tulle.proxy.tcp import Tunnel
 
@@ -1009,7 +1009,17 @@ class Exchange(RequestPlan):
             self.timer.cancel()
             self.timer = None
         self.finish(status, success, error)
+        route = self.route
+        if route is not None and route.mirror is not None:
+            self._mirror(route.mirror)
         self.server.exchange_done(self, keep_connection)
+
+    def _mirror(self, mirror: MirrorPolicy) -> None:
+        """A copy to the route's mirror, after the answer (tulle.proxy.mirror)."""
+        if not mirror.sampler.keep():
+            return
+        whole = self.req_done and self.head.upgrade is None and self.head.method != b"CONNECT"
+        self.server.ctx.mirrors.send(mirror.target, self.replay if whole else None, _monotonic())
 
     def tap_event(self, status: int, grpc_status: int, latency_s: float, error: str) -> TapEvent:
         server = self.server

@@ -246,7 +246,11 @@ class RequestPlan:
         if not target.pending.try_acquire():
             return Refused(ProxyError.OVERLOADED, f"too many pending requests for {target.name!r}")
         self.admitted = True
-        self.backend = target.backend()
+        backend = target.backend()
+        if target.override is not None:
+            # A per-request override (`tulle-backend`) of the split's choice.
+            backend = target.overridden(header, backend)
+        self.backend = backend
         self.route = target.route(method, path, header)
         target.budget.deposit(self.start)
         return None

@@ -21,6 +21,7 @@ import re
 from collections.abc import Callable
 from dataclasses import dataclass
 
+from tulle.core.accesslog import Sampler
 from tulle.core.concurrency import PendingLimit
 from tulle.core.discovery import (
     Address,
@@ -33,12 +34,16 @@ from tulle.core.discovery import (
     ServiceView,
 )
 from tulle.core.fault import FaultInjector
+from tulle.core.policy import identity_pattern
 from tulle.core.retry_budget import RetryBudget
 from tulle.core.split import WeightedPicker
 from tulle.proxy.affinity import AffinityPicker
 from tulle.proxy.balance import Balancer, EndpointState
 from tulle.proxy.destinations import DestinationGuard, Refusal, normalize_ip
 from tulle.proxy.metrics import Metrics
+
+# The header a trusted caller sends to pick a split backend (requestOverride).
+OVERRIDE_HEADER = b"tulle-backend"
 
 
 class PoolHandle:
@@ -64,9 +69,17 @@ class RoutePolicy:
     fault: FaultInjector | None = None
     # The route asks for access-log lines (--access-log-scope routes).
     access_log: bool = False
+    # Traffic mirroring: where copies go and which share (tulle.proxy.mirror).
+    mirror: MirrorPolicy | None = None
+
     # gRPC statuses retried on a retryable route (`retry.grpcStatuses`); a
     # gRPC status outside it is the application's answer.
     retry_grpc_statuses: frozenset[int] = frozenset()
+
+@dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    target: ServiceTarget
+    sampler: Sampler
 
 
 DEFAULT_ROUTE = RoutePolicy("default", 0.0, None, frozenset())
@@ -75,8 +88,11 @@ DEFAULT_ROUTE = RoutePolicy("default", 0.0, None, frozenset())
 class _CompiledRoute:
     __slots__ = ("matches", "policy")
 
-    def __init__(self, route: Route, default_timeout: float) -> None:
+    def __init__(
+        self, route: Route, default_timeout: float, service: Callable[[str], ServiceTarget]
+    ) -> None:
         timeout = route.timeout_s if route.timeout_s is not None else default_timeout
+        mirror = route.mirror
         self.policy = RoutePolicy(
             route.name,
             timeout or 0.0,
@@ -84,6 +100,9 @@ class _CompiledRoute:
             frozenset(route.retry_statuses),
             FaultInjector(route.fault) if route.fault is not None else None,
             route.access_log,
+            MirrorPolicy(service(mirror.service), Sampler(mirror.percent / 100.0))
+            if mirror is not None
+            else None,
             retry_grpc_statuses=frozenset(route.retry_grpc_statuses),
         )
         self.matches = [
@@ -145,6 +164,7 @@ class ServiceTarget:
         "default_route",
         "metrics_labels",
         "name",
+        "override",
         "passthrough",
         "pending",
         "refusal",
@@ -176,6 +196,9 @@ class ServiceTarget:
         self._backend_picker: WeightedPicker[ServiceTarget] | None = None
         # Session affinity (tulle.proxy.affinity); None for nearly every service.
         self.affinity: AffinityPicker | None = None
+        # Per-request override: backend names a `tulle-backend` header may
+        # pick (empty: this proxy's identity may not); None: not offered.
+        self.override: dict[bytes, ServiceTarget] | None = None
         self.authority_label = name
         self.metrics_labels = name
         # Set when every endpoint is a destination this proxy refuses (its own
@@ -214,7 +237,9 @@ class ServiceTarget:
 
     def _apply_profile(self, profile: Profile) -> None:
         default_timeout = profile.timeout_s or 0.0
-        self._routes = [_CompiledRoute(r, default_timeout) for r in profile.routes]
+        self._routes = [
+            _CompiledRoute(r, default_timeout, self._service_named) for r in profile.routes
+        ]
         self.default_route = RoutePolicy(
             "default", default_timeout, self.default_retryable, frozenset()
         )
@@ -232,6 +257,7 @@ class ServiceTarget:
             self._backend_picker = WeightedPicker(items)
         else:
             self._backend_picker = None
+        self.override = self._override_table(profile)
         affinity = profile.affinity
         # Rebuilt on every endpoint or profile change (called from _on_view too).
         self.affinity = (
@@ -239,6 +265,41 @@ class ServiceTarget:
             if affinity is not None
             else None
         )
+
+    def _service_named(self, name: str) -> ServiceTarget:
+        # Itself by name: this target may not be in the router's table yet.
+        return self if name == self.name else self._router.service(name)
+
+    def _override_table(self, profile: Profile) -> dict[bytes, ServiceTarget] | None:
+        if not profile.override_identities:
+            return None
+        own = self._router.own_identity
+        if not own or not any(
+            identity_pattern(p).fullmatch(own) for p in profile.override_identities
+        ):
+            return {}
+        table: dict[bytes, ServiceTarget] = {self.name.encode(): self}
+        # Every backend of the split, those of weight 0 too: a version that
+        # takes no traffic yet is what a tester sends single requests to.
+        for b in profile.backends:
+            target = self if b.service == self.name else self._router.service(b.service)
+            table[b.service.encode()] = target
+        return table
+
+    def overridden(
+        self, header: Callable[[bytes], bytes | None], backend: ServiceTarget
+    ) -> ServiceTarget:
+        """The backend a `tulle-backend` header picks, when this proxy may; else `backend`."""
+        override = self.override
+        asked = header(OVERRIDE_HEADER)
+        if asked is None or override is None:
+            return backend
+        chosen = override.get(asked.strip().lower())
+        result = "applied" if chosen is not None else "refused"
+        self._router.metrics.inc(
+            "request_override_total", (("dst_service", self.name), ("result", result))
+        )
+        return chosen if chosen is not None else backend
 
     def route(
         self, method: bytes, path: bytes, header: Callable[[bytes], bytes | None]
@@ -289,6 +350,8 @@ class Router:
         self._make_pool = make_pool
         self._metrics = metrics
         self.metrics = metrics
+        # This proxy's own SPIFFE ID (--identity): whom per-request overrides trust.
+        self.own_identity = ""
         self._max_pending = max_pending
         self._by_authority: dict[bytes, ServiceTarget] = {}
         self._services: dict[str, ServiceTarget] = {}

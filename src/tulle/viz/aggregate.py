@@ -27,10 +27,10 @@ from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
+from tulle.codec.promtext import Labels
+from tulle.core.scrape import ScrapeTarget
 from tulle.proxy.metrics import LATENCY_BUCKETS_MS
-from tulle.viz.promtext import Labels
 from tulle.viz.quantile import histogram_quantile
-from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import Delta, WindowData
 
 DEFAULT_ROUTE = "[default]"

@@ -20,31 +20,34 @@ import json
 import logging
 import time
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
-from pathlib import Path
-from typing import Any, Protocol
+from typing import Any
 from urllib.parse import parse_qsl, urlsplit
 
-from tulle.control.manifest import Manifest, ManifestError
+from tulle.codec.promtext import ParseError, parse
+from tulle.control.manifest import ManifestError
+from tulle.core.checks import CERT_EXPIRY_WARN_S, CheckReport
 from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_matches
-from tulle.core.duration import DurationError, parse_duration
+from tulle.core.scrape import ScrapeTarget
 from tulle.k8s.inject import ADMIN_PORT_ANNOTATION, PROXY_CONTAINER
 from tulle.local.manifest import load_local_manifest
 from tulle.net.small_http import CLIENT_GONE, parse_head, read_head
 from tulle.viz import aggregate, authz_report, dashboard
+from tulle.viz.api_context import (
+    DEFAULT_WINDOW_S,
+    MAX_WINDOW_S,
+    ApiContext,
+    ApiError,
+    query_seconds,
+    read_window,
+)
 from tulle.viz.apply import apply_manifest
-from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
 from tulle.viz.http_client import FetchError, request
 from tulle.viz.prometheus import PrometheusError, PrometheusSource
-from tulle.viz.promtext import ParseError, parse
 from tulle.viz.tap_relay import relay, select_targets, summarize_top
-from tulle.viz.targets import GivenUp, ScrapeTarget
 from tulle.viz.window import WindowData, WindowStore
 
 log = logging.getLogger(__name__)
 
-DEFAULT_WINDOW_S = 60.0
-MAX_WINDOW_S = 600.0
 DEFAULT_TOP_DURATION_S = 5.0
 MAX_REQUEST_BODY = 1024 * 1024
 _READ_TIMEOUT_S = 10.0
@@ -62,72 +65,6 @@ def _json_or_yaml(content_type: str) -> bool:
         or content_type in _YAML_TYPES
         or (content_type.startswith("application/") and content_type.endswith(("+json", "+yaml")))
     )
-
-
-class MetricsSource(Protocol):
-    async def window(self, seconds: float) -> WindowData: ...
-
-    async def steps(self, seconds: float, step: float) -> list[tuple[float, WindowData]]: ...
-
-
-class StoreSource:
-    """The built-in scraper's window store as a `MetricsSource`."""
-
-    def __init__(self, store: WindowStore) -> None:
-        self.store = store
-
-    async def window(self, seconds: float) -> WindowData:
-        return self.store.window(seconds)
-
-    async def steps(self, seconds: float, step: float) -> list[tuple[float, WindowData]]:
-        now = time.time()
-        slices = self.store.steps(seconds, step, now)
-        first = now - len(slices) * step
-        return [(first + (index + 1) * step, data) for index, data in enumerate(slices)]
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str) -> None:
-        super().__init__(message)
-        self.status = status
-
-
-@dataclass
-class ApiContext:
-    """What the API needs from the control plane around it."""
-
-    targets: Callable[[], list[ScrapeTarget]]
-    source: MetricsSource
-    ready: Callable[[], bool]
-    manifest: Callable[[], Manifest | None]
-    manifest_path: Path | None = None
-    source_name: str = "scrape"
-    target_error: Callable[[], str] = lambda: ""
-    # Processes of a `tulle up` mesh that its supervisor gave up (state.json).
-    given_up: Callable[[], list[GivenUp]] = lambda: []
-    # The bearer token writes and tap need (docs/api.md, "Credentials"); empty:
-    # they are refused.
-    api_token: str = ""
-    # Host names (besides IP addresses and localhost) this API answers to.
-    allowed_hosts: tuple[str, ...] = ()
-    # What the tap relay sends to the proxies' admin `/tap`.
-    proxy_admin_token: str = ""
-
-
-def _seconds(query: dict[str, str], key: str, default: float, high: float) -> float:
-    text = query.get(key, "").strip()
-    if not text:
-        return default
-    if text.replace(".", "", 1).isdigit():
-        value = float(text)  # plain seconds too (docs/api.md)
-    else:
-        try:
-            value = parse_duration(text, field=key)
-        except DurationError:
-            value = 0.0
-    if value <= 0:
-        raise ApiError(400, f"{key}: expected a duration like 60s or 10m, got {text!r}")
-    return min(value, high)
 
 
 def _in_namespace(row: dict[str, Any], namespace: str, name: str) -> bool:
@@ -189,11 +126,7 @@ class MetricsApi:
         self.context = context
 
     async def _window(self, query: dict[str, str]) -> WindowData:
-        seconds = _seconds(query, "window", DEFAULT_WINDOW_S, MAX_WINDOW_S)
-        try:
-            return await self.context.source.window(seconds)
-        except PrometheusError as exc:
-            raise ApiError(502, str(exc)) from None
+        return await read_window(self.context, query)
 
     def _envelope(self, data: WindowData, rows: list[dict[str, Any]]) -> dict[str, Any]:
         return {
@@ -303,8 +236,8 @@ class MetricsApi:
         service = query.get("service", "")
         if not service:
             raise ApiError(400, "timeseries needs ?service=NAME")
-        seconds = _seconds(query, "window", MAX_WINDOW_S, MAX_WINDOW_S)
-        step = _seconds(query, "step", 10.0, MAX_WINDOW_S)
+        seconds = query_seconds(query, "window", MAX_WINDOW_S, MAX_WINDOW_S)
+        step = query_seconds(query, "step", 10.0, MAX_WINDOW_S)
         if step < 1:
             raise ApiError(400, "step must be at least 1s")
         try:
@@ -508,7 +441,7 @@ class MetricsApi:
         return (200 if result.ok else 422), result.to_json()
 
     async def top(self, query: dict[str, str]) -> dict[str, Any]:
-        duration = _seconds(query, "duration", DEFAULT_TOP_DURATION_S, 60.0)
+        duration = query_seconds(query, "duration", DEFAULT_TOP_DURATION_S, 60.0)
         targets = select_targets(self.context.targets(), query.get("service", ""))
         events: list[dict[str, Any]] = []
         errors: list[str] = []
@@ -546,8 +479,8 @@ class ApiServer:
             "/api/targets": self.api.targets,
             "/api/check": self.api.check,
             "/api/top": self.api.top,
-            "/api/overview": functools.partial(dashboard.overview, self.api),
-            "/api/authz": functools.partial(authz_report.api_authz, self.api),
+            "/api/overview": functools.partial(dashboard.overview, self.api.context),
+            "/api/authz": functools.partial(authz_report.api_authz, self.api.context),
         }
 
     async def start(self, host: str, port: int) -> tuple[str, int]:

@@ -7,14 +7,16 @@ dashboard's policy section): the policy comes from the manifest's validated
 
 from __future__ import annotations
 
+import asyncio
 import urllib.request
 from collections.abc import Collection, Iterable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+from tulle.codec.promtext import Sample, parse
 from tulle.core.discovery import RouteMatch, parse_address
 from tulle.core.policy import SERVER_DEFAULT_MODE, Authentication, PolicySpec
-from tulle.viz.promtext import Sample, parse
+from tulle.viz.api_context import ApiContext, ApiError
 
 AUTHZ_METRICS = {
     "inbound_http_authz_allow_total": ("http", "allow"),
@@ -182,23 +184,18 @@ def attach_hits(
     ]
 
 
-async def api_authz(api: Any, query: dict[str, str]) -> dict[str, Any]:
+async def api_authz(context: ApiContext, query: dict[str, str]) -> dict[str, Any]:
     """`GET /api/authz?service=X`: the report `tulle authz X` prints, as JSON.
 
     Hit counts come from the service's proxies among the scrape targets; a
     proxy that does not answer is listed under `unreachable`."""
-    import asyncio
-
-    # Imported here: api.py registers this handler, so a top-level import would be circular.
-    from tulle.viz.api import ApiError
-
     service = query.get("service", "").strip()
     if not service:
         raise ApiError(400, "service: which service's policy? (?service=NAME)")
-    manifest = api.context.manifest()
+    manifest = context.manifest()
     if manifest is None:
         raise ApiError(503, "the control plane has no manifest loaded yet")
-    targets = [t for t in api.context.targets() if t.service == service]
+    targets = [t for t in context.targets() if t.service == service]
     # Kubernetes pods are policy workloads of their own, `<namespace>/<pod>`.
     pods = [f"{t.namespace}/{t.instance}" for t in targets if t.namespace]
     document = describe(manifest.authorization, service, pods or None)

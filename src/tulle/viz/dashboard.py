@@ -24,12 +24,11 @@ from dataclasses import dataclass
 from functools import cache
 from importlib import resources
 from pathlib import PurePosixPath
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from tulle.viz import aggregate
-
-if TYPE_CHECKING:
-    from tulle.viz.api import MetricsApi
+from tulle.viz.api_context import MAX_WINDOW_S, ApiContext, ApiError, query_seconds, read_window
+from tulle.viz.prometheus import PrometheusError
 
 INDEX_PATHS = frozenset({"/", "/dashboard", "/index.html"})
 STATIC_PREFIX = "/static/"
@@ -151,7 +150,7 @@ def serve_asset(path: str, query: dict[str, str], headers: dict[str, str]) -> As
     )
 
 
-async def overview(api: MetricsApi, query: dict[str, str]) -> dict[str, Any]:
+async def overview(context: ApiContext, query: dict[str, str]) -> dict[str, Any]:
     """Every service's golden figures over `window` and its sparkline over `spark`.
 
     `{"window_s", "source", "generated_at", "step_s", "rows": [stat row +
@@ -159,17 +158,13 @@ async def overview(api: MetricsApi, query: dict[str, str]) -> dict[str, Any]:
     poll however many services there are. Sparkline steps are aggregated
     once for all services (one pass per step, not one per service and step).
     """
-    # Imported here: api.py registers this handler, so a top-level import would be circular.
-    from tulle.viz.api import MAX_WINDOW_S, ApiError, _seconds
-    from tulle.viz.prometheus import PrometheusError
-
-    spark_s = _seconds(query, "spark", DEFAULT_SPARK_WINDOW_S, MAX_WINDOW_S)
-    step_s = _seconds(query, "step", DEFAULT_SPARK_STEP_S, MAX_WINDOW_S)
+    spark_s = query_seconds(query, "spark", DEFAULT_SPARK_WINDOW_S, MAX_WINDOW_S)
+    step_s = query_seconds(query, "step", DEFAULT_SPARK_STEP_S, MAX_WINDOW_S)
     if step_s < 1:
         raise ApiError(400, "step must be at least 1s")
-    data = await api._window(query)
+    data = await read_window(context, query)
     try:
-        slices = await api.context.source.steps(spark_s, step_s)
+        slices = await context.source.steps(spark_s, step_s)
     except PrometheusError as exc:
         raise ApiError(502, str(exc)) from None
     rows = aggregate.stat_services(data)
@@ -190,7 +185,7 @@ async def overview(api: MetricsApi, query: dict[str, str]) -> dict[str, Any]:
         row["points"] = points[row["service"]]
     return {
         "window_s": round(data.seconds, 3),
-        "source": api.context.source_name,
+        "source": context.source_name,
         "generated_at": round(time.time(), 3),
         "step_s": step_s,
         "rows": rows,

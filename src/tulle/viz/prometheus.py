@@ -16,9 +16,9 @@ import time
 from typing import Any
 from urllib.parse import urlencode
 
+from tulle.codec.promtext import Labels
+from tulle.core.scrape import ScrapeTarget
 from tulle.viz.http_client import FetchError, request, split_url
-from tulle.viz.promtext import Labels
-from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import KEPT_COUNTERS, Delta, SeriesKey, WindowData
 
 QUERY_TIMEOUT_S = 5.0

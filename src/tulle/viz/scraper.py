@@ -16,9 +16,9 @@ import logging
 import time
 from collections.abc import Callable
 
+from tulle.codec.promtext import ParseError, Sample, parse
+from tulle.core.scrape import ScrapeTarget
 from tulle.viz.http_client import FetchError, request
-from tulle.viz.promtext import ParseError, Sample, parse
-from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
 
 log = logging.getLogger(__name__)

@@ -1,8 +1,10 @@
 """The metrics API as a part of `tulle control`: targets, scraper (or Prometheus) and server.
 
-`ControlPlane` creates one `VizService`, starts it after its other listeners
-and stops it first. Keeping the wiring here keeps the control plane's own
-module unaware of scraping, Prometheus and tap.
+`tulle control` hands `VizService.for_control_plane` to the `ControlPlane`,
+which creates one `VizService`, starts it after its other listeners and stops
+it first. Keeping the wiring here keeps the control plane's own package
+unaware of scraping, Prometheus and tap (and free of imports of `tulle.viz`,
+which reads the control plane's manifest).
 
 Targets are those of `--scrape-targets` plus, when given, `discovered()`'s
 (the Kubernetes source's meshed pods), whose samples `relabel` rewrites.
@@ -13,15 +15,22 @@ from __future__ import annotations
 import asyncio
 import contextlib
 from collections.abc import Callable
+from functools import partial
 from pathlib import Path
+from typing import TYPE_CHECKING
 
+from tulle.codec.promtext import Sample
 from tulle.control.manifest import Manifest
-from tulle.viz.api import ApiContext, ApiServer, MetricsSource, StoreSource
+from tulle.core.scrape import ScrapeTarget
+from tulle.viz.api import ApiServer
+from tulle.viz.api_context import ApiContext, MetricsSource, StoreSource
 from tulle.viz.prometheus import PrometheusSource
-from tulle.viz.promtext import Sample
 from tulle.viz.scraper import DEFAULT_SCRAPE_INTERVAL_S, Scraper
-from tulle.viz.targets import GivenUp, ScrapeTarget, TargetSource
+from tulle.viz.targets import GivenUp, TargetSource
 from tulle.viz.window import WindowStore
+
+if TYPE_CHECKING:
+    from tulle.control.server import ControlPlane
 
 
 class VizService:
@@ -72,6 +81,26 @@ class VizService:
         )
         self._task: asyncio.Task[None] | None = None
 
+    @classmethod
+    def for_control_plane(cls, plane: ControlPlane) -> VizService:
+        """The metrics API of one replica (`tulle.control.server.HttpApiFactory`)."""
+        config = plane.config
+        return cls(
+            scrape_targets=config.scrape_targets,
+            prometheus_url=config.prometheus_url,
+            # No file to check or write when the cluster is the source.
+            manifest_path=config.manifest if config.source != "kubernetes" else None,
+            manifest=lambda: plane.watcher.manifest,
+            ready=plane.ready,
+            scrape_interval_s=config.scrape_interval_s,
+            api_token=config.api_token,
+            allowed_hosts=config.api_allowed_hosts,
+            proxy_admin_token=config.proxy_admin_token,
+            # The meshed pods' proxies, once the Kubernetes source runs.
+            discovered=partial(_pod_targets, plane) if config.source == "kubernetes" else None,
+            relabel=partial(_relabel, plane) if config.source == "kubernetes" else None,
+        )
+
     def _targets(self) -> list[ScrapeTarget]:
         if self._discovered is None:
             return self.targets.current()
@@ -93,3 +122,13 @@ class VizService:
             with contextlib.suppress(asyncio.CancelledError):
                 await self._task
         await self.server.close()
+
+
+def _pod_targets(plane: ControlPlane) -> list[ScrapeTarget]:
+    kube = plane.kubernetes
+    return kube.proxy_targets() if kube is not None else []
+
+
+def _relabel(plane: ControlPlane, target: ScrapeTarget, samples: list[Sample]) -> list[Sample]:
+    kube = plane.kubernetes
+    return kube.names.relabel(target, samples) if kube is not None else samples

@@ -17,8 +17,8 @@ from collections.abc import AsyncGenerator
 from typing import Any
 from urllib.parse import urlencode
 
+from tulle.core.scrape import ScrapeTarget
 from tulle.viz.http_client import FetchError, stream_lines
-from tulle.viz.targets import ScrapeTarget
 
 RELAY_QUEUE_SIZE = 2000
 # What a proxy's /tap understands; anything else stays at the relay.

@@ -17,24 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from tulle.core.discovery import parse_address
-
-
-@dataclass(frozen=True, slots=True, order=True)
-class ScrapeTarget:
-    service: str
-    instance: str
-    admin: str  # HOST:PORT of the proxy's admin listener
-    # Kubernetes pods only (tulle.control.kubernetes.pods): the pod's namespace,
-    # and the workload that owns it as KIND/NAME (`deploy/web`); the service is
-    # then `<namespace>/<service>` and the instance the pod's name.
-    namespace: str = ""
-    workload: str = ""
-
-    def to_json(self) -> dict[str, str]:
-        document = {"service": self.service, "instance": self.instance, "admin": self.admin}
-        if self.namespace:
-            document.update(namespace=self.namespace, workload=self.workload)
-        return document
+from tulle.core.scrape import ScrapeTarget
 
 
 class TargetError(ValueError):

@@ -17,8 +17,8 @@ from collections import deque
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 
-from tulle.viz.promtext import Labels, Sample
-from tulle.viz.targets import ScrapeTarget
+from tulle.codec.promtext import Labels, Sample
+from tulle.core.scrape import ScrapeTarget
 
 SeriesKey = tuple[str, Labels]
 DEFAULT_RETENTION_S = 600.0

@@ -493,3 +493,31 @@ def test_inbound_policy_server_is_chosen_by_the_original_port(
     assert inbound.total("inbound_http_authz_deny_total", server="web-closed") == 1
     assert inbound.total("inbound_http_authz_allow_total", server="web-open") == 1
     assert inbound.total("inbound_http_authz_allow_total", server="web-closed") == 0
+
+
+H2_BACKEND = Path(__file__).resolve().parents[1] / "http2" / "h2_backend.py"
+
+
+def test_captured_http2_inbound_goes_to_the_original_port(
+    pair: Pair, firewall: str, processes: ProcessGroup
+) -> None:
+    """An HTTP/2 (h2c) app on two ports: each caller reaches the port it called,
+    as HTTP/1 callers do, not `--app-addr`'s port."""
+    for port in (APP_PORT, OPEN_PORT):
+        backend = processes.start(
+            f"h2-backend-{port}",
+            in_netns(pair.b, [sys.executable, str(H2_BACKEND), "--port", str(port)]),
+        )
+        backend.wait_for(lambda b=backend: "LISTENING" in b.output(), "listening line")
+    tulle_init(pair.b, firewall)
+    start_sidecar(processes, pair.b)  # --app-addr 127.0.0.1:8080
+    for port in (OPEN_PORT, APP_PORT):
+        done = run(
+            pair.a,
+            ["curl", "--silent", "--show-error", "--max-time", "20", "--http2-prior-knowledge",
+             f"http://{pair.b_ip}:{port}/"],
+        )  # fmt: skip
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == f"hello from {port}\n", done.stdout
+    inbound = metrics(pair.b)
+    assert inbound.total("request_total", direction="inbound") == 2

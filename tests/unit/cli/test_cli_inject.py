@@ -9,7 +9,7 @@ import yaml
 from typer.testing import CliRunner
 
 import tulle.cli.inject  # noqa: F401  (registers the commands)
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.identity.store import BUNDLE_FILE, IssuerDirectory
 
 # Click keeps stderr apart: stdout must stay YAML that kubectl can apply.

@@ -8,12 +8,13 @@ import pytest
 import typer
 
 import tulle.cli.observe  # noqa: F401  (registers the commands)
-from tulle.cli import main
-from tulle.cli.observe_fast import COMMANDS, parse
+from tulle.cli.app import app
+from tulle.cli.observe_fast import parse
+from tulle.cli.observe_options import COMMANDS
 
 
 def typer_command(name: str) -> Any:
-    group = typer.main.get_command(main.app)
+    group = typer.main.get_command(app)
     assert isinstance(group, typer.core.TyperGroup)
     context = group.make_context("tulle", [name, "--help"], resilient_parsing=True)
     command = group.get_command(context, name)

@@ -11,14 +11,14 @@ import typer
 from typer.testing import CliRunner
 
 import tulle.cli.proxy as proxy_cli
-from tulle.cli import main
+from tulle.cli.app import app
 from tulle.cli.proxy_flags import FLAGS, build_config, parse
 from tulle.proxy.config import ProxyConfig, config_from_json
 from tulle.proxy.runner import CONFIG_ENV
 
 
 def typer_params() -> dict[str, Any]:
-    command = typer.main.get_command(main.app)
+    command = typer.main.get_command(app)
     assert isinstance(command, typer.core.TyperGroup)
     context = command.make_context("tulle", ["proxy", "--help"], resilient_parsing=True)
     proxy = command.get_command(context, "proxy")
@@ -54,7 +54,7 @@ def typer_config(args: list[str], env: dict[str, str], monkeypatch: pytest.Monke
         raise SystemExit(0)
 
     monkeypatch.setattr(os, "execve", fake_execve)
-    result = CliRunner().invoke(main.app, ["proxy", *args], env=env)
+    result = CliRunner().invoke(app, ["proxy", *args], env=env)
     if CONFIG_ENV not in captured:
         return ("error", result.exit_code)
     return config_from_json(captured[CONFIG_ENV])
@@ -171,6 +171,6 @@ def config_from_json_roundtrip(config: ProxyConfig) -> ProxyConfig:
 
 def test_typer_path_still_reports_errors_as_before(monkeypatch: pytest.MonkeyPatch) -> None:
     assert proxy_cli.proxy is not None
-    result = CliRunner().invoke(main.app, ["proxy", "--static-dst", "nonsense"])
+    result = CliRunner().invoke(app, ["proxy", "--static-dst", "nonsense"])
     assert result.exit_code == 2
     assert "Invalid value for --static-dst" in " ".join(result.output.split())

@@ -10,6 +10,7 @@ import pytest
 import typer
 
 from tulle.cli import main, roothelp
+from tulle.cli.commands import COMMANDS
 
 # The environment typer's help looks at: each case sets its own.
 ENV_KNOBS = (
@@ -27,15 +28,17 @@ ENV_KNOBS = (
 @pytest.fixture(scope="module")
 def full_app() -> typer.Typer:
     main.register_all()
-    return main.app
+    from tulle.cli.app import app
+
+    return app
 
 
 TYPERS = (
     "import sys\n"
-    "from tulle.cli import main\n"
+    "from tulle.cli import app, main\n"
     "main.register_all()\n"
     "sys.argv = ['tulle', '--help']\n"
-    "main.app(prog_name='tulle')\n"
+    "app.app(prog_name='tulle')\n"
 )
 OURS = "from tulle.cli import roothelp\nroothelp.render('tulle')\n"
 
@@ -60,7 +63,7 @@ def test_root_help_is_typers(width: str, color: bool) -> None:
     ours = rendered(OURS, env)
     assert ours == rendered(TYPERS, env)
     assert ("\x1b[" in ours) == color
-    assert all(name in ours for name in main.COMMANDS)
+    assert all(name in ours for name in COMMANDS)
 
 
 def test_commands_table_matches_the_groups(full_app: typer.Typer) -> None:
@@ -68,25 +71,25 @@ def test_commands_table_matches_the_groups(full_app: typer.Typer) -> None:
     context = group.make_context("tulle", ["--help"], resilient_parsing=True)
     names = group.list_commands(context)
     # (Their order here is this process's import order; the help test checks it.)
-    assert sorted(names) == sorted(main.COMMANDS)
+    assert sorted(names) == sorted(COMMANDS)
     for name in names:
         command = group.get_command(context, name)
         assert command is not None
-        assert (command.short_help or command.help or "").strip() == main.COMMANDS[name][0]
+        assert (command.short_help or command.help or "").strip() == COMMANDS[name][0]
 
 
 def test_each_command_is_registered_by_its_own_modules() -> None:
     # In a fresh interpreter, importing a command's modules alone registers it.
     code = (
         "import importlib, sys, typer\n"
-        "from tulle.cli import main\n"
+        "from tulle.cli import app, commands\n"
         "name = sys.argv[1]\n"
-        "for module in main.COMMANDS[name][1]: importlib.import_module(module)\n"
-        "group = typer.main.get_group(main.app)\n"
+        "for module in commands.COMMANDS[name][1]: importlib.import_module(module)\n"
+        "group = typer.main.get_group(app.app)\n"
         "ctx = group.make_context('tulle', ['--help'], resilient_parsing=True)\n"
         "sys.exit(0 if name in group.list_commands(ctx) else 1)\n"
     )
-    for name in main.COMMANDS:
+    for name in COMMANDS:
         result = subprocess.run([sys.executable, "-c", code, name], capture_output=True, timeout=60)
         assert result.returncode == 0, (name, result.stderr.decode())
 

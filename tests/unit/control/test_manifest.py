@@ -122,8 +122,8 @@ BAD = [
     (
         "services:\n  - name: a\n    endpoint: []\n",
         "mesh.yaml:3: services[0].endpoint: unknown field (known: name, port, protocol, identity, "
-        "endpoints, instances, timeout, routes, retryBudget, backends, affinity);"
-        ' did you mean "endpoints"?',
+        "endpoints, instances, timeout, routes, retryBudget, backends, affinity, requestOverride); "
+        'did you mean "endpoints"?',
     ),
     (
         "services:\n  - name: a\n    endpoints:\n      - 127.0.0.1\n",

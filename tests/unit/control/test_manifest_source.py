@@ -9,7 +9,7 @@ import pytest
 from typer.testing import CliRunner
 
 import tulle.cli.control  # noqa: F401  (registers the commands on `app`)
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.control.manifest import Manifest, ManifestError
 from tulle.control.manifest_source import ManifestFileSource
 from tulle.control.metrics import ControlMetrics

@@ -12,7 +12,7 @@ from tulle.api.proto import policy_pb2 as pb_policy
 from tulle.control.destination.translator import profile_message
 from tulle.control.manifest import ManifestError, parse_manifest
 from tulle.control.policy.translate import policy_message
-from tulle.core.discovery import AffinitySpec, FaultSpec, HeaderMatch
+from tulle.core.discovery import AffinitySpec, FaultSpec, HeaderMatch, MirrorSpec
 from tulle.core.ratelimit import LimitOverride, LimitSpec, RateLimitSpec
 
 FAULTS = dedent(
@@ -191,3 +191,31 @@ def test_bad_affinity_names_the_field(affinity: str, message: str) -> None:
     with pytest.raises(ManifestError) as caught:
         parse_manifest(f"services:\n  - name: a\n    affinity: {affinity}\n")
     assert message in str(caught.value)
+
+
+def test_request_override_parses_and_survives_the_destination_api() -> None:
+    text = (
+        "services:\n  - name: a\n    backends: [{name: a, weight: 1}, {name: b, weight: 0}]\n"
+        "    requestOverride: {identities: ['spiffe://t.test/ns/qa/sa/*']}\n  - name: b\n"
+    )
+    profile = parse_manifest(text).services["a"].profile
+    assert profile.override_identities == ("spiffe://t.test/ns/qa/sa/*",)
+    assert profile_from_message(profile_message("a", profile)) == profile
+    with pytest.raises(ManifestError, match="expected a SPIFFE ID"):
+        parse_manifest(text.replace("spiffe://t.test/ns/qa/sa/*", "tester"))
+
+
+def test_mirror_parses_and_survives_the_destination_api() -> None:
+    text = (
+        "services:\n  - name: a\n    routes:\n"
+        "      - {name: r, mirror: {service: shadow, percent: 12.5}}\n"
+        "      - {name: s, mirror: {service: shadow}}\n"
+    )
+    profile = parse_manifest(text).services["a"].profile
+    assert [r.mirror for r in profile.routes] == [
+        MirrorSpec("shadow", 12.5),
+        MirrorSpec("shadow", 100.0),
+    ]
+    assert profile_from_message(profile_message("a", profile)) == profile
+    with pytest.raises(ManifestError, match='missing required field "service"'):
+        parse_manifest(text.replace("service: shadow, ", ""))

@@ -9,7 +9,7 @@ from pathlib import Path
 from typer.testing import CliRunner
 
 import tulle.cli.identity  # noqa: F401  (registers the command group)
-from tulle.cli.main import app
+from tulle.cli.app import app
 from tulle.identity.store import IssuerDirectory
 from tulle.identity.tokens import verify_token
 

@@ -206,3 +206,10 @@ def test_injecting_twice_changes_nothing() -> None:
     twice = inject_pod(once, CONFIG, namespace="shop")
     assert not twice.decision.inject and twice.decision.reason == "already injected"
     assert twice.pod == once
+
+
+def test_odd_shapes_the_api_server_would_refuse_do_not_raise_anything_else() -> None:
+    odd = pod({"tulle.io/inject": "enabled"})
+    odd["spec"]["containers"][0]["ports"] = 7
+    result = inject_pod(odd, CONFIG, namespace="shop")
+    assert env(result.pod["spec"]["containers"][0])["TULLE_PROXY_APP_ADDR"] == "127.0.0.1:8080"

@@ -9,9 +9,9 @@ import pytest
 from typer.testing import CliRunner
 
 from tulle.cli import authz as authz_cli
-from tulle.cli.main import app
+from tulle.cli.app import app
+from tulle.codec.promtext import parse
 from tulle.control.manifest import parse_manifest
-from tulle.viz.promtext import parse
 
 DOC = Path(__file__).resolve().parents[3] / "docs" / "policy.md"
 EXAMPLE = DOC.read_text().split("```yaml\n", 1)[1].split("```", 1)[0]

@@ -7,8 +7,9 @@ from pathlib import Path
 import pytest
 
 from tulle.control.manifest import load_manifest
+from tulle.core.scrape import ScrapeTarget
 from tulle.viz.apply import apply_manifest
-from tulle.viz.targets import ScrapeTarget, TargetError, TargetSource, parse_targets
+from tulle.viz.targets import TargetError, TargetSource, parse_targets
 
 CURRENT = """\
 services:

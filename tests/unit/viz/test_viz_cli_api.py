@@ -11,11 +11,13 @@ from pathlib import Path
 import pytest
 
 from tulle.cli.observe import DEFAULT_CONTROL_URL, resolve_control_url
+from tulle.codec.promtext import parse
+from tulle.core.checks import FAIL, OK, WARN, CheckReport
+from tulle.core.scrape import ScrapeTarget
 from tulle.proxy.metrics import Metrics, render
-from tulle.viz.api import ApiContext, ApiError, MetricsApi, StoreSource
-from tulle.viz.checks import FAIL, OK, WARN, CheckReport, port_free
-from tulle.viz.promtext import parse
-from tulle.viz.targets import ScrapeTarget
+from tulle.viz.api import MetricsApi
+from tulle.viz.api_context import ApiContext, ApiError, StoreSource
+from tulle.viz.checks import port_free
 from tulle.viz.window import WindowStore
 
 BOOKS = ScrapeTarget("books", "books-0", "127.0.0.1:1")

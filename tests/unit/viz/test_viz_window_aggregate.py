@@ -4,10 +4,10 @@ from __future__ import annotations
 
 import pytest
 
+from tulle.codec.promtext import Sample, parse
+from tulle.core.scrape import ScrapeTarget
 from tulle.proxy.metrics import Metrics, render
 from tulle.viz import aggregate
-from tulle.viz.promtext import Sample, parse
-from tulle.viz.targets import ScrapeTarget
 from tulle.viz.window import WindowStore
 
 WEB = ScrapeTarget("web", "web-0", "127.0.0.1:1")

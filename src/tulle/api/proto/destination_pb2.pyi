@@ -310,6 +310,7 @@ class DestinationProfile(_message.Message):
     BACKENDS_FIELD_NUMBER: _builtins.int
     DEFAULT_TIMEOUT_FIELD_NUMBER: _builtins.int
     AFFINITY_FIELD_NUMBER: _builtins.int
+    OVERRIDE_IDENTITIES_FIELD_NUMBER: _builtins.int
     fully_qualified_name: _builtins.str
     """The service this profile belongs to, as the server resolved the request.
     Empty when the service does not exist.
@@ -341,6 +342,16 @@ class DestinationProfile(_message.Message):
     def affinity(self) -> Global___SessionAffinity:
         """Session affinity. Absent: every request is balanced on its own."""
 
+    @_builtins.property
+    def override_identities(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """Per-request override (Linkerd 1's l5d-dtab, narrowed): a client whose
+        own identity matches one of these SPIFFE IDs (`*` as in the Policy API's
+        MeshTls) MAY send a request carrying `tulle-backend: NAME` to NAME when
+        NAME is one of `backends` (or the service itself), instead of the
+        weighted pick. Clients whose identity matches none MUST ignore the
+        header. Empty: no override.
+        """
+
     def __init__(
         self,
         *,
@@ -350,10 +361,11 @@ class DestinationProfile(_message.Message):
         backends: _abc.Iterable[Global___WeightedBackend] | None = ...,
         default_timeout: _duration_pb2.Duration | None = ...,
         affinity: Global___SessionAffinity | None = ...,
+        override_identities: _abc.Iterable[_builtins.str] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "default_timeout", b"default_timeout", "retry_budget", b"retry_budget"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "backends", b"backends", "default_timeout", b"default_timeout", "fully_qualified_name", b"fully_qualified_name", "retry_budget", b"retry_budget", "routes", b"routes"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["affinity", b"affinity", "backends", b"backends", "default_timeout", b"default_timeout", "fully_qualified_name", b"fully_qualified_name", "override_identities", b"override_identities", "retry_budget", b"retry_budget", "routes", b"routes"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -408,6 +420,7 @@ class Route(_message.Message):
     RETRY_STATUSES_FIELD_NUMBER: _builtins.int
     FAULT_FIELD_NUMBER: _builtins.int
     ACCESS_LOG_FIELD_NUMBER: _builtins.int
+    MIRROR_FIELD_NUMBER: _builtins.int
     RETRY_GRPC_STATUSES_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Used as the `route` label of metrics. Unique within a profile."""
@@ -435,6 +448,10 @@ class Route(_message.Message):
         """Faults the client injects into this route's requests. Absent: none."""
 
     @_builtins.property
+    def mirror(self) -> Global___Mirror:
+        """Traffic mirroring. Absent: none."""
+
+    @_builtins.property
     def retry_grpc_statuses(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """gRPC statuses (numeric codes, e.g. 14 UNAVAILABLE) that are retried on a
         retryable route, judged on the response's `grpc-status`. Empty: a gRPC
@@ -453,15 +470,46 @@ class Route(_message.Message):
         retry_statuses: _abc.Iterable[_builtins.int] | None = ...,
         fault: Global___FaultInjection | None = ...,
         access_log: _builtins.bool = ...,
+        mirror: Global___Mirror | None = ...,
         retry_grpc_statuses: _abc.Iterable[_builtins.int] | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "mirror", b"mirror", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log", b"access_log", "fault", b"fault", "matches", b"matches", "name", b"name", "retry_grpc_statuses", b"retry_grpc_statuses", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log", b"access_log", "fault", b"fault", "matches", b"matches", "mirror", b"mirror", "name", b"name", "retry_grpc_statuses", b"retry_grpc_statuses", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class Mirror(_message.Message):
+    """The client SHOULD send a copy of `percent` of the route's requests to
+    `service` once the original has been answered, and discard the copy's
+    answer. A copy MUST NOT delay or fail the original: a client bounds the
+    copies in flight and the bytes it keeps for them, and drops a copy
+    (counting it) rather than wait.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    SERVICE_FIELD_NUMBER: _builtins.int
+    PERCENT_FIELD_NUMBER: _builtins.int
+    service: _builtins.str
+    percent: _builtins.float
+    """0 to 100; 0 means 100."""
+    def __init__(
+        self,
+        *,
+        service: _builtins.str = ...,
+        percent: _builtins.float = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["percent", b"percent", "service", b"service"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___Mirror: _TypeAlias = Mirror  # noqa: Y015
 
 @_typing.final
 class FaultInjection(_message.Message):

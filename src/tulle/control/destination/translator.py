@@ -138,6 +138,9 @@ def _route_message(route: Route) -> pb.Route:
         message.timeout.CopyFrom(_duration(route.timeout_s))
     if route.fault is not None:
         message.fault.CopyFrom(_fault_message(route.fault))
+    if route.mirror is not None:
+        message.mirror.service = route.mirror.service
+        message.mirror.percent = route.mirror.percent
     return message
 
 
@@ -170,6 +173,7 @@ def profile_message(name: str, profile: Profile) -> pb.DestinationProfile:
     )
     if profile.timeout_s is not None:
         message.default_timeout.CopyFrom(_duration(profile.timeout_s))
+    message.override_identities.extend(profile.override_identities)
     affinity = profile.affinity
     if affinity is not None:
         message.affinity.load_factor = affinity.load_factor

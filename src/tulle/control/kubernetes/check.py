@@ -33,8 +33,8 @@ from tulle.control.kubernetes.install import (
     crds,
 )
 from tulle.control.kubernetes.source import endpoint_slice_resource
+from tulle.core.checks import CERT_EXPIRY_WARN_S, CheckReport
 from tulle.core.discovery import format_address
-from tulle.viz.checks import CERT_EXPIRY_WARN_S, CheckReport
 
 MAX_SKEW_S = 5.0
 MIN_MINOR = 20

@@ -29,6 +29,7 @@ from __future__ import annotations
 from collections.abc import Iterable, Mapping
 from typing import Any
 
+from tulle.codec.promtext import Sample
 from tulle.control.kubernetes.translate import (
     DEFAULT_CLUSTER_DOMAIN,
     MESHED_ANNOTATION,
@@ -40,10 +41,9 @@ from tulle.control.kubernetes.translate import (
     is_ip,
 )
 from tulle.core.discovery import format_address
+from tulle.core.scrape import ScrapeTarget
 from tulle.k8s.inject import ADMIN_PORT_ANNOTATION
 from tulle.net.capture import ADMIN_PORT
-from tulle.viz.promtext import Sample
-from tulle.viz.targets import ScrapeTarget
 
 # Written on every pod by the injector (tulle.k8s.inject), which also makes
 # the proxy listen on the pod's address rather than its loopback.

@@ -36,7 +36,7 @@ from tulle.control.kubernetes.translate import (
 )
 from tulle.control.manifest import Manifest
 from tulle.control.metrics import ControlMetrics
-from tulle.viz.targets import ScrapeTarget
+from tulle.core.scrape import ScrapeTarget
 
 log = logging.getLogger("tulle.control.kubernetes")
 

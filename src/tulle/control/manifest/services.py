@@ -64,6 +64,7 @@ class ServicesReader(MatchReader):
                 "retryBudget",
                 "backends",
                 "affinity",
+                "requestOverride",
             ),
             required=("name",),
         )
@@ -135,6 +136,11 @@ class ServicesReader(MatchReader):
         affinity = None
         if "affinity" in fields:
             affinity = traffic.affinity(self, fields["affinity"], f"{path}.affinity")
+        override: tuple[str, ...] = ()
+        if "requestOverride" in fields:
+            override = traffic.request_override(
+                self, fields["requestOverride"], f"{path}.requestOverride"
+            )
         if name is None or len(self.problems) > before:
             return None
         return ServiceSpec(
@@ -148,6 +154,7 @@ class ServicesReader(MatchReader):
                 backends=tuple(backends),
                 timeout_s=timeout,
                 affinity=affinity,
+                override_identities=override,
             ),
             identity=identity,
             line=_line(node),
@@ -199,7 +206,17 @@ class ServicesReader(MatchReader):
         fields = self.mapping(
             node,
             path,
-            ("name", "matches", "timeout", "timeouts", "retryable", "retry", "fault", "accessLog"),
+            (
+                "name",
+                "matches",
+                "timeout",
+                "timeouts",
+                "retryable",
+                "retry",
+                "fault",
+                "accessLog",
+                "mirror",
+            ),
             required=("name",),
         )
         if fields is None:
@@ -254,6 +271,9 @@ class ServicesReader(MatchReader):
         fault = None
         if "fault" in fields:
             fault = traffic.fault(self, fields["fault"], f"{path}.fault")
+        mirror = None
+        if "mirror" in fields:
+            mirror = traffic.mirror(self, fields["mirror"], f"{path}.mirror")
         access_log = False
         if "accessLog" in fields:
             access_log = bool(self.boolean(fields["accessLog"], f"{path}.accessLog"))
@@ -267,6 +287,7 @@ class ServicesReader(MatchReader):
             retry_statuses=tuple(statuses),
             fault=fault,
             access_log=access_log,
+            mirror=mirror,
             retry_grpc_statuses=tuple(grpc_statuses),
         )
 

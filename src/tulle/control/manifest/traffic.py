@@ -15,7 +15,7 @@ from typing import Protocol, TypeVar
 
 from yaml.nodes import Node
 
-from tulle.core.discovery import AffinitySpec, FaultSpec, HeaderMatch
+from tulle.core.discovery import AffinitySpec, FaultSpec, HeaderMatch, MirrorSpec
 from tulle.core.policy import RateLimitPolicySpec
 from tulle.core.ratelimit import LimitOverride, LimitSpec, RateLimitSpec
 
@@ -234,3 +234,42 @@ def affinity(p: ManifestChecks, node: Node, path: str) -> AffinitySpec | None:
     if len(p.problems) > before:
         return None
     return AffinitySpec(header=header, cookie=cookie, load_factor=load_factor)
+
+
+_SPIFFE = re.compile(r"^spiffe://[a-z0-9.-]+(/[A-Za-z0-9._~*-]+)+$")
+
+
+def request_override(p: ManifestChecks, node: Node, path: str) -> tuple[str, ...]:
+    """`services[].requestOverride: {identities: [SPIFFE IDs with *]}`."""
+    fields = p.mapping(node, path, ("identities",), ("identities",))
+    if fields is None or "identities" not in fields:
+        return ()
+    found: list[str] = []
+    items = p.items(fields["identities"], f"{path}.identities", p.string) or []
+    for index, item in enumerate(items):
+        if item != "*" and not _SPIFFE.match(item):
+            p.problem(
+                fields["identities"],
+                f"{path}.identities[{index}]",
+                f'expected a SPIFFE ID like "spiffe://tulle.local/ns/default/sa/web", got "{item}"',
+            )
+        else:
+            found.append(item)
+    if not items:
+        p.problem(fields["identities"], f"{path}.identities", "name at least one identity")
+    return tuple(found)
+
+
+def mirror(p: ManifestChecks, node: Node, path: str) -> MirrorSpec | None:
+    """`routes[].mirror: {service, percent}` (percent defaults to 100)."""
+    fields = p.mapping(node, path, ("service", "percent"), ("service",))
+    if fields is None or "service" not in fields:
+        return None
+    before = len(p.problems)
+    service = p.name(fields["service"], f"{path}.service")
+    percent = 100.0
+    if "percent" in fields:
+        percent = p.number(fields["percent"], f"{path}.percent", 0.001, 100) or 100.0
+    if service is None or len(p.problems) > before:
+        return None
+    return MirrorSpec(service, percent)

@@ -9,6 +9,7 @@ from typing import Any
 import pytest
 
 from tulle.cli.observe import stat_query
+from tulle.codec.promtext import Sample
 from tulle.control.kubernetes.pods import (
     DEFAULT_PROXY_ADMIN_PORT,
     DestinationNames,
@@ -17,10 +18,10 @@ from tulle.control.kubernetes.pods import (
     workload_of,
 )
 from tulle.control.kubernetes.translate import ClusterState
+from tulle.core.scrape import ScrapeTarget
 from tulle.viz import aggregate
-from tulle.viz.api import ApiContext, MetricsApi, StoreSource
-from tulle.viz.promtext import Sample
-from tulle.viz.targets import ScrapeTarget
+from tulle.viz.api import MetricsApi
+from tulle.viz.api_context import ApiContext, StoreSource
 from tulle.viz.window import WindowStore
 
 

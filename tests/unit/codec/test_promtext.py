@@ -7,8 +7,8 @@ import math
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from tulle.codec.promtext import ParseError, parse
 from tulle.proxy.metrics import Metrics, render
-from tulle.viz.promtext import ParseError, parse
 
 
 def _proxy_page() -> str:
