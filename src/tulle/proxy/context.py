@@ -18,6 +18,7 @@ if TYPE_CHECKING:
     from tulle.net.mtls import MeshTls
     from tulle.proxy.accesslog import AccessLog
     from tulle.proxy.authz import InboundAuthz
+    from tulle.proxy.tracing import Tracer
 
 
 class Http1Connection(Protocol):
@@ -72,6 +73,8 @@ class ProxyContext:
         self.access_log: AccessLog | None = None
         # The process's descriptor budget (tulle.net.descriptors); None: unchecked.
         self.fds: DescriptorBudget | None = None
+        # Distributed tracing (tulle.proxy.tracing); None: off, one test per request.
+        self.tracer: Tracer | None = None
 
     def record_rejected(self, status: int, reason: str) -> None:
         """A request refused before it had an authority (bad input)."""

@@ -28,6 +28,7 @@ from tulle.proxy.http2.dispatch import CompletionCallback, Pending, RefusalKind,
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
 from tulle.proxy.metrics import fault_labels
 from tulle.proxy.router import ServiceTarget
+from tulle.proxy.tracing import Span
 
 _monotonic = time.monotonic
 
@@ -168,6 +169,14 @@ class MeshDispatcher:
         access = ctx.access_log
         if access is not None and access.wants(route.access_log):
             done = self._logged(done, access, stats_key, method, path)
+        tracer = ctx.tracer
+        span = None
+        if tracer is not None:
+            span = tracer.start(_lookup(headers), router.fixed is not None)
+        if span is not None:
+            done = self._traced(
+                done, span, method, path, label, backend.metrics_labels, route.name, headers
+            )
         return Routed(
             endpoint.address,
             done=done,
@@ -176,6 +185,7 @@ class MeshDispatcher:
             expected_identity=endpoint.identity if ssl_context is not None else None,
             timeout_s=route.timeout_s or ctx.config.timeouts.response_s or None,
             delay_s=delay_s,
+            traceparent=span.decision.forward if span is not None else None,
         )
 
     @staticmethod
@@ -187,6 +197,60 @@ class MeshDispatcher:
             else RefusalKind.DESTINATION_FORBIDDEN
         )
         return Refused(kind, refusal.detail)
+
+    def _traced(
+        self,
+        done: CompletionCallback,
+        span: Span,
+        method: str,
+        path: str,
+        endpoint: str,
+        dst_service: str,
+        route: str,
+        headers: Sequence[Header],
+    ) -> CompletionCallback:
+        """`done`, then this stream's span handed to the tracer (one per attempt)."""
+        ctx = self.ctx
+        tracer = ctx.tracer
+        if tracer is None or not span.decision.sampled:
+            return done
+        authority = ""
+        is_grpc = False
+        for name, value in headers:
+            if name == b":authority":
+                authority = value.decode("latin-1")
+            elif name == b"content-type":
+                is_grpc = value.startswith(b"application/grpc")
+        peer = self.client_id
+
+        def traced(
+            status: int, grpc_status: int | None, latency_s: float, outcome: Outcome
+        ) -> None:
+            done(status, grpc_status, latency_s, outcome)
+            attributes: list[tuple[str, str | int]] = [
+                ("http.request.method", method),
+                ("url.path", path),
+                ("server.address", authority),
+                ("http.response.status_code", status),
+                ("tulle.direction", ctx.direction),
+                ("tulle.protocol", "grpc" if is_grpc else "h2"),
+                ("tulle.dst_service", dst_service),
+                ("tulle.endpoint", endpoint),
+            ]
+            if route:
+                attributes.append(("tulle.route", route))
+            if peer:
+                attributes.append(("tulle.client_id", peer))
+            if grpc_status is not None:
+                attributes.append(("rpc.grpc.status_code", grpc_status))
+            if outcome is CANCELLED:
+                attributes.append(("tulle.error", "cancelled"))
+            failed = outcome is not SUCCESS or status >= 500 or bool(grpc_status)
+            tracer.finish(
+                span, f"{ctx.direction} {method} {route or authority}", tuple(attributes), failed
+            )
+
+        return traced
 
     def _completion(
         self, target: ServiceTarget, state: EndpointState, key: tuple[str, str, str, str, str, str]

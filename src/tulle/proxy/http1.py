@@ -71,6 +71,7 @@ if TYPE_CHECKING:
     from tulle.proxy.balance import EndpointState
     from tulle.proxy.context import ProxyContext
     from tulle.proxy.metrics import HttpStats, TcpStats
+    from tulle.proxy.tracing import Span
 
 log = logging.getLogger(__name__)
 
@@ -374,6 +375,7 @@ class Exchange:
         "reused_conn",
         "route",
         "server",
+        "span",
         "start",
         "state",
         "status",
@@ -413,6 +415,7 @@ class Exchange:
         self.peer_id = server.client_id
         self.timer: asyncio.TimerHandle | None = None
         self.expect_continue = head.expect_continue
+        self.span: Span | None = None
 
     # -- request side -------------------------------------------------------
     def begin(self) -> None:
@@ -605,6 +608,9 @@ class Exchange:
         route = target.route(head.method, head.target, head.header)
         self.route = route
         target.budget.deposit(self.start)
+        tracer = ctx.tracer
+        if tracer is not None:
+            self.span = tracer.start(head.header, ctx.direction == "inbound")
         self.req_head = self._encode_request_head()
         if head.method != b"CONNECT" and head.upgrade is None:
             # Every request keeps its first bytes (bounded), retryable or not:
@@ -686,6 +692,12 @@ class Exchange:
                 out.append(CLIENT_ID_HEADER + b": " + server.client_id.encode() + b"\r\n")
         else:
             out.extend(head.encoded_end_to_end())
+        span = self.span
+        if span is not None and span.decision.forward is not None:
+            # This hop's span is the next hop's parent: its traceparent
+            # replaces the caller's (tulle.core.trace).
+            out = [line for line in out if line[:12].lower() != b"traceparent:"]
+            out.append(b"traceparent: " + span.decision.forward + b"\r\n")
         if head.host is None:
             out.append(b"Host: ")
             out.append(self.authority.encode("latin-1") or b"localhost")
@@ -1173,6 +1185,8 @@ class Exchange:
         stats.record_response(status, success, latency, error)
         ctx = self.server.ctx
         tap = ctx.tap
+        if self.span is not None:
+            self._end_span(self.span, status, error)
         if tap.active:
             self._publish(tap, status, latency, error)
         access = ctx.access_log
@@ -1215,6 +1229,43 @@ class Exchange:
                 "error": error,
                 "attempts": self.attempts,
             }
+        )
+
+    def _end_span(self, span: Span, status: int, error: str) -> None:
+        """Hand this hop's span to the tracer (queued; exported off the request path)."""
+        ctx = self.server.ctx
+        tracer = ctx.tracer
+        if tracer is None or not span.decision.sampled:
+            return
+        head = self.head
+        method = head.method.decode("latin-1")
+        route = self.route.name if self.route is not None else ""
+        attributes: list[tuple[str, str | int]] = [
+            ("http.request.method", method),
+            ("url.path", head.target.decode("latin-1")),
+            ("server.address", self.authority),
+            ("http.response.status_code", status),
+            ("tulle.direction", ctx.direction),
+            ("tulle.protocol", "http/1.1"),
+        ]
+        if self.backend is not None:
+            attributes.append(("tulle.dst_service", self.backend.metrics_labels))
+        if route:
+            attributes.append(("tulle.route", route))
+        if self.endpoint_label:
+            attributes.append(("tulle.endpoint", self.endpoint_label))
+        if self.peer_id:
+            name = "tulle.client_id" if ctx.direction == "inbound" else "tulle.server_id"
+            attributes.append((name, self.peer_id))
+        if self.attempts > 1:
+            attributes.append(("http.request.resend_count", self.attempts - 1))
+        if error:
+            attributes.append(("tulle.error", error))
+        tracer.finish(
+            span,
+            f"{ctx.direction} {method} {route or self.authority}",
+            tuple(attributes),
+            bool(error) or status >= 500,
         )
 
     def _publish(self, tap: TapHub, status: int, latency_s: float, error: str) -> None:
@@ -1268,6 +1319,8 @@ class Exchange:
         access = self.server.ctx.access_log
         if access is not None:
             self._log_access(access, 499, latency, "client-gone")
+        if self.span is not None:
+            self._end_span(self.span, 499, "client-gone")
 
     def _stats(self) -> HttpStats:
         ctx = self.server.ctx
