@@ -27,7 +27,7 @@ from tulle.proxy.destinations import LOOP_DETECTED, Refusal
 from tulle.proxy.http2.dispatch import CompletionCallback, Pending, RefusalKind, Refused, Routed
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
 from tulle.proxy.metrics import fault_labels
-from tulle.proxy.router import ServiceTarget
+from tulle.proxy.router import OVERRIDE_HEADER, ServiceTarget
 from tulle.proxy.tracing import Span
 
 _monotonic = time.monotonic
@@ -97,8 +97,11 @@ class MeshDispatcher:
         if view.exists is False:
             return Refused(RefusalKind.UNKNOWN_SERVICE, f"no service named {target.name!r}")
         backend = target.backend()
+        drop_header = None
         if target.override is not None:
             backend = target.overridden(_lookup(headers), backend)
+            # Read by this proxy only: never forwarded.
+            drop_header = OVERRIDE_HEADER
         backend_view = backend.view
         if not backend_view.ready:
             return Pending(
@@ -186,6 +189,7 @@ class MeshDispatcher:
             timeout_s=route.timeout_s or ctx.config.timeouts.response_s or None,
             delay_s=delay_s,
             traceparent=span.decision.forward if span is not None else None,
+            drop_header=drop_header,
         )
 
     @staticmethod

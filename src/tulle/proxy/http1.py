@@ -62,7 +62,13 @@ from tulle.proxy.accesslog import timestamp
 from tulle.proxy.balance import ejected_detail
 from tulle.proxy.metrics import fault_labels
 from tulle.proxy.ratelimit import RATE_LIMITED
-from tulle.proxy.router import MirrorPolicy, PoolHandle, RoutePolicy, ServiceTarget
+from tulle.proxy.router import (
+    OVERRIDE_HEADER,
+    MirrorPolicy,
+    PoolHandle,
+    RoutePolicy,
+    ServiceTarget,
+)
 from tulle.proxy.tap import TapEvent, TapHub
 from tulle.proxy.tcp import Tunnel
 
@@ -604,6 +610,8 @@ class Exchange:
         backend = target.backend()
         if target.override is not None:
             backend = target.overridden(head.header, backend)
+            # Read by this proxy only: never forwarded.
+            _drop_field(head, OVERRIDE_HEADER)
         self.backend = backend
         route = target.route(head.method, head.target, head.header)
         self.route = route
@@ -1640,6 +1648,14 @@ class Http1Server(asyncio.Protocol):
 
 # SO_LINGER on with a zero timeout: close() sends RST instead of FIN.
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _drop_field(head: RequestHead, lower_name: bytes) -> None:
+    """Remove every field `lower_name` from a request head (not forwarded)."""
+    prefix = lower_name + b":"
+    size = len(prefix)
+    head.encoded = [line for line in head.encoded if line[:size].lower() != prefix]
+    head.headers = [(n, v) for n, v in head.headers if n.lower() != lower_name]
 
 
 def _chunk(data: bytes) -> bytes:

@@ -128,9 +128,11 @@ class H2ClientConnection(H2Peer):
         headers = stream.request_headers
         if headers is None:
             return True
-        traceparent = stream.routed.traceparent
-        if traceparent is not None:
-            headers = with_traceparent(headers, traceparent)
+        routed = stream.routed
+        if routed.drop_header is not None:
+            headers = [h for h in headers if h[0] != routed.drop_header]
+        if routed.traceparent is not None:
+            headers = with_traceparent(headers, routed.traceparent)
         end = stream.request.end and not stream.request.chunks and stream.request.trailers is None
         try:
             stream_id = self.h2.send_request(headers, end)

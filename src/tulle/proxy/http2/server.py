@@ -101,6 +101,9 @@ _REFUSAL_ERRORS = {
 }
 
 
+# Discovery waits of one stream: its service, then a split backend's.
+_PENDING_ROUNDS = 3
+
 # The most bytes handed to h2 at once (see data_received).
 _RECEIVE_SLICE = 16 << 10
 
@@ -434,13 +437,22 @@ class H2ServerProtocol(H2Peer):
         return True
 
     async def _route_when_known(self, stream: ProxyStream, pending: Pending) -> None:
-        """Route a stream whose authority discovery had not answered for yet."""
-        await pending.ready()
-        head = self._heads.get(stream.down_id)
-        headers = stream.request_headers
-        if stream.closed or head is None or headers is None:
-            return
-        decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
+        """Route a stream whose authority discovery had not answered for yet.
+
+        Up to `_PENDING_ROUNDS` waits: a split's backend (or an overridden
+        one) is only looked up once the apex's profile is known, so the
+        apex's answer can be followed by a wait for the backend's (HTTP/1
+        waits for both too)."""
+        decision: Routed | Refused | Pending = pending
+        for _ in range(_PENDING_ROUNDS):
+            if not isinstance(decision, Pending):
+                break
+            await decision.ready()
+            head = self._heads.get(stream.down_id)
+            headers = stream.request_headers
+            if stream.closed or head is None or headers is None:
+                return
+            decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
         if isinstance(decision, Routed):
             stream.routed = decision
             if decision.timeout_s is not None:
