@@ -88,6 +88,10 @@ COMMANDS: dict[str, tuple[str, tuple[str, ...]]] = {
         "Stop a mesh started with `tulle up --detach`, and wait until no process is left.",
         ("tulle.cli.up",),
     ),
+    "trace-receiver": (
+        "Receive the proxies' spans over OTLP/HTTP; keep them for GET /traces and a file.",
+        ("tulle.cli.traces",),
+    ),
     "manifest": ("Work with the local manifest (mesh.yaml).", ("tulle.cli.control",)),
     "demo": (
         "Run the demo: a small backend with a Tulle proxy in front of it.",

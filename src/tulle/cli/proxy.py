@@ -154,6 +154,16 @@ def proxy(
         "access_log_scope",
         "'all' requests, or only those of 'routes' whose manifest says accessLog: true.",
     ),
+    otlp_endpoint: str = _option(
+        "otlp_endpoint",
+        "OTLP/HTTP collector base URL (http://HOST:4318): export a span per proxied "
+        "request there; empty: tracing off (traceparent still passes through).",
+    ),
+    trace_sample_rate: float = _option(
+        "trace_sample_rate",
+        "Share (0-1) of traces this proxy starts that are sampled; a caller's "
+        "traceparent/B3 decision is always followed.",
+    ),
 ) -> None:
     arguments = locals()  # the parameters, named as in FLAGS
     try:

@@ -84,6 +84,8 @@ FLAGS: tuple[Flag, ...] = (
     Flag("access_log_fields", "TULLE_PROXY_ACCESS_LOG_FIELDS", "str", ""),
     Flag("access_log_sample", "TULLE_PROXY_ACCESS_LOG_SAMPLE", "float", 1.0),
     Flag("access_log_scope", "TULLE_PROXY_ACCESS_LOG_SCOPE", "str", "all"),
+    Flag("otlp_endpoint", "TULLE_PROXY_OTLP_ENDPOINT", "str", ""),
+    Flag("trace_sample_rate", "TULLE_PROXY_TRACE_SAMPLE_RATE", "float", 1.0),
 )
 _BY_OPTION = {flag.option: flag for flag in FLAGS}
 # Only the plainest spellings: whatever else typer may accept, it also parses.
@@ -177,7 +179,7 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
     import ipaddress
 
     from tulle.core.discovery import Endpoint, parse_static_dst
-    from tulle.proxy.config import Limits, ProxyConfig, Timeouts
+    from tulle.proxy.config import Limits, ProxyConfig, Timeouts, TracingConfig
     from tulle.proxy.destinations import RAW_MODES
 
     def text(name: str) -> str:
@@ -263,6 +265,12 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
             tap_networks.append(str(ipaddress.ip_network(cidr, strict=False)))
         except ValueError as exc:
             raise FlagError(str(exc), "--tap-networks") from None
+    otlp_endpoint = text("otlp_endpoint")
+    if otlp_endpoint and not otlp_endpoint.startswith(("http://", "https://")):
+        raise FlagError("expected http(s)://HOST:PORT of an OTLP/HTTP collector", "--otlp-endpoint")
+    sample_rate = number("trace_sample_rate")
+    if not 0.0 <= sample_rate <= 1.0:
+        raise FlagError("expected a share within 0 and 1", "--trace-sample-rate")
     return ProxyConfig(
         inbound_addr=_addr(text("inbound_addr"), "--inbound-addr"),
         outbound_addr=_addr(text("outbound_addr"), "--outbound-addr"),
@@ -299,6 +307,11 @@ def build_config(values: Mapping[str, object]) -> ProxyConfig:
         access_log_fields=access_log_fields,
         access_log_sample=number("access_log_sample"),
         access_log_scope=text("access_log_scope"),
+        tracing=TracingConfig(
+            endpoint=otlp_endpoint.rstrip("/"),
+            sample_rate=sample_rate,
+            service_name=text("workload") or "tulle-proxy",
+        ),
     )
 
 

@@ -112,8 +112,21 @@ def up(
     supervise: bool = typer.Option(
         False, "--supervise", hidden=True, help="Internal: the detached supervisor itself."
     ),
+    otlp_endpoint: str = typer.Option(
+        "",
+        "--otlp-endpoint",
+        envvar="TULLE_PROXY_OTLP_ENDPOINT",
+        help="Every proxy exports a span per request to this OTLP/HTTP collector "
+        "(http://HOST:4318; `tulle trace-receiver` is one); empty: no tracing.",
+    ),
 ) -> None:
     """Run a whole mesh on this machine: control plane, every service with its sidecar, ingress."""
+    if otlp_endpoint:
+        if not otlp_endpoint.startswith(("http://", "https://")):
+            raise typer.BadParameter("expected http(s)://HOST:PORT", param_hint="--otlp-endpoint")
+        # Every proxy reads it from the environment it inherits (local/plan.py
+        # base_environment), the detached supervisor's included.
+        os.environ["TULLE_PROXY_OTLP_ENDPOINT"] = otlp_endpoint
     path = resolve_manifest_path(manifest_file or None)
     try:
         manifest, raw = _load(path)

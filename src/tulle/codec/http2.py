@@ -218,6 +218,13 @@ def with_hop(headers: Sequence[Header], hops: int) -> list[Header]:
     return out
 
 
+def with_traceparent(headers: Sequence[Header], traceparent: bytes) -> list[Header]:
+    """The headers with any `traceparent` replaced by this hop's (tulle.core.trace)."""
+    out = [h for h in headers if h[0] != b"traceparent"]
+    out.append((b"traceparent", traceparent))
+    return out
+
+
 def is_grpc_content_type(content_type: bytes) -> bool:
     """`application/grpc`, alone or with a `+codec` or `;params` suffix."""
     if not content_type.startswith(b"application/grpc"):

@@ -49,6 +49,7 @@ from tulle.proxy.metrics import Labels, Metrics, Snapshot
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapHub
 from tulle.proxy.tcp import Tunnel
+from tulle.proxy.tracing import Tracer
 
 if TYPE_CHECKING:
     from tulle.api.control_tls import ControlTls
@@ -150,6 +151,9 @@ class Worker:
                 config.access_log_sample,
                 config.access_log_scope,
             )
+        self.tracer: Tracer | None = None
+        if config.tracing.endpoint:
+            self.tracer = Tracer(config.tracing, self.metrics)
         self.outbound = self._context("outbound", None)
         self.inbound = self._context("inbound", config.app_addr)
         self.mesh: MeshTls | None = None
@@ -245,6 +249,7 @@ class Worker:
         ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics, self.tap)
         ctx.fds = self.fds
         ctx.access_log = self.access_log
+        ctx.tracer = self.tracer
         holder.append(ctx)
         self.contexts.append(ctx)
         return ctx
@@ -265,6 +270,8 @@ class Worker:
                 )
             )
         self._sweeper = self.loop.create_task(self._sweep())
+        if self.tracer is not None:
+            self.tracer.start_exporter(self.loop)
 
     def _shed_counter(self, direction: str) -> Callable[[], None]:
         labels = (("direction", direction),)
@@ -649,6 +656,8 @@ class Worker:
             await asyncio.gather(*h2_drains, return_exceptions=True)
         if self._sweeper is not None:
             self._sweeper.cancel()
+        if self.tracer is not None:
+            await self.tracer.close()
         if self.mesh is not None:
             await self.mesh.certs.close()
         if self.inbound.authz is not None:

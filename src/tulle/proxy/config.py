@@ -45,6 +45,24 @@ class Limits:
 
 
 @dataclass(frozen=True, slots=True)
+class TracingConfig:
+    """Where spans go and which new traces are sampled."""
+
+    # OTLP/HTTP collector base URL (`http://127.0.0.1:4318`); empty: tracing off.
+    endpoint: str = ""
+    # Share of traces this proxy starts that are sampled; a caller's decision wins.
+    sample_rate: float = 1.0
+    # The `service.name` resource attribute; empty: the workload, else "tulle-proxy".
+    service_name: str = ""
+    # Finished spans held for export; beyond it spans are dropped (counted).
+    max_queue: int = 2048
+    max_batch: int = 512
+    interval_s: float = 1.0
+    # Deadline of one export POST (connect + send + answer).
+    export_timeout_s: float = 2.0
+
+
+@dataclass(frozen=True, slots=True)
 class ProxyConfig:
     inbound_addr: Address = ("0.0.0.0", 4143)
     outbound_addr: Address = ("127.0.0.1", 4140)
@@ -91,6 +109,8 @@ class ProxyConfig:
     access_log_fields: tuple[str, ...] = ()  # empty: every field
     access_log_sample: float = 1.0
     access_log_scope: str = "all"  # or "routes": only routes with accessLog: true
+    # Distributed tracing (tulle.proxy.tracing); off unless an endpoint is set.
+    tracing: TracingConfig = TracingConfig()
 
 
 def config_to_json(config: ProxyConfig) -> str:
@@ -156,4 +176,5 @@ def config_from_json(text: str) -> ProxyConfig:
         access_log_fields=tuple(data.get("access_log_fields", ())),
         access_log_sample=data.get("access_log_sample", 1.0),
         access_log_scope=data.get("access_log_scope", "all"),
+        tracing=TracingConfig(**data.get("tracing", {})),
     )

@@ -23,6 +23,7 @@ if TYPE_CHECKING:
     from tulle.net.mtls import MeshTls
     from tulle.proxy.accesslog import AccessLog
     from tulle.proxy.authz import InboundAuthz
+    from tulle.proxy.tracing import Tracer
 
 
 class ClientConnection(Protocol):
@@ -82,6 +83,8 @@ class ProxyContext:
         self.mirrors = Mirrors(loop, metrics, direction)
         # The process's descriptor budget (tulle.net.descriptors); None: unchecked.
         self.fds: DescriptorBudget | None = None
+        # Distributed tracing (tulle.proxy.tracing); None: off, one test per request.
+        self.tracer: Tracer | None = None
 
     @property
     def authz(self) -> InboundAuthz | None:

@@ -33,8 +33,9 @@ from tulle.proxy.http2.dispatch import Pending, Routed
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
 from tulle.proxy.metrics import fault_labels
 from tulle.proxy.plan import WAIT, RequestPlan
-from tulle.proxy.router import ServiceTarget
+from tulle.proxy.router import OVERRIDE_HEADER, ServiceTarget
 from tulle.proxy.tap import TapEvent
+from tulle.proxy.tracing import Span
 
 _monotonic = time.monotonic
 
@@ -42,7 +43,7 @@ _monotonic = time.monotonic
 class H2Call(RequestPlan):
     """The request plan of one HTTP/2 stream (the stream's `Call`)."""
 
-    __slots__ = ("dispatcher", "grpc", "method", "path", "replay_limit")
+    __slots__ = ("dispatcher", "drop_header", "grpc", "method", "path", "replay_limit", "span")
 
     logs_grpc_status = True
 
@@ -55,6 +56,10 @@ class H2Call(RequestPlan):
         self.grpc = grpc
         self.replay_limit = pc.max_replay_bytes
         self.peer_id = dispatcher.client_id if pc.inbound else ""
+        # Distributed tracing: this call's span (one per stream, over its attempts).
+        self.span: Span | None = None
+        # A request header not forwarded (a per-request override's, once read).
+        self.drop_header: bytes | None = None
 
     # -- the stream's Call --------------------------------------------------------
     def hold_headers(self) -> bool:
@@ -76,6 +81,8 @@ class H2Call(RequestPlan):
 
     def ended(self, status: int, grpc_status: int | None, outcome: Outcome, error: str) -> None:
         grpc = -1 if grpc_status is None else grpc_status
+        if self.span is not None:
+            self._end_span(self.span, status, grpc_status, outcome, error)
         # A response passed on in full is judged as HTTP/1 judges one; a
         # cancellation says nothing about the endpoint.
         self.end_attempt(self.judge(status, grpc) if outcome is SUCCESS else outcome)
@@ -83,6 +90,46 @@ class H2Call(RequestPlan):
             self.finish(status, False, error or "client-gone", grpc)
             return
         self.finish(status, outcome is SUCCESS and is_success(status, grpc_status), error, grpc)
+
+    def _end_span(
+        self, span: Span, status: int, grpc_status: int | None, outcome: Outcome, error: str
+    ) -> None:
+        """Hand this call's span to the tracer (queued; exported off the request path)."""
+        pc = self.pc
+        tracer = self.dispatcher.ctx.tracer
+        if tracer is None or not span.decision.sampled:
+            return
+        route = self.route_name()
+        attributes: list[tuple[str, str | int]] = [
+            ("http.request.method", self.method),
+            ("url.path", self.path),
+            ("server.address", self.authority),
+            ("http.response.status_code", status),
+            ("tulle.direction", pc.direction),
+            ("tulle.protocol", "grpc" if self.grpc else "h2"),
+            ("tulle.dst_service", self.dst_service()),
+            ("tulle.endpoint", self.endpoint_label),
+        ]
+        if route:
+            attributes.append(("tulle.route", route))
+        if self.peer_id:
+            name = "tulle.client_id" if pc.inbound else "tulle.server_id"
+            attributes.append((name, self.peer_id))
+        if grpc_status is not None:
+            attributes.append(("rpc.grpc.status_code", grpc_status))
+        if self.attempts > 1:
+            attributes.append(("http.request.resend_count", self.attempts - 1))
+        if outcome is CANCELLED:
+            attributes.append(("tulle.error", "cancelled"))
+        elif error:
+            attributes.append(("tulle.error", error))
+        failed = outcome is not SUCCESS or status >= 500 or bool(grpc_status)
+        tracer.finish(
+            span,
+            f"{pc.direction} {self.method} {route or self.authority}",
+            tuple(attributes),
+            failed,
+        )
 
     def refused(self, refusal: Refused) -> Refused:
         """Record a stream refused before it had an upstream (metrics, tap),
@@ -176,6 +223,13 @@ class MeshDispatcher:
         if not call.backend_ready():
             call.release()
             return _pending(backend, ctx.plan.discovery_s, call)
+        target = call.target
+        if target is not None and target.override is not None:
+            # Read by this proxy only: never forwarded.
+            call.drop_header = OVERRIDE_HEADER
+        tracer = ctx.tracer
+        if tracer is not None:
+            call.span = tracer.start(header, fixed is not None)
         delay_s = 0.0
         route = call.route
         fault = route.fault if route is not None else None
@@ -237,6 +291,8 @@ class MeshDispatcher:
             timeout_s=timeout or ctx.plan.response_s or None,
             delay_s=delay_s,
             call=call,
+            traceparent=call.span.decision.forward if call.span is not None else None,
+            drop_header=call.drop_header,
         )
 
 

@@ -56,13 +56,14 @@ from tulle.net.mtls import ALPN_HTTP1, ALPN_OPAQUE, transport_peer_identity
 from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.metrics import fault_labels
 from tulle.proxy.plan import WAIT, RequestPlan, original_authority
-from tulle.proxy.router import MirrorPolicy, PoolHandle, ServiceTarget
+from tulle.proxy.router import OVERRIDE_HEADER, MirrorPolicy, PoolHandle, ServiceTarget
 from tulle.proxy.tap import TapEvent
 from tulle.proxy.tcp import Tunnel
 
 if TYPE_CHECKING:
     from tulle.proxy.context import ProxyContext
     from tulle.proxy.metrics import TcpStats
+    from tulle.proxy.tracing import Span
 
 log = logging.getLogger(__name__)
 
@@ -313,6 +314,7 @@ class Exchange(RequestPlan):
         "resp_status",
         "reused_conn",
         "server",
+        "span",
         "status",
         "timer",
     )
@@ -351,6 +353,7 @@ class Exchange(RequestPlan):
         self.peer_id = server.client_id
         self.timer: asyncio.TimerHandle | None = None
         self.expect_continue = head.expect_continue
+        self.span: Span | None = None
 
     # -- request side -------------------------------------------------------
     def begin(self) -> None:
@@ -502,6 +505,13 @@ class Exchange(RequestPlan):
         ctx = self.server.ctx
         route = self.route
         assert route is not None
+        target = self.target
+        if target is not None and target.override is not None:
+            # Read by this proxy only: never forwarded.
+            _drop_field(head, OVERRIDE_HEADER)
+        tracer = ctx.tracer
+        if tracer is not None:
+            self.span = tracer.start(head.header, ctx.direction == "inbound")
         self.req_head = self._encode_request_head()
         if head.method != b"CONNECT" and head.upgrade is None:
             # Every request keeps its first bytes (bounded), retryable or not:
@@ -582,6 +592,12 @@ class Exchange(RequestPlan):
                 out.append(CLIENT_ID_HEADER + b": " + server.client_id.encode() + b"\r\n")
         else:
             out.extend(head.encoded_end_to_end())
+        span = self.span
+        if span is not None and span.decision.forward is not None:
+            # This hop's span is the next hop's parent: its traceparent
+            # replaces the caller's (tulle.core.trace).
+            out = [line for line in out if line[:12].lower() != b"traceparent:"]
+            out.append(b"traceparent: " + span.decision.forward + b"\r\n")
         if head.host is None:
             out.append(b"Host: ")
             out.append(self.authority.encode("latin-1") or b"localhost")
@@ -1009,6 +1025,8 @@ class Exchange(RequestPlan):
             self.timer.cancel()
             self.timer = None
         self.finish(status, success, error)
+        if self.span is not None:
+            self._end_span(self.span, status, error)
         route = self.route
         if route is not None and route.mirror is not None:
             self._mirror(route.mirror)
@@ -1044,6 +1062,43 @@ class Exchange(RequestPlan):
             dst_service=self.dst_service(),
         )
 
+    def _end_span(self, span: Span, status: int, error: str) -> None:
+        """Hand this hop's span to the tracer (queued; exported off the request path)."""
+        ctx = self.server.ctx
+        tracer = ctx.tracer
+        if tracer is None or not span.decision.sampled:
+            return
+        head = self.head
+        method = head.method.decode("latin-1")
+        route = self.route.name if self.route is not None else ""
+        attributes: list[tuple[str, str | int]] = [
+            ("http.request.method", method),
+            ("url.path", head.target.decode("latin-1")),
+            ("server.address", self.authority),
+            ("http.response.status_code", status),
+            ("tulle.direction", ctx.direction),
+            ("tulle.protocol", "http/1.1"),
+        ]
+        if self.backend is not None:
+            attributes.append(("tulle.dst_service", self.backend.metrics_labels))
+        if route:
+            attributes.append(("tulle.route", route))
+        if self.endpoint_label:
+            attributes.append(("tulle.endpoint", self.endpoint_label))
+        if self.peer_id:
+            name = "tulle.client_id" if ctx.direction == "inbound" else "tulle.server_id"
+            attributes.append((name, self.peer_id))
+        if self.attempts > 1:
+            attributes.append(("http.request.resend_count", self.attempts - 1))
+        if error:
+            attributes.append(("tulle.error", error))
+        tracer.finish(
+            span,
+            f"{ctx.direction} {method} {route or self.authority}",
+            tuple(attributes),
+            bool(error) or status >= 500,
+        )
+
     def client_gone(self) -> None:
         """The client went away: abandon the request and its upstream connection."""
         if self.status == _DONE:
@@ -1060,6 +1115,8 @@ class Exchange(RequestPlan):
         # The client gave up: that says nothing about the endpoint; 499 after
         # nginx: the client closed before the response was sent.
         self.cancelled(499)
+        if self.span is not None:
+            self._end_span(self.span, 499, "client-gone")
 
 
 class Http1Server(asyncio.Protocol):
@@ -1384,6 +1441,14 @@ class Http1Server(asyncio.Protocol):
 
 # SO_LINGER on with a zero timeout: close() sends RST instead of FIN.
 _LINGER_RESET = struct.pack("ii", 1, 0)
+
+
+def _drop_field(head: RequestHead, lower_name: bytes) -> None:
+    """Remove every field `lower_name` from a request head (not forwarded)."""
+    prefix = lower_name + b":"
+    size = len(prefix)
+    head.encoded = [line for line in head.encoded if line[:size].lower() != prefix]
+    head.headers = [(n, v) for n, v in head.headers if n.lower() != lower_name]
 
 
 def _chunk(data: bytes) -> bytes:

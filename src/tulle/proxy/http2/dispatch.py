@@ -85,6 +85,11 @@ class Routed:
     call: Call | None = None
     # An injected delay: the stream waits this long before it goes upstream.
     delay_s: float = 0.0
+    # Distributed tracing: the `traceparent` sent upstream in place of the
+    # caller's (this hop's span is the next one's parent). None: unchanged.
+    traceparent: bytes | None = None
+    # A request header not forwarded (a per-request override's, once read).
+    drop_header: bytes | None = None
 
 
 @dataclass(frozen=True, slots=True)

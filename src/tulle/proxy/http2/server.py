@@ -87,6 +87,9 @@ _log = logging.getLogger(__name__)
 # The provisional route of a stream waiting for discovery (see `Pending`).
 _UNROUTED = Routed(("0.0.0.0", 0))
 
+# Discovery waits of one stream: its service, then a split backend's.
+_PENDING_ROUNDS = 3
+
 # The most bytes handed to h2 at once (see data_received).
 _RECEIVE_SLICE = 16 << 10
 
@@ -421,16 +424,25 @@ class H2ServerProtocol(H2Peer):
         return True
 
     async def _route_when_known(self, stream: ProxyStream, pending: Pending) -> None:
-        """Route a stream whose authority discovery had not answered for yet."""
-        known = await pending.ready()
-        head = self._heads.get(stream.down_id)
-        headers = stream.request_headers
-        if stream.closed or head is None or headers is None:
-            return
-        decision: Routed | Refused | Pending
-        if not known and pending.timed_out is not None:
-            decision = pending.timed_out
-        else:
+        """Route a stream whose authority discovery had not answered for yet.
+
+        Up to `_PENDING_ROUNDS` waits: a split's backend (or an overridden
+        one) is only looked up once the apex's profile is known, so the
+        apex's answer can be followed by a wait for the backend's (HTTP/1
+        waits for both too). A wait that timed out is answered as the
+        `Pending` says (503 discovery-timeout)."""
+        decision: Routed | Refused | Pending = pending
+        for _ in range(_PENDING_ROUNDS):
+            if not isinstance(decision, Pending):
+                break
+            known = await decision.ready()
+            head = self._heads.get(stream.down_id)
+            headers = stream.request_headers
+            if stream.closed or head is None or headers is None:
+                return
+            if not known and decision.timed_out is not None:
+                decision = decision.timed_out
+                break
             decision = self.dispatcher.route(head.authority, head.method, head.path, headers)
         if isinstance(decision, Routed):
             stream.routed = decision
