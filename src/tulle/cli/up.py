@@ -119,6 +119,12 @@ def up(
         help="Every proxy exports a span per request to this OTLP/HTTP collector "
         "(http://HOST:4318; `tulle trace-receiver` is one); empty: no tracing.",
     ),
+    trace_receiver: bool = typer.Option(
+        False,
+        "--trace-receiver",
+        help="Run `tulle trace-receiver` beside the mesh (127.0.0.1:4318 if free) and "
+        "export every proxy's spans to it: GET /traces, and STATE_DIR/traces.jsonl.",
+    ),
 ) -> None:
     """Run a whole mesh on this machine: control plane, every service with its sidecar, ingress."""
     if otlp_endpoint:
@@ -153,10 +159,21 @@ def up(
                 "pass --ingress-port PORT (0 picks a free one)",
             )
     preferred = PreferredPorts() if default_ports else NO_PREFERRED_PORTS
+    if trace_receiver and (otlp_endpoint or isolated):
+        raise _fail(
+            "tulle up",
+            "--trace-receiver runs a receiver on 127.0.0.1: not with --otlp-endpoint "
+            "(spans go there) nor --isolated (proxies in namespaces cannot reach it)",
+        )
     if detach and not supervise:
-        raise typer.Exit(_detach(path, state, ingress_port, mtls, default_ports, isolated))
-    raise typer.Exit(
-        _run(
+        raise typer.Exit(
+            _detach(path, state, ingress_port, mtls, default_ports, isolated, trace_receiver)
+        )
+    # The receiver lives as long as the mesh: started here by the process that
+    # runs it (the detached supervisor when detached), before the proxies.
+    receiver = _start_trace_receiver(state) if trace_receiver else None
+    try:
+        code = _run(
             manifest,
             raw,
             str(path),
@@ -167,7 +184,44 @@ def up(
             preferred=preferred,
             isolated=isolated,
         )
+    finally:
+        if receiver is not None:
+            receiver.terminate()
+            try:
+                receiver.wait(5)
+            except subprocess.TimeoutExpired:
+                receiver.kill()
+    raise typer.Exit(code)
+
+
+TRACE_RECEIVER_PORT = 4318  # OTLP/HTTP's
+
+
+def _start_trace_receiver(state: StateDir) -> subprocess.Popen[bytes]:
+    """`tulle trace-receiver` for this mesh; its URL goes to every proxy's
+    environment (TULLE_PROXY_OTLP_ENDPOINT, inherited through the plan)."""
+    from tulle.local.ports import allocate_ports, port_is_listening
+
+    port = TRACE_RECEIVER_PORT if port_is_free(TRACE_RECEIVER_PORT) else allocate_ports(1)[0]
+    state.create()
+    out = state.root / "traces.jsonl"
+    process = subprocess.Popen(
+        [*tulle_argv(), "trace-receiver", "--listen", f"127.0.0.1:{port}", "--out", str(out)],
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
     )
+    deadline = time.monotonic() + 10.0
+    while not port_is_listening(port):
+        if time.monotonic() > deadline or process.poll() is not None:
+            process.kill()
+            raise _fail("tulle up", f"the trace receiver did not listen on 127.0.0.1:{port}")
+        time.sleep(0.05)
+    os.environ["TULLE_PROXY_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    console.print(
+        f"traces: http://127.0.0.1:{port}/traces (and {out})", markup=False, highlight=False
+    )
+    return process
 
 
 def _run(
@@ -283,6 +337,7 @@ def _detach(
     mtls: bool = True,
     default_ports: bool = True,
     isolated: bool = False,
+    trace_receiver: bool = False,
 ) -> int:
     state.create()
     argv = [
@@ -297,6 +352,7 @@ def _detach(
         "--default-ports" if default_ports else "--no-default-ports",
         "--isolated" if isolated else "--no-isolated",
         "--supervise",
+        *(["--trace-receiver"] if trace_receiver else []),
     ]
     with contextlib.suppress(OSError):
         state.state_file.unlink()
