@@ -8,7 +8,8 @@ endpoint of the mirror service (mesh TLS when it has an identity), writes
 the copy with `connection: close`, reads and drops the answer (parsed only to
 find its end), and closes the connection then, or after `MIRROR_TIMEOUT_S`. At most
 `MAX_IN_FLIGHT` copies are out per process: past that, and when the body was
-too large to keep or the mirror has no endpoint, the copy is dropped.
+too large to keep or the mirror has no endpoint, the copy is dropped; the
+first copies to a mirror not yet resolved wait (bounded) for discovery.
 Everything is counted in `mirror_requests_total{direction, dst_service,
 result}` (`sent`, `failed`, `timeout`, `dropped`).
 
@@ -20,6 +21,7 @@ depend on how the proxy treats copies.
 from __future__ import annotations
 
 import asyncio
+import time
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
@@ -92,22 +94,33 @@ class Mirrors:
             )
         self._metrics.inc("mirror_requests_total", labels)
 
-    def send(self, target: ServiceTarget, request: list[bytes] | None, now: float) -> None:
+    def send(self, target: ServiceTarget, request: list[bytes] | None) -> None:
         """Send a copy of `request` (head first; None: not kept) to `target`."""
-        service = target.name
-        state = target.balancer.pick(now) if request is not None else None
-        if state is None or request is None or self.in_flight >= MAX_IN_FLIGHT:
-            self._count(service, "dropped")
+        if request is None or self.in_flight >= MAX_IN_FLIGHT:
+            self._count(target.name, "dropped")
             return
         head = request[0]
         # The copy asks the mirror to close after answering: no pooled
         # connection is kept for copies, and its end marks the answer's.
         copy = [head[:-2] + b"connection: close\r\n\r\n", *request[1:]]
         self.in_flight += 1
-        pool: Connectable = target.pool_for(state)  # type: ignore[assignment]
-        self._loop.create_task(self._run(target, pool, copy))
+        self._loop.create_task(self._run(target, copy))
 
-    async def _run(self, target: ServiceTarget, pool: Connectable, copy: list[bytes]) -> None:
+    async def _run(self, target: ServiceTarget, copy: list[bytes]) -> None:
+        if not target.view.ready:
+            # The first copies to a mirror the proxy has never resolved wait
+            # (bounded) for discovery, like a request would: dropping them
+            # would lose exactly the copies of a route's first requests.
+            await target.view.wait_known(MIRROR_TIMEOUT_S)
+        state = target.balancer.pick(time.monotonic())
+        if state is None:
+            self.in_flight -= 1
+            self._count(target.name, "dropped")
+            return
+        pool: Connectable = target.pool_for(state)  # type: ignore[assignment]
+        await self._copy(target, pool, copy)
+
+    async def _copy(self, target: ServiceTarget, pool: Connectable, copy: list[bytes]) -> None:
         transport: asyncio.BaseTransport | None = None
         result = "sent"
         head_only = copy[0][:5] == b"HEAD "
