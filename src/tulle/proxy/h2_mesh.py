@@ -13,7 +13,8 @@ its call for every further attempt (`next_attempt`: the plan's retry rule and
 budget, then a new pick) and tells it how it ended (`ended`: balancer
 feedback, `request_total` / `response_total` / latency with the
 `grpc_status_code` label, `proxy_error_total`, `timeout_total`, tap, the
-access log). A route's injected fault (`tulle.core.fault`) is decided once,
+access log), and copies the request to the route's mirror once the stream is
+over (`copy`, `tulle.proxy.mirror`). A route's injected fault (`tulle.core.fault`) is decided once,
 after the route match and before the first pick, as for HTTP/1.
 """
 
@@ -43,7 +44,16 @@ _monotonic = time.monotonic
 class H2Call(RequestPlan):
     """The request plan of one HTTP/2 stream (the stream's `Call`)."""
 
-    __slots__ = ("dispatcher", "drop_header", "grpc", "method", "path", "replay_limit", "span")
+    __slots__ = (
+        "dispatcher",
+        "drop_header",
+        "grpc",
+        "method",
+        "mirrored",
+        "path",
+        "replay_limit",
+        "span",
+    )
 
     logs_grpc_status = True
 
@@ -60,6 +70,8 @@ class H2Call(RequestPlan):
         self.span: Span | None = None
         # A request header not forwarded (a per-request override's, once read).
         self.drop_header: bytes | None = None
+        # Whether the route's mirror takes a copy of this stream (`copy`).
+        self.mirrored = False
 
     # -- the stream's Call --------------------------------------------------------
     def hold_headers(self) -> bool:
@@ -78,6 +90,18 @@ class H2Call(RequestPlan):
             return None
         self.count_retry()
         return self.dispatcher.attempt(self)
+
+    def copy(
+        self,
+        headers: Sequence[Header] | None,
+        body: list[bytes] | None,
+        trailers: list[Header] | None,
+    ) -> None:
+        route = self.route
+        if route is not None and route.mirror is not None:
+            self.dispatcher.ctx.mirrors.send_h2(
+                route.mirror.target, headers, body, trailers, self.drop_header
+            )
 
     def ended(self, status: int, grpc_status: int | None, outcome: Outcome, error: str) -> None:
         grpc = -1 if grpc_status is None else grpc_status
@@ -232,6 +256,9 @@ class MeshDispatcher:
             call.span = tracer.start(header, fixed is not None)
         delay_s = 0.0
         route = call.route
+        if route is not None and route.mirror is not None:
+            # Decided now, sent when the stream is over (tulle.proxy.mirror).
+            call.mirrored = route.mirror.sampler.keep()
         fault = route.fault if route is not None else None
         if fault is not None and route is not None:
             hit = fault.decide(header)

@@ -13,6 +13,15 @@ first copies to a mirror not yet resolved wait (bounded) for discovery.
 Everything is counted in `mirror_requests_total{direction, dst_service,
 result}` (`sent`, `failed`, `timeout`, `dropped`).
 
+HTTP/2 and gRPC (`send_h2`, from `tulle.proxy.h2_mesh.H2Call` when its
+stream is over): the stream's kept request -- the client's headers, its DATA
+within the same replay limit (64 KiB by default), and its trailers -- goes
+on a new HTTP/2 connection per copy (`tulle.proxy.mirror_h2`: prior
+knowledge, or mesh TLS with ALPN `tulle.h2`), under the same in-flight cap,
+timeout and counters. A stream whose request was not whole when it ended
+(its body over the limit, or the response came first) is not copied:
+`dropped`.
+
 The copy's endpoint is picked by the mirror's balancer but the copy does
 not feed its latency or failure accrual: the mirror's health must not
 depend on how the proxy treats copies.
@@ -22,15 +31,16 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import TYPE_CHECKING, Any, Protocol, cast
 
 import httptools
 
-from tulle.net.mtls import ALPN_HTTP1
+from tulle.net.mtls import ALPN_H2, ALPN_HTTP1
 from tulle.proxy.metrics import Labels, Metrics
 
 if TYPE_CHECKING:
+    from tulle.codec.http2 import Header
     from tulle.proxy.router import ServiceTarget
 
 
@@ -94,6 +104,29 @@ class Mirrors:
             )
         self._metrics.inc("mirror_requests_total", labels)
 
+    def send_h2(
+        self,
+        target: ServiceTarget,
+        headers: Sequence[Header] | None,
+        body: list[bytes] | None,
+        trailers: list[Header] | None,
+        drop_header: bytes | None,
+    ) -> None:
+        """Send a copy of an HTTP/2 request (`body` None: not kept whole) to `target`."""
+        if headers is None or body is None or self.in_flight >= MAX_IN_FLIGHT:
+            self._count(target.name, "dropped")
+            return
+        from tulle.proxy import mirror_h2  # only once something is mirrored over HTTP/2
+
+        copied = mirror_h2.copy_headers(headers, drop_header)
+        data = b"".join(body)
+        self.in_flight += 1
+
+        def protocol(done: asyncio.Future[None]) -> asyncio.Protocol:
+            return mirror_h2.H2Copy(done, copied, data, trailers)
+
+        self._loop.create_task(self._run(target, protocol, ALPN_H2, ()))
+
     def send(self, target: ServiceTarget, request: list[bytes] | None) -> None:
         """Send a copy of `request` (head first; None: not kept) to `target`."""
         if request is None or self.in_flight >= MAX_IN_FLIGHT:
@@ -104,9 +137,18 @@ class Mirrors:
         # connection is kept for copies, and its end marks the answer's.
         copy = [head[:-2] + b"connection: close\r\n\r\n", *request[1:]]
         self.in_flight += 1
-        self._loop.create_task(self._run(target, copy))
+        head_only = head[:5] == b"HEAD "
+        self._loop.create_task(
+            self._run(target, lambda done: _Discard(done, head_only), ALPN_HTTP1, copy)
+        )
 
-    async def _run(self, target: ServiceTarget, copy: list[bytes]) -> None:
+    async def _run(
+        self,
+        target: ServiceTarget,
+        protocol: Callable[[asyncio.Future[None]], asyncio.Protocol],
+        alpn: str,
+        copy: Sequence[bytes],
+    ) -> None:
         if not target.view.ready:
             # The first copies to a mirror the proxy has never resolved wait
             # (bounded) for discovery, like a request would: dropping them
@@ -118,19 +160,27 @@ class Mirrors:
             self._count(target.name, "dropped")
             return
         pool: Connectable = target.pool_for(state)  # type: ignore[assignment]
-        await self._copy(target, pool, copy)
+        await self._copy(target, pool, protocol, alpn, copy)
 
-    async def _copy(self, target: ServiceTarget, pool: Connectable, copy: list[bytes]) -> None:
+    async def _copy(
+        self,
+        target: ServiceTarget,
+        pool: Connectable,
+        protocol: Callable[[asyncio.Future[None]], asyncio.Protocol],
+        alpn: str,
+        copy: Sequence[bytes],
+    ) -> None:
+        """Connect, write `copy` (HTTP/2: the protocol writes its own), wait for the end."""
         transport: asyncio.BaseTransport | None = None
         result = "sent"
-        head_only = copy[0][:5] == b"HEAD "
         try:
             done: asyncio.Future[None] = self._loop.create_future()
             opened, _, _ = await asyncio.wait_for(
-                pool.connect(lambda: _Discard(done, head_only), ALPN_HTTP1), MIRROR_TIMEOUT_S
+                pool.connect(lambda: protocol(done), alpn), MIRROR_TIMEOUT_S
             )
             transport = opened
-            cast(asyncio.WriteTransport, opened).writelines(copy)
+            if copy:
+                cast(asyncio.WriteTransport, opened).writelines(copy)
             await asyncio.wait_for(done, MIRROR_TIMEOUT_S)
         except TimeoutError:
             result = "timeout"

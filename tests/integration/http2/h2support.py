@@ -42,9 +42,10 @@ class Server:
         return f"{LOOPBACK}:{self.port}"
 
 
-def start_grpc_server(group: ProcessGroup, name: str) -> Server:
+def start_grpc_server(group: ProcessGroup, name: str, *extra: str) -> Server:
+    """`extra`: more arguments (`--log-calls`, `--delay-ms N`: grpc_service.server)."""
     process = group.start(
-        name, [sys.executable, "-m", "grpc_service.server", "--port", "0"], env=_ENV
+        name, [sys.executable, "-m", "grpc_service.server", "--port", "0", *extra], env=_ENV
     )
     return Server(process, listening_port(process))
 

@@ -41,6 +41,8 @@ class Call(Protocol):
 
     # The most request bytes kept to replay the request on another attempt.
     replay_limit: int
+    # Whether the request is copied to a mirror once the stream is over (`copy`).
+    mirrored: bool
 
     def hold_headers(self) -> bool:
         """Whether a gRPC response's headers wait for its first message or its
@@ -57,6 +59,16 @@ class Call(Protocol):
 
     def proxy_error(self, error: ProxyError | str) -> None:
         """Count one proxy-made answer."""
+        ...
+
+    def copy(
+        self,
+        headers: Sequence[Header] | None,
+        body: list[bytes] | None,
+        trailers: list[Header] | None,
+    ) -> None:
+        """The stream is over and `mirrored`: copy its request (`body` None:
+        not kept whole) to the route's mirror (`tulle.proxy.mirror`)."""
         ...
 
     def ended(self, status: int, grpc_status: int | None, outcome: Outcome, error: str) -> None:

@@ -576,8 +576,17 @@ class ProxyStream:
             self.up = None
             self.up_open = False
         self.down.forget_stream(self.down_id)
-        self.replay = None
         call = self.call
+        if call is not None and call.mirrored:
+            # After the answer, so the copy never delays it; only a request
+            # the client ended and whose body was kept whole is copied.
+            request = self.request
+            call.copy(
+                self.replay_headers,
+                self.replay if request.end else None,
+                request.trailers,
+            )
+        self.replay = None
         if call is not None:
             # A response passed on in full is the endpoint's answer, whatever
             # its status: the call judges it (`RequestPlan.judge`).

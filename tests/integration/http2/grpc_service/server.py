@@ -2,7 +2,9 @@
 
 Run from tests/integration/http2 (or with it on PYTHONPATH). Cancelled `Slow`
 calls print `CANCELLED <payload>` so a test can see that a client's
-cancellation reached the server through the proxies.
+cancellation reached the server through the proxies. With `--log-calls`,
+every `Unary` call prints `CALL Unary <payload>` (a mirror test counts the
+copies it got); with `--delay-ms N`, `Unary` answers N ms late (a slow mirror).
 """
 
 from __future__ import annotations
@@ -24,15 +26,21 @@ _MAX_MESSAGE = 64 << 20
 
 
 class EchoService(echo_pb2_grpc.EchoServicer):
-    def __init__(self, name: str) -> None:
+    def __init__(self, name: str, log_calls: bool = False, delay_ms: int = 0) -> None:
         self.name = name
         self.fail_calls = 0
+        self.log_calls = log_calls
+        self.delay_ms = delay_ms
 
     def _reply(self, request: echo_pb2.EchoRequest) -> echo_pb2.EchoReply:
         payload = b"x" * request.reply_size if request.reply_size else request.payload
         return echo_pb2.EchoReply(payload=payload, server=self.name)
 
     async def Unary(self, request, context):  # type: ignore[no-untyped-def]
+        if self.log_calls:
+            print(f"CALL Unary {request.payload[:64].decode(errors='replace')}", flush=True)
+        if self.delay_ms:
+            await asyncio.sleep(self.delay_ms / 1000)
         return self._reply(request)
 
     async def ServerStream(self, request, context):  # type: ignore[no-untyped-def]
@@ -79,7 +87,7 @@ def _code(number: int) -> tuple[int, str]:
     return grpc.StatusCode.UNKNOWN.value  # type: ignore[no-any-return]
 
 
-async def serve(port: int) -> None:
+async def serve(port: int, log_calls: bool = False, delay_ms: int = 0) -> None:
     options = [
         ("grpc.max_receive_message_length", _MAX_MESSAGE),
         ("grpc.max_send_message_length", _MAX_MESSAGE),
@@ -87,7 +95,7 @@ async def serve(port: int) -> None:
     ]
     server = grpc.aio.server(options=options)
     bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    echo_pb2_grpc.add_EchoServicer_to_server(EchoService(str(bound)), server)
+    echo_pb2_grpc.add_EchoServicer_to_server(EchoService(str(bound), log_calls, delay_ms), server)
     await server.start()
     print(f"LISTENING {bound}", flush=True)
     await server.wait_for_termination()
@@ -96,9 +104,11 @@ async def serve(port: int) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description="The Echo test gRPC server.")
     parser.add_argument("--port", type=int, default=0, help="port to listen on (0: any)")
+    parser.add_argument("--log-calls", action="store_true", help="print CALL lines for Unary")
+    parser.add_argument("--delay-ms", type=int, default=0, help="answer Unary this late")
     args = parser.parse_args()
     with contextlib.suppress(KeyboardInterrupt):
-        asyncio.run(serve(args.port))
+        asyncio.run(serve(args.port, args.log_calls, args.delay_ms))
 
 
 if __name__ == "__main__":

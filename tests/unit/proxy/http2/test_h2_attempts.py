@@ -11,6 +11,7 @@ trailers, and report the end once (cancellation included).
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Sequence
 
 import h2.config
 import h2.connection
@@ -79,6 +80,8 @@ class StubCall:
         self.hold = hold
         self.refuse = refuse
         self.replay_limit = 1024
+        self.mirrored = False
+        self.copies: list[tuple[object, list[bytes] | None, object]] = []
         self.asked: list[tuple[int, int, int, bool, bool]] = []
         self.ended_with: list[tuple[int, int | None, Outcome, str]] = []
         self.errors: list[str] = []
@@ -99,6 +102,15 @@ class StubCall:
 
     def proxy_error(self, error: ProxyError | str) -> None:
         self.errors.append(error if isinstance(error, str) else error.reason)
+
+    def copy(
+        self,
+        headers: Sequence[Header] | None,
+        body: list[bytes] | None,
+        trailers: list[Header] | None,
+    ) -> None:
+        # What is copied is looked at after the stream is over: the lists are kept.
+        self.copies.append((headers, None if body is None else list(body), trailers))
 
     def ended(self, status: int, grpc_status: int | None, outcome: Outcome, error: str) -> None:
         self.ended_with.append((status, grpc_status, outcome, error))
@@ -313,3 +325,47 @@ def test_grpc_timeout_is_rewritten_only_where_it_was() -> None:
     plain: list[Header] = [(b":path", b"/")]
     assert with_grpc_timeout(plain, 1.0) is plain
     assert with_grpc_timeout([(b"grpc-timeout", b"5S")], 0.0004) == [(b"grpc-timeout", b"1m")]
+
+
+def test_a_mirrored_stream_hands_its_whole_request_over_once_it_is_over() -> None:
+    async def scenario() -> None:
+        call = StubCall(retries=1)
+        call.mirrored = True
+        world = World(call)
+        world.send_request()
+        world.upstream_got(0)
+        world.respond(0, UNAVAILABLE_ONLY)
+        assert call.copies == []  # a retry is not the end: nothing copied yet
+        world.upstream_got(1)
+        world.respond(1, OK_HEAD, b"\x00\x00\x00\x00\x02ok", ([(b"grpc-status", b"0")], True))
+        # Once, after the answer, with the client's request (not each attempt's).
+        assert call.copies == [(GRPC_REQUEST, [BODY], None)]
+        assert call.ended_with == [(200, 0, SUCCESS, "")]
+
+    asyncio.run(scenario())
+
+
+def test_a_mirrored_stream_whose_body_was_not_kept_hands_over_none() -> None:
+    async def scenario() -> None:
+        call = StubCall(retries=0)
+        call.mirrored = True
+        call.replay_limit = 4
+        world = World(call)
+        world.send_request()
+        world.upstream_got(0)
+        world.respond(0, OK_HEAD, ([(b"grpc-status", b"0")], True))
+        assert call.copies == [(GRPC_REQUEST, None, None)]
+
+    asyncio.run(scenario())
+
+
+def test_an_unmirrored_stream_copies_nothing() -> None:
+    async def scenario() -> None:
+        call = StubCall(retries=0)
+        world = World(call)
+        world.send_request()
+        world.upstream_got(0)
+        world.respond(0, OK_HEAD, ([(b"grpc-status", b"0")], True))
+        assert call.copies == [] and call.ended_with == [(200, 0, SUCCESS, "")]
+
+    asyncio.run(scenario())
