@@ -7,7 +7,10 @@ no bytes consumed and none to replay. The cost is a per-connection one (an
 epoll registration and a peek), never a per-request one.
 
 Server-speaks-first protocols: a client that sends nothing within the detect
-timeout is handed over as opaque (see `tulle.codec.detect`).
+timeout is handed over as opaque (see `tulle.codec.detect`). Where opaque has
+nowhere to go (an outbound connection that was not captured, so it has no
+original destination), the proxy waits longer for the first bytes instead
+(`first_bytes`): a client slowed by a busy machine is not a banner protocol.
 """
 
 from __future__ import annotations
@@ -30,6 +33,9 @@ IP6T_SO_ORIGINAL_DST = 80  # on SOL_IPV6 (linux/netfilter_ipv6/ip6_tables.h)
 PEEK_BYTES = 1024
 # While a peek shows only a prefix (e.g. b"GE"), poll again this often.
 REPEEK_INTERVAL_S = 0.005
+# How long a connection with nowhere to go as opaque may take to send its
+# first bytes (Linkerd's detect timeout).
+FIRST_BYTES_TIMEOUT_S = 10.0
 
 OnDetected = Callable[[socket.socket, Address, Kind, bytes], None]
 
@@ -283,6 +289,48 @@ class Acceptor:
             conn = self._pending[fd][0]
             self._drop(fd)
             conn.close()
+
+
+def _set_once(future: asyncio.Future[None]) -> None:
+    if not future.done():
+        future.set_result(None)
+
+
+async def first_bytes(
+    loop: asyncio.AbstractEventLoop, sock: socket.socket, timeout_s: float
+) -> bytes:
+    """Peek at `sock` until its first bytes are enough to detect a protocol,
+    the peer closes (b""), or `timeout_s` passes (what has come so far)."""
+    deadline = loop.time() + timeout_s
+    fd = sock.fileno()
+    data = b""
+    while True:
+        try:
+            data = sock.recv(PEEK_BYTES, socket.MSG_PEEK)
+        except (BlockingIOError, InterruptedError):
+            pass
+        except OSError:
+            return b""
+        else:
+            if not data:  # closed before sending enough
+                return b""
+            if len(data) >= PEEK_BYTES or detect(data) is not Kind.NEED_MORE:
+                return data
+        remaining = deadline - loop.time()
+        if remaining <= 0:
+            return data
+        if data:
+            # A prefix is unread: readiness is level-triggered, so poll.
+            await asyncio.sleep(min(REPEEK_INTERVAL_S, remaining))
+            continue
+        readable: asyncio.Future[None] = loop.create_future()
+        loop.add_reader(fd, _set_once, readable)
+        try:
+            await asyncio.wait_for(readable, remaining)
+        except TimeoutError:
+            pass
+        finally:
+            loop.remove_reader(fd)
 
 
 def set_nodelay(sock: socket.socket | None) -> None:

@@ -23,14 +23,21 @@ import time
 from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
-from tulle.codec.detect import Kind
+from tulle.codec.detect import Kind, detect
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.accesslog import FIELDS
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
 from tulle.core.outcome import FAILURE, SUCCESS
 from tulle.net.descriptors import DescriptorBudget
 from tulle.net.dial import DialFailed, dial
-from tulle.net.listen import Acceptor, bind, is_local_address, original_dst
+from tulle.net.listen import (
+    FIRST_BYTES_TIMEOUT_S,
+    Acceptor,
+    bind,
+    first_bytes,
+    is_local_address,
+    original_dst,
+)
 from tulle.net.mtls import (
     ALPN_H2,
     ALPN_HTTP1,
@@ -313,7 +320,12 @@ class Worker:
             route(sock, peer, kind, data, orig)
 
         def route(
-            sock: socket.socket, peer: Address, kind: Kind, data: bytes, orig: Address | None
+            sock: socket.socket,
+            peer: Address,
+            kind: Kind,
+            data: bytes,
+            orig: Address | None,
+            late: bool = False,
         ) -> None:
             if kind is Kind.TLS and ctx.direction == "inbound" and ctx.mesh is not None:
                 alpn = self._mesh_alpn(data)
@@ -331,6 +343,12 @@ class Worker:
             dst = orig
             if ctx.direction == "inbound" and orig is None:
                 dst = ctx.config.app_addr
+            if dst is None and not late and (not data or detect(data) is Kind.NEED_MORE):
+                # Nothing (or only a prefix) within the detect timeout, and
+                # no original destination to tunnel to: not a banner
+                # protocol but a slow client (a busy machine); wait longer.
+                loop.create_task(self._late_first_bytes(sock, peer, orig, route))
+                return
             if dst is None:
                 ctx.metrics.proxy_error(ctx.direction, "opaque-no-destination")
                 sock.close()
@@ -350,6 +368,23 @@ class Worker:
             loop.create_task(self._opaque(ctx, sock, dst))
 
         return on_detected
+
+    async def _late_first_bytes(
+        self,
+        sock: socket.socket,
+        peer: Address,
+        orig: Address | None,
+        route: Callable[..., None],
+    ) -> None:
+        """Detect again once the first bytes came (bounded: FIRST_BYTES_TIMEOUT_S)."""
+        data = await first_bytes(self.loop, sock, FIRST_BYTES_TIMEOUT_S)
+        if self.draining:
+            sock.close()
+            return
+        kind = detect(data) if data else Kind.OPAQUE
+        if kind is Kind.NEED_MORE:
+            kind = Kind.OPAQUE
+        route(sock, peer, kind, data, orig, True)
 
     async def _hold(
         self,

@@ -141,8 +141,10 @@ def test_http1_delay_share(mesh: Mesh) -> None:
     delayed = mesh.proxy.metrics().total("fault_injected_total", route="delay", fault="delay")
     # p = 0.5, n = 100: sd = 5; +-20 is 4 sd.
     assert 30 <= delayed <= 70, delayed
-    # Every delayed request took the delay at least (others may be slow on a busy machine).
-    assert sum(1 for s in latencies if s >= 0.4) >= delayed
+    # Every delayed request took the delay at least (others may be slow on a busy machine),
+    # less the event loop's timer grain: uvloop's timers count whole milliseconds and
+    # can fire up to one early.
+    assert sum(1 for s in latencies if s >= 0.4 - 0.002) >= delayed
 
 
 def test_headers_scope_the_fault_to_a_test_caller(mesh: Mesh) -> None:

@@ -184,3 +184,27 @@ def test_first_bytes_after_the_detect_timeout_still_go_through(echo_proxy: Proxy
             assert received == message, (
                 f"first bytes after {delay_s} s: got {received!r}\n{echo_proxy.process.describe()}"
             )
+
+
+def test_outbound_client_slower_than_the_detect_timeout_is_still_served(
+    processes: ProcessGroup, http_backend: Backend
+) -> None:
+    """An outbound connection that was not captured has no original
+    destination, so "opaque after the detect timeout" would have nowhere to
+    go: the proxy waits longer for its first bytes. A client slowed by a busy
+    machine (here: on purpose, 10x the detect timeout) still gets its answer,
+    where it used to get a closed connection."""
+    proxy = start_proxy(
+        processes,
+        static_dst={"books": [http_backend.addr]},
+        extra=["--detect-timeout", "0.05"],
+        name="proxy-slow-client",
+    )
+    with _connect(proxy.outbound) as sock:
+        time.sleep(0.5)  # the slow client itself: silent past the detect timeout
+        sock.sendall(b"GE")
+        time.sleep(0.2)  # ... and a prefix that cannot be told apart yet
+        sock.sendall(b"T / HTTP/1.1\r\nHost: books\r\nConnection: close\r\n\r\n")
+        answer = _read_until_eof(sock, 1 << 20)
+    assert answer.startswith(b"HTTP/1.1 200"), answer[:200]
+    assert proxy.metrics().total("proxy_error_total", reason="opaque-no-destination") == 0
