@@ -130,3 +130,12 @@ def _observability_shows_the_demo(demo: UpRun, state: dict[str, object]) -> None
     events = [json.loads(line) for line in tap.stdout.splitlines() if line.strip()]
     live = [e for e in events if e.get("kind", "event") == "event"]
     assert len(live) >= 3 and all(e["tls"] for e in live), events
+
+    # gRPC calls reach tap as HTTP/1 requests do, each with its grpc-status.
+    for service in ("cart", "payments"):
+        tap = _tulle(demo, "tap", service, "--limit", "3", "--json")
+        assert tap.returncode == 0, tap.stderr
+        events = [json.loads(line) for line in tap.stdout.splitlines() if line.strip()]
+        calls = [e for e in events if e.get("kind", "event") == "event"]
+        assert len(calls) >= 3, (service, events)
+        assert all(e["grpc_status"] is not None and e["tls"] for e in calls), (service, calls)
