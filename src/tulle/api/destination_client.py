@@ -59,6 +59,7 @@ from tulle.core.discovery import (
     format_address,
     parse_address,
 )
+from tulle.core.ratelimit import LimitSpec
 
 log = logging.getLogger("tulle.api.destination")
 
@@ -153,7 +154,23 @@ def _route_from_message(message: pb.Route) -> Route:
         )
         if message.HasField("mirror") and message.mirror.service
         else None,
+        rate_limit=_limit_from_message(message.rate_limit)
+        if message.HasField("rate_limit")
+        else None,
     )
+
+
+# The highest rate honoured: beyond it a limit limits nothing (as the manifest's).
+_MAX_RATE = 1_000_000.0
+
+
+def _limit_from_message(message: pb.OutboundRateLimit) -> LimitSpec | None:
+    """None for a rate that is not a positive number (a limit that limits nothing
+    is better than one that refuses everything)."""
+    rate = message.requests_per_second
+    if not (0.0 < rate <= _MAX_RATE):
+        return None
+    return LimitSpec(rate, min(int(message.burst), 10_000_000))
 
 
 def _fault_from_message(message: pb.FaultInjection) -> FaultSpec | None:

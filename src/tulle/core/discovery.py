@@ -15,6 +15,8 @@ from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Final, Protocol
 
+from tulle.core.ratelimit import LimitSpec
+
 Address = tuple[str, int]
 # What a service (and a policy server) speaks: the values of a manifest's `protocol:`.
 PROTOCOLS: Final = ("http/1.1", "h2", "grpc", "opaque")
@@ -94,6 +96,8 @@ class Route:
     mirror: MirrorSpec | None = None
     # gRPC statuses (numbers) retried on a retryable route; empty: none.
     retry_grpc_statuses: tuple[int, ...] = ()
+    # Outbound rate limit of the route (the calling proxy's token bucket).
+    rate_limit: LimitSpec | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -251,8 +251,19 @@ class RequestPlan:
             # A per-request override (`tulle-backend`) of the split's choice.
             backend = target.overridden(header, backend)
         self.backend = backend
-        self.route = target.route(method, path, header)
+        route = self.route = target.route(method, path, header)
         target.budget.deposit(self.start)
+        limit = route.rate_limit
+        if limit is not None:
+            # The route's outbound rate limit (tulle.proxy.ratelimit), once
+            # per request, before any attempt: a refusal is never retried.
+            limited = limit.check()
+            if limited is not None:
+                return Refused(
+                    ProxyError.RATE_LIMITED,
+                    f"outbound rate limit of route {limited.limit!r} reached",
+                    headers=((b"retry-after", b"%d" % limited.retry_after_s),),
+                )
         return None
 
     def backend_ready(self) -> bool:

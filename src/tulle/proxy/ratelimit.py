@@ -11,6 +11,13 @@ kernel), so the whole proxy holds the configured rate.
 
 Counted in `inbound_http_ratelimit_total{server, route, limit, decision}`
 (`decision` is `allow` or `limit`).
+
+Outbound (`OutboundLimit`, a route's `rateLimit` in the manifest): one token
+bucket per route of a service, on the calling side, total only (the caller is
+one client); built with the route's policy, so a new profile for the service
+starts its buckets full. Per worker process: with `--workers N` each worker
+holds the rate (connections are spread over workers). Counted in
+`outbound_http_ratelimit_total{dst_service, route, decision}`.
 """
 
 from __future__ import annotations
@@ -19,7 +26,7 @@ import time
 from collections.abc import Callable
 
 from tulle.core.policy import InboundPolicy
-from tulle.core.ratelimit import RateLimiter, RateLimitSpec, retry_after
+from tulle.core.ratelimit import LimitSpec, RateLimiter, RateLimitSpec, retry_after
 from tulle.proxy.metrics import Labels, Metrics
 
 RATE_LIMITED = "rate-limited"
@@ -121,4 +128,34 @@ class InboundRateLimits:
         counters[counter_key] = counters.get(counter_key, 0) + 1
         if wait_s > 0.0:
             return Limited(name, retry_after(wait_s))
+        return None
+
+
+class OutboundLimit:
+    """A route's outbound token bucket and its counters' labels, built once per profile."""
+
+    __slots__ = ("_allow", "_limit", "_limiter", "_metrics", "clock")
+
+    def __init__(
+        self,
+        service: str,
+        route: str,
+        limit: LimitSpec,
+        metrics: Metrics,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.clock = clock
+        self._limiter = RateLimiter(RateLimitSpec(route, total=limit), clock())
+        self._metrics = metrics
+        base = (("direction", "outbound"), ("dst_service", service), ("route", route))
+        self._allow = (*base, ("decision", "allow"))
+        self._limit = (*base, ("decision", "limit"))
+
+    def check(self) -> Limited | None:
+        """None: the request may go on (its token is taken)."""
+        wait_s = self._limiter.check(self.clock(), None, "")
+        if wait_s > 0.0:
+            self._metrics.inc("outbound_http_ratelimit_total", self._limit)
+            return Limited(self._limiter.spec.name, retry_after(wait_s))
+        self._metrics.inc("outbound_http_ratelimit_total", self._allow)
         return None

@@ -35,12 +35,14 @@ from tulle.core.discovery import (
 )
 from tulle.core.fault import FaultInjector
 from tulle.core.policy import identity_pattern
+from tulle.core.ratelimit import LimitSpec
 from tulle.core.retry_budget import RetryBudget
 from tulle.core.split import WeightedPicker
 from tulle.proxy.affinity import AffinityPicker
 from tulle.proxy.balance import Balancer, EndpointState
 from tulle.proxy.destinations import DestinationGuard, Refusal, normalize_ip
 from tulle.proxy.metrics import Metrics
+from tulle.proxy.ratelimit import OutboundLimit
 
 # The header a trusted caller sends to pick a split backend (requestOverride).
 OVERRIDE_HEADER = b"tulle-backend"
@@ -75,6 +77,9 @@ class RoutePolicy:
     # gRPC statuses retried on a retryable route (`retry.grpcStatuses`); a
     # gRPC status outside it is the application's answer.
     retry_grpc_statuses: frozenset[int] = frozenset()
+    # Outbound rate limit (`rateLimit`, tulle.proxy.ratelimit); None: none.
+    rate_limit: OutboundLimit | None = None
+
 
 @dataclass(frozen=True, slots=True)
 class MirrorPolicy:
@@ -89,7 +94,11 @@ class _CompiledRoute:
     __slots__ = ("matches", "policy")
 
     def __init__(
-        self, route: Route, default_timeout: float, service: Callable[[str], ServiceTarget]
+        self,
+        route: Route,
+        default_timeout: float,
+        service: Callable[[str], ServiceTarget],
+        limit: Callable[[Route], OutboundLimit] | None = None,
     ) -> None:
         timeout = route.timeout_s if route.timeout_s is not None else default_timeout
         mirror = route.mirror
@@ -104,6 +113,7 @@ class _CompiledRoute:
             if mirror is not None
             else None,
             retry_grpc_statuses=frozenset(route.retry_grpc_statuses),
+            rate_limit=limit(route) if limit is not None and route.rate_limit is not None else None,
         )
         self.matches = [
             (m, re.compile(m.path_regex) if m.path_regex else None) for m in route.matches
@@ -238,7 +248,8 @@ class ServiceTarget:
     def _apply_profile(self, profile: Profile) -> None:
         default_timeout = profile.timeout_s or 0.0
         self._routes = [
-            _CompiledRoute(r, default_timeout, self._service_named) for r in profile.routes
+            _CompiledRoute(r, default_timeout, self._service_named, self._outbound_limit)
+            for r in profile.routes
         ]
         self.default_route = RoutePolicy(
             "default", default_timeout, self.default_retryable, frozenset()
@@ -265,6 +276,9 @@ class ServiceTarget:
             if affinity is not None
             else None
         )
+
+    def _outbound_limit(self, route: Route) -> OutboundLimit:
+        return self._router.outbound_limit(self.name, route)
 
     def _service_named(self, name: str) -> ServiceTarget:
         # Itself by name: this target may not be in the router's table yet.
@@ -357,6 +371,9 @@ class Router:
         self._services: dict[str, ServiceTarget] = {}
         self._fixed: ServiceTarget | None = None
         self._by_port: dict[int, ServiceTarget] = {}
+        # Outbound rate limits by (service, route, spec): a profile update
+        # that leaves a limit unchanged keeps its bucket.
+        self._limits: dict[tuple[str, str, LimitSpec], OutboundLimit] = {}
         if fixed_target is not None:
             view = ServiceView("app")
             view.apply_reset([Endpoint(fixed_target)])
@@ -369,6 +386,18 @@ class Router:
             fixed.authority_label = ""
             fixed.metrics_labels = ""
             self._fixed = fixed
+
+    def outbound_limit(self, service: str, route: Route) -> OutboundLimit:
+        """The live bucket of a route's `rateLimit` (kept while its spec is unchanged)."""
+        spec = route.rate_limit
+        assert spec is not None
+        key = (service, route.name, spec)
+        limit = self._limits.get(key)
+        if limit is None:
+            if len(self._limits) >= 10_000:
+                self._limits.clear()  # bounded: buckets start full again
+            limit = self._limits[key] = OutboundLimit(service, route.name, spec, self.metrics)
+        return limit
 
     @property
     def fixed(self) -> ServiceTarget | None:

@@ -219,3 +219,31 @@ def test_mirror_parses_and_survives_the_destination_api() -> None:
     assert profile_from_message(profile_message("a", profile)) == profile
     with pytest.raises(ManifestError, match='missing required field "service"'):
         parse_manifest(text.replace("service: shadow, ", ""))
+
+
+def test_outbound_rate_limits_parse_and_survive_the_destination_api() -> None:
+    text = (
+        "services:\n  - name: a\n    routes:\n"
+        "      - {name: r, rateLimit: {requestsPerSecond: 2.5, burst: 7}}\n"
+        "      - {name: s, rateLimit: {requestsPerSecond: 10}}\n"
+        "      - {name: t}\n"
+    )
+    profile = parse_manifest(text).services["a"].profile
+    assert [r.rate_limit for r in profile.routes] == [LimitSpec(2.5, 7), LimitSpec(10.0), None]
+    assert profile_from_message(profile_message("a", profile)) == profile
+    with pytest.raises(ManifestError, match="requestsPerSecond"):
+        parse_manifest(text.replace("requestsPerSecond: 10", "requestsPerSecond: 0"))
+
+
+def test_the_destination_api_ignores_an_outbound_limit_without_a_positive_rate() -> None:
+    profile = (
+        parse_manifest(
+            "services:\n  - name: a\n    routes:\n"
+            "      - {name: r, rateLimit: {requestsPerSecond: 1}}\n"
+        )
+        .services["a"]
+        .profile
+    )
+    message = profile_message("a", profile)
+    message.routes[0].rate_limit.requests_per_second = -1.0
+    assert profile_from_message(message).routes[0].rate_limit is None

@@ -20,6 +20,7 @@ from tulle.core.discovery import (
     StaticResolver,
 )
 from tulle.core.outcome import FAILURE, SUCCESS
+from tulle.core.ratelimit import LimitSpec
 from tulle.core.retry import NOT_SENT, RESET, STATUS
 from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.metrics import Metrics
@@ -404,3 +405,33 @@ def test_a_grpc_call_is_recorded_with_its_status() -> None:
 )
 def test_reasons_map_to_one_error_table(reason: str, error: ProxyError) -> None:
     assert ProxyError.of(reason) is error
+
+
+def test_a_routes_outbound_rate_limit_refuses_past_its_burst_and_keeps_its_bucket() -> None:
+    pc = context()
+    limited = Route("limited", (RouteMatch(path_prefix="/"),), rate_limit=LimitSpec(0.001, 3))
+    set_profile(pc, "web", limited, budget=RetryBudgetSpec())
+
+    def ask() -> Refused | None:
+        plan = Plan(pc, time.monotonic())
+        assert plan.resolve(b"web") is None
+        step = plan.admit(b"GET", b"/x", _no_header)
+        plan.finish(429 if step is not None else 200, step is None)
+        return step  # type: ignore[return-value]
+
+    assert [ask() for _ in range(3)] == [None, None, None]
+    refused = ask()
+    assert isinstance(refused, Refused) and refused.error is ProxyError.RATE_LIMITED
+    assert refused.headers[0][0] == b"retry-after" and int(refused.headers[0][1]) >= 1
+    # A profile update that leaves the limit unchanged keeps the (empty) bucket.
+    set_profile(pc, "web", limited, budget=RetryBudgetSpec())
+    assert isinstance(ask(), Refused)
+    # The pending slots of refused requests were given back.
+    assert pc.router.service("web").pending.try_acquire()
+    counted = pc.metrics.counters
+    limit = {
+        dict(labels)["decision"]: value
+        for (name, labels), value in counted.items()
+        if name == "outbound_http_ratelimit_total"
+    }
+    assert limit == {"allow": 3, "limit": 2}

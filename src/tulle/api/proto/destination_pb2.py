@@ -25,7 +25,7 @@ _sym_db = _symbol_database.Default()
 from google.protobuf import duration_pb2 as google_dot_protobuf_dot_duration__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tulle/api/proto/destination.proto\x12\x0ctulle.api.v1\x1a\x1egoogle/protobuf/duration.proto\"5\n\x0eGetDestination\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x15\n\rcontext_token\x18\x02 \x01(\t\"\xae\x01\n\x06Update\x12,\n\x03\x61\x64\x64\x18\x01 \x01(\x0b\x32\x1d.tulle.api.v1.WeightedAddrSetH\x00\x12\'\n\x06remove\x18\x02 \x01(\x0b\x32\x15.tulle.api.v1.AddrSetH\x00\x12\x31\n\x0cno_endpoints\x18\x03 \x01(\x0b\x32\x19.tulle.api.v1.NoEndpointsH\x00\x12\x10\n\x08snapshot\x18\x04 \x01(\x08\x42\x08\n\x06update\"(\n\nTcpAddress\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"2\n\x07\x41\x64\x64rSet\x12\'\n\x05\x61\x64\x64rs\x18\x01 \x03(\x0b\x32\x18.tulle.api.v1.TcpAddress\"<\n\x0fWeightedAddrSet\x12)\n\x05\x61\x64\x64rs\x18\x01 \x03(\x0b\x32\x1a.tulle.api.v1.WeightedAddr\"\xd6\x01\n\x0cWeightedAddr\x12&\n\x04\x61\x64\x64r\x18\x01 \x01(\x0b\x32\x18.tulle.api.v1.TcpAddress\x12\x0e\n\x06weight\x18\x02 \x01(\r\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x15\n\rprotocol_hint\x18\x04 \x01(\t\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.tulle.api.v1.WeightedAddr.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0bNoEndpoints\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\"\xbb\x02\n\x12\x44\x65stinationProfile\x12\x1c\n\x14\x66ully_qualified_name\x18\x01 \x01(\t\x12#\n\x06routes\x18\x02 \x03(\x0b\x32\x13.tulle.api.v1.Route\x12/\n\x0cretry_budget\x18\x03 \x01(\x0b\x32\x19.tulle.api.v1.RetryBudget\x12/\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\x1d.tulle.api.v1.WeightedBackend\x12\x32\n\x0f\x64\x65\x66\x61ult_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x08\x61\x66\x66inity\x18\x06 \x01(\x0b\x32\x1d.tulle.api.v1.SessionAffinity\x12\x1b\n\x13override_identities\x18\x07 \x03(\t\"Q\n\x0fSessionAffinity\x12\x10\n\x06header\x18\x01 \x01(\tH\x00\x12\x10\n\x06\x63ookie\x18\x02 \x01(\tH\x00\x12\x13\n\x0bload_factor\x18\x03 \x01(\x01\x42\x05\n\x03key\"\xb7\x02\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07matches\x18\x02 \x03(\x0b\x32\x18.tulle.api.v1.RouteMatch\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\tretryable\x18\x04 \x01(\x0e\x32\x1a.tulle.api.v1.Retryability\x12\x16\n\x0eretry_statuses\x18\x05 \x03(\r\x12+\n\x05\x66\x61ult\x18\x06 \x01(\x0b\x32\x1c.tulle.api.v1.FaultInjection\x12\x12\n\naccess_log\x18\x07 \x01(\x08\x12$\n\x06mirror\x18\x08 \x01(\x0b\x32\x14.tulle.api.v1.Mirror\x12\x1b\n\x13retry_grpc_statuses\x18\t \x03(\r\"*\n\x06Mirror\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07percent\x18\x02 \x01(\x01\"\xe9\x01\n\x0e\x46\x61ultInjection\x12(\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rdelay_percent\x18\x02 \x01(\x01\x12\x19\n\x11\x61\x62ort_http_status\x18\x03 \x01(\r\x12\x1d\n\x15has_abort_grpc_status\x18\x04 \x01(\x08\x12\x19\n\x11\x61\x62ort_grpc_status\x18\x05 \x01(\r\x12\x15\n\rabort_percent\x18\x06 \x01(\x01\x12*\n\x07headers\x18\x07 \x03(\x0b\x32\x19.tulle.api.v1.HeaderMatch\"\x93\x01\n\nRouteMatch\x12\x14\n\npath_exact\x18\x01 \x01(\tH\x00\x12\x15\n\x0bpath_prefix\x18\x02 \x01(\tH\x00\x12\x14\n\npath_regex\x18\x03 \x01(\tH\x00\x12\x0e\n\x06method\x18\x04 \x01(\t\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.tulle.api.v1.HeaderMatchB\x06\n\x04path\"9\n\x0bHeaderMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05regex\x18\x03 \x01(\x08\"j\n\x0bRetryBudget\x12\x13\n\x0bretry_ratio\x18\x01 \x01(\x02\x12\x1e\n\x16min_retries_per_second\x18\x02 \x01(\x02\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"2\n\x0fWeightedBackend\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r*d\n\x0cRetryability\x12\x18\n\x14RETRYABILITY_DEFAULT\x10\x00\x12\x1a\n\x16RETRYABILITY_RETRYABLE\x10\x01\x12\x1e\n\x1aRETRYABILITY_NOT_RETRYABLE\x10\x02\x32\x9a\x01\n\x0b\x44\x65stination\x12;\n\x03Get\x12\x1c.tulle.api.v1.GetDestination\x1a\x14.tulle.api.v1.Update0\x01\x12N\n\nGetProfile\x12\x1c.tulle.api.v1.GetDestination\x1a .tulle.api.v1.DestinationProfile0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n!tulle/api/proto/destination.proto\x12\x0ctulle.api.v1\x1a\x1egoogle/protobuf/duration.proto\"5\n\x0eGetDestination\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\x15\n\rcontext_token\x18\x02 \x01(\t\"\xae\x01\n\x06Update\x12,\n\x03\x61\x64\x64\x18\x01 \x01(\x0b\x32\x1d.tulle.api.v1.WeightedAddrSetH\x00\x12\'\n\x06remove\x18\x02 \x01(\x0b\x32\x15.tulle.api.v1.AddrSetH\x00\x12\x31\n\x0cno_endpoints\x18\x03 \x01(\x0b\x32\x19.tulle.api.v1.NoEndpointsH\x00\x12\x10\n\x08snapshot\x18\x04 \x01(\x08\x42\x08\n\x06update\"(\n\nTcpAddress\x12\x0c\n\x04host\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\"2\n\x07\x41\x64\x64rSet\x12\'\n\x05\x61\x64\x64rs\x18\x01 \x03(\x0b\x32\x18.tulle.api.v1.TcpAddress\"<\n\x0fWeightedAddrSet\x12)\n\x05\x61\x64\x64rs\x18\x01 \x03(\x0b\x32\x1a.tulle.api.v1.WeightedAddr\"\xd6\x01\n\x0cWeightedAddr\x12&\n\x04\x61\x64\x64r\x18\x01 \x01(\x0b\x32\x18.tulle.api.v1.TcpAddress\x12\x0e\n\x06weight\x18\x02 \x01(\r\x12\x10\n\x08identity\x18\x03 \x01(\t\x12\x15\n\rprotocol_hint\x18\x04 \x01(\t\x12\x36\n\x06labels\x18\x05 \x03(\x0b\x32&.tulle.api.v1.WeightedAddr.LabelsEntry\x1a-\n\x0bLabelsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t:\x02\x38\x01\"\x1d\n\x0bNoEndpoints\x12\x0e\n\x06\x65xists\x18\x01 \x01(\x08\"\xbb\x02\n\x12\x44\x65stinationProfile\x12\x1c\n\x14\x66ully_qualified_name\x18\x01 \x01(\t\x12#\n\x06routes\x18\x02 \x03(\x0b\x32\x13.tulle.api.v1.Route\x12/\n\x0cretry_budget\x18\x03 \x01(\x0b\x32\x19.tulle.api.v1.RetryBudget\x12/\n\x08\x62\x61\x63kends\x18\x04 \x03(\x0b\x32\x1d.tulle.api.v1.WeightedBackend\x12\x32\n\x0f\x64\x65\x66\x61ult_timeout\x18\x05 \x01(\x0b\x32\x19.google.protobuf.Duration\x12/\n\x08\x61\x66\x66inity\x18\x06 \x01(\x0b\x32\x1d.tulle.api.v1.SessionAffinity\x12\x1b\n\x13override_identities\x18\x07 \x03(\t\"Q\n\x0fSessionAffinity\x12\x10\n\x06header\x18\x01 \x01(\tH\x00\x12\x10\n\x06\x63ookie\x18\x02 \x01(\tH\x00\x12\x13\n\x0bload_factor\x18\x03 \x01(\x01\x42\x05\n\x03key\"\xec\x02\n\x05Route\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07matches\x18\x02 \x03(\x0b\x32\x18.tulle.api.v1.RouteMatch\x12*\n\x07timeout\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\x12-\n\tretryable\x18\x04 \x01(\x0e\x32\x1a.tulle.api.v1.Retryability\x12\x16\n\x0eretry_statuses\x18\x05 \x03(\r\x12+\n\x05\x66\x61ult\x18\x06 \x01(\x0b\x32\x1c.tulle.api.v1.FaultInjection\x12\x12\n\naccess_log\x18\x07 \x01(\x08\x12$\n\x06mirror\x18\x08 \x01(\x0b\x32\x14.tulle.api.v1.Mirror\x12\x1b\n\x13retry_grpc_statuses\x18\t \x03(\r\x12\x33\n\nrate_limit\x18\n \x01(\x0b\x32\x1f.tulle.api.v1.OutboundRateLimit\"?\n\x11OutboundRateLimit\x12\x1b\n\x13requests_per_second\x18\x01 \x01(\x01\x12\r\n\x05\x62urst\x18\x02 \x01(\r\"*\n\x06Mirror\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0f\n\x07percent\x18\x02 \x01(\x01\"\xe9\x01\n\x0e\x46\x61ultInjection\x12(\n\x05\x64\x65lay\x18\x01 \x01(\x0b\x32\x19.google.protobuf.Duration\x12\x15\n\rdelay_percent\x18\x02 \x01(\x01\x12\x19\n\x11\x61\x62ort_http_status\x18\x03 \x01(\r\x12\x1d\n\x15has_abort_grpc_status\x18\x04 \x01(\x08\x12\x19\n\x11\x61\x62ort_grpc_status\x18\x05 \x01(\r\x12\x15\n\rabort_percent\x18\x06 \x01(\x01\x12*\n\x07headers\x18\x07 \x03(\x0b\x32\x19.tulle.api.v1.HeaderMatch\"\x93\x01\n\nRouteMatch\x12\x14\n\npath_exact\x18\x01 \x01(\tH\x00\x12\x15\n\x0bpath_prefix\x18\x02 \x01(\tH\x00\x12\x14\n\npath_regex\x18\x03 \x01(\tH\x00\x12\x0e\n\x06method\x18\x04 \x01(\t\x12*\n\x07headers\x18\x05 \x03(\x0b\x32\x19.tulle.api.v1.HeaderMatchB\x06\n\x04path\"9\n\x0bHeaderMatch\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\t\x12\r\n\x05regex\x18\x03 \x01(\x08\"j\n\x0bRetryBudget\x12\x13\n\x0bretry_ratio\x18\x01 \x01(\x02\x12\x1e\n\x16min_retries_per_second\x18\x02 \x01(\x02\x12&\n\x03ttl\x18\x03 \x01(\x0b\x32\x19.google.protobuf.Duration\"2\n\x0fWeightedBackend\x12\x0f\n\x07service\x18\x01 \x01(\t\x12\x0e\n\x06weight\x18\x02 \x01(\r*d\n\x0cRetryability\x12\x18\n\x14RETRYABILITY_DEFAULT\x10\x00\x12\x1a\n\x16RETRYABILITY_RETRYABLE\x10\x01\x12\x1e\n\x1aRETRYABILITY_NOT_RETRYABLE\x10\x02\x32\x9a\x01\n\x0b\x44\x65stination\x12;\n\x03Get\x12\x1c.tulle.api.v1.GetDestination\x1a\x14.tulle.api.v1.Update0\x01\x12N\n\nGetProfile\x12\x1c.tulle.api.v1.GetDestination\x1a .tulle.api.v1.DestinationProfile0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
@@ -34,8 +34,8 @@ if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
   _globals['_WEIGHTEDADDR_LABELSENTRY']._loaded_options = None
   _globals['_WEIGHTEDADDR_LABELSENTRY']._serialized_options = b'8\001'
-  _globals['_RETRYABILITY']._serialized_start=2083
-  _globals['_RETRYABILITY']._serialized_end=2183
+  _globals['_RETRYABILITY']._serialized_start=2201
+  _globals['_RETRYABILITY']._serialized_end=2301
   _globals['_GETDESTINATION']._serialized_start=83
   _globals['_GETDESTINATION']._serialized_end=136
   _globals['_UPDATE']._serialized_start=139
@@ -57,19 +57,21 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_SESSIONAFFINITY']._serialized_start=1037
   _globals['_SESSIONAFFINITY']._serialized_end=1118
   _globals['_ROUTE']._serialized_start=1121
-  _globals['_ROUTE']._serialized_end=1432
-  _globals['_MIRROR']._serialized_start=1434
-  _globals['_MIRROR']._serialized_end=1476
-  _globals['_FAULTINJECTION']._serialized_start=1479
-  _globals['_FAULTINJECTION']._serialized_end=1712
-  _globals['_ROUTEMATCH']._serialized_start=1715
-  _globals['_ROUTEMATCH']._serialized_end=1862
-  _globals['_HEADERMATCH']._serialized_start=1864
-  _globals['_HEADERMATCH']._serialized_end=1921
-  _globals['_RETRYBUDGET']._serialized_start=1923
-  _globals['_RETRYBUDGET']._serialized_end=2029
-  _globals['_WEIGHTEDBACKEND']._serialized_start=2031
-  _globals['_WEIGHTEDBACKEND']._serialized_end=2081
-  _globals['_DESTINATION']._serialized_start=2186
-  _globals['_DESTINATION']._serialized_end=2340
+  _globals['_ROUTE']._serialized_end=1485
+  _globals['_OUTBOUNDRATELIMIT']._serialized_start=1487
+  _globals['_OUTBOUNDRATELIMIT']._serialized_end=1550
+  _globals['_MIRROR']._serialized_start=1552
+  _globals['_MIRROR']._serialized_end=1594
+  _globals['_FAULTINJECTION']._serialized_start=1597
+  _globals['_FAULTINJECTION']._serialized_end=1830
+  _globals['_ROUTEMATCH']._serialized_start=1833
+  _globals['_ROUTEMATCH']._serialized_end=1980
+  _globals['_HEADERMATCH']._serialized_start=1982
+  _globals['_HEADERMATCH']._serialized_end=2039
+  _globals['_RETRYBUDGET']._serialized_start=2041
+  _globals['_RETRYBUDGET']._serialized_end=2147
+  _globals['_WEIGHTEDBACKEND']._serialized_start=2149
+  _globals['_WEIGHTEDBACKEND']._serialized_end=2199
+  _globals['_DESTINATION']._serialized_start=2304
+  _globals['_DESTINATION']._serialized_end=2458
 # @@protoc_insertion_point(module_scope)

@@ -422,6 +422,7 @@ class Route(_message.Message):
     ACCESS_LOG_FIELD_NUMBER: _builtins.int
     MIRROR_FIELD_NUMBER: _builtins.int
     RETRY_GRPC_STATUSES_FIELD_NUMBER: _builtins.int
+    RATE_LIMIT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     """Used as the `route` label of metrics. Unique within a profile."""
     retryable: Global___Retryability.ValueType
@@ -460,6 +461,13 @@ class Route(_message.Message):
         and MUST keep the call's deadline (`grpc-timeout`) across attempts.
         """
 
+    @_builtins.property
+    def rate_limit(self) -> Global___OutboundRateLimit:
+        """Outbound rate limit: the client (the calling proxy) lets at most this
+        many of the route's requests a second go on, answering the rest itself
+        (429 with Retry-After; gRPC RESOURCE_EXHAUSTED). Absent: none.
+        """
+
     def __init__(
         self,
         *,
@@ -472,14 +480,41 @@ class Route(_message.Message):
         access_log: _builtins.bool = ...,
         mirror: Global___Mirror | None = ...,
         retry_grpc_statuses: _abc.Iterable[_builtins.int] | None = ...,
+        rate_limit: Global___OutboundRateLimit | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "mirror", b"mirror", "timeout", b"timeout"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["fault", b"fault", "mirror", b"mirror", "rate_limit", b"rate_limit", "timeout", b"timeout"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log", b"access_log", "fault", b"fault", "matches", b"matches", "mirror", b"mirror", "name", b"name", "retry_grpc_statuses", b"retry_grpc_statuses", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["access_log", b"access_log", "fault", b"fault", "matches", b"matches", "mirror", b"mirror", "name", b"name", "rate_limit", b"rate_limit", "retry_grpc_statuses", b"retry_grpc_statuses", "retry_statuses", b"retry_statuses", "retryable", b"retryable", "timeout", b"timeout"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
 Global___Route: _TypeAlias = Route  # noqa: Y015
+
+@_typing.final
+class OutboundRateLimit(_message.Message):
+    """A token bucket: `requests_per_second` tokens a second, holding at most
+    `burst` (0: one second's worth, at least 1).
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    REQUESTS_PER_SECOND_FIELD_NUMBER: _builtins.int
+    BURST_FIELD_NUMBER: _builtins.int
+    requests_per_second: _builtins.float
+    burst: _builtins.int
+    def __init__(
+        self,
+        *,
+        requests_per_second: _builtins.float = ...,
+        burst: _builtins.int = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["burst", b"burst", "requests_per_second", b"requests_per_second"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___OutboundRateLimit: _TypeAlias = OutboundRateLimit  # noqa: Y015
 
 @_typing.final
 class Mirror(_message.Message):

@@ -141,6 +141,9 @@ def _route_message(route: Route) -> pb.Route:
     if route.mirror is not None:
         message.mirror.service = route.mirror.service
         message.mirror.percent = route.mirror.percent
+    if route.rate_limit is not None:
+        message.rate_limit.requests_per_second = route.rate_limit.requests_per_second
+        message.rate_limit.burst = route.rate_limit.burst
     return message
 
 

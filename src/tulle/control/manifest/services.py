@@ -216,6 +216,7 @@ class ServicesReader(MatchReader):
                 "fault",
                 "accessLog",
                 "mirror",
+                "rateLimit",
             ),
             required=("name",),
         )
@@ -274,6 +275,9 @@ class ServicesReader(MatchReader):
         mirror = None
         if "mirror" in fields:
             mirror = traffic.mirror(self, fields["mirror"], f"{path}.mirror")
+        rate_limit = None
+        if "rateLimit" in fields:
+            rate_limit = traffic.limit(self, fields["rateLimit"], f"{path}.rateLimit")
         access_log = False
         if "accessLog" in fields:
             access_log = bool(self.boolean(fields["accessLog"], f"{path}.accessLog"))
@@ -289,6 +293,7 @@ class ServicesReader(MatchReader):
             access_log=access_log,
             mirror=mirror,
             retry_grpc_statuses=tuple(grpc_statuses),
+            rate_limit=rate_limit,
         )
 
     def retry_budget(self, node: Node, path: str) -> RetryBudgetSpec | None:
