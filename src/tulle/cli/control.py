@@ -176,6 +176,13 @@ def control(
         envvar="TULLE_CONTROL_PROXY_ADMIN_TOKEN_FILE",
         help="The proxies' admin token (their --admin-token-file), which tap needs.",
     ),
+    traces_url: str = typer.Option(
+        "",
+        "--traces-url",
+        envvar="TULLE_CONTROL_TRACES_URL",
+        help="An http(s) URL of the mesh's traces (a trace receiver's, e.g. the one "
+        "`tulle up --trace-receiver` starts) that the dashboard links to.",
+    ),
     grpc_plaintext: bool = typer.Option(
         False,
         "--grpc-plaintext",
@@ -231,6 +238,8 @@ def control(
     logging.basicConfig(
         level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
+    if traces_url and not traces_url.startswith(("http://", "https://")):
+        raise typer.BadParameter("expected an http:// or https:// URL", param_hint="--traces-url")
     api_token = proxy_admin_token = ""
     try:
         if http_addr != "off" and (api_token_file or source != "kubernetes"):
@@ -273,6 +282,7 @@ def control(
         api_token=api_token,
         api_allowed_hosts=tuple(h.strip() for h in api_allowed_hosts.split(",") if h.strip()),
         proxy_admin_token=proxy_admin_token,
+        traces_url=traces_url,
         grpc_plaintext=grpc_plaintext,
         grpc_tls_names=tuple(grpc_tls_name) or DEFAULT_TLS_NAMES,
         webhook_addr=None if webhook_addr == "off" else _address(webhook_addr, "--webhook-addr"),

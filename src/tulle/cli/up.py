@@ -218,6 +218,8 @@ def _start_trace_receiver(state: StateDir) -> subprocess.Popen[bytes]:
             raise _fail("tulle up", f"the trace receiver did not listen on 127.0.0.1:{port}")
         time.sleep(0.05)
     os.environ["TULLE_PROXY_OTLP_ENDPOINT"] = f"http://127.0.0.1:{port}"
+    # The control plane's dashboard links to it.
+    os.environ["TULLE_CONTROL_TRACES_URL"] = f"http://127.0.0.1:{port}/traces"
     console.print(
         f"traces: http://127.0.0.1:{port}/traces (and {out})", markup=False, highlight=False
     )

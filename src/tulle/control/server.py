@@ -94,6 +94,8 @@ class ControlConfig:
     api_allowed_hosts: tuple[str, ...] = ()
     # Sent to the proxies' admin `/tap` by the tap relay.
     proxy_admin_token: str = ""
+    # A trace receiver's page the dashboard links to (http(s) only); empty: none.
+    traces_url: str = ""
     # With identity_dir the gRPC API is served over TLS with the replica's own
     # leaf (tulle.control.serving_tls) unless this asks for plaintext.
     grpc_plaintext: bool = False

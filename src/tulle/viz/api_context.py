@@ -74,6 +74,8 @@ class ApiContext:
     allowed_hosts: tuple[str, ...] = ()
     # What the tap relay sends to the proxies' admin `/tap`.
     proxy_admin_token: str = ""
+    # The traces page the dashboard links to (`tulle control --traces-url`); empty: none.
+    traces_url: str = ""
 
 
 def query_seconds(query: dict[str, str], key: str, default: float, high: float) -> float:

@@ -154,7 +154,7 @@ async def overview(context: ApiContext, query: dict[str, str]) -> dict[str, Any]
     """Every service's golden figures over `window` and its sparkline over `spark`.
 
     `{"window_s", "source", "generated_at", "step_s", "rows": [stat row +
-    "points": [{"ts", "rps", "success_rate", "p99_ms"}]]}`: one call per
+    "points": [{"ts", "rps", "success_rate", "p99_ms"}]], "traces_url"}`: one call per
     poll however many services there are. Sparkline steps are aggregated
     once for all services (one pass per step, not one per service and step).
     """
@@ -189,4 +189,6 @@ async def overview(context: ApiContext, query: dict[str, str]) -> dict[str, Any]
         "generated_at": round(time.time(), 3),
         "step_s": step_s,
         "rows": rows,
+        # The mesh's trace receiver (`tulle up --trace-receiver`), linked from the page.
+        "traces_url": context.traces_url,
     }

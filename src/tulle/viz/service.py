@@ -46,6 +46,7 @@ class VizService:
         api_token: str = "",
         allowed_hosts: tuple[str, ...] = (),
         proxy_admin_token: str = "",
+        traces_url: str = "",
         discovered: Callable[[], list[ScrapeTarget]] | None = None,
         relabel: Callable[[ScrapeTarget, list[Sample]], list[Sample]] | None = None,
     ) -> None:
@@ -77,6 +78,7 @@ class VizService:
                 api_token=api_token,
                 allowed_hosts=allowed_hosts,
                 proxy_admin_token=proxy_admin_token,
+                traces_url=traces_url,
             )
         )
         self._task: asyncio.Task[None] | None = None
@@ -96,6 +98,7 @@ class VizService:
             api_token=config.api_token,
             allowed_hosts=config.api_allowed_hosts,
             proxy_admin_token=config.proxy_admin_token,
+            traces_url=config.traces_url,
             # The meshed pods' proxies, once the Kubernetes source runs.
             discovered=partial(_pod_targets, plane) if config.source == "kubernetes" else None,
             relabel=partial(_relabel, plane) if config.source == "kubernetes" else None,

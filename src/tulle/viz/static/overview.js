@@ -64,10 +64,12 @@ export class OverviewView {
     const card = (label, value) => h("div", { class: "card" }, h("div", { class: "label" }, label), value);
     this.error = h("div", { class: "error-banner", hidden: true, role: "alert" });
     this.window = h("span", { class: "sub" }, "");
+    // A link to the mesh's trace receiver when the control plane knows one.
+    this.traces = h("a", { class: "sub", "data-traces": "", target: "_blank", rel: "noopener noreferrer", hidden: true }, "Traces ↗");
     this.element = h(
       "div",
       { class: "overview", "data-page": "overview" },
-      h("div", { class: "page-head" }, h("h1", {}, "Services"), this.window),
+      h("div", { class: "page-head" }, h("h1", {}, "Services"), this.window, this.traces),
       this.error,
       h(
         "div",
@@ -89,6 +91,9 @@ export class OverviewView {
     this.table.update(rows);
     this.summarise(rows);
     setText(this.window, `last ${Math.round(document.window_s)} s · source: ${document.source}`);
+    const traces = typeof document.traces_url === "string" && /^https?:\/\//.test(document.traces_url) ? document.traces_url : "";
+    if (traces && this.traces.getAttribute("href") !== traces) this.traces.setAttribute("href", traces);
+    this.traces.hidden = !traces;
     if (window.tulleFirstData === undefined) {
       // Read by the performance test: the first frame painted with figures.
       window.tulleFirstData = null;
