@@ -6,6 +6,7 @@ and a mirror that is down or 5 s slow costs the primary calls nothing measurable
 
 from __future__ import annotations
 
+import subprocess
 import sys
 import time
 from pathlib import Path
@@ -120,3 +121,57 @@ def test_grpc_copies_reach_the_mirror_and_a_bad_mirror_costs_nothing(
         sum(copies(echo, prefix) for prefix in ("all", "big", "half", "base", "down", "slow"))
         == primary
     )
+
+
+TD = "tulle.test"
+WEB = f"spiffe://{TD}/ns/default/sa/web"
+SHADOW = f"spiffe://{TD}/ns/default/sa/shadow"
+
+
+def test_grpc_copies_go_over_mesh_tls_to_a_meshed_mirror(
+    processes: ProcessGroup, tmp_path: Path
+) -> None:
+    issuer = tmp_path / "issuer"
+    subprocess.run(
+        [sys.executable, "-m", "tulle", "identity", "init", "--dir", str(issuer),
+         "--trust-domain", TD],
+        check=True, capture_output=True, timeout=60,
+    )  # fmt: skip
+    echo = start_grpc_server(processes, "echo")
+    shadow = start_grpc_server(processes, "shadow", "--log-calls")
+    shadow_proxy = start_proxy(
+        processes,
+        app_addr=shadow.addr,
+        extra=["--identity", SHADOW, "--identity-issuer-dir", str(issuer)],
+        name="shadow-inbound",
+    )
+    manifest = tmp_path / "mesh.yaml"
+    manifest.write_text(
+        f"""\
+services:
+  - name: echo
+    protocol: grpc
+    endpoints: [{echo.addr}]
+    routes:
+      - {{name: all, matches: [{{path: {{value: /}}}}], mirror: {{service: shadow}}}}
+  - name: shadow
+    protocol: grpc
+    identity: {SHADOW}
+    endpoints: [{LOOPBACK}:{shadow_proxy.inbound_port}]
+"""
+    )
+    control = start_control(processes, manifest)
+    caller = start_proxy(
+        processes,
+        extra=[
+            "--control-addr", control.grpc_addr,
+            "--identity", WEB, "--identity-issuer-dir", str(issuer),
+        ],
+        name="meshed-caller",
+    )  # fmt: skip
+    unary(caller, "echo", b"meshed", 10)
+    wait_until(lambda: copies(shadow, "meshed") == 10, 15, "10 copies through mesh TLS")
+    # The mirror's proxy saw the copies over mTLS, from the caller's identity.
+    inbound = shadow_proxy.metrics()
+    assert inbound.total("request_total", direction="inbound", client_id=WEB) == 10
+    assert mirror_total(caller, "shadow", "sent") == 10
