@@ -22,6 +22,8 @@ UPSTREAM_TIMEOUT_FLAG = "--response-timeout"
 
 _LISTENING = re.compile(r"listening (\S+) ([\d.]+):(\d+)")
 # `tulle control`'s ready line: its gRPC and admin ports.
+PORT_ATTEMPTS = 3
+ADDRESS_IN_USE = "Address already in use"
 CONTROL_READY = re.compile(r"tulle control ready grpc=[\d.]+:(\d+) admin=[\d.]+:(\d+)")
 
 
@@ -128,12 +130,22 @@ def start_proxy(
     env: dict[str, str] | None = None,
     name: str = "proxy",
 ) -> Proxy:
-    """`tulle proxy` on fresh ports; returns once `GET /ready` answers 200."""
-    inbound_port, outbound_port, admin_port = free_ports(3)
-    process = group.tulle(
-        name, proxy_args(inbound_port, outbound_port, admin_port, app_addr, static_dst, extra), env
-    )
-    return wait_ready(Proxy(process, inbound_port, outbound_port, admin_port))
+    """`tulle proxy` on fresh ports; returns once `GET /ready` answers 200.
+
+    A port found free can be taken before the proxy binds it (by another
+    test's process, or as the ephemeral port of some outgoing connection):
+    the proxy then exits saying so, and is started again on other ports."""
+    for attempt in range(PORT_ATTEMPTS):
+        inbound_port, outbound_port, admin_port = free_ports(3)
+        args = proxy_args(inbound_port, outbound_port, admin_port, app_addr, static_dst, extra)
+        process = group.tulle(name, args, env)
+        try:
+            return wait_ready(Proxy(process, inbound_port, outbound_port, admin_port))
+        except RuntimeError:
+            lost_a_port = not process.alive() and ADDRESS_IN_USE in process.output()
+            if not lost_a_port or attempt + 1 == PORT_ATTEMPTS:
+                raise
+    raise AssertionError("unreachable: the last attempt returns or raises")
 
 
 def wait_ready(proxy: Proxy) -> Proxy:
