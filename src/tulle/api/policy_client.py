@@ -41,6 +41,7 @@ from tulle.core.policy import (
     Authentication,
     Authorization,
     InboundPolicy,
+    JwtSpec,
     NetworkRule,
     PolicyRoute,
     fail_closed,
@@ -80,6 +81,18 @@ def _authentication(message: pb.Authentication) -> Authentication:
         return Authentication(message.name, networks=rules)
     if kind == "unauthenticated":
         return Authentication(message.name, unauthenticated=True)
+    if kind == "jwt":
+        jwt = message.jwt
+        spec = JwtSpec(
+            issuer=jwt.issuer,
+            audiences=tuple(jwt.audiences),
+            jwks_file=jwt.jwks_file,
+            jwks_url=jwt.jwks_url,
+            clock_skew_s=max(0.0, jwt.clock_skew_s),
+            claims=tuple((c.claim, tuple(c.values)) for c in jwt.claims),
+            forward_claims=tuple((f.claim, f.header) for f in jwt.forward_claims),
+        )
+        return Authentication(message.name, jwt=spec)
     # A kind from a newer server: satisfied by nobody, so it never widens access.
     return Authentication(message.name, identities=("spiffe://unknown.invalid/unsupported",))
 

@@ -29,6 +29,8 @@ from joserfc import jwt as jose_jwt
 from joserfc.errors import JoseError
 from joserfc.jwk import KeySet
 
+from tulle.core.policy import JwtSpec
+
 # A bearer token larger than this is refused before any decoding (Envoy's
 # default header limits are 60 KiB in total; an ID token is rarely over 2 KiB).
 MAX_TOKEN_BYTES: Final = 8192
@@ -46,33 +48,12 @@ ALGORITHMS: Final = (
     "EdDSA",
 )
 _ASYMMETRIC_KTY: Final = frozenset({"RSA", "EC", "OKP"})
-DEFAULT_CLOCK_SKEW_S: Final = 60.0
 # A forwarded claim value longer than this is not forwarded.
 MAX_CLAIM_HEADER_BYTES: Final = 1024
 
 
 class JwksError(ValueError):
     """A JWK Set that cannot be used (not JSON, no usable key)."""
-
-
-@dataclass(frozen=True, slots=True)
-class JwtSpec:
-    """What a `jwt` authentication requires of a token."""
-
-    issuer: str
-    audiences: tuple[str, ...] = ()  # empty: any audience (or none)
-    jwks_file: str = ""
-    jwks_url: str = ""
-    clock_skew_s: float = DEFAULT_CLOCK_SKEW_S
-    # (claim, accepted values): the claim equals one of them, or is a list
-    # (or a space-separated `scope`) holding one of them.
-    claims: tuple[tuple[str, tuple[str, ...]], ...] = ()
-    # (claim, header): claims forwarded to the app as request headers.
-    forward_claims: tuple[tuple[str, str], ...] = ()
-
-    @property
-    def jwks_source(self) -> str:
-        return self.jwks_url or self.jwks_file
 
 
 @dataclass(frozen=True, slots=True)

@@ -63,6 +63,31 @@ HeaderLookup = Callable[[bytes], bytes | None]
 # -- the model -----------------------------------------------------------------
 
 
+# Allowed clock difference for a JWT's `exp` and `nbf` when the policy names none.
+DEFAULT_CLOCK_SKEW_S: Final = 60.0
+
+
+@dataclass(frozen=True, slots=True)
+class JwtSpec:
+    """What a `jwt` authentication requires of an end-user token (checked by
+    `tulle.core.jwt`, which alone imports the JOSE library)."""
+
+    issuer: str
+    audiences: tuple[str, ...] = ()  # empty: any audience (or none)
+    jwks_file: str = ""
+    jwks_url: str = ""
+    clock_skew_s: float = DEFAULT_CLOCK_SKEW_S
+    # (claim, accepted values): the claim equals one of them, or is a list
+    # (or a space-separated `scope`) holding one of them.
+    claims: tuple[tuple[str, tuple[str, ...]], ...] = ()
+    # (claim, header): claims forwarded to the app as request headers.
+    forward_claims: tuple[tuple[str, str], ...] = ()
+
+    @property
+    def jwks_source(self) -> str:
+        return self.jwks_url or self.jwks_file
+
+
 @dataclass(frozen=True, slots=True)
 class NetworkRule:
     """A CIDR the client address must be in, minus the `except_` CIDRs."""
@@ -74,15 +99,19 @@ class NetworkRule:
 @dataclass(frozen=True, slots=True)
 class Authentication:
     """One way a client proves who it is. Exactly one kind is set:
-    `identities` (mesh TLS), `networks`, or `unauthenticated` (anyone)."""
+    `identities` (mesh TLS), `networks`, `unauthenticated` (anyone), or `jwt`
+    (an end-user bearer token, checked per request: `tulle.core.jwt`)."""
 
     name: str
     identities: tuple[str, ...] = ()
     networks: tuple[NetworkRule, ...] = ()
     unauthenticated: bool = False
+    jwt: JwtSpec | None = None
 
     @property
     def kind(self) -> str:
+        if self.jwt is not None:
+            return "jwt"
         if self.identities:
             return "meshTLS"
         if self.networks:
@@ -155,6 +184,8 @@ class _AuthenticationCheck:
         )
 
     def satisfied(self, client_id: str | None, address: IpAddress | None) -> bool:
+        # A `jwt` authentication has no identities or networks: never satisfied
+        # here, only by the request's token (`jwt_mask`), never cached.
         if self._any:
             return True
         if client_id is not None and (
@@ -300,6 +331,15 @@ class InboundPolicy:
     )
     # Whether any rate limit applies here: the request path's one test.
     rate_limited: bool = field(init=False, repr=False, compare=False, hash=False)
+    # The `jwt` authentications this port's authorizations require, with their
+    # bit in the mask (`authorize_http`'s `jwt_mask`); empty: no token is read,
+    # the request path's one test.
+    jwt_checks: tuple[tuple[int, JwtSpec], ...] = field(
+        init=False, repr=False, compare=False, hash=False
+    )
+    # Headers the jwt authentications forward (lower-case): every caller's copy
+    # is dropped on this port, with a valid token or not.
+    jwt_headers: tuple[bytes, ...] = field(init=False, repr=False, compare=False, hash=False)
 
     def __post_init__(self) -> None:
         if self.default_mode not in MODES:
@@ -352,6 +392,19 @@ class InboundPolicy:
             )
         setattr_(self, "_compiled_routes", tuple(compiled))
         setattr_(self, "_checks", tuple(checks))
+        jwt_checks = tuple((bit, a.jwt) for a, bit in bits.items() if a.jwt is not None)
+        setattr_(self, "jwt_checks", jwt_checks)
+        setattr_(
+            self,
+            "jwt_headers",
+            tuple(
+                dict.fromkeys(
+                    header.lower().encode()
+                    for _, spec in jwt_checks
+                    for _, header in spec.forward_claims
+                )
+            ),
+        )
         setattr_(self, "_probe_paths", frozenset(p.encode() for p in self.probe_paths))
         setattr_(
             self, "_probe_decision", Decision(True, False, PROBE_POLICY, self.server, PROBE_POLICY)
@@ -372,8 +425,10 @@ class InboundPolicy:
         method: bytes,
         path: bytes,
         header: HeaderLookup,
+        jwt_mask: int = 0,
     ) -> Decision:
-        """Decide one HTTP request (gRPC included). `path` may carry a query string."""
+        """Decide one HTTP request (gRPC included). `path` may carry a query string.
+        `jwt_mask`: the bits of `jwt_checks` the request's bearer token satisfies."""
         query = path.find(b"?")
         if query >= 0:
             path = path[:query]
@@ -385,7 +440,7 @@ class InboundPolicy:
             and self._from_probe_source(client_ip)
         ):
             return self._probe_decision
-        mask = self._mask(client_id, client_ip) if self._checks else 0
+        mask = self._mask(client_id, client_ip) | jwt_mask if self._checks else 0
         for route in self._compiled_routes:
             if route.matches_request(method, path, header):
                 for required, decision in route.grants:

@@ -33,6 +33,7 @@ if TYPE_CHECKING:
 
     from tulle.api.policy_client import PolicyWatcher
     from tulle.core.discovery import Address
+    from tulle.proxy.jwt import InboundJwt
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +55,9 @@ class InboundAuthz:
         self._metrics = metrics
         # Asked only for requests whose policy has a limit (`rate_limited`).
         self.limits = InboundRateLimits(metrics, workers)
+        # Built on first need (it imports the JOSE library): `jwt`.
+        self._jwt: InboundJwt | None = None
+        watcher.add_listener(self._prepare_jwt)
         self._labels: dict[tuple[str, str, str, str, bool], tuple[str, Labels]] = {}
         self._last_audit_log = 0.0
         self._ports: dict[int, PolicyWatcher] = {watcher.port: watcher}
@@ -75,7 +79,22 @@ class InboundAuthz:
         watcher = self._ports.get(port)
         if watcher is None and self._watch is not None and len(self._ports) < MAX_WATCHED_PORTS:
             watcher = self._ports[port] = self._watch(port)
+            watcher.add_listener(self._prepare_jwt)
         return watcher
+
+    @property
+    def jwt(self) -> InboundJwt:
+        """End-user token checks; asked only for requests whose policy has `jwt_checks`."""
+        if self._jwt is None:
+            from tulle.proxy.jwt import InboundJwt
+
+            self._jwt = InboundJwt(self._metrics)
+        return self._jwt
+
+    def _prepare_jwt(self, policy: InboundPolicy) -> None:
+        # Off the request path: load the keys a new policy needs before its first request.
+        if policy.jwt_checks:
+            self.jwt.prepare(policy)
 
     def watchers(self) -> list[PolicyWatcher]:
         return list(self._ports.values())

@@ -37,6 +37,8 @@ class ProxyError(enum.Enum):
     CONNECT_NOT_ALLOWED = ("connect-not-allowed", 400, _INTERNAL)
     # Policy and the outbound's destination rules.
     FORBIDDEN = ("unauthorized", 403, _DENIED)
+    # No valid end-user token (JWT) where the policy wants one: 401 + WWW-Authenticate.
+    UNAUTHENTICATED = ("unauthenticated", 401, GrpcStatus.UNAUTHENTICATED)
     RATE_LIMITED = ("rate-limited", 429, GrpcStatus.RESOURCE_EXHAUSTED)
     # A route's injected abort (chaos testing); the route's status replaces these.
     FAULT_INJECTED = ("fault-injected", 503, _UNAVAILABLE)

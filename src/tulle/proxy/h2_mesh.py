@@ -320,6 +320,7 @@ class MeshDispatcher:
             call=call,
             traceparent=call.span.decision.forward if call.span is not None else None,
             drop_header=call.drop_header,
+            claim_headers=call.claim_headers,
         )
 
 

@@ -396,6 +396,8 @@ class Exchange(RequestPlan):
                 if refused is not None:
                     self.refuse(refused)
                     return
+                if self.claim_headers is not None:
+                    _apply_claim_headers(head, self.claim_headers)
         else:
             if head.method == b"CONNECT":
                 authority = target_bytes
@@ -1264,6 +1266,9 @@ class Http1Server(asyncio.Protocol):
         if trailers and self.ctx.direction == "inbound":
             # Only this proxy speaks for the caller: a copy in the trailers goes too.
             head.trailers = [t for t in trailers if t[0].lower() != CLIENT_ID_HEADER]
+            if ex.claim_headers is not None:
+                strip = ex.claim_headers[0]
+                head.trailers = [t for t in head.trailers if t[0].lower() not in strip]
         if ex is self.current:
             ex.on_request_end()
         else:
@@ -1449,6 +1454,18 @@ def _drop_field(head: RequestHead, lower_name: bytes) -> None:
     size = len(prefix)
     head.encoded = [line for line in head.encoded if line[:size].lower() != prefix]
     head.headers = [(n, v) for n, v in head.headers if n.lower() != lower_name]
+
+
+def _apply_claim_headers(
+    head: RequestHead, edit: tuple[tuple[bytes, ...], tuple[tuple[bytes, bytes], ...]]
+) -> None:
+    """Inbound JWT: drop every caller copy of the claim headers, add the verified ones."""
+    strip, add = edit
+    for name in strip:
+        _drop_field(head, name)
+    for name, value in add:
+        head.encoded.append(name + b": " + value + b"\r\n")
+        head.headers.append((name, value))
 
 
 def _chunk(data: bytes) -> bytes:

@@ -53,6 +53,7 @@ from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.router import RoutePolicy, ServiceTarget
 
 if TYPE_CHECKING:
+    from tulle.core.policy import Decision, InboundPolicy
     from tulle.proxy.accesslog import AccessLog
     from tulle.proxy.authz import InboundAuthz
     from tulle.proxy.balance import EndpointState
@@ -141,6 +142,7 @@ class RequestPlan:
         "attempts",
         "authority",
         "backend",
+        "claim_headers",
         "endpoint_label",
         "failed_state",
         "pc",
@@ -167,6 +169,9 @@ class RequestPlan:
         self.endpoint_label = ""
         # Inbound: the client's verified identity; outbound: the server's.
         self.peer_id = ""
+        # Inbound JWT: (headers dropped, headers added) on the way to the app;
+        # None when the port's policy forwards no claims.
+        self.claim_headers: tuple[tuple[bytes, ...], tuple[tuple[bytes, bytes], ...]] | None = None
 
     # -- 1. authorization (inbound) -------------------------------------------------
     def authorize(
@@ -184,8 +189,54 @@ class RequestPlan:
         if authz is None:
             return None
         policy = authz.policy_at(app_dst)
+        if policy.jwt_checks:
+            return self._authorize_jwt(authz, policy, client_id, client_ip, method, path, header)
         decision = policy.authorize_http(client_id or None, client_ip, method, path, header)
         authz.record("http", decision, client_id)
+        return self._decided(authz, policy, decision, client_id, client_ip)
+
+    def _authorize_jwt(
+        self,
+        authz: InboundAuthz,
+        policy: InboundPolicy,
+        client_id: str,
+        client_ip: str,
+        method: bytes,
+        path: bytes,
+        header: Callable[[bytes], bytes | None],
+    ) -> Refused | None:
+        """`authorize` on a port whose policy reads end-user tokens (docs/policy.md)."""
+        jwt = authz.jwt.check(policy, header)
+        if jwt.error is not None:
+            # A token that is there but not valid is refused even where the
+            # policy would allow the call without one (as Envoy's jwt_authn).
+            return Refused(
+                ProxyError.UNAUTHENTICATED,
+                jwt.error,
+                headers=((b"www-authenticate", www_authenticate(jwt.error)),),
+            )
+        decision = policy.authorize_http(
+            client_id or None, client_ip, method, path, header, jwt.mask
+        )
+        authz.record("http", decision, client_id)
+        if not decision.allowed and jwt.missing:
+            return Refused(
+                ProxyError.UNAUTHENTICATED,
+                "a bearer token is required",
+                headers=((b"www-authenticate", b'Bearer realm="tulle"'),),
+            )
+        if jwt.strip or jwt.add:
+            self.claim_headers = (jwt.strip, jwt.add)
+        return self._decided(authz, policy, decision, client_id, client_ip)
+
+    def _decided(
+        self,
+        authz: InboundAuthz,
+        policy: InboundPolicy,
+        decision: Decision,
+        client_id: str,
+        client_ip: str,
+    ) -> Refused | None:
         if not decision.allowed:
             who = client_id or "an unauthenticated client"
             return Refused(ProxyError.FORBIDDEN, f"{who} may not call this ({decision.policy})")
@@ -496,6 +547,13 @@ class RequestPlan:
     def dst_service(self) -> str:
         backend = self.backend
         return backend.metrics_labels if backend is not None else ""
+
+
+def www_authenticate(error: str) -> bytes:
+    """RFC 6750's challenge for a refused token (`error` is ours: no quotes, ASCII)."""
+    return b'Bearer realm="tulle", error="invalid_token", error_description="%s"' % (
+        error.encode("ascii", "replace").replace(b'"', b"'")
+    )
 
 
 def original_authority(orig: tuple[str, int]) -> bytes:

@@ -107,12 +107,12 @@ BAD = [
     ),
     (
         "policy:\n  authentications:\n    - {name: x}\n",
-        "mesh.yaml:4: policy.authentications[0]: give exactly one of identities, networks or "
+        "mesh.yaml:4: policy.authentications[0]: give exactly one of identities, networks, jwt or "
         "unauthenticated: true",
     ),
     (
         "policy:\n  authentications:\n    - {name: x, identities: [a], networks: [10.0.0.0/8]}\n",
-        "mesh.yaml:4: policy.authentications[0]: give exactly one of identities, networks or "
+        "mesh.yaml:4: policy.authentications[0]: give exactly one of identities, networks, jwt or "
         "unauthenticated: true (got identities, networks)",
     ),
     (

@@ -13,6 +13,9 @@ class _Watcher:
     current: object = None
     port = 8080
 
+    def add_listener(self, listener: object) -> None:
+        pass
+
 
 def _decision(allowed: bool, audit_denied: bool = False) -> Decision:
     return Decision(allowed, audit_denied, "books-policy", "books-http", "")

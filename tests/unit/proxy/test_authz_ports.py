@@ -13,6 +13,10 @@ from tulle.proxy.metrics import Metrics
 class FakeWatcher:
     port: int
     current: InboundPolicy = field(default_factory=fail_closed)
+    listeners: list[object] = field(default_factory=list)
+
+    def add_listener(self, listener: object) -> None:
+        self.listeners.append(listener)
 
 
 def test_each_app_port_gets_its_own_watcher_and_policy() -> None:
@@ -33,6 +37,8 @@ def test_each_app_port_gets_its_own_watcher_and_policy() -> None:
     assert authz.watcher_for(2525) is banner and made == [2525]  # started once
     assert authz.policy_at(("127.0.0.1", 2525)) is banner.current
     assert authz.watcher_for(8080) is default
+    # Every watched port's new policies reach the JWT key loader (off the request path).
+    assert len(default.listeners) == 1 and len(banner.listeners) == 1
 
 
 def test_watched_ports_are_bounded() -> None:

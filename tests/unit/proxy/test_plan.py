@@ -110,6 +110,7 @@ class _Decision:
 
 class _Policy:
     rate_limited = False
+    jwt_checks = ()
 
     def __init__(self, allowed: bool) -> None:
         self.allowed = allowed

@@ -25,15 +25,15 @@ _sym_db = _symbol_database.Default()
 from tulle.api.proto import destination_pb2 as tulle_dot_api_dot_proto_dot_destination__pb2
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctulle/api/proto/policy.proto\x12\x0ctulle.api.v1\x1a!tulle/api/proto/destination.proto\"B\n\x0eInboundRequest\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08proxy_id\x18\x03 \x01(\t\"\xa6\x02\n\rInboundPolicy\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x33\n\x0e\x64\x65\x66\x61ult_policy\x18\x05 \x01(\x0e\x32\x1b.tulle.api.v1.DefaultPolicy\x12\x33\n\x0e\x61uthorizations\x18\x06 \x03(\x0b\x32\x1b.tulle.api.v1.Authorization\x12\'\n\x06routes\x18\x07 \x03(\x0b\x32\x17.tulle.api.v1.HttpRoute\x12\x13\n\x0bprobe_paths\x18\x08 \x03(\t\x12+\n\nrate_limit\x18\t \x01(\x0b\x32\x17.tulle.api.v1.RateLimit\"\xbe\x01\n\tRateLimit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05total\x18\x02 \x01(\x0b\x32\x13.tulle.api.v1.Limit\x12%\n\x08identity\x18\x03 \x01(\x0b\x32\x13.tulle.api.v1.Limit\x12.\n\toverrides\x18\x04 \x03(\x0b\x32\x1b.tulle.api.v1.LimitOverride\x12\x13\n\x0bipv4_prefix\x18\x05 \x01(\r\x12\x13\n\x0bipv6_prefix\x18\x06 \x01(\r\"3\n\x05Limit\x12\x1b\n\x13requests_per_second\x18\x01 \x01(\x01\x12\r\n\x05\x62urst\x18\x02 \x01(\r\"G\n\rLimitOverride\x12\"\n\x05limit\x18\x01 \x01(\x0b\x32\x13.tulle.api.v1.Limit\x12\x12\n\nidentities\x18\x02 \x03(\t\"M\n\rAuthorization\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x08required\x18\x02 \x03(\x0b\x32\x1c.tulle.api.v1.Authentication\"\xb7\x01\n\x0e\x41uthentication\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08mesh_tls\x18\x02 \x01(\x0b\x32\x15.tulle.api.v1.MeshTlsH\x00\x12*\n\x08networks\x18\x03 \x01(\x0b\x32\x16.tulle.api.v1.NetworksH\x00\x12\x38\n\x0funauthenticated\x18\x04 \x01(\x0b\x32\x1d.tulle.api.v1.UnauthenticatedH\x00\x42\x06\n\x04kind\"\x1d\n\x07MeshTls\x12\x12\n\nidentities\x18\x01 \x03(\t\"4\n\x08Networks\x12(\n\x05rules\x18\x01 \x03(\x0b\x32\x19.tulle.api.v1.NetworkRule\"+\n\x0bNetworkRule\x12\x0c\n\x04\x63idr\x18\x01 \x01(\t\x12\x0e\n\x06\x65xcept\x18\x02 \x03(\t\"\x11\n\x0fUnauthenticated\"\xa6\x01\n\tHttpRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07matches\x18\x02 \x03(\x0b\x32\x18.tulle.api.v1.RouteMatch\x12\x33\n\x0e\x61uthorizations\x18\x03 \x03(\x0b\x32\x1b.tulle.api.v1.Authorization\x12+\n\nrate_limit\x18\x04 \x01(\x0b\x32\x17.tulle.api.v1.RateLimit*\xb0\x01\n\rDefaultPolicy\x12\x1e\n\x1a\x44\x45\x46\x41ULT_POLICY_UNSPECIFIED\x10\x00\x12&\n\"DEFAULT_POLICY_ALL_UNAUTHENTICATED\x10\x01\x12$\n DEFAULT_POLICY_ALL_AUTHENTICATED\x10\x02\x12\x17\n\x13\x44\x45\x46\x41ULT_POLICY_DENY\x10\x03\x12\x18\n\x14\x44\x45\x46\x41ULT_POLICY_AUDIT\x10\x04\x32U\n\x06Policy\x12K\n\x0cWatchInbound\x12\x1c.tulle.api.v1.InboundRequest\x1a\x1b.tulle.api.v1.InboundPolicy0\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x1ctulle/api/proto/policy.proto\x12\x0ctulle.api.v1\x1a!tulle/api/proto/destination.proto\"B\n\x0eInboundRequest\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x10\n\x08proxy_id\x18\x03 \x01(\t\"\xa6\x02\n\rInboundPolicy\x12\x10\n\x08workload\x18\x01 \x01(\t\x12\x0c\n\x04port\x18\x02 \x01(\r\x12\x0e\n\x06server\x18\x03 \x01(\t\x12\x10\n\x08protocol\x18\x04 \x01(\t\x12\x33\n\x0e\x64\x65\x66\x61ult_policy\x18\x05 \x01(\x0e\x32\x1b.tulle.api.v1.DefaultPolicy\x12\x33\n\x0e\x61uthorizations\x18\x06 \x03(\x0b\x32\x1b.tulle.api.v1.Authorization\x12\'\n\x06routes\x18\x07 \x03(\x0b\x32\x17.tulle.api.v1.HttpRoute\x12\x13\n\x0bprobe_paths\x18\x08 \x03(\t\x12+\n\nrate_limit\x18\t \x01(\x0b\x32\x17.tulle.api.v1.RateLimit\"\xbe\x01\n\tRateLimit\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\"\n\x05total\x18\x02 \x01(\x0b\x32\x13.tulle.api.v1.Limit\x12%\n\x08identity\x18\x03 \x01(\x0b\x32\x13.tulle.api.v1.Limit\x12.\n\toverrides\x18\x04 \x03(\x0b\x32\x1b.tulle.api.v1.LimitOverride\x12\x13\n\x0bipv4_prefix\x18\x05 \x01(\r\x12\x13\n\x0bipv6_prefix\x18\x06 \x01(\r\"3\n\x05Limit\x12\x1b\n\x13requests_per_second\x18\x01 \x01(\x01\x12\r\n\x05\x62urst\x18\x02 \x01(\r\"G\n\rLimitOverride\x12\"\n\x05limit\x18\x01 \x01(\x0b\x32\x13.tulle.api.v1.Limit\x12\x12\n\nidentities\x18\x02 \x03(\t\"M\n\rAuthorization\x12\x0c\n\x04name\x18\x01 \x01(\t\x12.\n\x08required\x18\x02 \x03(\x0b\x32\x1c.tulle.api.v1.Authentication\"\xd9\x01\n\x0e\x41uthentication\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x08mesh_tls\x18\x02 \x01(\x0b\x32\x15.tulle.api.v1.MeshTlsH\x00\x12*\n\x08networks\x18\x03 \x01(\x0b\x32\x16.tulle.api.v1.NetworksH\x00\x12\x38\n\x0funauthenticated\x18\x04 \x01(\x0b\x32\x1d.tulle.api.v1.UnauthenticatedH\x00\x12 \n\x03jwt\x18\x05 \x01(\x0b\x32\x11.tulle.api.v1.JwtH\x00\x42\x06\n\x04kind\"\xd3\x01\n\x03Jwt\x12\x0e\n\x06issuer\x18\x01 \x01(\t\x12\x11\n\taudiences\x18\x02 \x03(\t\x12\x13\n\tjwks_file\x18\x03 \x01(\tH\x00\x12\x12\n\x08jwks_url\x18\x04 \x01(\tH\x00\x12\x14\n\x0c\x63lock_skew_s\x18\x05 \x01(\x01\x12.\n\x06\x63laims\x18\x06 \x03(\x0b\x32\x1e.tulle.api.v1.ClaimRequirement\x12\x32\n\x0e\x66orward_claims\x18\x07 \x03(\x0b\x32\x1a.tulle.api.v1.ForwardClaimB\x06\n\x04jwks\"1\n\x10\x43laimRequirement\x12\r\n\x05\x63laim\x18\x01 \x01(\t\x12\x0e\n\x06values\x18\x02 \x03(\t\"-\n\x0c\x46orwardClaim\x12\r\n\x05\x63laim\x18\x01 \x01(\t\x12\x0e\n\x06header\x18\x02 \x01(\t\"\x1d\n\x07MeshTls\x12\x12\n\nidentities\x18\x01 \x03(\t\"4\n\x08Networks\x12(\n\x05rules\x18\x01 \x03(\x0b\x32\x19.tulle.api.v1.NetworkRule\"+\n\x0bNetworkRule\x12\x0c\n\x04\x63idr\x18\x01 \x01(\t\x12\x0e\n\x06\x65xcept\x18\x02 \x03(\t\"\x11\n\x0fUnauthenticated\"\xa6\x01\n\tHttpRoute\x12\x0c\n\x04name\x18\x01 \x01(\t\x12)\n\x07matches\x18\x02 \x03(\x0b\x32\x18.tulle.api.v1.RouteMatch\x12\x33\n\x0e\x61uthorizations\x18\x03 \x03(\x0b\x32\x1b.tulle.api.v1.Authorization\x12+\n\nrate_limit\x18\x04 \x01(\x0b\x32\x17.tulle.api.v1.RateLimit*\xb0\x01\n\rDefaultPolicy\x12\x1e\n\x1a\x44\x45\x46\x41ULT_POLICY_UNSPECIFIED\x10\x00\x12&\n\"DEFAULT_POLICY_ALL_UNAUTHENTICATED\x10\x01\x12$\n DEFAULT_POLICY_ALL_AUTHENTICATED\x10\x02\x12\x17\n\x13\x44\x45\x46\x41ULT_POLICY_DENY\x10\x03\x12\x18\n\x14\x44\x45\x46\x41ULT_POLICY_AUDIT\x10\x04\x32U\n\x06Policy\x12K\n\x0cWatchInbound\x12\x1c.tulle.api.v1.InboundRequest\x1a\x1b.tulle.api.v1.InboundPolicy0\x01\x62\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'tulle.api.proto.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DEFAULTPOLICY']._serialized_start=1349
-  _globals['_DEFAULTPOLICY']._serialized_end=1525
+  _globals['_DEFAULTPOLICY']._serialized_start=1695
+  _globals['_DEFAULTPOLICY']._serialized_end=1871
   _globals['_INBOUNDREQUEST']._serialized_start=81
   _globals['_INBOUNDREQUEST']._serialized_end=147
   _globals['_INBOUNDPOLICY']._serialized_start=150
@@ -47,17 +47,23 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_AUTHORIZATION']._serialized_start=765
   _globals['_AUTHORIZATION']._serialized_end=842
   _globals['_AUTHENTICATION']._serialized_start=845
-  _globals['_AUTHENTICATION']._serialized_end=1028
-  _globals['_MESHTLS']._serialized_start=1030
-  _globals['_MESHTLS']._serialized_end=1059
-  _globals['_NETWORKS']._serialized_start=1061
-  _globals['_NETWORKS']._serialized_end=1113
-  _globals['_NETWORKRULE']._serialized_start=1115
-  _globals['_NETWORKRULE']._serialized_end=1158
-  _globals['_UNAUTHENTICATED']._serialized_start=1160
-  _globals['_UNAUTHENTICATED']._serialized_end=1177
-  _globals['_HTTPROUTE']._serialized_start=1180
-  _globals['_HTTPROUTE']._serialized_end=1346
-  _globals['_POLICY']._serialized_start=1527
-  _globals['_POLICY']._serialized_end=1612
+  _globals['_AUTHENTICATION']._serialized_end=1062
+  _globals['_JWT']._serialized_start=1065
+  _globals['_JWT']._serialized_end=1276
+  _globals['_CLAIMREQUIREMENT']._serialized_start=1278
+  _globals['_CLAIMREQUIREMENT']._serialized_end=1327
+  _globals['_FORWARDCLAIM']._serialized_start=1329
+  _globals['_FORWARDCLAIM']._serialized_end=1374
+  _globals['_MESHTLS']._serialized_start=1376
+  _globals['_MESHTLS']._serialized_end=1405
+  _globals['_NETWORKS']._serialized_start=1407
+  _globals['_NETWORKS']._serialized_end=1459
+  _globals['_NETWORKRULE']._serialized_start=1461
+  _globals['_NETWORKRULE']._serialized_end=1504
+  _globals['_UNAUTHENTICATED']._serialized_start=1506
+  _globals['_UNAUTHENTICATED']._serialized_end=1523
+  _globals['_HTTPROUTE']._serialized_start=1526
+  _globals['_HTTPROUTE']._serialized_end=1692
+  _globals['_POLICY']._serialized_start=1873
+  _globals['_POLICY']._serialized_end=1958
 # @@protoc_insertion_point(module_scope)

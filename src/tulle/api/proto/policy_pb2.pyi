@@ -314,6 +314,7 @@ class Authentication(_message.Message):
     MESH_TLS_FIELD_NUMBER: _builtins.int
     NETWORKS_FIELD_NUMBER: _builtins.int
     UNAUTHENTICATED_FIELD_NUMBER: _builtins.int
+    JWT_FIELD_NUMBER: _builtins.int
     name: _builtins.str
     @_builtins.property
     def mesh_tls(self) -> Global___MeshTls: ...
@@ -323,6 +324,12 @@ class Authentication(_message.Message):
     def unauthenticated(self) -> Global___Unauthenticated:
         """Satisfied by every client."""
 
+    @_builtins.property
+    def jwt(self) -> Global___Jwt:
+        """Satisfied by a request carrying a valid end-user bearer token (HTTP only;
+        never by a connection).
+        """
+
     def __init__(
         self,
         *,
@@ -330,16 +337,116 @@ class Authentication(_message.Message):
         mesh_tls: Global___MeshTls | None = ...,
         networks: Global___Networks | None = ...,
         unauthenticated: Global___Unauthenticated | None = ...,
+        jwt: Global___Jwt | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "mesh_tls", b"mesh_tls", "networks", b"networks", "unauthenticated", b"unauthenticated"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["jwt", b"jwt", "kind", b"kind", "mesh_tls", b"mesh_tls", "networks", b"networks", "unauthenticated", b"unauthenticated"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["kind", b"kind", "mesh_tls", b"mesh_tls", "name", b"name", "networks", b"networks", "unauthenticated", b"unauthenticated"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["jwt", b"jwt", "kind", b"kind", "mesh_tls", b"mesh_tls", "name", b"name", "networks", b"networks", "unauthenticated", b"unauthenticated"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["mesh_tls", "networks", "unauthenticated"]  # noqa: Y015
+    _WhichOneofReturnType_kind: _TypeAlias = _typing.Literal["mesh_tls", "networks", "unauthenticated", "jwt"]  # noqa: Y015
     _WhichOneofArgType_kind: _TypeAlias = _typing.Literal["kind", b"kind"]  # noqa: Y015
     def WhichOneof(self, oneof_group: _WhichOneofArgType_kind) -> _WhichOneofReturnType_kind | None: ...
 
 Global___Authentication: _TypeAlias = Authentication  # noqa: Y015
+
+@_typing.final
+class Jwt(_message.Message):
+    """An end-user JWT (`Authorization: Bearer`): signed by a key of the JWKS with
+    an asymmetric algorithm, from `issuer`, unexpired.
+    """
+
+    DESCRIPTOR: _descriptor.Descriptor
+
+    ISSUER_FIELD_NUMBER: _builtins.int
+    AUDIENCES_FIELD_NUMBER: _builtins.int
+    JWKS_FILE_FIELD_NUMBER: _builtins.int
+    JWKS_URL_FIELD_NUMBER: _builtins.int
+    CLOCK_SKEW_S_FIELD_NUMBER: _builtins.int
+    CLAIMS_FIELD_NUMBER: _builtins.int
+    FORWARD_CLAIMS_FIELD_NUMBER: _builtins.int
+    issuer: _builtins.str
+    """The `iss` the token MUST carry."""
+    jwks_file: _builtins.str
+    jwks_url: _builtins.str
+    clock_skew_s: _builtins.float
+    """Allowed clock difference for `exp` and `nbf`, in seconds."""
+    @_builtins.property
+    def audiences(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]:
+        """The token's `aud` MUST hold one of these; empty: any audience."""
+
+    @_builtins.property
+    def claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___ClaimRequirement]:
+        """Claims the token MUST carry, each with one of its values."""
+
+    @_builtins.property
+    def forward_claims(self) -> _containers.RepeatedCompositeFieldContainer[Global___ForwardClaim]:
+        """Claims sent to the app as request headers; every caller copy is dropped."""
+
+    def __init__(
+        self,
+        *,
+        issuer: _builtins.str = ...,
+        audiences: _abc.Iterable[_builtins.str] | None = ...,
+        jwks_file: _builtins.str = ...,
+        jwks_url: _builtins.str = ...,
+        clock_skew_s: _builtins.float = ...,
+        claims: _abc.Iterable[Global___ClaimRequirement] | None = ...,
+        forward_claims: _abc.Iterable[Global___ForwardClaim] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _typing.Literal["jwks", b"jwks", "jwks_file", b"jwks_file", "jwks_url", b"jwks_url"]  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["audiences", b"audiences", "claims", b"claims", "clock_skew_s", b"clock_skew_s", "forward_claims", b"forward_claims", "issuer", b"issuer", "jwks", b"jwks", "jwks_file", b"jwks_file", "jwks_url", b"jwks_url"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    _WhichOneofReturnType_jwks: _TypeAlias = _typing.Literal["jwks_file", "jwks_url"]  # noqa: Y015
+    _WhichOneofArgType_jwks: _TypeAlias = _typing.Literal["jwks", b"jwks"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType_jwks) -> _WhichOneofReturnType_jwks | None: ...
+
+Global___Jwt: _TypeAlias = Jwt  # noqa: Y015
+
+@_typing.final
+class ClaimRequirement(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIM_FIELD_NUMBER: _builtins.int
+    VALUES_FIELD_NUMBER: _builtins.int
+    claim: _builtins.str
+    @_builtins.property
+    def values(self) -> _containers.RepeatedScalarFieldContainer[_builtins.str]: ...
+    def __init__(
+        self,
+        *,
+        claim: _builtins.str = ...,
+        values: _abc.Iterable[_builtins.str] | None = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "values", b"values"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ClaimRequirement: _TypeAlias = ClaimRequirement  # noqa: Y015
+
+@_typing.final
+class ForwardClaim(_message.Message):
+    DESCRIPTOR: _descriptor.Descriptor
+
+    CLAIM_FIELD_NUMBER: _builtins.int
+    HEADER_FIELD_NUMBER: _builtins.int
+    claim: _builtins.str
+    header: _builtins.str
+    def __init__(
+        self,
+        *,
+        claim: _builtins.str = ...,
+        header: _builtins.str = ...,
+    ) -> None: ...
+    _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+    def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["claim", b"claim", "header", b"header"]  # noqa: Y015
+    def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+    def WhichOneof(self, oneof_group: _Never) -> None: ...
+
+Global___ForwardClaim: _TypeAlias = ForwardClaim  # noqa: Y015
 
 @_typing.final
 class MeshTls(_message.Message):

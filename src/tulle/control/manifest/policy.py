@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import ipaddress
+import re
 from collections.abc import Mapping
 
-from yaml.nodes import MappingNode, Node
+from yaml.nodes import MappingNode, Node, SequenceNode
 
 from tulle.control.manifest import traffic
 from tulle.control.manifest.matches import MatchReader
@@ -13,14 +14,34 @@ from tulle.control.manifest.model import ServiceSpec
 from tulle.control.manifest.reader import _SPIFFE_RE
 from tulle.core.discovery import RouteMatch
 from tulle.core.policy import (
+    DEFAULT_CLOCK_SKEW_S,
     MODES,
     Authentication,
     AuthorizationPolicySpec,
     HttpRouteSpec,
+    JwtSpec,
     NetworkRule,
     PolicySpec,
     ServerSpec,
     WorkloadPolicySpec,
+)
+
+_HEADER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
+# Headers a claim may not be forwarded in: the proxy's own, and HTTP's.
+_RESERVED_HEADERS = frozenset(
+    {
+        "tulle-client-id",
+        "authorization",
+        "host",
+        "content-length",
+        "content-type",
+        "transfer-encoding",
+        "connection",
+        "te",
+        "upgrade",
+        "traceparent",
+        "tracestate",
+    }
 )
 
 
@@ -196,18 +217,21 @@ class PolicyReader(MatchReader):
 
     def authentication(self, node: Node, path: str) -> Authentication | None:
         fields = self.mapping(
-            node, path, ("name", "identities", "networks", "unauthenticated"), required=("name",)
+            node,
+            path,
+            ("name", "identities", "networks", "unauthenticated", "jwt"),
+            required=("name",),
         )
         if fields is None or "name" not in fields:
             return None
         before = len(self.problems)
         name = self.name(fields["name"], f"{path}.name")
-        kinds = [k for k in ("identities", "networks", "unauthenticated") if k in fields]
+        kinds = [k for k in ("identities", "networks", "unauthenticated", "jwt") if k in fields]
         if len(kinds) != 1:
             self.problem(
                 node,
                 path,
-                "give exactly one of identities, networks or unauthenticated: true"
+                "give exactly one of identities, networks, jwt or unauthenticated: true"
                 + (f" (got {', '.join(kinds)})" if kinds else ""),
             )
             return None
@@ -237,6 +261,7 @@ class PolicyReader(MatchReader):
                     f"{path}.unauthenticated",
                     "only `unauthenticated: true` means something; drop the authentication",
                 )
+        jwt = self.jwt_spec(fields["jwt"], f"{path}.jwt") if "jwt" in fields else None
         if name is None or len(self.problems) > before:
             return None
         return Authentication(
@@ -244,6 +269,85 @@ class PolicyReader(MatchReader):
             identities=tuple(identities),
             networks=tuple(networks),
             unauthenticated="unauthenticated" in fields,
+            jwt=jwt,
+        )
+
+    def jwt_spec(self, node: Node, path: str) -> JwtSpec | None:
+        """An end-user JWT authentication (docs/policy.md, "End-user tokens")."""
+        fields = self.mapping(
+            node,
+            path,
+            ("issuer", "audiences", "jwksFile", "jwksUrl", "clockSkew", "claims", "forwardClaims"),
+            required=("issuer",),
+        )
+        if fields is None or "issuer" not in fields:
+            return None
+        issuer = self.string(fields["issuer"], f"{path}.issuer") or ""
+        audiences: list[str] = []
+        if "audiences" in fields:
+            for index, item in enumerate(
+                self.sequence(fields["audiences"], f"{path}.audiences") or []
+            ):
+                audience = self.string(item, f"{path}.audiences[{index}]")
+                if audience is not None:
+                    audiences.append(audience)
+        sources = [k for k in ("jwksFile", "jwksUrl") if k in fields]
+        jwks_file = jwks_url = ""
+        if len(sources) != 1:
+            self.problem(node, path, "give exactly one of jwksFile or jwksUrl")
+        elif "jwksFile" in fields:
+            jwks_file = self.string(fields["jwksFile"], f"{path}.jwksFile") or ""
+            if jwks_file and not jwks_file.startswith("/"):
+                self.problem(fields["jwksFile"], f"{path}.jwksFile", "must be an absolute path")
+        else:
+            jwks_url = self.string(fields["jwksUrl"], f"{path}.jwksUrl") or ""
+            if jwks_url and not jwks_url.startswith(("http://", "https://")):
+                self.problem(fields["jwksUrl"], f"{path}.jwksUrl", "must be an http(s) URL")
+        skew = DEFAULT_CLOCK_SKEW_S
+        if "clockSkew" in fields:
+            parsed = self.duration(fields["clockSkew"], f"{path}.clockSkew")
+            if parsed is not None and parsed > 600:
+                self.problem(fields["clockSkew"], f"{path}.clockSkew", "at most 10m")
+            elif parsed is not None:
+                skew = parsed
+        claims: list[tuple[str, tuple[str, ...]]] = []
+        if "claims" in fields:
+            claims_node = fields["claims"]
+            if not isinstance(claims_node, MappingNode):
+                self.problem(claims_node, f"{path}.claims", "expected a mapping of claim: values")
+            else:
+                for key_node, value_node in claims_node.value:
+                    claim = self.string(key_node, f"{path}.claims")
+                    where = f"{path}.claims.{claim}"
+                    if isinstance(value_node, SequenceNode):
+                        values = [self.string(v, where) for v in value_node.value]
+                    else:
+                        values = [self.string(value_node, where)]
+                    kept = tuple(v for v in values if v is not None)
+                    if claim is not None and kept:
+                        claims.append((claim, kept))
+        forward: list[tuple[str, str]] = []
+        if "forwardClaims" in fields:
+            mapping = self.string_map(fields["forwardClaims"], f"{path}.forwardClaims") or {}
+            for claim, header in mapping.items():
+                lower = header.lower()
+                if not _HEADER_NAME_RE.fullmatch(lower) or lower in _RESERVED_HEADERS:
+                    self.problem(
+                        fields["forwardClaims"],
+                        f"{path}.forwardClaims.{claim}",
+                        f"{header!r} cannot carry a claim (a plain header name, not one the "
+                        "proxy or HTTP owns)",
+                    )
+                else:
+                    forward.append((claim, lower))
+        return JwtSpec(
+            issuer=issuer,
+            audiences=tuple(audiences),
+            jwks_file=jwks_file,
+            jwks_url=jwks_url,
+            clock_skew_s=skew,
+            claims=tuple(claims),
+            forward_claims=tuple(forward),
         )
 
     def identity_pattern(self, node: Node, path: str) -> str | None:

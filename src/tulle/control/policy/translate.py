@@ -31,7 +31,22 @@ MODE_TO_WIRE: dict[str, pb.DefaultPolicy.ValueType] = {
 
 def authentication_message(authentication: Authentication) -> pb.Authentication:
     message = pb.Authentication(name=authentication.name)
-    if authentication.identities:
+    jwt = authentication.jwt
+    if jwt is not None:
+        message.jwt.issuer = jwt.issuer
+        message.jwt.audiences.extend(jwt.audiences)
+        if jwt.jwks_url:
+            message.jwt.jwks_url = jwt.jwks_url
+        else:
+            message.jwt.jwks_file = jwt.jwks_file
+        message.jwt.clock_skew_s = jwt.clock_skew_s
+        message.jwt.claims.extend(
+            pb.ClaimRequirement(claim=name, values=list(values)) for name, values in jwt.claims
+        )
+        message.jwt.forward_claims.extend(
+            pb.ForwardClaim(claim=claim, header=header) for claim, header in jwt.forward_claims
+        )
+    elif authentication.identities:
         message.mesh_tls.identities.extend(authentication.identities)
     elif authentication.networks:
         message.networks.rules.extend(

@@ -134,6 +134,11 @@ class H2ClientConnection(H2Peer):
             headers = [h for h in headers if h[0] != routed.drop_header]
         if routed.traceparent is not None:
             headers = with_traceparent(headers, routed.traceparent)
+        claims = routed.claim_headers
+        if claims is not None:
+            strip = claims[0]
+            headers = [h for h in headers if h[0] not in strip]
+            headers.extend(claims[1])
         end = stream.request.end and not stream.request.chunks and stream.request.trailers is None
         try:
             stream_id = self.h2.send_request(headers, end)

@@ -102,6 +102,9 @@ class Routed:
     traceparent: bytes | None = None
     # A request header not forwarded (a per-request override's, once read).
     drop_header: bytes | None = None
+    # Inbound JWT: request headers (and trailers) dropped, then headers added
+    # (verified claims). None: unchanged.
+    claim_headers: tuple[tuple[bytes, ...], tuple[tuple[bytes, bytes], ...]] | None = None
 
 
 @dataclass(frozen=True, slots=True)
