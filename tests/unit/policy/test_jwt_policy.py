@@ -159,3 +159,13 @@ def test_the_proxy_checks_a_token_against_a_jwks_file(tmp_path: Path) -> None:
         (("result", "invalid"),): 1,
         (("result", "missing"),): 1,
     }
+
+
+def test_the_documented_jwt_example_is_valid() -> None:
+    doc = (Path(__file__).resolve().parents[3] / "docs" / "policy.md").read_text()
+    section = doc.split("## End-user tokens (JWT)", 1)[1]
+    example = section.split("```yaml\n", 1)[1].split("```", 1)[0]
+    spec = parse_manifest("services: [{name: books, port: 8080}]\n" + example).authorization
+    policy = spec.compile("books", 8080)
+    assert [s.jwks_url for _, s in policy.jwt_checks] == ["http://login.default:8080/jwks"]
+    assert policy.jwt_headers == (b"x-user", b"x-user-email")

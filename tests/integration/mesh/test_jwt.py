@@ -1,0 +1,211 @@
+"""End-user JWT authentication through real processes: control plane, `tulle proxy`, real apps.
+
+Two workloads behind their own inbound proxies (docs/policy.md, "End-user
+tokens"): `books` (HTTP/1, keys from a JWKS file, `sub` forwarded to the app
+as `x-user`) and `echo` (gRPC, keys from a JWKS URL served by another
+process). Tokens are signed here with joserfc; the proxies only ever see the
+public keys.
+"""
+
+from __future__ import annotations
+
+import http.client
+import json
+import re
+import sys
+import time
+from pathlib import Path
+
+import grpc
+import pytest
+from joserfc import jwt as jose_jwt
+from joserfc.jwk import RSAKey
+from meshkit import start_control, wait_until
+from support.mesh import Backend, Proxy, start_proxy
+from support.ports import LOOPBACK
+from support.process import ProcessGroup
+
+HTTP2_TESTS = Path(__file__).resolve().parents[1] / "http2"
+sys.path.insert(0, str(HTTP2_TESTS))
+
+from grpc_service import echo_pb2, echo_pb2_grpc  # noqa: E402
+from h2support import Server, start_grpc_server  # noqa: E402
+
+pytestmark = pytest.mark.integration
+
+ISSUER = "https://issuer.test"
+KEY = RSAKey.generate_key(2048, parameters={"kid": "k1"}, private=True)
+STRANGER = RSAKey.generate_key(2048, parameters={"kid": "k1"}, private=True)
+
+
+def _manifest(app: int, echo: int, jwks_file: Path, jwks_url: str) -> str:
+    return f"""\
+services:
+  - name: books
+    endpoints: [{LOOPBACK}:{app}]
+  - name: echo
+    protocol: grpc
+    endpoints: [{LOOPBACK}:{echo}]
+policy:
+  servers:
+    - {{name: books-http, workload: books, port: {app}}}
+    - {{name: echo-grpc, workload: echo, port: {echo}, protocol: grpc}}
+  authentications:
+    - name: readers
+      jwt:
+        issuer: {ISSUER}
+        audiences: [books]
+        jwksFile: {jwks_file}
+        clockSkew: 5s
+        forwardClaims: {{sub: x-user}}
+    - name: echo-users
+      jwt:
+        issuer: {ISSUER}
+        audiences: [echo]
+        jwksUrl: {jwks_url}
+    - {{name: anyone, unauthenticated: true}}
+  httpRoutes:
+    - name: open
+      server: books-http
+      matches: [{{headers: [{{name: x-open, value: "yes"}}]}}]
+  authorizationPolicies:
+    - {{name: open-to-all, target: {{httpRoute: open}}, requiredAuthentications: [anyone]}}
+    - {{name: books-readers, target: {{server: books-http}}, requiredAuthentications: [readers]}}
+    - {{name: echo-users, target: {{server: echo-grpc}}, requiredAuthentications: [echo-users]}}
+"""
+
+
+def token(audience: str = "books", key: RSAKey = KEY, **claims: object) -> str:
+    payload: dict[str, object] = {
+        "iss": ISSUER,
+        "aud": audience,
+        "sub": "alice",
+        "exp": int(time.time()) + 300,
+    }
+    payload.update(claims)
+    return jose_jwt.encode({"alg": "RS256", "kid": "k1"}, payload, key)
+
+
+class World:
+    def __init__(self, books: Proxy, echo: Proxy) -> None:
+        self.books = books
+        self.echo = echo
+
+
+@pytest.fixture(scope="module")
+def world(
+    module_processes: ProcessGroup,
+    http_backend: Backend,
+    tmp_path_factory: pytest.TempPathFactory,
+) -> World:
+    directory = tmp_path_factory.mktemp("jwt")
+    jwks = directory / "jwks.json"
+    jwks.write_text(json.dumps({"keys": [KEY.as_dict(private=False)]}))
+    # The JWKS URL: served by its own process, as an identity provider would be.
+    keys_server = module_processes.start(
+        "jwks-server",
+        [sys.executable, "-u", "-m", "http.server", "0", "--bind", LOOPBACK, "--directory",
+         str(directory)],
+    )  # fmt: skip
+    port = int(keys_server.wait_for_match(re.compile(r"port (\d+)"), "serving line").group(1))
+    echo_app: Server = start_grpc_server(module_processes, "echo-app")
+    path = directory / "mesh.yaml"
+    path.write_text(
+        _manifest(http_backend.port, echo_app.port, jwks, f"http://{LOOPBACK}:{port}/jwks.json")
+    )
+    control = start_control(module_processes, path)
+    ctl = ["--control-addr", control.grpc_addr]
+
+    def inbound(workload: str, app: str) -> Proxy:
+        return start_proxy(
+            module_processes, app_addr=app, extra=[*ctl, "--workload", workload], name=workload
+        )
+
+    return World(inbound("books", http_backend.addr), inbound("echo", echo_app.addr))
+
+
+def _get(
+    proxy: Proxy, headers: dict[str, str]
+) -> tuple[int, dict[str, str], list[tuple[str, str]]]:
+    conn = http.client.HTTPConnection(*proxy.inbound, timeout=10)
+    try:
+        conn.request("GET", "/headers", headers={"host": "books", **headers})
+        response = conn.getresponse()
+        body = response.read()
+        seen: list[tuple[str, str]] = []
+        if response.status == 200:
+            seen = [(n.lower(), v) for n, v in json.loads(body)["headers"]]
+        return response.status, {k.lower(): v for k, v in response.getheaders()}, seen
+    finally:
+        conn.close()
+
+
+def test_a_valid_token_passes_and_the_app_sees_the_claim_not_the_forgery(world: World) -> None:
+    status, _, seen = _get(
+        world.books,
+        {"authorization": f"Bearer {token()}", "x-user": "root", "X-USER": "admin"},
+    )
+    assert status == 200
+    assert [v for n, v in seen if n == "x-user"] == ["alice"]
+
+
+def test_a_forged_claim_header_is_dropped_even_without_a_token(world: World) -> None:
+    status, _, seen = _get(world.books, {"x-open": "yes", "x-user": "root"})
+    assert status == 200
+    assert [v for n, v in seen if n == "x-user"] == []
+
+
+@pytest.mark.parametrize(
+    ("make", "description"),
+    [
+        (lambda: token(exp=int(time.time()) - 60), "token expired"),
+        (lambda: token(key=STRANGER), "bad signature"),
+        (lambda: token(audience="other"), "wrong audience"),
+        (lambda: token(iss="https://evil.test"), "wrong issuer"),
+        (lambda: "not-a-token", "malformed token"),
+    ],
+)
+def test_invalid_tokens_get_401_invalid_token(world: World, make: object, description: str) -> None:
+    status, headers, _ = _get(world.books, {"authorization": f"Bearer {make()}"})  # type: ignore[operator]
+    assert status == 401
+    assert headers["www-authenticate"] == (
+        f'Bearer realm="tulle", error="invalid_token", error_description="{description}"'
+    )
+    assert headers["tulle-proxy-error"] == "unauthenticated"
+
+
+def test_a_missing_token_gets_401_with_a_bare_challenge(world: World) -> None:
+    status, headers, _ = _get(world.books, {})
+    assert status == 401
+    assert headers["www-authenticate"] == 'Bearer realm="tulle"'
+    metrics = world.books.metrics()
+    assert metrics.total("inbound_jwt_total", result="missing") >= 1
+    assert metrics.total("inbound_jwt_total", result="valid") >= 1
+    assert metrics.total("inbound_jwt_total", result="invalid") >= 5
+
+
+def test_grpc_tokens_from_a_jwks_url(world: World) -> None:
+    channel = grpc.insecure_channel(
+        f"{LOOPBACK}:{world.echo.inbound_port}",
+        options=[("grpc.default_authority", "echo"), ("grpc.enable_retries", 0)],
+    )
+    with channel:
+        stub = echo_pb2_grpc.EchoStub(channel)
+
+        def call(metadata: tuple[tuple[str, str], ...]) -> grpc.StatusCode:
+            try:
+                stub.Unary(echo_pb2.EchoRequest(payload=b"x"), timeout=10, metadata=metadata)
+            except grpc.RpcError as exc:
+                return exc.code()  # type: ignore[no-any-return]
+            return grpc.StatusCode.OK
+
+        good = (("authorization", f"Bearer {token('echo')}"),)
+        # The keys come from the URL off the request path: until then, 401s, never a hang.
+        wait_until(lambda: call(good) == grpc.StatusCode.OK, 20, "the JWKS URL to be fetched")
+        assert call(()) == grpc.StatusCode.UNAUTHENTICATED
+        expired = (("authorization", f"Bearer {token('echo', exp=int(time.time()) - 60)}"),)
+        assert call(expired) == grpc.StatusCode.UNAUTHENTICATED
+        # A token for another audience is no token for this one.
+        assert call((("authorization", f"Bearer {token('books')}"),)) == (
+            grpc.StatusCode.UNAUTHENTICATED
+        )
