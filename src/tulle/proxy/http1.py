@@ -332,6 +332,7 @@ class Exchange(RequestPlan):
         self.admitted = False
         self.authority = ""
         self.endpoint_label = ""
+        self.claim_headers = None
         self.server = server
         self.head = head
         self.status = _ROUTING
