@@ -1,6 +1,6 @@
 """End-user JWT authentication through real processes: control plane, `tulle proxy`, real apps.
 
-Two workloads behind their own inbound proxies (docs/policy.md, "End-user
+Three workloads behind their own inbound proxies (docs/policy.md, "End-user
 tokens"): `books` (HTTP/1, keys from a JWKS file, `sub` forwarded to the app
 as `x-user`) and `echo` (gRPC, keys from a JWKS URL served by another
 process). Tokens are signed here with joserfc; the proxies only ever see the
@@ -38,7 +38,10 @@ KEY = RSAKey.generate_key(2048, parameters={"kid": "k1"}, private=True)
 STRANGER = RSAKey.generate_key(2048, parameters={"kid": "k1"}, private=True)
 
 
-def _manifest(app: int, echo: int, jwks_file: Path, jwks_url: str) -> str:
+WHOAMI = Path(__file__).with_name("whoami_app.py")
+
+
+def _manifest(app: int, echo: int, whoami: int, jwks_file: Path, jwks_url: str) -> str:
     return f"""\
 services:
   - name: books
@@ -46,10 +49,14 @@ services:
   - name: echo
     protocol: grpc
     endpoints: [{LOOPBACK}:{echo}]
+  - name: whoami
+    protocol: grpc
+    endpoints: [{LOOPBACK}:{whoami}]
 policy:
   servers:
     - {{name: books-http, workload: books, port: {app}}}
     - {{name: echo-grpc, workload: echo, port: {echo}, protocol: grpc}}
+    - {{name: whoami-grpc, workload: whoami, port: {whoami}, protocol: grpc}}
   authentications:
     - name: readers
       jwt:
@@ -72,6 +79,7 @@ policy:
     - {{name: open-to-all, target: {{httpRoute: open}}, requiredAuthentications: [anyone]}}
     - {{name: books-readers, target: {{server: books-http}}, requiredAuthentications: [readers]}}
     - {{name: echo-users, target: {{server: echo-grpc}}, requiredAuthentications: [echo-users]}}
+    - {{name: whoami-readers, target: {{server: whoami-grpc}}, requiredAuthentications: [readers]}}
 """
 
 
@@ -87,9 +95,10 @@ def token(audience: str = "books", key: RSAKey = KEY, **claims: object) -> str:
 
 
 class World:
-    def __init__(self, books: Proxy, echo: Proxy) -> None:
+    def __init__(self, books: Proxy, echo: Proxy, whoami: Proxy) -> None:
         self.books = books
         self.echo = echo
+        self.whoami = whoami
 
 
 @pytest.fixture(scope="module")
@@ -109,10 +118,11 @@ def world(
     )  # fmt: skip
     port = int(keys_server.wait_for_match(re.compile(r"port (\d+)"), "serving line").group(1))
     echo_app: Server = start_grpc_server(module_processes, "echo-app")
+    whoami = module_processes.start("whoami", [sys.executable, str(WHOAMI)])
+    whoami_port = int(whoami.wait_for_match(re.compile(r"listening (\d+)"), "listening").group(1))
     path = directory / "mesh.yaml"
-    path.write_text(
-        _manifest(http_backend.port, echo_app.port, jwks, f"http://{LOOPBACK}:{port}/jwks.json")
-    )
+    url = f"http://{LOOPBACK}:{port}/jwks.json"
+    path.write_text(_manifest(http_backend.port, echo_app.port, whoami_port, jwks, url))
     control = start_control(module_processes, path)
     ctl = ["--control-addr", control.grpc_addr]
 
@@ -121,7 +131,11 @@ def world(
             module_processes, app_addr=app, extra=[*ctl, "--workload", workload], name=workload
         )
 
-    return World(inbound("books", http_backend.addr), inbound("echo", echo_app.addr))
+    return World(
+        inbound("books", http_backend.addr),
+        inbound("echo", echo_app.addr),
+        inbound("whoami", f"{LOOPBACK}:{whoami_port}"),
+    )
 
 
 def _get(
@@ -209,3 +223,24 @@ def test_grpc_tokens_from_a_jwks_url(world: World) -> None:
         assert call((("authorization", f"Bearer {token('books')}"),)) == (
             grpc.StatusCode.UNAUTHENTICATED
         )
+
+
+def test_grpc_claim_headers_replace_the_callers(world: World) -> None:
+    channel = grpc.insecure_channel(
+        f"{LOOPBACK}:{world.whoami.inbound_port}",
+        options=[("grpc.default_authority", "whoami"), ("grpc.enable_retries", 0)],
+    )
+    with channel:
+        who = channel.unary_unary(
+            "/whoami.Who/Ask", request_serializer=lambda b: b, response_deserializer=lambda b: b
+        )
+        reply = who(
+            b"",
+            timeout=10,
+            metadata=(("authorization", f"Bearer {token()}"), ("x-user", "root")),
+        )
+        seen = json.loads(reply)
+        assert [v for n, v in seen["headers"] if n == "x-user"] == ["alice"]
+        with pytest.raises(grpc.RpcError) as refused:
+            who(b"", timeout=10, metadata=(("x-user", "alice"),))
+        assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED

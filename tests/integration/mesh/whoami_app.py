@@ -5,7 +5,7 @@
 Every request, whatever its path, is answered 200 with a JSON document:
 `path` (the request target or `:path` exactly as received), `client_ids`
 (every `tulle-client-id` header value, any case) and `trailer_client_ids`
-(the same, from the request's trailers). HTTP/1.1 (keep-alive, chunked with
+(the same, from the request's trailers), `headers` (every field). HTTP/1.1 (keep-alive, chunked with
 trailers) and prior-knowledge HTTP/2 share the port; an HTTP/2 request with a
 gRPC content type gets the document as one gRPC message and `grpc-status: 0`.
 """
@@ -36,6 +36,8 @@ def report(path: bytes, headers: Fields, trailers: Fields) -> bytes:
         "path": path.decode("latin-1"),
         "client_ids": [v.decode("latin-1") for n, v in headers if n.lower() == NAME],
         "trailer_client_ids": [v.decode("latin-1") for n, v in trailers if n.lower() == NAME],
+        # Every field as received (names lower-cased), for header-forwarding tests.
+        "headers": [[n.decode("latin-1").lower(), v.decode("latin-1")] for n, v in headers],
     }
     return json.dumps(document).encode()
 
