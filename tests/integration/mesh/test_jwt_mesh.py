@@ -2,9 +2,10 @@
 
 Three workloads behind their own inbound proxies (docs/policy.md, "End-user
 tokens"): `books` (HTTP/1, keys from a JWKS file, `sub` forwarded to the app
-as `x-user`) and `echo` (gRPC, keys from a JWKS URL served by another
-process). Tokens are signed here with joserfc; the proxies only ever see the
-public keys.
+as `x-user`), `echo` (gRPC, keys from a JWKS URL served by another process)
+and `whoami` (gRPC, the keys file again; its app reports every header it got,
+so the claim forwarded over HTTP/2 is seen). Tokens are signed here with
+joserfc; the proxies only ever see the public keys.
 """
 
 from __future__ import annotations
