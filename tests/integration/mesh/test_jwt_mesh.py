@@ -96,7 +96,8 @@ def token(audience: str = "books", key: RSAKey = KEY, **claims: object) -> str:
 
 
 class World:
-    def __init__(self, books: Proxy, echo: Proxy, whoami: Proxy) -> None:
+    def __init__(self, books: Proxy, echo: Proxy, whoami: Proxy, jwks: Path) -> None:
+        self.jwks = jwks
         self.books = books
         self.echo = echo
         self.whoami = whoami
@@ -136,6 +137,7 @@ def world(
         inbound("books", http_backend.addr),
         inbound("echo", echo_app.addr),
         inbound("whoami", f"{LOOPBACK}:{whoami_port}"),
+        jwks,
     )
 
 
@@ -245,3 +247,23 @@ def test_grpc_claim_headers_replace_the_callers(world: World) -> None:
         with pytest.raises(grpc.RpcError) as refused:
             who(b"", timeout=10, metadata=(("x-user", "alice"),))
         assert refused.value.code() == grpc.StatusCode.UNAUTHENTICATED
+
+
+def test_a_rotated_jwks_file_is_read_again(world: World) -> None:
+    rotated = RSAKey.generate_key(2048, parameters={"kid": "k2"}, private=True)
+    payload = {"iss": ISSUER, "aud": "books", "sub": "bob", "exp": int(time.time()) + 300}
+    new_token = jose_jwt.encode({"alg": "RS256", "kid": "k2"}, payload, rotated)
+    assert _get(world.books, {"authorization": f"Bearer {new_token}"})[0] == 401
+    keys = [KEY.as_dict(private=False), rotated.as_dict(private=False)]
+    temporary = world.jwks.with_suffix(".new")
+    temporary.write_text(json.dumps({"keys": keys}))
+    temporary.replace(world.jwks)  # atomically, as a key-rotation job would
+    wait_until(
+        lambda: _get(world.books, {"authorization": f"Bearer {new_token}"})[0] == 200,
+        10,
+        "the rotated key to be read",
+    )
+    status, _, seen = _get(world.books, {"authorization": f"Bearer {new_token}"})
+    assert status == 200 and [v for n, v in seen if n == "x-user"] == ["bob"]
+    # The old key is still in the set: its tokens keep passing.
+    assert _get(world.books, {"authorization": f"Bearer {token()}"})[0] == 200
