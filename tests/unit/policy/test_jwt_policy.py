@@ -169,3 +169,38 @@ def test_the_documented_jwt_example_is_valid() -> None:
     policy = spec.compile("books", 8080)
     assert [s.jwks_url for _, s in policy.jwt_checks] == ["http://login.default:8080/jwks"]
     assert policy.jwt_headers == (b"x-user", b"x-user-email")
+
+
+def test_a_jwks_url_keeps_its_last_good_keys_when_a_fetch_fails() -> None:
+    import httpx
+
+    from tulle.proxy.jwt import JwksSource
+
+    answers = [
+        httpx.Response(503),
+        httpx.Response(200, content=json.dumps({"keys": [KEY.as_dict(private=False)]}).encode()),
+        httpx.Response(200, content=b"not json"),
+        httpx.Response(500),
+    ]
+    seen: list[str] = []
+
+    def answer(request: httpx.Request) -> httpx.Response:
+        seen.append(str(request.url))
+        return answers.pop(0)
+
+    async def run() -> None:
+        source = JwksSource("http://login.test/jwks")
+        assert source.is_url and source.keys is None
+        async with httpx.AsyncClient(transport=httpx.MockTransport(answer)) as client:
+            assert not await source._fetch(client)
+            assert source.keys is None
+            assert await source._fetch(client)
+            loaded = source.keys
+            assert loaded is not None
+            assert not await source._fetch(client)
+            assert not await source._fetch(client)
+            assert source.keys is loaded
+        assert (source.loads, source.failures) == (1, 3)
+
+    asyncio.run(run())
+    assert seen == ["http://login.test/jwks"] * 4
