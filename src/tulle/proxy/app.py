@@ -698,6 +698,7 @@ class Worker:
         if self.inbound.authz is not None:
             for policy_watcher in self.inbound.authz.watchers():
                 await policy_watcher.close()
+            await self.inbound.authz.close()
         await self.resolver.close()
         if self.access_log is not None:
             self.access_log.close()

@@ -96,6 +96,11 @@ class InboundAuthz:
         if policy.jwt_checks:
             self.jwt.prepare(policy)
 
+    async def close(self) -> None:
+        """Stop the JWKS tasks (the watchers are the caller's to close)."""
+        if self._jwt is not None:
+            await self._jwt.close()
+
     def watchers(self) -> list[PolicyWatcher]:
         return list(self._ports.values())
 
