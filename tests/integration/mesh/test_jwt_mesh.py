@@ -10,6 +10,7 @@ joserfc; the proxies only ever see the public keys.
 
 from __future__ import annotations
 
+import base64
 import http.client
 import json
 import re
@@ -20,7 +21,7 @@ from pathlib import Path
 import grpc
 import pytest
 from joserfc import jwt as jose_jwt
-from joserfc.jwk import RSAKey
+from joserfc.jwk import ECKey, RSAKey
 from meshkit import start_control, wait_until
 from support.mesh import Backend, Proxy, start_proxy
 from support.ports import LOOPBACK
@@ -37,6 +38,7 @@ pytestmark = pytest.mark.integration
 ISSUER = "https://issuer.test"
 KEY = RSAKey.generate_key(2048, parameters={"kid": "k1"}, private=True)
 STRANGER = RSAKey.generate_key(2048, parameters={"kid": "k1"}, private=True)
+EC_KEY = ECKey.generate_key("P-256", parameters={"kid": "e1"}, private=True)
 
 
 WHOAMI = Path(__file__).with_name("whoami_app.py")
@@ -111,7 +113,9 @@ def world(
 ) -> World:
     directory = tmp_path_factory.mktemp("jwt")
     jwks = directory / "jwks.json"
-    jwks.write_text(json.dumps({"keys": [KEY.as_dict(private=False)]}))
+    jwks.write_text(
+        json.dumps({"keys": [KEY.as_dict(private=False), EC_KEY.as_dict(private=False)]})
+    )
     # The JWKS URL: served by its own process, as an identity provider would be.
     keys_server = module_processes.start(
         "jwks-server",
@@ -164,6 +168,22 @@ def test_a_valid_token_passes_and_the_app_sees_the_claim_not_the_forgery(world: 
     )
     assert status == 200
     assert [v for n, v in seen if n == "x-user"] == ["alice"]
+
+
+def test_an_es256_token_passes_and_alg_none_does_not(world: World) -> None:
+    payload = {"iss": ISSUER, "aud": "books", "sub": "erin", "exp": int(time.time()) + 300}
+    es256 = jose_jwt.encode({"alg": "ES256", "kid": "e1"}, payload, EC_KEY)
+    status, _, seen = _get(world.books, {"authorization": f"Bearer {es256}"})
+    assert status == 200
+    assert [v for n, v in seen if n == "x-user"] == ["erin"]
+    # The same claims unsigned ("alg": "none"): refused, whatever the key set holds.
+    unsigned = ".".join(
+        base64.urlsafe_b64encode(json.dumps(part).encode()).rstrip(b"=").decode()
+        for part in ({"alg": "none", "kid": "e1"}, payload)
+    )
+    status, headers, _ = _get(world.books, {"authorization": f"Bearer {unsigned}."})
+    assert status == 401
+    assert headers["www-authenticate"].startswith('Bearer realm="tulle", error="invalid_token"')
 
 
 def test_a_forged_claim_header_is_dropped_even_without_a_token(world: World) -> None:
