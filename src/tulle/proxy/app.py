@@ -24,7 +24,6 @@ from collections.abc import Callable, Coroutine
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from tulle.codec.detect import Kind, detect
-from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.accesslog import FIELDS
 from tulle.core.discovery import Address, Endpoint, Resolver, StaticResolver
 from tulle.core.outcome import FAILURE, SUCCESS
@@ -42,21 +41,24 @@ from tulle.net.mtls import (
     ALPN_HTTP1,
     ALPN_OPAQUE,
     MeshTls,
-    offered_mesh_alpn,
     transport_peer_identity,
 )
+from tulle.proxy import inbound, outbound
 from tulle.proxy.accesslog import AccessLog
 from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.destinations import DestinationGuard
 from tulle.proxy.http1 import EndpointPool, Http1Server, original_authority
-from tulle.proxy.inbound import accepted
+from tulle.proxy.inbound import INBOUND, tcp_allowed
 from tulle.proxy.metrics import Labels, Metrics, Snapshot
+from tulle.proxy.outbound import OUTBOUND
 from tulle.proxy.router import PoolHandle, Router
+from tulle.proxy.side import Side
 from tulle.proxy.tap import TapHub
 from tulle.proxy.tcp import Tunnel
 from tulle.proxy.tracing import Tracer
+from tulle.proxy.wiring import Dispatch, Route
 
 if TYPE_CHECKING:
     from tulle.api.control_tls import ControlTls
@@ -161,8 +163,8 @@ class Worker:
         self.tracer: Tracer | None = None
         if config.tracing.endpoint:
             self.tracer = Tracer(config.tracing, self.metrics)
-        self.outbound = self._context("outbound", None)
-        self.inbound = self._context("inbound", config.app_addr)
+        self.outbound = self._context(OUTBOUND, None)
+        self.inbound = self._context(INBOUND, config.app_addr)
         self.mesh: MeshTls | None = None
         self.h2_services: dict[str, H2Service] = {}
         self.policy_watcher: PolicyWatcher | None = None
@@ -238,7 +240,7 @@ class Worker:
     def extra_metrics(self) -> str:
         return self.mesh.certs.render_prometheus() if self.mesh is not None else ""
 
-    def _context(self, direction: str, fixed: Address | None) -> ProxyContext:
+    def _context(self, side: Side, fixed: Address | None) -> ProxyContext:
         holder: list[ProxyContext] = []
 
         def make_pool(ep: Endpoint) -> PoolHandle:
@@ -253,7 +255,7 @@ class Worker:
             guard=self.guard if fixed is None else None,
         )
         router.own_identity = self.config.identity
-        ctx = ProxyContext(self.loop, direction, self.config, router, self.metrics, self.tap)
+        ctx = ProxyContext(self.loop, side, self.config, router, self.metrics, self.tap)
         ctx.fds = self.fds
         ctx.access_log = self.access_log
         ctx.tracer = self.tracer
@@ -264,13 +266,17 @@ class Worker:
     def listen(self, reuse_port: bool) -> None:
         cfg = self.config
         timeout = cfg.timeouts.detect_s
-        for ctx, addr in ((self.outbound, cfg.outbound_addr), (self.inbound, cfg.inbound_addr)):
+        sides = (
+            (self.outbound, cfg.outbound_addr, outbound.accepted(self, self.outbound)),
+            (self.inbound, cfg.inbound_addr, inbound.accepted(self, self.inbound)),
+        )
+        for ctx, addr, dispatch in sides:
             sock = bind(addr, reuse_port=reuse_port)
             self.acceptors.append(
                 Acceptor(
                     self.loop,
                     sock,
-                    self._detected_handler(ctx),
+                    self._detected_handler(ctx, dispatch),
                     detect_timeout_s=timeout,
                     budget=self.fds,
                     on_shed=self._shed_counter(ctx.direction),
@@ -284,11 +290,9 @@ class Worker:
         labels = (("direction", direction),)
         return lambda: self.metrics.inc("accept_shed_total", labels)
 
-    def _detected_handler(
-        self, ctx: ProxyContext
-    ) -> Callable[[socket.socket, Address, Kind, bytes], None]:
+    def _detected_handler(self, ctx: ProxyContext, dispatch: Dispatch) -> Dispatch:
+        """Draining and the wait for a first certificate, then the side's dispatch."""
         loop = self.loop
-        dispatch = accepted(self, ctx)
 
         def on_detected(sock: socket.socket, peer: Address, kind: Kind, data: bytes) -> None:
             if self.draining:
@@ -303,7 +307,7 @@ class Worker:
 
         return on_detected
 
-    async def _late_first_bytes(
+    async def late_first_bytes(
         self,
         sock: socket.socket,
         peer: Address,
@@ -324,7 +328,7 @@ class Worker:
         self,
         ctx: ProxyContext,
         mesh: MeshTls,
-        dispatch: Callable[[socket.socket, Address, Kind, bytes], None],
+        dispatch: Dispatch,
         sock: socket.socket,
         peer: Address,
         kind: Kind,
@@ -355,10 +359,10 @@ class Worker:
             return
         dispatch(sock, peer, kind, data)
 
-    async def _await_policy(
+    async def await_policy(
         self,
         watcher: PolicyWatcher,
-        route: Callable[[socket.socket, Address, Kind, bytes, Address | None], None],
+        route: Route,
         sock: socket.socket,
         peer: Address,
         kind: Kind,
@@ -373,7 +377,7 @@ class Worker:
             return
         route(sock, peer, kind, data, orig)
 
-    def _h2_protocol(
+    def h2_protocol(
         self, ctx: ProxyContext, orig: Address | None = None
     ) -> Callable[[], asyncio.Protocol]:
         """The HTTP/2 path of a direction, made on first use (inside the loop).
@@ -396,15 +400,7 @@ class Worker:
         # whose :authority names no service goes.
         return lambda: MeshH2Protocol(service, ctx, orig)
 
-    @staticmethod
-    def _mesh_alpn(data: bytes) -> str | None:
-        try:
-            hello = parse_client_hello(data)
-        except Incomplete:
-            return None
-        return offered_mesh_alpn(hello.alpn) if hello is not None else None
-
-    def _inbound_app_port(self, ctx: ProxyContext, orig: Address) -> Address | None:
+    def inbound_app_port(self, ctx: ProxyContext, orig: Address) -> Address | None:
         """A captured inbound connection's app address: `--app-addr`'s host at
         the original port; None (counted) when that port is one of the
         proxy's own or a denied address (a caller must not reach the
@@ -421,7 +417,7 @@ class Worker:
             return None
         return dst
 
-    async def _accept_mesh_tls(
+    async def accept_mesh_tls(
         self,
         ctx: ProxyContext,
         sock: socket.socket,
@@ -442,7 +438,7 @@ class Worker:
         if alpn == ALPN_HTTP1:
             factory = lambda: Http1Server(ctx, peer, orig)  # noqa: E731
         elif alpn == ALPN_H2:
-            factory = self._h2_protocol(ctx, orig)
+            factory = self.h2_protocol(ctx, orig)
         elif alpn == ALPN_OPAQUE and app_addr is not None:
             opaque = self._tunnel_to(ctx, app_addr)
             tunnel = opaque
@@ -465,7 +461,7 @@ class Worker:
             return
         # Opaque: the caller's identity is known now; authorize, then connect.
         client_id = transport_peer_identity(transport.get_extra_info("ssl_object"))
-        if not self._tcp_allowed(ctx, client_id, peer, orig):
+        if not tcp_allowed(ctx, client_id, peer, orig):
             tunnel.close(abort=True)
             return
         if not await self._connect_upstream(ctx, tunnel, app_addr):
@@ -473,19 +469,7 @@ class Worker:
             return
         tunnel.start()
 
-    @staticmethod
-    def _tcp_allowed(
-        ctx: ProxyContext, client_id: str | None, peer: Address, app_dst: Address | None
-    ) -> bool:
-        """Inbound policy for an opaque connection (denied: the caller closes it)."""
-        authz = ctx.authz
-        if authz is None or ctx.direction != "inbound":
-            return True
-        decision = authz.policy_at(app_dst).authorize_tcp(client_id or None, peer[0])
-        authz.record("tcp", decision, client_id or "")
-        return decision.allowed
-
-    async def _attach(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
+    async def attach(self, sock: socket.socket, factory: Callable[[], asyncio.Protocol]) -> None:
         try:
             await self.loop.connect_accepted_socket(factory, sock)
         except OSError:
@@ -511,7 +495,7 @@ class Worker:
             return False
         return True
 
-    async def _opaque(self, ctx: ProxyContext, sock: socket.socket, dst: Address) -> None:
+    async def opaque(self, ctx: ProxyContext, sock: socket.socket, dst: Address) -> None:
         tunnel = self._tunnel_to(ctx, dst)
         if not await self._connect_upstream(ctx, tunnel, dst):
             sock.close()
@@ -523,7 +507,7 @@ class Worker:
             return
         tunnel.start()
 
-    async def _opaque_outbound(self, ctx: ProxyContext, sock: socket.socket, orig: Address) -> None:
+    async def opaque_outbound(self, ctx: ProxyContext, sock: socket.socket, orig: Address) -> None:
         """A captured connection that is not HTTP, routed by its original destination.
 
         An address discovery knows (a service's virtual address, an endpoint
@@ -536,7 +520,7 @@ class Worker:
             await target.view.wait_known(ctx.config.timeouts.discovery_s)
         if target.passthrough or not target.view.ready or target.view.exists is False:
             ctx.metrics.inc("outbound_passthrough_total", _PASSTHROUGH_TCP)
-            await self._opaque(ctx, sock, orig)
+            await self.opaque(ctx, sock, orig)
             return
         backend = target.backend()
         state = backend.balancer.pick(time.monotonic())

@@ -16,6 +16,7 @@ from tulle.proxy.metrics import Metrics, TcpStats
 from tulle.proxy.mirror import Mirrors
 from tulle.proxy.plan import PlanContext
 from tulle.proxy.router import Router
+from tulle.proxy.side import Side
 from tulle.proxy.tap import TapHub
 
 if TYPE_CHECKING:
@@ -48,14 +49,18 @@ class ProxyContext:
     def __init__(
         self,
         loop: asyncio.AbstractEventLoop,
-        direction: str,
+        side: Side,
         config: ProxyConfig,
         router: Router,
         metrics: Metrics,
         tap: TapHub,
     ) -> None:
         self.loop = loop
-        self.direction = direction
+        # The side's choices, read per request as plain attributes; the
+        # direction string is only a label value (metrics, tap, spans).
+        self.side = side
+        self.direction = direction = side.direction
+        self.inbound = side.inbound
         self.config = config
         self.router = router
         self.metrics = metrics
@@ -71,7 +76,7 @@ class ProxyContext:
         self.mesh: MeshTls | None = None
         # What every request plan of this direction reads (tulle.proxy.plan).
         self.plan = PlanContext(
-            direction,
+            side,
             router,
             metrics,
             tap,

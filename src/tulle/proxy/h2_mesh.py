@@ -383,6 +383,6 @@ class MeshH2Protocol(H2ServerProtocol):
         self.dispatcher = MeshDispatcher(
             self._ctx, client_id or "", client_ip, client_addr=client_addr, orig_dst=self._orig_dst
         )
-        if self._ctx.direction == "inbound":
+        if self._ctx.inbound:
             self.client_id = (client_id or "").encode()
         super().connection_made(transport)

@@ -514,7 +514,7 @@ class Exchange(RequestPlan):
             _drop_field(head, OVERRIDE_HEADER)
         tracer = ctx.tracer
         if tracer is not None:
-            self.span = tracer.start(head.header, ctx.direction == "inbound")
+            self.span = tracer.start(head.header, ctx.inbound)
         self.req_head = self._encode_request_head()
         if head.method != b"CONNECT" and head.upgrade is None:
             # Every request keeps its first bytes (bounded), retryable or not:
@@ -585,7 +585,7 @@ class Exchange(RequestPlan):
         head = self.head
         out = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
         server = self.server
-        if server.ctx.direction == "inbound":
+        if server.ctx.inbound:
             # The app may trust `tulle-client-id`: only this proxy sets it, from
             # the verified mTLS identity; a client's own copy is dropped.
             out.extend(
@@ -1089,8 +1089,7 @@ class Exchange(RequestPlan):
         if self.endpoint_label:
             attributes.append(("tulle.endpoint", self.endpoint_label))
         if self.peer_id:
-            name = "tulle.client_id" if ctx.direction == "inbound" else "tulle.server_id"
-            attributes.append((name, self.peer_id))
+            attributes.append((ctx.side.peer_id_attr, self.peer_id))
         if self.attempts > 1:
             attributes.append(("http.request.resend_count", self.attempts - 1))
         if error:
@@ -1264,7 +1263,7 @@ class Http1Server(asyncio.Protocol):
         if ex is None:
             return
         trailers = head.trailers
-        if trailers and self.ctx.direction == "inbound":
+        if trailers and self.ctx.inbound:
             # Only this proxy speaks for the caller: a copy in the trailers goes too.
             head.trailers = [t for t in trailers if t[0].lower() != CLIENT_ID_HEADER]
             if ex.claim_headers is not None:

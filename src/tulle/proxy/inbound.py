@@ -1,27 +1,39 @@
-"""The accepted-connection dispatch: where a detected connection goes."""
+"""The inbound side: connections from other workloads to this workload's app.
+
+Owns what is inbound-only about an accepted connection: a captured
+connection's original port names the app's port (and that port's policy
+Server, waited for when first seen); the mesh's mTLS is terminated here;
+bytes that are neither HTTP nor mesh TLS go opaque to the app, after the
+inbound policy's TCP check. `INBOUND` is the side object the per-request code
+reads (`ctx.inbound`) instead of comparing the direction string.
+"""
 
 from __future__ import annotations
 
 import socket
-from collections.abc import Callable
-from typing import Any
 
 from tulle.codec.detect import Kind, detect
+from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address
 from tulle.net.listen import original_dst
+from tulle.net.mtls import offered_mesh_alpn
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.http1 import Http1Server
+from tulle.proxy.side import Side
+from tulle.proxy.wiring import Dispatch, Wiring
+
+INBOUND = Side("inbound", inbound=True, peer_id_attr="tulle.client_id")
 
 
-def accepted(self: Any, ctx: ProxyContext) -> Callable[[socket.socket, Address, Kind, bytes], None]:
-    """The dispatch of one listener's detected connections."""
-    loop = self.loop
+def accepted(worker: Wiring, ctx: ProxyContext) -> Dispatch:
+    """The dispatch of the inbound listener's detected connections."""
+    loop = worker.loop
 
     def dispatch(sock: socket.socket, peer: Address, kind: Kind, data: bytes) -> None:
         orig = original_dst(sock)
-        if ctx.direction == "inbound" and orig is not None:
+        if orig is not None:
             # Captured inbound: the original port is the app's port.
-            orig = self._inbound_app_port(ctx, orig)
+            orig = worker.inbound_app_port(ctx, orig)
             if orig is None:
                 sock.close()
                 return
@@ -30,7 +42,7 @@ def accepted(self: Any, ctx: ProxyContext) -> Callable[[socket.socket, Address, 
             authz = ctx.authz
             watcher = authz.watcher_for(orig[1]) if authz is not None else None
             if watcher is not None and not watcher.known:
-                loop.create_task(self._await_policy(watcher, route, sock, peer, kind, data, orig))
+                loop.create_task(worker.await_policy(watcher, route, sock, peer, kind, data, orig))
                 return
         route(sock, peer, kind, data, orig)
 
@@ -42,44 +54,54 @@ def accepted(self: Any, ctx: ProxyContext) -> Callable[[socket.socket, Address, 
         orig: Address | None,
         late: bool = False,
     ) -> None:
-        if kind is Kind.TLS and ctx.direction == "inbound" and ctx.mesh is not None:
-            alpn = self._mesh_alpn(data)
+        if kind is Kind.TLS and ctx.mesh is not None:
+            alpn = mesh_alpn(data)
             if alpn is not None:
-                loop.create_task(self._accept_mesh_tls(ctx, sock, peer, alpn, orig))
+                loop.create_task(worker.accept_mesh_tls(ctx, sock, peer, alpn, orig))
                 return
         if kind is Kind.HTTP1:
-            loop.create_task(self._attach(sock, lambda: Http1Server(ctx, peer, orig)))
+            loop.create_task(worker.attach(sock, lambda: Http1Server(ctx, peer, orig)))
             return
         if kind is Kind.HTTP2:
-            loop.create_task(self._attach(sock, self._h2_protocol(ctx, orig)))
+            loop.create_task(worker.attach(sock, worker.h2_protocol(ctx, orig)))
             return
-        # TLS that is not the mesh's and unknown bytes: opaque TCP to where
-        # the connection was going.
-        dst = orig
-        if ctx.direction == "inbound" and orig is None:
-            dst = ctx.config.app_addr
+        # TLS that is not the mesh's and unknown bytes: opaque TCP to the app
+        # (at the original port when captured).
+        dst = orig if orig is not None else ctx.config.app_addr
         if dst is None and not late and (not data or detect(data) is Kind.NEED_MORE):
             # Nothing (or only a prefix) within the detect timeout, and
-            # no original destination to tunnel to: not a banner
-            # protocol but a slow client (a busy machine); wait longer.
-            loop.create_task(self._late_first_bytes(sock, peer, orig, route))
+            # nowhere to tunnel to: not a banner protocol but a slow client
+            # (a busy machine); wait longer.
+            loop.create_task(worker.late_first_bytes(sock, peer, orig, route))
             return
         if dst is None:
             ctx.metrics.proxy_error(ctx.direction, "opaque-no-destination")
             sock.close()
             return
-        if orig is not None and ctx.direction == "outbound":
-            refusal = self.guard.check_raw(*orig)
-            if refusal is not None:
-                ctx.metrics.proxy_error(ctx.direction, refusal.reason)
-                sock.close()
-                return
-        if not self._tcp_allowed(ctx, None, peer, orig):
+        if not tcp_allowed(ctx, None, peer, orig):
             sock.close()
             return
-        if orig is not None and ctx.direction == "outbound":
-            loop.create_task(self._opaque_outbound(ctx, sock, orig))
-            return
-        loop.create_task(self._opaque(ctx, sock, dst))
+        loop.create_task(worker.opaque(ctx, sock, dst))
 
     return dispatch
+
+
+def mesh_alpn(data: bytes) -> str | None:
+    """The mesh protocol a ClientHello offers; None: not the mesh's TLS."""
+    try:
+        hello = parse_client_hello(data)
+    except Incomplete:
+        return None
+    return offered_mesh_alpn(hello.alpn) if hello is not None else None
+
+
+def tcp_allowed(
+    ctx: ProxyContext, client_id: str | None, peer: Address, app_dst: Address | None
+) -> bool:
+    """Inbound policy for an opaque connection (denied: the caller closes it)."""
+    authz = ctx.authz
+    if authz is None:
+        return True
+    decision = authz.policy_at(app_dst).authorize_tcp(client_id or None, peer[0])
+    authz.record("tcp", decision, client_id or "")
+    return decision.allowed

@@ -51,6 +51,7 @@ from tulle.proxy.accesslog import timestamp
 from tulle.proxy.balance import ejected_detail
 from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.router import RoutePolicy, ServiceTarget
+from tulle.proxy.side import Side
 
 if TYPE_CHECKING:
     from tulle.core.policy import Decision, InboundPolicy
@@ -104,7 +105,7 @@ class PlanContext:
 
     def __init__(
         self,
-        direction: str,
+        side: Side,
         router: Router,
         metrics: Metrics,
         tap: TapHub,
@@ -113,8 +114,8 @@ class PlanContext:
         response_s: float = 0.0,
         max_replay_bytes: int = 64 * 1024,
     ) -> None:
-        self.direction = direction
-        self.inbound = direction == "inbound"
+        self.direction = side.direction
+        self.inbound = side.inbound
         self.router = router
         self.metrics = metrics
         self.tap = tap
@@ -126,7 +127,7 @@ class PlanContext:
         self.authz: InboundAuthz | None = None
         # The access log (tulle.proxy.accesslog); None: off, one test per request.
         self.access_log: AccessLog | None = None
-        self.timeout_labels = (("direction", direction),)
+        self.timeout_labels = (("direction", side.direction),)
         self.retry_labels: dict[str, tuple[tuple[str, str], ...]] = {}
 
 

@@ -24,6 +24,7 @@ from tulle.core.ratelimit import LimitSpec
 from tulle.core.retry import NOT_SENT, RESET, STATUS
 from tulle.proxy.errors import ProxyError, Refused
 from tulle.proxy.metrics import Metrics
+from tulle.proxy.outbound import OUTBOUND
 from tulle.proxy.plan import MAX_RETRIES, WAIT, PlanContext, RequestPlan
 from tulle.proxy.router import PoolHandle, Router
 from tulle.proxy.tap import TapEvent, TapHub
@@ -77,7 +78,7 @@ def context(
     resolver = Views(services if services is not None else {"web": [A, B]})
     metrics = Metrics()
     router = Router(resolver, lambda ep: PoolHandle(), metrics, max_pending=max_pending)
-    return PlanContext("outbound", router, metrics, TapHub(), discovery_s=1.0)
+    return PlanContext(OUTBOUND, router, metrics, TapHub(), discovery_s=1.0)
 
 
 def admitted(pc: PlanContext, authority: bytes = b"web") -> Plan:
