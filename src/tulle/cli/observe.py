@@ -357,9 +357,23 @@ def routes(
     table.add_column("REQUESTS", justify="right")
     _golden_columns(table)
     table.add_column("RETRIES", justify="right")
+    table.add_column("FAULTED", justify="right")
+    table.add_column("LIMITED", justify="right")
     for row in document["rows"]:
-        table.add_row(row["route"], str(row["requests"]), *_golden_cells(row), str(row["retries"]))
+        table.add_row(
+            row["route"],
+            str(row["requests"]),
+            *_golden_cells(row),
+            str(row["retries"]),
+            str(row.get("faults_injected", 0)),
+            str(row.get("rate_limited", 0)),
+        )
     _console().print(table)
+    # What the manifest injects into a route, one line each (longer than a cell).
+    for row in document["rows"]:
+        for key, label in (("fault", "fault"), ("mirror", "mirror"), ("rate_limit", "limit")):
+            if row.get(key):
+                typer.echo(f"{row['route']}: {label}: {row[key]}")
 
 
 @app.command("edges")

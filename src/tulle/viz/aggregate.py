@@ -67,6 +67,9 @@ class Golden:
     tls: float = 0.0
     retries: float = 0.0
     timeouts: float = 0.0
+    # What a route's fault and outbound rate limit did (only `routes` shows them).
+    faults: float = 0.0
+    rate_limited: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
     client_ids: set[str] = field(default_factory=set)
     server_ids: set[str] = field(default_factory=set)
@@ -95,6 +98,10 @@ class Golden:
             self.retries += value
         elif name == "timeout_total":
             self.timeouts += value
+        elif name == "fault_injected_total":
+            self.faults += value
+        elif name == "outbound_http_ratelimit_total" and _label(labels, "decision") == "limit":
+            self.rate_limited += value
 
     def _histogram(self) -> dict[float, float]:
         """The summed buckets, with the empty ones below the first observation.
@@ -261,8 +268,8 @@ def routes(data: WindowData, service: str) -> list[dict[str, Any]]:
     def outbound(target: ScrapeTarget, name: str, labels: Labels) -> str | None:
         if _direction(labels) != "outbound" or _label(labels, "dst_service") != service:
             return None
-        if name == "retry_total":
-            return None
+        if name == "retry_total" or name == "mirror_requests_total":
+            return None  # mirror copies carry no route label
         return _label(labels, "route") or DEFAULT_ROUTE
 
     def inbound(target: ScrapeTarget, name: str, labels: Labels) -> str | None:
@@ -278,7 +285,10 @@ def routes(data: WindowData, service: str) -> list[dict[str, Any]]:
     rows: list[dict[str, Any]] = []
     for route in sorted(groups):
         row: dict[str, Any] = {"service": service, "route": route, "source": source}
-        row.update(groups[route].to_json(data.seconds))
+        golden = groups[route]
+        row.update(golden.to_json(data.seconds))
+        row["faults_injected"] = round(golden.faults)
+        row["rate_limited"] = round(golden.rate_limited)
         rows.append(row)
     return rows
 

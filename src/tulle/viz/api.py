@@ -31,7 +31,7 @@ from tulle.core.scrape import ScrapeTarget
 from tulle.k8s.inject import ADMIN_PORT_ANNOTATION, PROXY_CONTAINER
 from tulle.local.manifest import load_local_manifest
 from tulle.net.small_http import CLIENT_GONE, parse_head, read_head
-from tulle.viz import aggregate, authz_report, dashboard
+from tulle.viz import aggregate, authz_report, dashboard, route_config
 from tulle.viz.api_context import (
     DEFAULT_WINDOW_S,
     MAX_WINDOW_S,
@@ -218,7 +218,13 @@ class MetricsApi:
         if not service:
             raise ApiError(400, "routes needs ?service=NAME")
         data = await self._window(query)
-        return self._envelope(data, aggregate.routes(data, service))
+        rows = aggregate.routes(data, service)
+        manifest = self.context.manifest()
+        spec = manifest.services.get(service) if manifest is not None else None
+        configured = {r.name: r for r in spec.profile.routes} if spec is not None else {}
+        for row in rows:
+            row.update(route_config.describe(configured.get(row["route"])))
+        return self._envelope(data, rows)
 
     async def edges(self, query: dict[str, str]) -> dict[str, Any]:
         data = await self._window(query)

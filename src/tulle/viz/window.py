@@ -31,6 +31,8 @@ KEPT_COUNTERS = frozenset(
         "response_latency_ms_bucket",
         "retry_total",
         "timeout_total",
+        "fault_injected_total",
+        "outbound_http_ratelimit_total",
     }
 )
 
