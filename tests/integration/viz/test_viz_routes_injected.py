@@ -39,10 +39,17 @@ def mesh(
     module_processes: ProcessGroup, http_backend: Backend, tmp_path_factory: pytest.TempPathFactory
 ) -> Iterator[Mesh]:
     mesh = start_mesh(module_processes, http_backend, tmp_path_factory.mktemp("viz-inject"))
+    # A proxy's first scrape is its baseline: requests before it are not counted.
+    eventually(lambda: _scraped_twice(mesh), "both proxies scraped", 60.0)
     mesh.manifest.write_text(manifest_text(mesh.books.inbound_port) + EXTRA_ROUTES)
     # web-0's proxy has the new routes once the chaos route's fault answers.
     eventually(lambda: mesh.get("/chaos") == 503, "the chaos route's fault in web-0", 60.0)
     yield mesh
+
+
+def _scraped_twice(mesh: Mesh) -> bool:
+    targets = mesh.api("/api/targets")["targets"]
+    return len(targets) == 2 and all(t.get("scrapes_ok", 0) >= 2 for t in targets)
 
 
 def _rows(mesh: Mesh) -> dict[str, Any]:
