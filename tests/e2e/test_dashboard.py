@@ -256,3 +256,44 @@ def test_cli_prints_the_dashboard_url(mesh: Mesh) -> None:
     assert unreachable.returncode == 1
     assert "cannot reach the control plane" in unreachable.stderr
     assert "Traceback" not in unreachable.stderr
+
+
+def test_service_page_counts_faulted_and_rate_limited_requests_apart(mesh: Mesh) -> None:
+    chromium_or_skip()
+    from viz_mesh import manifest_text
+
+    # Last in the module: the manifest gains a faulted route and a rate-limited one.
+    mesh.manifest.write_text(
+        manifest_text(mesh.books.inbound_port) + "      - name: chaos\n"
+        "        matches: [{path: {value: /chaos}}]\n"
+        "        fault: {abort: {status: 503, percent: 100}}\n"
+        "      - name: capped\n"
+        "        matches: [{path: {value: /capped}}]\n"
+        "        rateLimit: {requestsPerSecond: 0.01, burst: 1}\n"
+    )
+    eventually(lambda: mesh.get("/chaos") == 503, "the chaos route's fault in web-0", 60.0)
+    eventually(lambda: mesh.get("/capped") == 429, "the capped route's limit in web-0", 60.0)
+    for _ in range(3):
+        assert mesh.get("/chaos") == 503
+        assert mesh.get("/capped") == 429
+
+    def counted() -> bool:
+        rows = {r["route"]: r for r in mesh.cli_json("routes", "books")["rows"]}
+        chaos, capped = rows.get("chaos", {}), rows.get("capped", {})
+        return chaos.get("faults_injected", 0) >= 4 and capped.get("rate_limited", 0) >= 4
+
+    eventually(counted, "the faults and limits in /api/routes", 30.0)
+    opened = mesh.cli("dashboard", "books", "--no-browser")
+    assert opened.returncode == 0, opened.stderr
+    with browser_page() as page:
+        page.goto(opened.stdout.strip())
+        chaos = 'tr[data-key="chaos"]'
+        capped = 'tr[data-key="capped"]'
+        page.wait_for_selector(chaos)
+        page.wait_for_selector(capped)
+        faulted = int(page.locator(f'{chaos} td[data-col="faults_injected"]').inner_text())
+        limited = int(page.locator(f'{capped} td[data-col="rate_limited"]').inner_text())
+        assert faulted >= 4 and limited >= 4, (faulted, limited)
+        # Each counted in its own column only: no limit on chaos, no fault on capped.
+        assert page.locator(f'{chaos} td[data-col="rate_limited"]').inner_text() == "0"
+        assert page.locator(f'{capped} td[data-col="faults_injected"]').inner_text() == "0"

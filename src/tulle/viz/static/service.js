@@ -284,6 +284,9 @@ export class ServiceView {
         { key: "route", label: "Route", sort: (r) => r.route, cellClass: "name", render: (r, td) => setText(td, r.route) },
         ...goldenColumns(),
         { key: "retries", label: "Retries", num: true, sort: (r) => r.retries, render: (r, td) => setText(td, String(Math.round(r.retries ?? 0))) },
+        // What the route's fault and outbound rate limit answered themselves: their own counts, not generic errors.
+        { key: "faults_injected", label: "Faulted", num: true, sort: (r) => r.faults_injected, render: (r, td) => setText(td, String(r.faults_injected ?? 0)) },
+        { key: "rate_limited", label: "Rate-limited", num: true, sort: (r) => r.rate_limited, render: (r, td) => setText(td, String(r.rate_limited ?? 0)) },
       ],
       { key: (r) => r.route, sortKey: "rps", sortDesc: true, emptyText: "No route traffic in the last minute." },
     );
