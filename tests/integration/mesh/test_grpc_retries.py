@@ -82,9 +82,12 @@ def test_grpc_calls_failing_every_other_time_are_retried_on_a_route_that_names_t
         retries = metrics.total("retry_total", direction="outbound", dst_service="echo")
         # Each endpoint fails every other call it gets: about one retry per two calls.
         assert CALLS // 4 <= retries <= CALLS * 3, retries
-        assert metrics.total(
-            "response_total", direction="outbound", route="fail", grpc_status_code="0"
-        ) == CALLS
+        assert (
+            metrics.total(
+                "response_total", direction="outbound", route="fail", grpc_status_code="0"
+            )
+            == CALLS
+        )
         # A status the route does not name is the application's answer.
         other = [_flaky(stub, NOT_FOUND) for _ in range(20)]
         assert other.count(grpc.StatusCode.NOT_FOUND) >= 5, other
