@@ -12,7 +12,7 @@ import contextlib
 from collections.abc import Callable
 
 from tulle.control.metrics import ControlMetrics
-from tulle.net.small_http import CLIENT_GONE, parse_head, read_head
+from tulle.net.small_http import CLIENT_GONE, bound_address, close_server, parse_head, read_head
 
 _MAX_HEAD = 8192
 
@@ -25,14 +25,10 @@ class AdminServer:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port)
-        sockname = self._server.sockets[0].getsockname()
-        return str(sockname[0]), int(sockname[1])
+        return bound_address(self._server)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        await close_server(self._server)
 
     def _answer(self, method: str, target: str) -> tuple[str, str, str]:
         path = target.split("?", 1)[0]

@@ -31,6 +31,7 @@ from collections.abc import Awaitable, Callable, Mapping
 
 from tulle.k8s.admission import AdmissionRequest, ReviewError, allow, deny, json_patch, parse_review
 from tulle.k8s.inject import InjectConfig, InjectError, inject_pod
+from tulle.net.small_http import bound_address, close_server
 
 log = logging.getLogger("tulle.control.webhook")
 
@@ -78,14 +79,10 @@ class InjectionWebhook:
             limit=MAX_HEAD_BYTES,
             ssl_handshake_timeout=READ_TIMEOUT_S,
         )
-        sockname = self._server.sockets[0].getsockname()
-        return str(sockname[0]), int(sockname[1])
+        return bound_address(self._server)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        await close_server(self._server)
 
     def render_prometheus(self) -> str:
         lines = [

@@ -5,11 +5,14 @@ dashboard (viz/api.py) serve operators and scrapers a few requests a second
 on asyncio streams, answer, and close. Both read a request the same way, here:
 the head up to the blank line within a time limit, then the request line and
 headers. Not the proxy's path: proxies read requests with codec/http1.py.
+The listener's own life (its bound address, its bounded close) is shared here
+too, with the webhook (control/webhook.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -45,3 +48,17 @@ def parse_head(raw: bytes) -> SimpleRequest | None:
         if sep
     }
     return SimpleRequest(method=parts[0], target=parts[1], headers=headers)
+
+
+def bound_address(server: asyncio.Server) -> tuple[str, int]:
+    """The (host, port) `server`'s first socket is bound to (port 0 picks one)."""
+    sockname = server.sockets[0].getsockname()
+    return str(sockname[0]), int(sockname[1])
+
+
+async def close_server(server: asyncio.Server | None) -> None:
+    """Stop listening; waits at most a second for open connections, never raises."""
+    if server is not None:
+        server.close()
+        with contextlib.suppress(Exception):
+            await asyncio.wait_for(server.wait_closed(), 1.0)

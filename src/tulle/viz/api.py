@@ -30,7 +30,7 @@ from tulle.core.credentials import bearer, host_allowed, origin_allowed, token_m
 from tulle.core.scrape import ScrapeTarget
 from tulle.k8s.inject import ADMIN_PORT_ANNOTATION, PROXY_CONTAINER
 from tulle.local.manifest import load_local_manifest
-from tulle.net.small_http import CLIENT_GONE, parse_head, read_head
+from tulle.net.small_http import CLIENT_GONE, bound_address, close_server, parse_head, read_head
 from tulle.viz import aggregate, authz_report, dashboard, route_config
 from tulle.viz.api_context import (
     DEFAULT_WINDOW_S,
@@ -491,14 +491,10 @@ class ApiServer:
 
     async def start(self, host: str, port: int) -> tuple[str, int]:
         self._server = await asyncio.start_server(self._handle, host, port)
-        sockname = self._server.sockets[0].getsockname()
-        return str(sockname[0]), int(sockname[1])
+        return bound_address(self._server)
 
     async def close(self) -> None:
-        if self._server is not None:
-            self._server.close()
-            with contextlib.suppress(Exception):
-                await asyncio.wait_for(self._server.wait_closed(), 1.0)
+        await close_server(self._server)
 
     async def _handle(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         try:
