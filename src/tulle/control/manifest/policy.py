@@ -4,7 +4,8 @@ from __future__ import annotations
 
 import ipaddress
 import re
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from typing import TypeVar
 
 from yaml.nodes import MappingNode, Node, SequenceNode
 
@@ -25,6 +26,8 @@ from tulle.core.policy import (
     ServerSpec,
     WorkloadPolicySpec,
 )
+
+_Item = TypeVar("_Item")
 
 _HEADER_NAME_RE = re.compile(r"[a-z0-9][a-z0-9-]*")
 # Headers a claim may not be forwarded in: the proxy's own, and HTTP's.
@@ -235,24 +238,8 @@ class PolicyReader(MatchReader):
                 + (f" (got {', '.join(kinds)})" if kinds else ""),
             )
             return None
-        identities: list[str] = []
-        networks: list[NetworkRule] = []
-        if "identities" in fields:
-            items = self.sequence(fields["identities"], f"{path}.identities") or []
-            for index, item in enumerate(items):
-                identity = self.identity_pattern(item, f"{path}.identities[{index}]")
-                if identity is not None:
-                    identities.append(identity)
-            if not items:
-                self.problem(fields["identities"], f"{path}.identities", "the list is empty")
-        if "networks" in fields:
-            items = self.sequence(fields["networks"], f"{path}.networks") or []
-            for index, item in enumerate(items):
-                rule = self.network_rule(item, f"{path}.networks[{index}]")
-                if rule is not None:
-                    networks.append(rule)
-            if not items:
-                self.problem(fields["networks"], f"{path}.networks", "the list is empty")
+        identities = self._nonempty_list(fields, "identities", path, self.identity_pattern)
+        networks = self._nonempty_list(fields, "networks", path, self.network_rule)
         if "unauthenticated" in fields:
             flag = self.boolean(fields["unauthenticated"], f"{path}.unauthenticated")
             if flag is False:
@@ -349,6 +336,27 @@ class PolicyReader(MatchReader):
             claims=tuple(claims),
             forward_claims=tuple(forward),
         )
+
+    def _nonempty_list(
+        self,
+        fields: Mapping[str, Node],
+        key: str,
+        path: str,
+        read_item: Callable[[Node, str], _Item | None],
+    ) -> list[_Item]:
+        """The items of `fields[key]` that `read_item` accepts; an absent key is an
+        empty list, a present but empty list is a problem."""
+        out: list[_Item] = []
+        if key not in fields:
+            return out
+        items = self.sequence(fields[key], f"{path}.{key}") or []
+        for index, item in enumerate(items):
+            value = read_item(item, f"{path}.{key}[{index}]")
+            if value is not None:
+                out.append(value)
+        if not items:
+            self.problem(fields[key], f"{path}.{key}", "the list is empty")
+        return out
 
     def identity_pattern(self, node: Node, path: str) -> str | None:
         text = self.string(node, path, what="a SPIFFE ID")
