@@ -39,7 +39,7 @@ import grpc
 from google.protobuf.duration_pb2 import Duration
 
 from tulle.api.control_tls import ControlTls, open_channel
-from tulle.api.failover import Replicas, WatchStats, follow
+from tulle.api.failover import Replicas, StreamCounters, WatchStats, follow
 from tulle.api.proto import destination_pb2 as pb
 from tulle.api.proto import destination_pb2_grpc as pb_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
@@ -264,7 +264,7 @@ def context_token(workload: str) -> str:
     return workload
 
 
-class ControlResolver:
+class ControlResolver(StreamCounters):
     """A `tulle.core.discovery.Resolver` backed by one or more control-plane replicas.
 
     `resolve` must be called from the event loop's thread. When no loop is
@@ -304,14 +304,6 @@ class ControlResolver:
     @property
     def updates_received(self) -> int:
         return self.stats.updates
-
-    @property
-    def reconnects(self) -> int:
-        return self.stats.reconnects
-
-    @property
-    def stream_failures(self) -> int:
-        return self.stats.failures
 
     @property
     def streams_connected(self) -> int:

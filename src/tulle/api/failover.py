@@ -58,6 +58,21 @@ class WatchStats:
     failures: int = 0
 
 
+class StreamCounters:
+    """A client's `reconnects` and `stream_failures`, read from its `stats` (a
+    WatchStats): the names the proxy's metrics read of every watching client."""
+
+    stats: WatchStats
+
+    @property
+    def reconnects(self) -> int:
+        return self.stats.reconnects
+
+    @property
+    def stream_failures(self) -> int:
+        return self.stats.failures
+
+
 class Replicas:
     """The control-plane replicas a client may ask, by index, and which to ask first."""
 

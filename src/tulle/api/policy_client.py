@@ -28,7 +28,7 @@ import grpc
 
 from tulle.api.control_tls import ControlTls, open_channel
 from tulle.api.destination_client import CHANNEL_OPTIONS, DEFAULT_BACKOFF, _match_from_message
-from tulle.api.failover import Replicas, WatchStats, follow
+from tulle.api.failover import Replicas, StreamCounters, WatchStats, follow
 from tulle.api.proto import policy_pb2 as pb
 from tulle.api.proto import policy_pb2_grpc as pb_grpc
 from tulle.core.backoff import Backoff, BackoffSpec
@@ -156,7 +156,7 @@ def policy_from_message(message: pb.InboundPolicy) -> InboundPolicy:
 # -- the watcher ------------------------------------------------------------------
 
 
-class PolicyWatcher:
+class PolicyWatcher(StreamCounters):
     """Keeps `current` equal to the control plane's policy for one workload port."""
 
     def __init__(
@@ -204,14 +204,6 @@ class PolicyWatcher:
     @property
     def connected(self) -> bool:
         return self.stats.connected > 0
-
-    @property
-    def reconnects(self) -> int:
-        return self.stats.reconnects
-
-    @property
-    def stream_failures(self) -> int:
-        return self.stats.failures
 
     def add_listener(self, listener: PolicyListener) -> None:
         """Called with every new policy (on the event loop's thread), after `current` changed."""
