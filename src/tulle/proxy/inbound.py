@@ -12,15 +12,14 @@ from __future__ import annotations
 
 import socket
 
-from tulle.codec.detect import Kind, detect
+from tulle.codec.detect import Kind
 from tulle.codec.tls_hello import Incomplete, parse_client_hello
 from tulle.core.discovery import Address
 from tulle.net.listen import original_dst
 from tulle.net.mtls import offered_mesh_alpn
 from tulle.proxy.context import ProxyContext
-from tulle.proxy.http1 import Http1Server
 from tulle.proxy.side import Side
-from tulle.proxy.wiring import Dispatch, Wiring
+from tulle.proxy.wiring import Dispatch, Wiring, attach_http, opaque_destination
 
 INBOUND = Side("inbound", inbound=True, peer_id_attr="tulle.client_id")
 
@@ -59,24 +58,21 @@ def accepted(worker: Wiring, ctx: ProxyContext) -> Dispatch:
             if alpn is not None:
                 loop.create_task(worker.accept_mesh_tls(ctx, sock, peer, alpn, orig))
                 return
-        if kind is Kind.HTTP1:
-            loop.create_task(worker.attach(sock, lambda: Http1Server(ctx, peer, orig)))
-            return
-        if kind is Kind.HTTP2:
-            loop.create_task(worker.attach(sock, worker.h2_protocol(ctx, orig)))
+        if attach_http(worker, ctx, sock, peer, kind, orig):
             return
         # TLS that is not the mesh's and unknown bytes: opaque TCP to the app
         # (at the original port when captured).
-        dst = orig if orig is not None else ctx.config.app_addr
-        if dst is None and not late and (not data or detect(data) is Kind.NEED_MORE):
-            # Nothing (or only a prefix) within the detect timeout, and
-            # nowhere to tunnel to: not a banner protocol but a slow client
-            # (a busy machine); wait longer.
-            loop.create_task(worker.late_first_bytes(sock, peer, orig, route))
-            return
+        dst = opaque_destination(
+            worker,
+            ctx,
+            sock,
+            peer,
+            data,
+            orig if orig is not None else ctx.config.app_addr,
+            late,
+            route,
+        )
         if dst is None:
-            ctx.metrics.proxy_error(ctx.direction, "opaque-no-destination")
-            sock.close()
             return
         if not tcp_allowed(ctx, None, peer, orig):
             sock.close()

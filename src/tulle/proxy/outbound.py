@@ -13,13 +13,12 @@ from __future__ import annotations
 
 import socket
 
-from tulle.codec.detect import Kind, detect
+from tulle.codec.detect import Kind
 from tulle.core.discovery import Address
 from tulle.net.listen import original_dst
 from tulle.proxy.context import ProxyContext
-from tulle.proxy.http1 import Http1Server
 from tulle.proxy.side import Side
-from tulle.proxy.wiring import Dispatch, Wiring
+from tulle.proxy.wiring import Dispatch, Wiring, attach_http, opaque_destination
 
 OUTBOUND = Side("outbound", inbound=False, peer_id_attr="tulle.server_id")
 
@@ -40,28 +39,17 @@ def accepted(worker: Wiring, ctx: ProxyContext) -> Dispatch:
         orig: Address | None,
         late: bool = False,
     ) -> None:
-        if kind is Kind.HTTP1:
-            loop.create_task(worker.attach(sock, lambda: Http1Server(ctx, peer, orig)))
-            return
-        if kind is Kind.HTTP2:
-            loop.create_task(worker.attach(sock, worker.h2_protocol(ctx, orig)))
+        if attach_http(worker, ctx, sock, peer, kind, orig):
             return
         # TLS and unknown bytes: opaque TCP to where the connection was going.
-        if orig is None and not late and (not data or detect(data) is Kind.NEED_MORE):
-            # Nothing (or only a prefix) within the detect timeout, and
-            # no original destination to tunnel to: not a banner
-            # protocol but a slow client (a busy machine); wait longer.
-            loop.create_task(worker.late_first_bytes(sock, peer, orig, route))
+        dst = opaque_destination(worker, ctx, sock, peer, data, orig, late, route)
+        if dst is None:
             return
-        if orig is None:
-            ctx.metrics.proxy_error(ctx.direction, "opaque-no-destination")
-            sock.close()
-            return
-        refusal = guard.check_raw(*orig)
+        refusal = guard.check_raw(*dst)
         if refusal is not None:
             ctx.metrics.proxy_error(ctx.direction, refusal.reason)
             sock.close()
             return
-        loop.create_task(worker.opaque_outbound(ctx, sock, orig))
+        loop.create_task(worker.opaque_outbound(ctx, sock, dst))
 
     return dispatch
