@@ -4,7 +4,8 @@
 every request with its name after an optional delay, so a test can count which
 endpoint served each request and make one endpoint slow; it can also log every
 request it reads, so a test can tell which requests reached it. A backend named
-`flaky...` fails every other request to `/fail` with a 500.
+`flaky...` fails every other request to `/fail` with a 500. `header_echo`
+answers with the value of one request header, to show what a proxy forwarded.
 """
 
 from __future__ import annotations
@@ -90,6 +91,41 @@ def named_backend(
     )
     ready = process.wait_for_match(_LISTENING, "listening line")
     return NamedBackend(process, name, int(ready.group(1)))
+
+
+# Answers `<prefix><the request's `header` value, or ->` on every request of a
+# kept-alive connection: a test sees what the last proxy forwarded.
+HEADER_ECHO_SCRIPT = r"""
+import asyncio, sys
+prefix, header = sys.argv[1].encode(), sys.argv[2].lower().encode()
+async def handle(reader, writer):
+    try:
+        while True:
+            head = await reader.readuntil(b"\r\n\r\n")
+            value = b"-"
+            for line in head.split(b"\r\n")[1:]:
+                key, _, rest = line.partition(b":")
+                if key.strip().lower() == header:
+                    value = rest.strip()
+            body = prefix + value
+            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
+            await writer.drain()
+    except (asyncio.IncompleteReadError, ConnectionError):
+        pass
+    finally:
+        writer.close()
+async def main():
+    server = await asyncio.start_server(handle, "127.0.0.1", 0)
+    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
+    await server.serve_forever()
+asyncio.run(main())
+"""
+
+
+def header_echo(group: ProcessGroup, name: str, header: str, prefix: str = "") -> str:
+    """Start a process running HEADER_ECHO_SCRIPT; its address."""
+    process = group.start(name, [sys.executable, "-c", HEADER_ECHO_SCRIPT, prefix, header])
+    return f"{LOOPBACK}:{process.wait_for_match(_LISTENING, 'listening line').group(1)}"
 
 
 @dataclass

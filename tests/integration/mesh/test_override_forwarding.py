@@ -10,7 +10,6 @@ split is known: the stream waits for both answers, as HTTP/1 requests do.
 from __future__ import annotations
 
 import http.client
-import re
 import subprocess
 import sys
 from collections import Counter
@@ -18,7 +17,7 @@ from pathlib import Path
 
 import grpc
 import pytest
-from meshkit import start_control, write_manifest
+from meshkit import header_echo, start_control, write_manifest
 from support.mesh import Proxy, start_proxy
 from support.ports import LOOPBACK
 from support.process import ProcessGroup
@@ -33,38 +32,10 @@ pytestmark = pytest.mark.integration
 
 TESTER = "spiffe://tulle.test/ns/default/sa/tester"
 
-# Answers `<name> <tulle-backend value or ->`: the test sees what was forwarded.
-NAMED_ECHO = r"""
-import asyncio, sys
-name = sys.argv[1]
-async def handle(reader, writer):
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            seen = b"-"
-            for line in head.split(b"\r\n")[1:]:
-                key, _, value = line.partition(b":")
-                if key.strip().lower() == b"tulle-backend":
-                    seen = value.strip()
-            body = name.encode() + b" " + seen
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(body) + body)
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
-    await server.serve_forever()
-asyncio.run(main())
-"""
-
 
 def named_echo(group: ProcessGroup, name: str) -> str:
-    process = group.start(name, [sys.executable, "-c", NAMED_ECHO, name])
-    port = int(process.wait_for_match(re.compile(r"listening (\d+)"), "listening").group(1))
-    return f"{LOOPBACK}:{port}"
+    """Answers `<name> <tulle-backend value or ->`: the test sees what was forwarded."""
+    return header_echo(group, name, "tulle-backend", prefix=f"{name} ")
 
 
 def test_override_header_is_not_forwarded_and_grpc_waits_for_the_backend(

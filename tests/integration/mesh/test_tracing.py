@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import http.client
 import json
-import re
 import sys
 import time
 import urllib.request
@@ -19,7 +18,7 @@ from typing import Any
 
 import grpc
 import pytest
-from meshkit import wait_until
+from meshkit import header_echo, wait_until
 from support.mesh import Proxy, start_proxy
 from support.ports import LOOPBACK, free_port, refused_port
 from support.process import ProcessGroup, http_status
@@ -35,30 +34,6 @@ pytestmark = pytest.mark.integration
 CALLER_TRACE = "4bf92f3577b34da6a3ce929d0e0e4736"
 CALLER_SPAN = "00f067aa0ba902b7"
 KIND_SERVER, KIND_CLIENT = 2, 3
-
-ECHO_TRACEPARENT = r"""
-import asyncio, sys
-async def handle(reader, writer):
-    try:
-        while True:
-            head = await reader.readuntil(b"\r\n\r\n")
-            value = b"-"
-            for line in head.split(b"\r\n")[1:]:
-                name, _, rest = line.partition(b":")
-                if name.strip().lower() == b"traceparent":
-                    value = rest.strip()
-            writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: %d\r\n\r\n" % len(value) + value)
-            await writer.drain()
-    except (asyncio.IncompleteReadError, ConnectionError):
-        pass
-    finally:
-        writer.close()
-async def main():
-    server = await asyncio.start_server(handle, "127.0.0.1", 0)
-    print(f"listening {server.sockets[0].getsockname()[1]}", flush=True)
-    await server.serve_forever()
-asyncio.run(main())
-"""
 
 
 class Receiver:
@@ -103,10 +78,9 @@ def receiver(module_processes: ProcessGroup, tmp_path_factory: pytest.TempPathFa
 
 @pytest.fixture(scope="module")
 def hops(module_processes: ProcessGroup, receiver: Receiver) -> tuple[Proxy, Proxy]:
-    app = module_processes.start("traceparent-app", [sys.executable, "-c", ECHO_TRACEPARENT])
-    port = int(app.wait_for_match(re.compile(r"listening (\d+)"), "listening").group(1))
+    app = header_echo(module_processes, "traceparent-app", "traceparent")
     trace = ["--otlp-endpoint", receiver.endpoint]
-    b = start_proxy(module_processes, app_addr=f"{LOOPBACK}:{port}", extra=trace, name="trace-b")
+    b = start_proxy(module_processes, app_addr=app, extra=trace, name="trace-b")
     a = start_proxy(
         module_processes,
         static_dst={"svc": [f"{LOOPBACK}:{b.inbound_port}"]},
@@ -230,11 +204,10 @@ def test_grpc_spans_two_hops(module_processes: ProcessGroup, receiver: Receiver)
 
 
 def test_collector_down_costs_requests_nothing(module_processes: ProcessGroup) -> None:
-    app = module_processes.start("traceparent-app-2", [sys.executable, "-c", ECHO_TRACEPARENT])
-    port = int(app.wait_for_match(re.compile(r"listening (\d+)"), "listening").group(1))
+    app = header_echo(module_processes, "traceparent-app-2", "traceparent")
     proxy = start_proxy(
         module_processes,
-        static_dst={"svc": [f"{LOOPBACK}:{port}"]},
+        static_dst={"svc": [app]},
         extra=["--otlp-endpoint", f"http://{LOOPBACK}:{refused_port()}"],
         name="trace-down",
     )
