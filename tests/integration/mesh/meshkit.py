@@ -20,7 +20,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from support.mesh import CONTROL_READY
+from support.mesh import CONTROL_READY, Proxy, start_proxy
 from support.ports import LOOPBACK
 from support.process import ManagedProcess, ProcessGroup, http_status
 
@@ -151,6 +151,16 @@ def start_control(
     control = Control(process, int(ready.group(1)), int(ready.group(2)))
     process.wait_for(lambda: http_status(LOOPBACK, control.admin_port, "/ready") == 200, "/ready")
     return control
+
+
+def workload_proxy(group: ProcessGroup, control: Control, workload: str, app: str) -> Proxy:
+    """A proxy for `workload` in front of `app`, following `control`."""
+    return start_proxy(
+        group,
+        app_addr=app,
+        extra=["--control-addr", control.grpc_addr, "--workload", workload],
+        name=workload,
+    )
 
 
 def write_manifest(path: Path, text: str) -> None:

@@ -22,8 +22,8 @@ import grpc
 import pytest
 from joserfc import jwt as jose_jwt
 from joserfc.jwk import ECKey, RSAKey
-from meshkit import start_control, wait_until
-from support.mesh import Backend, Proxy, start_proxy
+from meshkit import start_control, wait_until, workload_proxy
+from support.mesh import Backend, Proxy
 from support.ports import LOOPBACK
 from support.process import ProcessGroup
 
@@ -130,12 +130,9 @@ def world(
     url = f"http://{LOOPBACK}:{port}/jwks.json"
     path.write_text(_manifest(http_backend.port, echo_app.port, whoami_port, jwks, url))
     control = start_control(module_processes, path)
-    ctl = ["--control-addr", control.grpc_addr]
 
     def inbound(workload: str, app: str) -> Proxy:
-        return start_proxy(
-            module_processes, app_addr=app, extra=[*ctl, "--workload", workload], name=workload
-        )
+        return workload_proxy(module_processes, control, workload, app)
 
     return World(
         inbound("books", http_backend.addr),

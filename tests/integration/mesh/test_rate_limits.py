@@ -20,8 +20,8 @@ from pathlib import Path
 
 import grpc
 import pytest
-from meshkit import start_control, wait_until
-from support.mesh import Backend, Proxy, start_proxy
+from meshkit import start_control, wait_until, workload_proxy
+from support.mesh import Backend, Proxy
 from support.ports import LOOPBACK
 from support.process import ProcessGroup
 
@@ -87,12 +87,9 @@ def world(
     path = tmp_path_factory.mktemp("limits") / "mesh.yaml"
     path.write_text(_manifest(http_backend.port, echo_app.port))
     control = start_control(module_processes, path)
-    ctl = ["--control-addr", control.grpc_addr]
 
     def inbound(workload: str, app: str) -> Proxy:
-        return start_proxy(
-            module_processes, app_addr=app, extra=[*ctl, "--workload", workload], name=workload
-        )
+        return workload_proxy(module_processes, control, workload, app)
 
     return World(
         inbound("books", http_backend.addr),
