@@ -42,6 +42,7 @@ Hot path: plain attributes in `__slots__`, no allocation on the common path
 from __future__ import annotations
 
 import time
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Final
 
@@ -131,7 +132,7 @@ class PlanContext:
         self.retry_labels: dict[str, tuple[tuple[str, str], ...]] = {}
 
 
-class RequestPlan:
+class RequestPlan(ABC):
     """One request's way through the proxy, across its attempts."""
 
     # Whether access-log lines carry `grpc_status` (HTTP/2 and gRPC do).
@@ -537,9 +538,9 @@ class RequestPlan:
         pc = self.pc
         pc.metrics.proxy_error(pc.direction, error if isinstance(error, str) else error.reason)
 
+    @abstractmethod
     def tap_event(self, status: int, grpc_status: int, latency_s: float, error: str) -> TapEvent:
-        """The tap record of this request (the protocol adds what it knows)."""
-        raise NotImplementedError
+        """The tap record of this request: each protocol builds it from what it knows."""
 
     def route_name(self) -> str:
         route = self.route
