@@ -18,7 +18,8 @@ import typer
 from tulle.cli.app import app
 from tulle.cli.proxy_flags import FLAGS, FlagError, build_config
 from tulle.proxy.config import config_to_json
-from tulle.proxy.runner import CONFIG_ENV, MMAP_THRESHOLD_BYTES
+from tulle.proxy.heap import MMAP_THRESHOLD_BYTES
+from tulle.proxy.runner import CONFIG_ENV
 
 _FLAGS = {flag.name: flag for flag in FLAGS}
 
@@ -173,7 +174,7 @@ def proxy(
     # Replace this process (same pid) with the lean proxy image; see runner.py.
     env = dict(os.environ)
     env[CONFIG_ENV] = config_to_json(config)
-    # See runner.raise_mmap_threshold: glibc reads this variable at start.
+    # See heap.raise_mmap_threshold: glibc reads this variable at start.
     env.setdefault("MALLOC_MMAP_THRESHOLD_", str(MMAP_THRESHOLD_BYTES))
     sys.stdout.flush()
     sys.stderr.flush()

@@ -49,6 +49,7 @@ from tulle.proxy.admin import AdminServer, AdminState
 from tulle.proxy.config import ProxyConfig
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.destinations import DestinationGuard
+from tulle.proxy.heap import trim_heap
 from tulle.proxy.http1 import EndpointPool, Http1Server, original_authority
 from tulle.proxy.inbound import INBOUND, tcp_allowed
 from tulle.proxy.metrics import Labels, Metrics, Snapshot
@@ -740,6 +741,7 @@ async def _run_single(config: ProxyConfig) -> int:
         _fmt(config.inbound_addr),
         _fmt(config.admin_addr),
     )
+    trim_heap()
     await worker.stopped.wait()
     admin.close()
     return 0
@@ -769,6 +771,7 @@ def _worker_main(config: ProxyConfig, sock: socket.socket) -> None:
         await worker.start_policy()
         _serve_snapshots(asyncio.get_running_loop(), sock, worker)
         _install_signals(asyncio.get_running_loop(), worker.drain)
+        trim_heap()
         await worker.stopped.wait()
         return 0
 
@@ -889,6 +892,7 @@ async def _run_workers(config: ProxyConfig) -> int:
         await stop()
         return 2
     _install_signals(loop, stop)
+    trim_heap()
     restarts: dict[int, float] = {}
     while not stopped.is_set():
         with contextlib.suppress(TimeoutError):

@@ -16,11 +16,9 @@ import os
 import sys
 
 from tulle.proxy.config import ProxyConfig, config_from_json
+from tulle.proxy.heap import raise_mmap_threshold
 
 CONFIG_ENV = "TULLE_PROXY_CONFIG_JSON"
-# glibc's M_MMAP_THRESHOLD for mallopt(3); MALLOC_MMAP_THRESHOLD_ is its variable.
-_M_MMAP_THRESHOLD = -3
-MMAP_THRESHOLD_BYTES = 4 << 20
 
 
 def main() -> int:
@@ -29,26 +27,6 @@ def main() -> int:
         print("tulle.proxy.runner: start the proxy with `tulle proxy`", file=sys.stderr)
         return 2
     return serve(config_from_json(text))
-
-
-def raise_mmap_threshold() -> None:
-    """Allocations up to 4 MiB come from the heap, not from mmap.
-
-    uvloop's TLS layer reads into a fresh 256 KiB buffer on every read; above
-    glibc's default 128 KiB mmap threshold each one is an mmap/munmap pair
-    (8 % of a mesh-TLS proxy's CPU in a profile). A higher threshold keeps
-    them in the heap: +14-35 % requests/s over mTLS, no change in plaintext.
-    The exec path sets MALLOC_MMAP_THRESHOLD_ instead; setting it here is the
-    same for glibc, and needs no second interpreter.
-    """
-    if "MALLOC_MMAP_THRESHOLD_" in os.environ:
-        return  # chosen by whoever started us (or by the exec path)
-    try:
-        import ctypes
-
-        ctypes.CDLL(None).mallopt(_M_MMAP_THRESHOLD, MMAP_THRESHOLD_BYTES)
-    except (OSError, AttributeError):  # not glibc: nothing to tune
-        return
 
 
 def serve(config: ProxyConfig) -> int:
