@@ -10,7 +10,13 @@ project's bar: no more than 3 % worse) whatever else the machine is doing.
 What it measures, per tree (everything on 127.0.0.1):
 
 * http1 -- one keep-alive HTTP/1.1 client -> proxy outbound
-  (`--static-dst bench=backend`) -> `tulle demo backend`;
+  (`--static-dst bench=backend`) -> a backend. By default (`--h1-heads
+  browser`, issue 15's workload, as bench/peers.py runs it) each request
+  carries the 8 browser-like headers of bench/peers.py and the backend, run
+  by this script, answers with nginx's default response headers (Server,
+  Date, Content-Type, Content-Length, Last-Modified, Connection, ETag,
+  Accept-Ranges) and a 13-byte body; `--h1-heads minimal` is the earlier
+  count: Host only, against `tulle demo backend`'s two-header answers;
 * http2 -- one prior-knowledge h2c client (the `h2` library, one stream at a
   time) -> the same proxy -> an h2c backend run by this script.
 
@@ -26,7 +32,7 @@ and the count is taken at two request counts so start-up and warm-up cancel
 out: (Ir@N2 - Ir@N1) / (N2 - N1).
 
 Usage: python bench/instructions.py TREE [TREE ...] [--protocol http1|http2|both]
-                                    [--hops one|plain|mtls]
+                                    [--hops one|plain|mtls] [--h1-heads browser|minimal]
        e.g. git worktree add /tmp/base <rev>; python bench/instructions.py /tmp/base .
 Needs: valgrind (apt-get install -y valgrind).
 """
@@ -46,7 +52,7 @@ import sys
 import tempfile
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
@@ -66,8 +72,39 @@ def free_port() -> int:
         return port
 
 
+# bench/peers.py's BROWSER_HEADERS (issue 15's workload), as a dict for http.client;
+# with Accept-Encoding given, http.client adds none of its own.
+BROWSER_HEADERS = {
+    "Host": SERVICE,
+    "User-Agent": "Mozilla/5.0 (X11; Linux x86_64; rv:128.0) Gecko/20100101 Firefox/128.0",
+    "Accept": "text/html,application/xhtml+xml,application/xml;q=0.9,*/*;q=0.8",
+    "Accept-Language": "en-GB,en;q=0.7,fr;q=0.3",
+    "Accept-Encoding": "gzip, deflate, br",
+    "Referer": "http://bench/index.html",
+    "Cookie": "session=8f14e45fceea167a5a36dedd4bea2543; theme=dark",
+    "Cache-Control": "max-age=0",
+    "Upgrade-Insecure-Requests": "1",
+}
+MINIMAL_HEADERS = {"Host": SERVICE}
+# What nginx 1.22 answers for a static 13-byte file, header for header.
+NGINX_RESPONSE = (
+    b"HTTP/1.1 200 OK\r\n"
+    b"Server: nginx/1.22.1\r\n"
+    b"Date: Fri, 27 Nov 2026 18:00:00 GMT\r\n"
+    b"Content-Type: text/plain\r\n"
+    b"Content-Length: 13\r\n"
+    b"Last-Modified: Fri, 27 Nov 2026 14:00:00 GMT\r\n"
+    b"Connection: keep-alive\r\n"
+    b'ETag: "6927d9e0-d"\r\n'
+    b"Accept-Ranges: bytes\r\n"
+    b"\r\n"
+    b"hello, world!"
+)
+_request_headers = BROWSER_HEADERS
+
+
 def http1_get(conn: http.client.HTTPConnection) -> int:
-    conn.request("GET", "/", headers={"Host": SERVICE})
+    conn.request("GET", "/", headers=_request_headers)
     response = conn.getresponse()
     response.read()
     return response.status
@@ -154,6 +191,35 @@ def serve_h2c(listener: socket.socket, stop: threading.Event) -> None:
                         conn.send_data(event.stream_id, b"Hello, Tulle\n", end_stream=True)
                 sock.sendall(conn.data_to_send())
 
+    accept_loop(listener, stop, handle)
+
+
+def serve_nginx_like(listener: socket.socket, stop: threading.Event) -> None:
+    """An HTTP/1.1 backend answering every GET head with NGINX_RESPONSE
+    (keep-alive, one thread per connection; requests have no body)."""
+
+    def handle(sock: socket.socket) -> None:
+        pending = b""
+        with sock:
+            while not stop.is_set():
+                try:
+                    data = sock.recv(65536)
+                except OSError:
+                    return
+                if not data:
+                    return
+                pending += data
+                heads = pending.count(b"\r\n\r\n")
+                if heads:
+                    pending = pending[pending.rindex(b"\r\n\r\n") + 4 :]
+                    sock.sendall(NGINX_RESPONSE * heads)
+
+    accept_loop(listener, stop, handle)
+
+
+def accept_loop(
+    listener: socket.socket, stop: threading.Event, handle: Callable[[socket.socket], None]
+) -> None:
     listener.settimeout(0.5)
     while not stop.is_set():
         try:
@@ -162,13 +228,14 @@ def serve_h2c(listener: socket.socket, stop: threading.Event) -> None:
             continue
         except OSError:
             return
+        sock.settimeout(None)
         threading.Thread(target=handle, args=(sock,), daemon=True).start()
 
 
 @contextlib.contextmanager
 def backend(tree: Path, protocol: str) -> Iterator[int]:
     env = dict(os.environ, PYTHONPATH=f"{tree}/src")
-    if protocol == "http1":
+    if protocol == "http1" and _request_headers is MINIMAL_HEADERS:
         port = free_port()
         proc = subprocess.Popen(
             [sys.executable, "-m", "tulle", "demo", "backend", "--addr", f"{LOOPBACK}:{port}"],
@@ -187,7 +254,8 @@ def backend(tree: Path, protocol: str) -> Iterator[int]:
     listener.bind((LOOPBACK, 0))
     listener.listen(64)
     stop = threading.Event()
-    thread = threading.Thread(target=serve_h2c, args=(listener, stop), daemon=True)
+    serve = serve_h2c if protocol == "http2" else serve_nginx_like
+    thread = threading.Thread(target=serve, args=(listener, stop), daemon=True)
     thread.start()
     try:
         yield listener.getsockname()[1]
@@ -343,12 +411,20 @@ def main() -> int:
         default="one",
         help="one proxy, or two with a plaintext or mTLS hop between them (both counted)",
     )
+    parser.add_argument(
+        "--h1-heads",
+        choices=("browser", "minimal"),
+        default="browser",
+        help="HTTP/1: 8 browser headers and nginx's response headers (issue 15), or Host only",
+    )
     parser.add_argument("--low", type=int, default=500, help="requests in the first count")
     parser.add_argument("--high", type=int, default=2500, help="requests in the second count")
     args = parser.parse_args()
     if shutil.which("valgrind") is None or shutil.which("callgrind_control") is None:
         print("needs valgrind: apt-get install -y valgrind", file=sys.stderr)
         return 2
+    global _request_headers
+    _request_headers = BROWSER_HEADERS if args.h1_heads == "browser" else MINIMAL_HEADERS
     trees = [tree.resolve() for tree in args.trees]
     for tree in trees:
         if not (tree / "src" / "tulle").is_dir():
@@ -363,7 +439,7 @@ def main() -> int:
                 low = count(tree, protocol, args.low, Path(tmp), args.hops)
                 high = count(tree, protocol, args.high, Path(tmp), args.hops)
                 results[(protocol, tree)] = (high - low) / (args.high - args.low)
-    print(f"hops: {args.hops}\n")
+    print(f"hops: {args.hops}; HTTP/1 heads: {args.h1_heads}\n")
     print("| protocol | tree | instructions per request | vs first tree |")
     print("|---|---|---:|---:|")
     for protocol in protocols:
