@@ -100,7 +100,7 @@ class H2Call(RequestPlan):
         route = self.route
         if route is not None and route.mirror is not None:
             self.dispatcher.ctx.mirrors.send_h2(
-                route.mirror.target, headers, body, trailers, self.drop_header
+                route.mirror, headers, body, trailers, self.drop_header
             )
 
     def ended(self, status: int, grpc_status: int | None, outcome: Outcome, error: str) -> None:

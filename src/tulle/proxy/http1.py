@@ -1040,7 +1040,7 @@ class Exchange(RequestPlan):
         if not mirror.sampler.keep():
             return
         whole = self.req_done and self.head.upgrade is None and self.head.method != b"CONNECT"
-        self.server.ctx.mirrors.send(mirror.target, self.replay if whole else None)
+        self.server.ctx.mirrors.send(mirror, self.replay if whole else None)
 
     def tap_event(self, status: int, grpc_status: int, latency_s: float, error: str) -> TapEvent:
         server = self.server

@@ -11,7 +11,10 @@ find its end), and closes the connection then, or after `MIRROR_TIMEOUT_S`. At m
 too large to keep or the mirror has no endpoint, the copy is dropped; the
 first copies to a mirror not yet resolved wait (bounded) for discovery.
 Everything is counted in `mirror_requests_total{direction, dst_service,
-result}` (`sent`, `failed`, `timeout`, `dropped`).
+route_service, route, result}` (`sent`, `failed`, `timeout`, `dropped`):
+`dst_service` is the mirror, `route_service` and `route` the route whose
+requests are copied (names from the manifest, so the label sets are
+bounded; `tulle routes` counts a route's copies by them).
 
 HTTP/2 and gRPC (`send_h2`, from `tulle.proxy.h2_mesh.H2Call` when its
 stream is over): the stream's kept request -- the client's headers, its DATA
@@ -41,7 +44,7 @@ from tulle.proxy.metrics import Labels, Metrics
 
 if TYPE_CHECKING:
     from tulle.codec.http2 import Header
-    from tulle.proxy.router import ServiceTarget
+    from tulle.proxy.router import MirrorPolicy
 
 
 class Connectable(Protocol):
@@ -92,29 +95,35 @@ class Mirrors:
         self._metrics = metrics
         self._direction = direction
         self.in_flight = 0
-        self._labels: dict[tuple[str, str], Labels] = {}
+        self._labels: dict[tuple[str, str, str, str], Labels] = {}
 
-    def _count(self, service: str, result: str) -> None:
-        labels = self._labels.get((service, result))
+    def _count(self, mirror: MirrorPolicy, result: str) -> None:
+        key = (mirror.target.name, mirror.route_service, mirror.route, result)
+        labels = self._labels.get(key)
         if labels is None:
-            labels = self._labels[(service, result)] = (
+            labels = (
                 ("direction", self._direction),
-                ("dst_service", service),
+                ("dst_service", key[0]),
+                ("route_service", key[1]),
+                ("route", key[2]),
                 ("result", result),
             )
+            # Names come from the manifest; the bound is for a mesh that renames forever.
+            if len(self._labels) < 10_000:
+                self._labels[key] = labels
         self._metrics.inc("mirror_requests_total", labels)
 
     def send_h2(
         self,
-        target: ServiceTarget,
+        mirror: MirrorPolicy,
         headers: Sequence[Header] | None,
         body: list[bytes] | None,
         trailers: list[Header] | None,
         drop_header: bytes | None,
     ) -> None:
-        """Send a copy of an HTTP/2 request (`body` None: not kept whole) to `target`."""
+        """Send a copy of an HTTP/2 request (`body` None: not kept whole) to the mirror."""
         if headers is None or body is None or self.in_flight >= MAX_IN_FLIGHT:
-            self._count(target.name, "dropped")
+            self._count(mirror, "dropped")
             return
         from tulle.proxy import mirror_h2  # only once something is mirrored over HTTP/2
 
@@ -125,12 +134,12 @@ class Mirrors:
         def protocol(done: asyncio.Future[None]) -> asyncio.Protocol:
             return mirror_h2.H2Copy(done, copied, data, trailers)
 
-        self._loop.create_task(self._run(target, protocol, ALPN_H2, ()))
+        self._loop.create_task(self._run(mirror, protocol, ALPN_H2, ()))
 
-    def send(self, target: ServiceTarget, request: list[bytes] | None) -> None:
-        """Send a copy of `request` (head first; None: not kept) to `target`."""
+    def send(self, mirror: MirrorPolicy, request: list[bytes] | None) -> None:
+        """Send a copy of `request` (head first; None: not kept) to the mirror."""
         if request is None or self.in_flight >= MAX_IN_FLIGHT:
-            self._count(target.name, "dropped")
+            self._count(mirror, "dropped")
             return
         head = request[0]
         # The copy asks the mirror to close after answering: no pooled
@@ -139,16 +148,17 @@ class Mirrors:
         self.in_flight += 1
         head_only = head[:5] == b"HEAD "
         self._loop.create_task(
-            self._run(target, lambda done: _Discard(done, head_only), ALPN_HTTP1, copy)
+            self._run(mirror, lambda done: _Discard(done, head_only), ALPN_HTTP1, copy)
         )
 
     async def _run(
         self,
-        target: ServiceTarget,
+        mirror: MirrorPolicy,
         protocol: Callable[[asyncio.Future[None]], asyncio.Protocol],
         alpn: str,
         copy: Sequence[bytes],
     ) -> None:
+        target = mirror.target
         if not target.view.ready:
             # The first copies to a mirror the proxy has never resolved wait
             # (bounded) for discovery, like a request would: dropping them
@@ -157,14 +167,14 @@ class Mirrors:
         state = target.balancer.pick(time.monotonic())
         if state is None:
             self.in_flight -= 1
-            self._count(target.name, "dropped")
+            self._count(mirror, "dropped")
             return
         pool: Connectable = target.pool_for(state)  # type: ignore[assignment]
-        await self._copy(target, pool, protocol, alpn, copy)
+        await self._copy(mirror, pool, protocol, alpn, copy)
 
     async def _copy(
         self,
-        target: ServiceTarget,
+        mirror: MirrorPolicy,
         pool: Connectable,
         protocol: Callable[[asyncio.Future[None]], asyncio.Protocol],
         alpn: str,
@@ -190,4 +200,4 @@ class Mirrors:
             if transport is not None:
                 transport.close()
             self.in_flight -= 1
-            self._count(target.name, result)
+            self._count(mirror, result)

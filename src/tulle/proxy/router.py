@@ -85,6 +85,10 @@ class RoutePolicy:
 class MirrorPolicy:
     target: ServiceTarget
     sampler: Sampler
+    # Whose route's requests are copied: the `route_service` and `route`
+    # labels of `mirror_requests_total` (names from the manifest: bounded).
+    route_service: str = ""
+    route: str = ""
 
 
 DEFAULT_ROUTE = RoutePolicy("default", 0.0, None, frozenset())
@@ -99,7 +103,9 @@ class _CompiledRoute:
         default_timeout: float,
         service: Callable[[str], ServiceTarget],
         limit: Callable[[Route], OutboundLimit] | None = None,
+        owner: str = "",
     ) -> None:
+        """`owner`: the service whose route this is (`service` gives other services)."""
         timeout = route.timeout_s if route.timeout_s is not None else default_timeout
         mirror = route.mirror
         self.policy = RoutePolicy(
@@ -109,7 +115,9 @@ class _CompiledRoute:
             frozenset(route.retry_statuses),
             FaultInjector(route.fault) if route.fault is not None else None,
             route.access_log,
-            MirrorPolicy(service(mirror.service), Sampler(mirror.percent / 100.0))
+            MirrorPolicy(
+                service(mirror.service), Sampler(mirror.percent / 100.0), owner, route.name
+            )
             if mirror is not None
             else None,
             retry_grpc_statuses=frozenset(route.retry_grpc_statuses),
@@ -248,7 +256,7 @@ class ServiceTarget:
     def _apply_profile(self, profile: Profile) -> None:
         default_timeout = profile.timeout_s or 0.0
         self._routes = [
-            _CompiledRoute(r, default_timeout, self._service_named, self._outbound_limit)
+            _CompiledRoute(r, default_timeout, self._service_named, self._outbound_limit, self.name)
             for r in profile.routes
         ]
         self.default_route = RoutePolicy(

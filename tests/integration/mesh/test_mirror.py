@@ -104,5 +104,11 @@ services:
     )
     metrics = proxy.metrics()
     assert metrics.total("mirror_requests_total", dst_service="shadow", result="sent") >= 25
+    # Counted per route of the service whose requests are copied.
+    assert metrics.total(
+        "mirror_requests_total", route_service="books", route="all", result="sent"
+    ) == len(mirrored("/all"))
+    assert metrics.total("mirror_requests_total", route_service="books", route="half") == half
+    assert metrics.total("mirror_requests_total", route_service="books", route="down") == 20
     # The books backend saw every original exactly once.
     assert len(books.seen()) == 20 + 5 + 200 + 20 + 20

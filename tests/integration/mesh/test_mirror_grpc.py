@@ -106,6 +106,13 @@ def test_grpc_copies_reach_the_mirror_and_a_bad_mirror_costs_nothing(
     sent_half = mirror_total(proxy, "shadow", "sent") - 20
     assert 72 <= sent_half <= 128, proxy.metrics().matching("mirror_requests_total")
     wait_until(lambda: copies(shadow, "half") == sent_half, 15, "the half copies to arrive")
+    # Counted per route of the service whose calls are copied.
+    assert (
+        proxy.metrics().total(
+            "mirror_requests_total", route_service="echo-half", route="all", result="sent"
+        )
+        == sent_half
+    )
 
     # A mirror that refuses connections, and one 5 s slow: the primary calls'
     # latencies stay far below what waiting for either would cost.
