@@ -40,12 +40,26 @@ TAP_ROWS = "document.querySelectorAll('table[data-tap] tbody tr')"
 pytestmark = [pytest.mark.integration, pytest.mark.slow, pytest.mark.timeout(180)]
 
 
+def _policy(app_port: int, limits: str = "") -> str:
+    """books' inbound policy: one open server; `limits` adds httpRoutes and rateLimits."""
+    return (
+        "policy:\n"
+        "  servers:\n"
+        f"    - {{name: books-http, workload: books, port: {app_port},"
+        " defaultPolicy: all-unauthenticated}\n" + limits
+    )
+
+
 @pytest.fixture(scope="module")
 def mesh(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Mesh]:
     group = ProcessGroup()
     try:
         backend = start_backend(group)
-        mesh = start_mesh(group, backend, tmp_path_factory.mktemp("dashboard"))
+        # books-0 follows the control plane's inbound policy (open until the
+        # last test adds a limit).
+        mesh = start_mesh(
+            group, backend, tmp_path_factory.mktemp("dashboard"), _policy(backend.port)
+        )
         eventually(lambda: mesh.get("/status/200") == 200, "books reachable through web-0")
         with steady_traffic(mesh.get):
             eventually(
@@ -262,7 +276,16 @@ def test_service_page_counts_faulted_and_rate_limited_requests_apart(mesh: Mesh)
     chromium_or_skip()
     from viz_mesh import manifest_text
 
-    # Last in the module: the manifest gains a faulted route and a rate-limited one.
+    # Last in the module: the manifest gains a faulted route, one its callers
+    # limit (outbound) and one books' own proxy limits (inbound policy).
+    limits = (
+        "  httpRoutes:\n"
+        "    - {name: guarded, server: books-http, matches: [{path: {value: /guarded}}]}\n"
+        "  rateLimits:\n"
+        "    - name: guarded-limit\n"
+        "      target: {httpRoute: guarded}\n"
+        "      total: {requestsPerSecond: 0.01, burst: 1}\n"
+    )
     mesh.manifest.write_text(
         manifest_text(mesh.books.inbound_port) + "      - name: chaos\n"
         "        matches: [{path: {value: /chaos}}]\n"
@@ -270,17 +293,27 @@ def test_service_page_counts_faulted_and_rate_limited_requests_apart(mesh: Mesh)
         "      - name: capped\n"
         "        matches: [{path: {value: /capped}}]\n"
         "        rateLimit: {requestsPerSecond: 0.01, burst: 1}\n"
+        "      - name: guarded\n"
+        "        matches: [{path: {value: /guarded}}]\n" + _policy(mesh.books_app_port, limits)
     )
     eventually(lambda: mesh.get("/chaos") == 503, "the chaos route's fault in web-0", 60.0)
     eventually(lambda: mesh.get("/capped") == 429, "the capped route's limit in web-0", 60.0)
+    eventually(lambda: mesh.get("/guarded") == 429, "the guarded route's limit in books-0", 60.0)
     for _ in range(3):
         assert mesh.get("/chaos") == 503
         assert mesh.get("/capped") == 429
+        assert mesh.get("/guarded") == 429
 
     def counted() -> bool:
-        rows = {r["route"]: r for r in mesh.cli_json("routes", "books")["rows"]}
+        document = mesh.cli_json("routes", "books")
+        rows = {r["route"]: r for r in document["rows"]}
         chaos, capped = rows.get("chaos", {}), rows.get("capped", {})
-        return chaos.get("faults_injected", 0) >= 4 and capped.get("rate_limited", 0) >= 4
+        guarded = rows.get("guarded", {})
+        return (
+            chaos.get("faults_injected", 0) >= 4
+            and capped.get("rate_limited", 0) >= 4
+            and guarded.get("rate_limited_inbound", 0) >= 3
+        )
 
     eventually(counted, "the faults and limits in /api/routes", 30.0)
     opened = mesh.cli("dashboard", "books", "--no-browser")
@@ -297,3 +330,12 @@ def test_service_page_counts_faulted_and_rate_limited_requests_apart(mesh: Mesh)
         # Each counted in its own column only: no limit on chaos, no fault on capped.
         assert page.locator(f'{chaos} td[data-col="rate_limited"]').inner_text() == "0"
         assert page.locator(f'{capped} td[data-col="faults_injected"]').inner_text() == "0"
+        # books' own inbound limit: on its route's row, and in the limits panel.
+        guarded = 'tr[data-key="guarded"]'
+        page.wait_for_selector(guarded)
+        assert int(page.locator(f'{guarded} td[data-col="rate_limited"]').inner_text()) >= 3
+        assert page.locator(f'{guarded} td[data-col="faults_injected"]').inner_text() == "0"
+        limit = 'tr[data-key="guarded-limit"]'
+        page.wait_for_selector(limit)
+        assert int(page.locator(f'{limit} td[data-col="limited"]').inner_text()) >= 3
+        assert page.locator(f'{limit} td[data-col="target"]').inner_text() == "httpRoute guarded"

@@ -359,6 +359,7 @@ def routes(
     table.add_column("RETRIES", justify="right")
     table.add_column("FAULTED", justify="right")
     table.add_column("LIMITED", justify="right")
+    table.add_column("MIRRORED", justify="right")
     for row in document["rows"]:
         table.add_row(
             row["route"],
@@ -367,6 +368,7 @@ def routes(
             str(row["retries"]),
             str(row.get("faults_injected", 0)),
             str(row.get("rate_limited", 0)),
+            str(row.get("mirrored", 0)),
         )
     _console().print(table)
     # What the manifest injects into a route, one line each (longer than a cell).
@@ -374,6 +376,23 @@ def routes(
         for key, label in (("fault", "fault"), ("mirror", "mirror"), ("rate_limit", "limit")):
             if row.get(key):
                 typer.echo(f"{row['route']}: {label}: {row[key]}")
+    limits = document.get("inbound_limits") or []
+    if limits:
+        inbound = _table(f"{service}: inbound rate limits (policy), last {document['window_s']:g}s")
+        for column in ("LIMIT", "TARGET", "TOTAL", "PER CALLER", "ALLOWED", "LIMITED"):
+            inbound.add_column(
+                column, justify="right" if column in ("ALLOWED", "LIMITED") else "left"
+            )
+        for limit in limits:
+            inbound.add_row(
+                limit["name"],
+                limit["target"],
+                limit["total"] or "-",
+                limit["per_caller"] or "-",
+                str(limit.get("allowed", 0)),
+                str(limit.get("limited", 0)),
+            )
+        _console().print(inbound)
 
 
 @app.command("edges")

@@ -70,6 +70,8 @@ class Golden:
     # What a route's fault and outbound rate limit did (only `routes` shows them).
     faults: float = 0.0
     rate_limited: float = 0.0
+    # Copies of the route's requests its mirror sent (`result="sent"`).
+    mirrored: float = 0.0
     buckets: dict[float, float] = field(default_factory=dict)
     client_ids: set[str] = field(default_factory=set)
     server_ids: set[str] = field(default_factory=set)
@@ -102,6 +104,8 @@ class Golden:
             self.faults += value
         elif name == "outbound_http_ratelimit_total" and _label(labels, "decision") == "limit":
             self.rate_limited += value
+        elif name == "mirror_requests_total" and _label(labels, "result") == "sent":
+            self.mirrored += value
 
     def _histogram(self) -> dict[float, float]:
         """The summed buckets, with the empty ones below the first observation.
@@ -147,11 +151,21 @@ def _series(
             yield delta.target, name, labels, value
 
 
+# Counted per route only: a mirror's copies are not the mirror's traffic in
+# stat or edges (its own proxies count what it serves), and an inbound limit's
+# decisions are listed by `inbound_limit_counts`.
+_ROUTE_ONLY = frozenset({"mirror_requests_total", "inbound_http_ratelimit_total"})
+
+
 def _group(
-    data: WindowData, key: Callable[[ScrapeTarget, str, Labels], str | tuple[str, ...] | None]
+    data: WindowData,
+    key: Callable[[ScrapeTarget, str, Labels], str | tuple[str, ...] | None],
+    with_mirrors: bool = False,
 ) -> dict[Any, Golden]:
     groups: dict[Any, Golden] = {}
     for target, name, labels, value in _series(data.deltas):
+        if name in _ROUTE_ONLY and not (with_mirrors and name == "mirror_requests_total"):
+            continue
         group = key(target, name, labels)
         if group is None:
             continue
@@ -262,14 +276,42 @@ def stat_workloads(data: WindowData, workload: str | None = None) -> list[dict[s
     return rows
 
 
-def routes(data: WindowData, service: str) -> list[dict[str, Any]]:
-    """Per-route figures of `service`: its callers' outbound view, else its inbound one."""
+def inbound_limit_counts(data: WindowData, service: str) -> dict[tuple[str, str], dict[str, int]]:
+    """What the inbound rate limits of `service`'s own proxies decided in the window.
+
+    Keyed by (limit, policy route) from `inbound_http_ratelimit_total{server,
+    route, limit, decision}`: `allowed` and `limited` requests."""
+    counts: dict[tuple[str, str], list[float]] = {}
+    for target, name, labels, value in _series(data.deltas):
+        if name != "inbound_http_ratelimit_total" or target.service != service:
+            continue
+        get = _as_dict(labels).get
+        entry = counts.setdefault((get("limit", ""), get("route", "")), [0.0, 0.0])
+        entry[1 if get("decision") == "limit" else 0] += value
+    return {
+        key: {"allowed": round(allowed), "limited": round(limited)}
+        for key, (allowed, limited) in counts.items()
+    }
+
+
+def routes(data: WindowData, service: str, configured: Iterable[str] = ()) -> list[dict[str, Any]]:
+    """Per-route figures of `service`: its callers' outbound view, else its inbound one.
+
+    `configured`: the routes the manifest gives the service; one without
+    traffic in the window is listed too, with zero counts (as `linkerd viz
+    routes` lists a service profile's routes). `rate_limited` is what the
+    callers' outbound limit refused plus what the service's inbound limits
+    refused on a policy route of the same name (`rate_limited_outbound`,
+    `rate_limited_inbound`); every inbound limit's own counts are in
+    `inbound_limit_counts`."""
 
     def outbound(target: ScrapeTarget, name: str, labels: Labels) -> str | None:
-        if _direction(labels) != "outbound" or _label(labels, "dst_service") != service:
+        if _direction(labels) != "outbound" or name == "retry_total":
             return None
-        if name == "retry_total" or name == "mirror_requests_total":
-            return None  # mirror copies carry no route label
+        # A copy's `dst_service` is the mirror; the route it copies is `route_service`'s.
+        whose = "route_service" if name == "mirror_requests_total" else "dst_service"
+        if _label(labels, whose) != service:
+            return None
         return _label(labels, "route") or DEFAULT_ROUTE
 
     def inbound(target: ScrapeTarget, name: str, labels: Labels) -> str | None:
@@ -277,18 +319,27 @@ def routes(data: WindowData, service: str) -> list[dict[str, Any]]:
             return None
         return _label(labels, "route") or DEFAULT_ROUTE
 
-    groups = _group(data, outbound)
+    groups = _group(data, outbound, with_mirrors=True)
     source = "outbound"
     if not groups:
         groups = _group(data, inbound)
         source = "inbound"
+    refused_inbound: dict[str, int] = {}
+    for (_, route), counts in inbound_limit_counts(data, service).items():
+        if route:
+            refused_inbound[route] = refused_inbound.get(route, 0) + counts["limited"]
     rows: list[dict[str, Any]] = []
-    for route in sorted(groups):
+    for route in sorted(set(groups) | set(configured)):
         row: dict[str, Any] = {"service": service, "route": route, "source": source}
-        golden = groups[route]
+        golden = groups.get(route) or Golden()
         row.update(golden.to_json(data.seconds))
         row["faults_injected"] = round(golden.faults)
-        row["rate_limited"] = round(golden.rate_limited)
+        row["mirrored"] = round(golden.mirrored)
+        outbound_limited = round(golden.rate_limited)
+        inbound_limited = refused_inbound.get(route, 0)
+        row["rate_limited_outbound"] = outbound_limited
+        row["rate_limited_inbound"] = inbound_limited
+        row["rate_limited"] = outbound_limited + inbound_limited
         rows.append(row)
     return rows
 

@@ -218,13 +218,30 @@ class MetricsApi:
         if not service:
             raise ApiError(400, "routes needs ?service=NAME")
         data = await self._window(query)
-        rows = aggregate.routes(data, service)
         manifest = self.context.manifest()
         spec = manifest.services.get(service) if manifest is not None else None
         configured = {r.name: r for r in spec.profile.routes} if spec is not None else {}
+        rows = aggregate.routes(data, service, configured)
         for row in rows:
             row.update(route_config.describe(configured.get(row["route"])))
-        return self._envelope(data, rows)
+        document = self._envelope(data, rows)
+        # The inbound side's `policy.rateLimits` protecting the service, with
+        # what each decided in the window (its own proxies' counters).
+        limits: list[dict[str, Any]] = []
+        if manifest is not None:
+            pods = [
+                f"{t.namespace}/{t.instance}"
+                for t in self.context.targets()
+                if t.service == service and t.namespace
+            ]
+            limits = route_config.inbound_limits(manifest.authorization, service, pods or None)
+        counts = aggregate.inbound_limit_counts(data, service)
+        for limit in limits:
+            decided = [c for (name, _), c in counts.items() if name == limit["name"]]
+            limit["allowed"] = sum(c["allowed"] for c in decided)
+            limit["limited"] = sum(c["limited"] for c in decided)
+        document["inbound_limits"] = limits
+        return document
 
     async def edges(self, query: dict[str, str]) -> dict[str, Any]:
         data = await self._window(query)

@@ -33,6 +33,8 @@ KEPT_COUNTERS = frozenset(
         "timeout_total",
         "fault_injected_total",
         "outbound_http_ratelimit_total",
+        "inbound_http_ratelimit_total",
+        "mirror_requests_total",
     }
 )
 

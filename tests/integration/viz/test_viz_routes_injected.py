@@ -18,6 +18,7 @@ from viz_mesh import Mesh, eventually, manifest_text, start_mesh
 pytestmark = pytest.mark.integration
 
 FAULTED = 5
+COPIED = 4
 LIMITED_SENT = 6
 BURST = 2
 
@@ -31,6 +32,9 @@ EXTRA_ROUTES = (
     "        matches: [{path: {value: /capped}}]\n"
     f"        rateLimit: {{requestsPerSecond: 0.01, burst: {BURST}}}\n"
     "        mirror: {service: books, percent: 50}\n"
+    "      - name: copied\n"
+    "        matches: [{path: {value: /copied}}]\n"
+    "        mirror: {service: books}\n"
 )
 
 
@@ -59,6 +63,8 @@ def _rows(mesh: Mesh) -> dict[str, Any]:
 def test_routes_show_faults_limits_and_mirrors(mesh: Mesh) -> None:
     for _ in range(FAULTED):
         assert mesh.get("/chaos") == 503
+    for _ in range(COPIED):
+        assert mesh.get("/copied") == 404  # the backend has no /copied: still a copy
     statuses = [mesh.get("/capped") for _ in range(LIMITED_SENT)]
     assert statuses.count(429) == LIMITED_SENT - BURST, statuses
 
@@ -70,6 +76,8 @@ def test_routes_show_faults_limits_and_mirrors(mesh: Mesh) -> None:
         if chaos is None or capped is None:
             return None
         if chaos["faults_injected"] < FAULTED + 1 or capped["rate_limited"] < LIMITED_SENT - BURST:
+            return None
+        if rows.get("copied", {}).get("mirrored", 0) < COPIED:
             return None
         return rows
 
@@ -84,6 +92,7 @@ def test_routes_show_faults_limits_and_mirrors(mesh: Mesh) -> None:
     assert rows["capped"]["rate_limited"] == LIMITED_SENT - BURST
     assert rows["capped"]["rate_limit"] == f"0.01/s burst {BURST}"
     assert rows["capped"]["mirror"] == "books 50%"
+    assert rows["copied"]["mirrored"] == COPIED and rows["chaos"]["mirrored"] == 0
     assert rows["capped"]["fault"] == "" and rows["capped"]["faults_injected"] == 0
 
     table = mesh.cli("routes", "books")
@@ -92,3 +101,4 @@ def test_routes_show_faults_limits_and_mirrors(mesh: Mesh) -> None:
     assert "chaos: fault: abort 100% 503; delay 50% 20ms" in table.stdout
     assert f"capped: limit: 0.01/s burst {BURST}" in table.stdout
     assert "capped: mirror: books 50%" in table.stdout
+    assert "MIRRORED" in table.stdout

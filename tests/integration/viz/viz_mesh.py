@@ -57,6 +57,8 @@ class Mesh:
     # Warm-up requests web-0's proxy answered itself (books not yet discovered):
     # they count on web's outbound side (edges) but never reached books (stat).
     answered_by_web: int = 0
+    # The app's port behind books-0 (the port policy servers name).
+    books_app_port: int = 0
 
     def get(self, path: str, timeout: float = 10.0) -> int:
         """A request to `books` through web-0's outbound side; the status."""
@@ -173,14 +175,29 @@ def start_control(
     return control, grpc_port, api_url
 
 
-def start_mesh(group: ProcessGroup, backend: Backend, directory: Path) -> Mesh:
+def start_mesh(group: ProcessGroup, backend: Backend, directory: Path, policy: str = "") -> Mesh:
+    """The mesh; with `policy` (a manifest's `policy:` section) books-0's
+    proxy follows the control plane's inbound policy for workload `books`
+    (started after the control plane, which reads the manifest again once
+    books-0's port is known)."""
     admin = ["--admin-token-file", str(admin_token_file(directory))]
-    books = start_proxy(group, app_addr=backend.addr, extra=admin, name="proxy-books")
     manifest = directory / "mesh.yaml"
-    manifest.write_text(manifest_text(books.inbound_port))
     targets_file = directory / "targets.txt"
-    targets_file.write_text(f"books=books-0={LOOPBACK}:{books.admin_port}\n")
-    control, grpc_port, api_url = start_control(group, manifest, str(targets_file))
+    if policy:
+        # A placeholder endpoint until books-0 has its port.
+        manifest.write_text(manifest_text(free_port()) + policy)
+        targets_file.write_text("")
+        control, grpc_port, api_url = start_control(group, manifest, str(targets_file))
+        follow = ["--control-addr", f"{LOOPBACK}:{grpc_port}", "--workload", "books"]
+        books = start_proxy(
+            group, app_addr=backend.addr, extra=[*follow, *admin], name="proxy-books"
+        )
+        manifest.write_text(manifest_text(books.inbound_port) + policy)
+    else:
+        books = start_proxy(group, app_addr=backend.addr, extra=admin, name="proxy-books")
+        manifest.write_text(manifest_text(books.inbound_port))
+        targets_file.write_text(f"books=books-0={LOOPBACK}:{books.admin_port}\n")
+        control, grpc_port, api_url = start_control(group, manifest, str(targets_file))
     web = start_proxy(
         group, extra=["--control-addr", f"{LOOPBACK}:{grpc_port}", *admin], name="proxy-web"
     )
@@ -188,4 +205,4 @@ def start_mesh(group: ProcessGroup, backend: Backend, directory: Path) -> Mesh:
     targets_file.write_text(
         f"web=web-0={LOOPBACK}:{web.admin_port}\nbooks=books-0={LOOPBACK}:{books.admin_port}\n"
     )
-    return Mesh(control, api_url, web, books, targets_file, manifest)
+    return Mesh(control, api_url, web, books, targets_file, manifest, books_app_port=backend.port)

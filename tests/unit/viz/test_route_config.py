@@ -36,3 +36,47 @@ def test_fault_mirror_and_limit_texts() -> None:
 def test_default_burst_is_one_seconds_worth() -> None:
     assert describe(Route("r", rate_limit=LimitSpec(0.5)))["rate_limit"] == "0.5/s burst 1"
     assert describe(Route("r", rate_limit=LimitSpec(30)))["rate_limit"] == "30/s burst 30"
+
+
+def test_inbound_limits_of_a_service_from_its_policy() -> None:
+    from tulle.core.policy import HttpRouteSpec, PolicySpec, RateLimitPolicySpec, ServerSpec
+    from tulle.core.ratelimit import LimitOverride, RateLimitSpec
+    from tulle.viz.route_config import inbound_limits
+
+    policy = PolicySpec(
+        servers=(ServerSpec("books-http", "books", 8080), ServerSpec("web-http", "web", 80)),
+        http_routes=(HttpRouteSpec("writes", "books-http"), HttpRouteSpec("home", "web-http")),
+        rate_limits=(
+            RateLimitPolicySpec(
+                RateLimitSpec(
+                    "books-total",
+                    total=LimitSpec(100, 200),
+                    identity=LimitSpec(10),
+                    overrides=(LimitOverride(LimitSpec(50), ("spiffe://t/sa/web",)),),
+                ),
+                "books-http",
+                None,
+            ),
+            RateLimitPolicySpec(RateLimitSpec("writes", total=LimitSpec(5)), None, "writes"),
+            RateLimitPolicySpec(RateLimitSpec("home", total=LimitSpec(1)), None, "home"),
+        ),
+    )
+    assert inbound_limits(policy, "books") == [
+        {
+            "name": "books-total",
+            "target": "server books-http",
+            "server": "books-http",
+            "route": "",
+            "total": "100/s burst 200",
+            "per_caller": "10/s burst 10; 50/s burst 50 for spiffe://t/sa/web",
+        },
+        {
+            "name": "writes",
+            "target": "httpRoute writes",
+            "server": "books-http",
+            "route": "writes",
+            "total": "5/s burst 5",
+            "per_caller": "",
+        },
+    ]
+    assert inbound_limits(policy, "shelf") == []

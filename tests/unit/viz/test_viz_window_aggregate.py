@@ -145,3 +145,58 @@ def test_timeseries_steps() -> None:
     )
     assert [p["rps"] for p in points] == [2.0, 2.0, 2.0]
     assert all(p["success_rate"] == 1.0 for p in points)
+
+
+def test_routes_count_inbound_limits_and_list_quiet_configured_routes() -> None:
+    store, web, books = _store()
+    web.serve("outbound", "books", 200, 0.004, 6, route="writes")
+    web.serve("outbound", "books", 429, 0.001, 4, route="writes")
+    # books' own proxy: its policy route `writes` refused 4, its server limit 1.
+    for route, limit, decision, n in (
+        ("writes", "writes-limit", "allow", 6),
+        ("writes", "writes-limit", "limit", 4),
+        ("", "books-total", "limit", 1),
+    ):
+        labels = (("server", "books-http"), ("route", route), ("limit", limit))
+        for _ in range(n):
+            books.metrics.inc("inbound_http_ratelimit_total", (*labels, ("decision", decision)))
+    store.ingest(WEB, 1000.0, web.samples())
+    store.ingest(BOOKS, 1000.0, books.samples())
+    data = store.window(60, now=1000.0)
+    rows = {row["route"]: row for row in aggregate.routes(data, "books", ["writes", "quiet"])}
+    assert rows["writes"]["rate_limited_inbound"] == 4
+    assert rows["writes"]["rate_limited_outbound"] == 0
+    assert rows["writes"]["rate_limited"] == 4
+    assert rows["writes"]["faults_injected"] == 0
+    # A configured route without traffic: listed, every count zero.
+    assert rows["quiet"]["requests"] == 0 and rows["quiet"]["rate_limited"] == 0
+    assert rows["quiet"]["success_rate"] is None
+    assert aggregate.inbound_limit_counts(data, "books") == {
+        ("writes-limit", "writes"): {"allowed": 6, "limited": 4},
+        ("books-total", ""): {"allowed": 0, "limited": 1},
+    }
+    # Another service's proxies' limits are not books'.
+    assert aggregate.inbound_limit_counts(data, "web") == {}
+
+
+def test_routes_count_a_routes_mirror_copies() -> None:
+    store, web, _books = _store()
+    web.serve("outbound", "books", 200, 0.004, 10, route="search")
+    for result, n in (("sent", 4), ("dropped", 1)):
+        labels = (
+            ("direction", "outbound"),
+            ("dst_service", "shadow"),
+            ("route_service", "books"),
+            ("route", "search"),
+            ("result", result),
+        )
+        for _ in range(n):
+            web.metrics.inc("mirror_requests_total", labels)
+    store.ingest(WEB, 1000.0, web.samples())
+    data = store.window(60, now=1000.0)
+    rows = {row["route"]: row for row in aggregate.routes(data, "books")}
+    assert rows["search"]["mirrored"] == 4 and rows["search"]["requests"] == 10
+    # The copies are not the mirror's traffic, nor an edge to it.
+    assert aggregate.routes(data, "shadow") == []
+    assert [(e["src"], e["dst"]) for e in aggregate.edges(data)] == [("web", "books")]
+    assert "shadow" not in {row["service"] for row in aggregate.stat_services(data)}

@@ -286,9 +286,23 @@ export class ServiceView {
         { key: "retries", label: "Retries", num: true, sort: (r) => r.retries, render: (r, td) => setText(td, String(Math.round(r.retries ?? 0))) },
         // What the route's fault and outbound rate limit answered themselves: their own counts, not generic errors.
         { key: "faults_injected", label: "Faulted", num: true, sort: (r) => r.faults_injected, render: (r, td) => setText(td, String(r.faults_injected ?? 0)) },
+        // Rate-limited: the callers' outbound limit plus the service's inbound limit on a policy route of the same name.
         { key: "rate_limited", label: "Rate-limited", num: true, sort: (r) => r.rate_limited, render: (r, td) => setText(td, String(r.rate_limited ?? 0)) },
+        { key: "mirrored", label: "Mirrored", num: true, sort: (r) => r.mirrored, render: (r, td) => setText(td, String(r.mirrored ?? 0)) },
       ],
       { key: (r) => r.route, sortKey: "rps", sortDesc: true, emptyText: "No route traffic in the last minute." },
+    );
+    // The service's own inbound limits (policy.rateLimits), each with what it refused.
+    this.limits = new LiveTable(
+      [
+        { key: "name", label: "Limit", sort: (r) => r.name, cellClass: "name", render: (r, td) => setText(td, r.name) },
+        { key: "target", label: "Target", sort: (r) => r.target, render: (r, td) => setText(td, r.target) },
+        { key: "total", label: "Total", render: (r, td) => setText(td, r.total || "—") },
+        { key: "per_caller", label: "Per caller", render: (r, td) => setText(td, r.per_caller || "—") },
+        { key: "allowed", label: "Allowed", num: true, sort: (r) => r.allowed, render: (r, td) => setText(td, String(r.allowed ?? 0)) },
+        { key: "limited", label: "Rate-limited", num: true, sort: (r) => r.limited, render: (r, td) => setText(td, String(r.limited ?? 0)) },
+      ],
+      { key: (r) => r.name, sortKey: "name", emptyText: "No inbound rate limits protect this service." },
     );
     this.inbound = edgeTable("src", "From", "No meshed callers in the last minute.");
     this.outbound = edgeTable("dst", "To", "No calls to other services in the last minute.");
@@ -312,6 +326,7 @@ export class ServiceView {
       h("div", { class: "cards" }, sparkCard("RPS, last 5 min", this.sparks.rps), sparkCard("Success rate", this.sparks.success), sparkCard("P99 latency", this.sparks.p99)),
       panel("Instances", this.instances.element),
       panel("Routes", this.routes.element),
+      panel("Inbound rate limits", this.limits.element),
       h("div", { class: "grid-2 stack" }, panel("Inbound", this.inbound.element), panel("Outbound", this.outbound.element)),
       this.policy.element,
       this.tap.element,
@@ -345,6 +360,7 @@ export class ServiceView {
     this.sparks.p99.update(series.points.map((p) => p.p99_ms ?? 0));
     this.instances.update(instances.rows);
     this.routes.update(routes.rows);
+    this.limits.update(routes.inbound_limits ?? []);
     this.inbound.update(edges.rows.filter((e) => e.dst === this.name));
     this.outbound.update(edges.rows.filter((e) => e.src === this.name));
   }
