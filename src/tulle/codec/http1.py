@@ -20,11 +20,22 @@ and they call a handler. They enforce the proxy's input rules (RFC 9112):
 Bodies are re-framed, never buffered: a Content-Length body keeps its length,
 a chunked body is re-chunked piece by piece as it arrives (trailers kept), and
 a close-delimited response body is sent chunked to HTTP/1.1 clients.
+
+The common head -- HTTP/1.1, `Name: value` lines, no framing or connection
+field in a request, a Content-Length response -- is parsed in one call by the
+C scanner `tulle.codec._h1native` when it is built (see its source for the
+exact subset), and its end-to-end lines are kept as one bytes object to be
+forwarded as they came. Every other head goes to llhttp as before, which
+alone decides what is refused: the scanner only ever says "mine" or "not
+mine". `TULLE_H1_SCANNER=python` (or no compiler at install) leaves every
+head to llhttp.
 """
 
 from __future__ import annotations
 
-from typing import Protocol
+import os
+from collections.abc import Callable
+from typing import Any, Protocol
 
 import httptools
 
@@ -86,14 +97,37 @@ class Http1Error(Exception):
         self.close = close
 
 
+ScanRequest = Callable[[bytes, int, int], Any]
+
+
+def _load_scanner() -> tuple[ScanRequest | None, ScanRequest | None]:
+    """The native head scanner's two functions, or (None, None): llhttp only."""
+    if os.environ.get("TULLE_H1_SCANNER", "auto") == "python":
+        return None, None
+    try:
+        from tulle.codec import _h1native  # type: ignore[attr-defined]
+    except ImportError:
+        return None, None
+    return _h1native.scan_request, _h1native.scan_response
+
+
+# Read by each decoder when it is made (tests set them to None to run llhttp only).
+SCAN_REQUEST, SCAN_RESPONSE = _load_scanner()
+
+# The mesh's caller-identity header (tulle.core.policy.CLIENT_ID_HEADER): an
+# inbound proxy drops a client's copy, so the decoders note whether one came.
+_CLIENT_ID = b"tulle-client-id"
+
+
 class MessageHead:
     """Fields shared by request and response heads."""
 
     __slots__ = (
+        "_encoded",
         "chunked",
         "connection_tokens",
         "content_length",
-        "encoded",
+        "forwarded",
         "headers",
         "keep_alive",
         "trailers",
@@ -102,26 +136,48 @@ class MessageHead:
         "version",
     )
 
-    def __init__(self) -> None:
-        # Original-case (name, value) pairs in arrival order, hop-by-hop included.
-        self.headers: list[tuple[bytes, bytes]] = []
-        # The end-to-end headers, already encoded as b"Name: value\r\n" lines,
-        # built while parsing so that forwarding a head costs one join.
-        self.encoded: list[bytes] = []
-        self.content_length: int | None = None
-        self.chunked = False
-        self.transfer_encoding: bytes | None = None
-        self.connection_tokens: tuple[bytes, ...] = ()
-        self.upgrade: bytes | None = None
-        self.keep_alive = True
-        self.version = b"1.1"
-        self.trailers: list[tuple[bytes, bytes]] | None = None
+    # Subclasses set every slot in their own __init__ (one call per head less).
+    headers: list[tuple[bytes, bytes]]
+    # The end-to-end headers, already encoded as b"Name: value\r\n" lines: one
+    # bytes `forwarded` from the scanner (`_encoded` None until someone asks
+    # for `encoded`), else the list built line by line by the llhttp path.
+    forwarded: bytes
+    _encoded: list[bytes] | None
+    content_length: int | None
+    chunked: bool
+    transfer_encoding: bytes | None
+    connection_tokens: tuple[bytes, ...]
+    upgrade: bytes | None
+    keep_alive: bool
+    version: bytes
+    trailers: list[tuple[bytes, bytes]] | None
+
+    @property
+    def encoded(self) -> list[bytes]:
+        """The end-to-end header lines, one b"Name: value\r\n" each (editable)."""
+        lines = self._encoded
+        if lines is None:
+            # Scanned values hold no CR, so CRLF splits lines exactly.
+            lines = [line + b"\r\n" for line in self.forwarded.split(b"\r\n")[:-1]]
+            self._encoded = lines
+        return lines
+
+    @encoded.setter
+    def encoded(self, lines: list[bytes]) -> None:
+        self._encoded = lines
 
     def header(self, lower_name: bytes) -> bytes | None:
         for name, value in self.headers:
             if name.lower() == lower_name:
                 return value
         return None
+
+    def end_to_end_block(self) -> bytes:
+        """The header lines to forward, as one bytes (`encoded_end_to_end`, joined)."""
+        if self.connection_tokens:
+            return b"".join(self.encoded_end_to_end())
+        lines = self._encoded
+        return self.forwarded if lines is None else b"".join(lines)
 
     def encoded_end_to_end(self) -> list[bytes]:
         """`encoded`, minus the fields a Connection header names (rare)."""
@@ -141,23 +197,46 @@ class MessageHead:
 
 
 class RequestHead(MessageHead):
-    __slots__ = ("expect_continue", "hops", "host", "method", "target")
+    __slots__ = ("expect_continue", "has_client_id", "hops", "host", "method", "target")
 
     def __init__(self) -> None:
-        super().__init__()
+        # Original-case (name, value) pairs in arrival order, hop-by-hop included.
+        self.headers = []
+        self.forwarded = b""
+        self._encoded = []
+        self.content_length = None
+        self.chunked = False
+        self.transfer_encoding = None
+        self.connection_tokens = ()
+        self.upgrade = None
+        self.keep_alive = True
+        self.version = b"1.1"
+        self.trailers = None
         self.method = b"GET"
         self.target = b""
         self.host: bytes | None = None
         self.expect_continue = False
         # `tulle-hops`: proxies this request crossed before this one (0 if absent).
         self.hops = 0
+        # Whether the head carries a `tulle-client-id` (an inbound proxy drops it).
+        self.has_client_id = False
 
 
 class ResponseHead(MessageHead):
     __slots__ = ("reason", "status")
 
     def __init__(self) -> None:
-        super().__init__()
+        self.headers = []
+        self.forwarded = b""
+        self._encoded = []
+        self.content_length = None
+        self.chunked = False
+        self.transfer_encoding = None
+        self.connection_tokens = ()
+        self.upgrade = None
+        self.keep_alive = True
+        self.version = b"1.1"
+        self.trailers = None
         self.status = 0
         self.reason = b""
 
@@ -225,6 +304,7 @@ _SPECIAL_REQ = frozenset(
         b"upgrade",
         b"expect",
         HOPS_HEADER,
+        _CLIENT_ID,
     }
 )
 _SPECIAL_RESP = frozenset({b"connection", b"transfer-encoding", b"content-length", b"upgrade"})
@@ -258,6 +338,8 @@ class RequestDecoder:
         "_in_body",
         "_max_head",
         "_parser",
+        "_scan",
+        "_slow",
         "_url_parts",
         "finished",
         "messages_begun",
@@ -271,6 +353,9 @@ class RequestDecoder:
         self._head_bytes = 0
         self._in_body = False
         self._url_parts: list[bytes] = []
+        self._scan = SCAN_REQUEST
+        # llhttp is partway through a message: the next bytes are its.
+        self._slow = False
         self.messages_begun = 0
         # A request that ends the connection (`Connection: close`, HTTP/1.0
         # without keep-alive) is complete, or `stop()` was called: whatever
@@ -291,6 +376,7 @@ class RequestDecoder:
         self._parser = httptools.HttpRequestParser(self)
         self._head_bytes = 0
         self._in_body = False
+        self._slow = False
 
     def stop(self) -> None:
         """Ignore every byte from now on (the connection is being closed)."""
@@ -301,13 +387,46 @@ class RequestDecoder:
         self._parser = httptools.HttpRequestParser(_NO_CALLBACKS)
 
     def feed(self, data: bytes) -> int | None:
+        pos = 0
+        scan = self._scan
+        if scan is not None and not self._slow and not self.finished:
+            # Whole bodiless heads the scanner takes, one call each; the first
+            # one it does not take (and all after it) goes to llhttp.
+            size = len(data)
+            handler = self._handler
+            while True:
+                got = scan(data, pos, self._max_head)
+                if got is None:
+                    break
+                head = RequestHead()
+                pos, head.method, head.target, head.headers, head.forwarded, specials = got
+                head._encoded = None
+                self._head = head
+                self.messages_begun += 1
+                for lname, value in specials:
+                    if lname == b"host":
+                        if head.host is not None:
+                            raise Http1Error(400, "bad-request", "more than one Host header")
+                        head.host = value
+                    elif lname == HOPS_HEADER:
+                        head.hops = max(head.hops, parse_hops(value))
+                    else:
+                        head.has_client_id = True
+                self._in_body = True
+                handler.on_request_head(head)
+                self._in_body = False
+                handler.on_request_end(head)
+                if pos == size or self.finished:
+                    return None
+            if pos:
+                data = data[pos:]
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
             if self._ignoring:
                 self._parser = httptools.HttpRequestParser(_NO_CALLBACKS)
                 return None
-            return int(upgrade.args[0])
+            return pos + int(upgrade.args[0])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, Http1Error):
@@ -333,6 +452,7 @@ class RequestDecoder:
         self._head_bytes = 1
         self._in_body = False
         self._url_parts = []
+        self._slow = True
         self.messages_begun += 1
 
     def on_url(self, url: bytes) -> None:
@@ -354,7 +474,7 @@ class RequestDecoder:
         head.headers.append((name, value))
         lname = name.lower()
         if lname not in _NOT_FORWARDED_REQ:
-            head.encoded.append(name + b": " + value + b"\r\n")
+            head._encoded.append(name + b": " + value + b"\r\n")  # type: ignore[union-attr]
         if lname in _SPECIAL_REQ:
             if lname == b"host":
                 if head.host is not None:
@@ -364,6 +484,8 @@ class RequestDecoder:
                 head.expect_continue = value.lower() == b"100-continue"
             elif lname == HOPS_HEADER:
                 head.hops = max(head.hops, parse_hops(value))
+            elif lname == _CLIENT_ID:
+                head.has_client_id = True
             else:
                 _note_special(head, lname, value)
 
@@ -384,6 +506,7 @@ class RequestDecoder:
     def on_message_complete(self) -> None:
         self._head_bytes = 0
         self._in_body = False
+        self._slow = False
         head = self._head
         if not head.keep_alive:
             self.finished = True
@@ -402,6 +525,7 @@ class ResponseDecoder:
     """
 
     __slots__ = (
+        "_body_left",
         "_handler",
         "_head",
         "_head_bytes",
@@ -410,6 +534,8 @@ class ResponseDecoder:
         "_max_head",
         "_parser",
         "_replace_parser",
+        "_scan",
+        "_slow",
     )
 
     def __init__(self, handler: ResponseHandler, max_head_bytes: int = MAX_HEAD_BYTES) -> None:
@@ -421,6 +547,11 @@ class ResponseDecoder:
         self._in_body = False
         self._head_request = False
         self._replace_parser = False
+        self._scan = SCAN_RESPONSE
+        # llhttp is partway through a message: the next bytes are its.
+        self._slow = False
+        # Body bytes still to come of a response the scanner took.
+        self._body_left = 0
 
     def expect(self, handler: ResponseHandler, head_request: bool) -> None:
         """Route the next response's events to `handler` (the exchange)."""
@@ -433,10 +564,55 @@ class ResponseDecoder:
         return self._in_body and not h.chunked and h.content_length is None
 
     def feed(self, data: bytes) -> int | None:
+        pos = 0
+        left = self._body_left
+        if left:
+            # The rest of a Content-Length body after a scanned head.
+            size = len(data)
+            if size < left:
+                self._body_left = left - size
+                self._handler.on_response_body(data)
+                return None
+            self._body_left = 0
+            self._handler.on_response_body(data if size == left else data[:left])
+            self._in_body = False
+            self._handler.on_response_end(self._head)
+            if size == left:
+                return None
+            pos = left
+        scan = self._scan
+        if scan is not None and not self._slow:
+            size = len(data)
+            # A response to HEAD goes to llhttp, which knows it ends at its head.
+            while not self._head_request:
+                got = scan(data, pos, self._max_head)
+                if got is None:
+                    break
+                head = ResponseHead()
+                end, head.status, head.reason, head.headers, head.forwarded, length = got
+                head._encoded = None
+                head.content_length = length
+                self._head = head
+                self._in_body = True
+                self._handler.on_response_head(head)
+                pos = end + length
+                if pos > size:
+                    if end < size:
+                        self._handler.on_response_body(data[end:])
+                    self._body_left = pos - size
+                    return None
+                if length:
+                    self._handler.on_response_body(data[end:pos])
+                self._in_body = False
+                self._handler.on_response_end(head)
+                if pos == size:
+                    return None
+            if pos:
+                data = data[pos:]
         try:
             self._parser.feed_data(data)
         except httptools.HttpParserUpgrade as upgrade:
-            return int(upgrade.args[0])
+            return pos + int(upgrade.args[0])
         except httptools.HttpParserCallbackError as exc:
             cause = exc.__context__
             if isinstance(cause, Http1Error):
@@ -453,6 +629,7 @@ class ResponseDecoder:
         finally:
             if self._replace_parser:
                 self._replace_parser = False
+                self._slow = False
                 self._parser = httptools.HttpResponseParser(self)
         if not self._in_body and self._head_bytes > self._max_head:
             raise Http1Error(502, "upstream-header-too-large", "response header section too large")
@@ -478,6 +655,7 @@ class ResponseDecoder:
         self._head = ResponseHead()
         self._head_bytes = 1
         self._in_body = False
+        self._slow = True
 
     def on_status(self, status: bytes) -> None:
         self._head.reason += status
@@ -497,7 +675,7 @@ class ResponseDecoder:
             if lname in _SPECIAL_RESP:
                 _note_special(head, lname, value)
         else:
-            head.encoded.append(name + b": " + value + b"\r\n")
+            head._encoded.append(name + b": " + value + b"\r\n")  # type: ignore[union-attr]
         head.headers.append((name, value))
 
     def on_headers_complete(self) -> None:
@@ -524,6 +702,7 @@ class ResponseDecoder:
         if self._replace_parser:
             return
         self._in_body = False
+        self._slow = False
         self._head_bytes = 0
         self._handler.on_response_end(self._head)
 

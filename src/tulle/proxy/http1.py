@@ -585,22 +585,27 @@ class Exchange(RequestPlan):
         head = self.head
         out = [head.method, b" ", head.target, b" HTTP/1.1\r\n"]
         server = self.server
-        if server.ctx.inbound:
-            # The app may trust `tulle-client-id`: only this proxy sets it, from
-            # the verified mTLS identity; a client's own copy is dropped.
-            out.extend(
-                line for line in head.encoded_end_to_end() if line[:16].lower() != _CLIENT_ID_LINE
-            )
-            if server.client_id:
-                out.append(CLIENT_ID_HEADER + b": " + server.client_id.encode() + b"\r\n")
-        else:
-            out.extend(head.encoded_end_to_end())
         span = self.span
-        if span is not None and span.decision.forward is not None:
-            # This hop's span is the next hop's parent: its traceparent
-            # replaces the caller's (tulle.core.trace).
-            out = [line for line in out if line[:12].lower() != b"traceparent:"]
-            out.append(b"traceparent: " + span.decision.forward + b"\r\n")
+        forward = span.decision.forward if span is not None else None
+        inbound = server.ctx.inbound
+        if forward is None and not (inbound and head.has_client_id):
+            # The usual head: its end-to-end lines as they came, one bytes.
+            out.append(head.end_to_end_block())
+        else:
+            lines = head.encoded_end_to_end()
+            if inbound:
+                # The app may trust `tulle-client-id`: only this proxy sets it,
+                # from the verified mTLS identity; a client's own copy is dropped.
+                lines = [line for line in lines if line[:16].lower() != _CLIENT_ID_LINE]
+            if forward is not None:
+                # This hop's span is the next hop's parent: its traceparent
+                # replaces the caller's (tulle.core.trace).
+                lines = [line for line in lines if line[:12].lower() != b"traceparent:"]
+            out.extend(lines)
+        if inbound and server.client_id:
+            out.append(CLIENT_ID_HEADER + b": " + server.client_id.encode() + b"\r\n")
+        if forward is not None:
+            out.append(b"traceparent: " + forward + b"\r\n")
         if head.host is None:
             out.append(b"Host: ")
             out.append(self.authority.encode("latin-1") or b"localhost")
@@ -727,7 +732,7 @@ class Exchange(RequestPlan):
         reason = head.reason or REASONS.get(status, b"")
         out.append(b"HTTP/1.1 %d %s\r\n" % (status, reason))
         client = self.head
-        out.extend(head.encoded_end_to_end())
+        out.append(head.end_to_end_block())
         if self.attempts > 1:
             out.append(b"tulle-retry-attempts: %d\r\n" % (self.attempts - 1))
         close = not client.keep_alive or server.ctx.draining

@@ -1,11 +1,19 @@
-"""The HTTP/1 codec: parsing, limits, smuggling defences, re-encoding (no sockets)."""
+"""The HTTP/1 codec: parsing, limits, smuggling defences, re-encoding (no sockets).
+
+Every test runs twice: with the native head scanner (`tulle.codec._h1native`)
+in front of llhttp when it is built, and with llhttp alone, as on a machine
+without a compiler (tests/unit/codec/test_http1_scanner.py compares the two).
+"""
 
 from __future__ import annotations
+
+from collections.abc import Iterator
 
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tulle.codec import http1
 from tulle.codec.http1 import (
     Http1Error,
     RequestDecoder,
@@ -16,6 +24,20 @@ from tulle.codec.http1 import (
     encode_last_chunk,
     error_response,
 )
+
+
+@pytest.fixture(autouse=True, scope="module", params=["scanner", "llhttp"])
+def head_parser(request: pytest.FixtureRequest) -> Iterator[str]:
+    """Module-scoped (hypothesis runs many examples per test): set and restore by hand."""
+    saved = http1.SCAN_REQUEST, http1.SCAN_RESPONSE
+    if request.param == "llhttp":
+        http1.SCAN_REQUEST = http1.SCAN_RESPONSE = None
+    elif saved[0] is None:
+        pytest.skip("native HTTP/1 scanner not built")
+    try:
+        yield request.param
+    finally:
+        http1.SCAN_REQUEST, http1.SCAN_RESPONSE = saved
 
 
 class Requests:
