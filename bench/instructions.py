@@ -18,7 +18,10 @@ What it measures, per tree (everything on 127.0.0.1):
   Accept-Ranges) and a 13-byte body; `--h1-heads minimal` is the earlier
   count: Host only, against `tulle demo backend`'s two-header answers;
 * http2 -- one prior-knowledge h2c client (the `h2` library, one stream at a
-  time) -> the same proxy -> an h2c backend run by this script.
+  time) -> the same proxy -> an h2c backend run by this script;
+* grpc -- the same h2c client and backend, each stream a gRPC unary call:
+  POST with a 20-byte gRPC message, answered with HEADERS, a 20-byte message
+  and `grpc-status: 0` trailers (the frames of a real call, no grpcio).
 
 `--hops plain|mtls` puts a second proxy in the path: client -> proxy B
 outbound -> proxy A inbound -> backend, the B -> A hop plaintext or mTLS
@@ -31,7 +34,7 @@ Instrumentation is switched on after a warm-up (`callgrind_control -i on`),
 and the count is taken at two request counts so start-up and warm-up cancel
 out: (Ir@N2 - Ir@N1) / (N2 - N1).
 
-Usage: python bench/instructions.py TREE [TREE ...] [--protocol http1|http2|both]
+Usage: python bench/instructions.py TREE [TREE ...] [--protocol http1|http2|grpc|both]
                                     [--hops one|plain|mtls] [--h1-heads browser|minimal]
        e.g. git worktree add /tmp/base <rev>; python bench/instructions.py /tmp/base .
 Needs: valgrind (apt-get install -y valgrind).
@@ -57,6 +60,8 @@ from pathlib import Path
 
 LOOPBACK = "127.0.0.1"
 SERVICE = "bench"
+# One gRPC message: no compression, 15 bytes (a protobuf bytes field holding "hello, world!").
+GRPC_MESSAGE = b"\x00\x00\x00\x00\x0f\x0a\x0dhello, world!"
 WARMUP_REQUESTS = 300
 READY_TIMEOUT_S = 400.0  # the proxies start under valgrind: tens of times slower (identity: more)
 
@@ -136,12 +141,28 @@ class H2Client:
         self.conn.initiate_connection()
         self.sock.sendall(self.conn.data_to_send())
 
-    def get(self) -> int:
+    def get(self, grpc: bool = False) -> int:
+        """One stream: a GET, or a gRPC unary call (the status is then 200 only
+        when the trailers said grpc-status 0)."""
         import h2.events
 
         stream_id = self.conn.get_next_available_stream_id()
-        headers = [(":method", "GET"), (":path", "/"), (":scheme", "http"), (":authority", SERVICE)]
-        self.conn.send_headers(stream_id, headers, end_stream=True)
+        if grpc:
+            headers = [
+                (":method", "POST"), (":path", "/tulle.test.echo.Echo/Unary"),
+                (":scheme", "http"), (":authority", SERVICE),
+                ("content-type", "application/grpc"), ("te", "trailers"),
+            ]  # fmt: skip
+            self.conn.send_headers(stream_id, headers)
+            self.conn.send_data(stream_id, GRPC_MESSAGE, end_stream=True)
+        else:
+            headers = [
+                (":method", "GET"),
+                (":path", "/"),
+                (":scheme", "http"),
+                (":authority", SERVICE),
+            ]
+            self.conn.send_headers(stream_id, headers, end_stream=True)
         self.sock.sendall(self.conn.data_to_send())
         status = 0
         while True:
@@ -151,6 +172,9 @@ class H2Client:
             for event in self.conn.receive_data(data):
                 if isinstance(event, h2.events.ResponseReceived):
                     status = int(dict(event.headers)[b":status"])
+                elif isinstance(event, h2.events.TrailersReceived):
+                    if dict(event.headers).get(b"grpc-status") != b"0":
+                        status = 0
                 elif isinstance(event, h2.events.DataReceived):
                     self.conn.acknowledge_received_data(event.flow_controlled_length, stream_id)
                 elif isinstance(event, h2.events.StreamEnded) and event.stream_id == stream_id:
@@ -165,15 +189,27 @@ class H2Client:
 
 
 def serve_h2c(listener: socket.socket, stop: threading.Event) -> None:
-    """A tiny h2c backend: 13-byte body for every stream, one thread per connection."""
+    """A tiny h2c backend, one thread per connection: a 13-byte body for every
+    stream, or for a gRPC call (content-type application/grpc) one message and
+    `grpc-status: 0` trailers, sent once the request has ended."""
     import h2.config
     import h2.connection
     import h2.events
+
+    def respond(conn: h2.connection.H2Connection, stream_id: int, grpc: bool) -> None:
+        if grpc:
+            conn.send_headers(stream_id, [(":status", "200"), ("content-type", "application/grpc")])
+            conn.send_data(stream_id, GRPC_MESSAGE)
+            conn.send_headers(stream_id, [("grpc-status", "0")], end_stream=True)
+        else:
+            conn.send_headers(stream_id, [(":status", "200"), ("content-length", "13")])
+            conn.send_data(stream_id, b"Hello, Tulle\n", end_stream=True)
 
     def handle(sock: socket.socket) -> None:
         conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
         conn.initiate_connection()
         sock.sendall(conn.data_to_send())
+        grpc_calls: dict[int, bool] = {}
         with sock:
             while not stop.is_set():
                 try:
@@ -184,11 +220,15 @@ def serve_h2c(listener: socket.socket, stop: threading.Event) -> None:
                     return
                 for event in conn.receive_data(data):
                     if isinstance(event, h2.events.RequestReceived):
-                        conn.send_headers(
-                            event.stream_id,
-                            [(":status", "200"), ("content-length", "13")],
+                        grpc_calls[event.stream_id] = (
+                            dict(event.headers).get(b"content-type") == b"application/grpc"
                         )
-                        conn.send_data(event.stream_id, b"Hello, Tulle\n", end_stream=True)
+                    elif isinstance(event, h2.events.DataReceived):
+                        conn.acknowledge_received_data(
+                            event.flow_controlled_length, event.stream_id
+                        )
+                    elif isinstance(event, h2.events.StreamEnded):
+                        respond(conn, event.stream_id, grpc_calls.pop(event.stream_id, False))
                 sock.sendall(conn.data_to_send())
 
     accept_loop(listener, stop, handle)
@@ -332,7 +372,7 @@ def count(tree: Path, protocol: str, requests: int, workdir: Path, hops: str = "
         ]
         try:
             wait_http1(entry) if protocol == "http1" else wait_h2(entry)
-            run = http1_run if protocol == "http1" else http2_run
+            run = {"http1": http1_run, "http2": http2_run, "grpc": grpc_run}[protocol]
             run(entry, WARMUP_REQUESTS)
             for proxy in proxies:
                 control("-i", "on", proxy.pid)
@@ -390,21 +430,25 @@ def http1_run(port: int, requests: int) -> None:
         conn.close()
 
 
-def http2_run(port: int, requests: int) -> None:
+def http2_run(port: int, requests: int, grpc: bool = False) -> None:
     client = H2Client(port)
     try:
         for _ in range(requests):
-            status = client.get()
+            status = client.get(grpc)
             if status != 200:
                 raise BenchError(f"HTTP/2 stream answered {status}")
     finally:
         client.close()
 
 
+def grpc_run(port: int, requests: int) -> None:
+    http2_run(port, requests, grpc=True)
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("trees", nargs="+", type=Path, help="source trees (each has src/tulle)")
-    parser.add_argument("--protocol", choices=("http1", "http2", "both"), default="both")
+    parser.add_argument("--protocol", choices=("http1", "http2", "grpc", "both"), default="both")
     parser.add_argument(
         "--hops",
         choices=("one", "plain", "mtls"),
