@@ -16,9 +16,16 @@ prior-knowledge h2c port. Each proxy runs one worker (nginx
   Tulle.
 * Each proxy's CPU per request or stream (user + system from /proc, over
   the proxy's processes), which says more than req/s on a busy machine.
-* gRPC unary (h2load sending gRPC-framed Echo/Unary, c=2 m=50) against the
-  test gRPC server: direct, and through two Tulle hops with mTLS between them.
-* HTTP/1.1 c=50 through two Tulle hops: plaintext vs mTLS between the hops.
+* gRPC unary (h2load sending gRPC-framed Echo/Unary) against the test gRPC
+  server (grpcio): direct with c=2 m=50 and with c=1 m=100 (one connection,
+  the shape the hops' single upstream connection gives the server), and
+  through two Tulle hops (c=2 m=50) in plaintext and with mTLS between them;
+  with the gRPC server's and h2load's CPU per call beside the proxies', and
+  the whole machine's CPU per call (client + server + proxies): on a machine
+  whose cores are all busy, that is what the throughput ratio follows.
+* HTTP/1.1 c=50 through two Tulle hops: plaintext vs mTLS between the hops,
+  with the proxies' CPU per request (their ratio is the target's measure
+  that a busy machine moves least).
 * Tulle's RSS: idle after start, and the peak sampled during the HTTP/1 run.
 
 Rounds are interleaved (every target once, then again), and each cell prints
@@ -32,6 +39,7 @@ from __future__ import annotations
 
 import argparse
 import re
+import resource
 import shutil
 import subprocess
 import sys
@@ -139,14 +147,35 @@ class Run:
 
     def __init__(self) -> None:
         self.rates: list[float] = []
-        self.cpu_us: list[float] = []
+        self.cpu_us: list[float] = []  # the proxies', per request
+        self.backend_us: list[float] = []  # the backend's (gRPC server), per request
+        self.client_us: list[float] = []  # the load generator's, per request
         self.failed = 0
 
-    def add(self, rate: float, failed: int, cpu_us: float | None = None) -> None:
+    def add(
+        self,
+        rate: float,
+        failed: int,
+        cpu_us: float | None = None,
+        backend_us: float | None = None,
+        client_us: float | None = None,
+    ) -> None:
         self.rates.append(rate)
         self.failed += failed
         if cpu_us is not None:
             self.cpu_us.append(cpu_us)
+        if backend_us is not None:
+            self.backend_us.append(backend_us)
+        if client_us is not None:
+            self.client_us.append(client_us)
+
+    def machine_us(self) -> list[float]:
+        """CPU per request of everything on the path, per round (client + backend + proxies)."""
+        if not self.client_us or len(self.backend_us) != len(self.client_us):
+            return []
+        proxies = self.cpu_us or [0.0] * len(self.client_us)
+        parts = zip(self.client_us, self.backend_us, proxies, strict=False)
+        return [client + backend + proxy for client, backend, proxy in parts]
 
 
 @dataclass
@@ -168,12 +197,24 @@ def _spread(values: Sequence[float], fmt: str = "{:,.0f}") -> str:
 
 
 def _ratio(results: Results, numerator: str, denominator: str) -> str:
-    """Ratio of medians, with the range of the per-round ratios (same round's pair)."""
+    """The range of the per-round ratios of req/s (same round's pair)."""
     top, bottom = results.runs.get(numerator), results.runs.get(denominator)
     if top is None or bottom is None or not top.rates or not bottom.rates:
         return "-"
     pairs = [t / b for t, b in zip(top.rates, bottom.rates, strict=False) if b]
     return _spread(pairs, "{:.2f}") + "x"
+
+
+def _cost_ratio(
+    results: Results, cheaper: str, dearer: str, of: Callable[[Run], list[float]]
+) -> str:
+    """The range of the per-round ratios of CPU per request, `cheaper` / `dearer`:
+    the throughput ratio where that CPU is what limits it."""
+    top, bottom = results.runs.get(cheaper), results.runs.get(dearer)
+    if top is None or bottom is None:
+        return "-"
+    pairs = [t / b for t, b in zip(of(top), of(bottom), strict=False) if b]
+    return _spread(pairs, "{:.2f}") + "x" if pairs else "-"
 
 
 def start_backend(processes: h1.Processes, work: Path) -> tuple[int, int]:
@@ -243,6 +284,12 @@ def start_tulle(processes: h1.Processes, name: str, dsts: Sequence[str]) -> h1.P
     return h1.ProxyPorts(process, inbound, outbound, admin)
 
 
+def children_cpu_s() -> float:
+    """User + system CPU of this script's finished children (wrk, h2load) so far."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
 def wrk(
     port: int, host: str | None, connections: int, duration: float, browser: bool
 ) -> h1.WrkResult:
@@ -259,6 +306,21 @@ def wrk(
     return h1.parse_wrk(done.stdout)
 
 
+@dataclass
+class H2Load:
+    """One h2load run: req/s, succeeded, failed, and CPU seconds of each party."""
+
+    rate: float
+    ok: int
+    failed: int
+    proxy_cpu: float
+    backend_cpu: float
+    client_cpu: float
+
+    def per_ok_us(self, seconds: float) -> float | None:
+        return seconds / self.ok * 1e6 if self.ok else None
+
+
 def h2load(
     port: int,
     authority: str,
@@ -267,8 +329,9 @@ def h2load(
     streams: int,
     proxies: Sequence[int] = (),
     grpc_body: Path | None = None,
-) -> tuple[float, int, int, float]:
-    """(req/s, succeeded, failed, proxy CPU s) of one h2load run."""
+    backends: Sequence[int] = (),
+) -> H2Load:
+    """One h2load run, with the CPU the proxies, the backends and h2load spent."""
     argv = ["h2load", "-c", str(clients), "-m", str(streams), "-D", str(int(duration))]
     argv += ["-H", f":authority: {authority}"]
     url = f"http://{LOOPBACK}:{port}/"
@@ -276,10 +339,14 @@ def h2load(
         argv += ["-d", str(grpc_body), "-H", "content-type: application/grpc", "-H", "te: trailers"]
         url = f"http://{LOOPBACK}:{port}/tulle.test.echo.Echo/Unary"
     before = sum(h2b.cpu_seconds(pid) for pid in proxies)
+    backend_before = sum(h2b.cpu_seconds(pid) for pid in backends)
+    client_before = children_cpu_s()
     done = subprocess.run(
         [*argv, url], capture_output=True, text=True, timeout=duration + 60, check=False
     )
+    client = children_cpu_s() - client_before
     cpu = sum(h2b.cpu_seconds(pid) for pid in proxies) - before
+    backend = sum(h2b.cpu_seconds(pid) for pid in backends) - backend_before
     rate = re.search(r"finished in [\d.]+\w+, ([\d.]+) req/s", done.stdout)
     counts = re.search(r"requests: .* (\d+) succeeded, (\d+) failed", done.stdout)
     status = re.search(r"status codes: (\d+) 2xx", done.stdout)
@@ -287,7 +354,7 @@ def h2load(
         raise h1.BenchError(f"cannot read h2load's output:\n{done.stdout}\n{done.stderr}")
     ok = int(status.group(1))
     failed = int(counts.group(2)) + max(0, int(counts.group(1)) - ok)
-    return float(rate.group(1)), ok, failed, cpu
+    return H2Load(float(rate.group(1)), ok, failed, cpu, backend, client)
 
 
 class RssSampler:
@@ -383,8 +450,9 @@ def _run(
 
     def h2_step(name: str, port: int, authority: str, proxies: Sequence[int] = ()) -> None:
         def step() -> None:
-            rate, ok, failed, cpu = h2load(port, authority, duration, 10, 10, proxies)
-            results.run(name).add(rate, failed, cpu / ok * 1e6 if proxies and ok else None)
+            run = h2load(port, authority, duration, 10, 10, proxies)
+            cpu = run.per_ok_us(run.proxy_cpu) if proxies else None
+            results.run(name).add(run.rate, run.failed, cpu)
 
         steps.append((name, step))
 
@@ -435,6 +503,7 @@ def _mesh_steps(
         grpc_procs = h2b.Processes(work)
         processes.children.append(_Closer(grpc_procs))  # type: ignore[arg-type]
         grpc_port = h2b.start_grpc_server(grpc_procs)
+        grpc_pids = [child.pid for child in grpc_procs.children]
         body = h2b.grpc_request_file(work)
         a = mtls_hops.start_proxy(
             processes, "grpc-a", app_port=grpc_port, dst=None,
@@ -456,16 +525,26 @@ def _mesh_steps(
         )  # fmt: skip
         plain_pids = [plain_a.process.pid, plain_b.process.pid]
 
-        def grpc_step(name: str, port: int, proxies: Sequence[int]) -> Callable[[], None]:
+        def grpc_step(
+            name: str, port: int, proxies: Sequence[int], clients: int = 2
+        ) -> Callable[[], None]:
             def step() -> None:
-                rate, ok, failed, cpu = h2load(
-                    port, h1.SERVICE, duration, 2, 50, proxies, grpc_body=body
+                run = h2load(
+                    port, h1.SERVICE, duration, clients, 100 // clients, proxies,
+                    grpc_body=body, backends=grpc_pids,
+                )  # fmt: skip
+                results.run(name).add(
+                    run.rate,
+                    run.failed,
+                    run.per_ok_us(run.proxy_cpu) if proxies else None,
+                    run.per_ok_us(run.backend_cpu),
+                    run.per_ok_us(run.client_cpu),
                 )
-                results.run(name).add(rate, failed, cpu / ok * 1e6 if proxies and ok else None)
 
             return step
 
         steps.append(("grpc-direct", grpc_step("grpc-direct", grpc_port, ())))
+        steps.append(("grpc-direct-1", grpc_step("grpc-direct-1", grpc_port, (), clients=1)))
         steps.append(("grpc-plain-2", grpc_step("grpc-plain-2", plain_b.outbound, plain_pids)))
         steps.append(("grpc-mtls-2", grpc_step("grpc-mtls-2", b.outbound, pids)))
     if "mtls" in parts:
@@ -486,15 +565,20 @@ def _mesh_steps(
             identity=mtls_hops.WEB, issuer=issuer,
         )  # fmt: skip
 
-        def hops_step(name: str, port: int) -> Callable[[], None]:
+        def hops_step(name: str, port: int, proxies: Sequence[int]) -> Callable[[], None]:
             def step() -> None:
+                before = sum(h2b.cpu_seconds(pid) for pid in proxies)
                 result = wrk(port, h1.SERVICE, 50, duration, browser=False)
-                results.run(name).add(result.requests_per_s, result.errors)
+                cpu = sum(h2b.cpu_seconds(pid) for pid in proxies) - before
+                per_request = cpu / result.requests * 1e6 if result.requests else None
+                results.run(name).add(result.requests_per_s, result.errors, per_request)
 
             return step
 
-        steps.append(("plain-2", hops_step("plain-2", plain_b.outbound)))
-        steps.append(("mtls-2", hops_step("mtls-2", mtls_b.outbound)))
+        plain_pids = [plain_a.process.pid, plain_b.process.pid]
+        mtls_pids = [mtls_a.process.pid, mtls_b.process.pid]
+        steps.append(("plain-2", hops_step("plain-2", plain_b.outbound, plain_pids)))
+        steps.append(("mtls-2", hops_step("mtls-2", mtls_b.outbound, mtls_pids)))
 
 
 class _Closer:
@@ -517,8 +601,9 @@ ROWS = (
     ("h2-haproxy", "... through HAProxy, proto h2 both sides"),
     ("h2-tulle", "... through Tulle, h2 both sides"),
     ("grpc-direct", "gRPC unary h2load c=2 m=50: direct"),
-    ("grpc-plain-2", "... through two Tulle hops, plaintext between them"),
-    ("grpc-mtls-2", "... through two Tulle hops, mTLS between them"),
+    ("grpc-direct-1", "... direct, c=1 m=100 (one connection, as behind the hops)"),
+    ("grpc-plain-2", "... c=2 m=50 through two Tulle hops, plaintext between them"),
+    ("grpc-mtls-2", "... c=2 m=50 through two Tulle hops, mTLS between them"),
     ("plain-2", "HTTP/1.1 wrk c=50: two Tulle hops, plaintext"),
     ("mtls-2", "... two Tulle hops, mTLS between them"),
 )
@@ -529,13 +614,19 @@ def _render(results: Results, args: argparse.Namespace, parts: set[str]) -> None
     print(
         f"\n`python bench/peers.py --duration {args.duration:g} --rounds {args.rounds}`, {stamp}\n"
     )
-    print("| target | req/s (range over rounds) | failed | proxy CPU us per request/stream |")
-    print("|---|---:|---:|---:|")
+    print(
+        "| target | req/s (range over rounds) | failed | proxy CPU us per request/stream"
+        " | backend CPU us | client CPU us |"
+    )
+    print("|---|---:|---:|---:|---:|---:|")
     for name, label in ROWS:
         run = results.runs.get(name)
         if run is None:
             continue
-        print(f"| {label} | {_spread(run.rates)} | {run.failed} | {_spread(run.cpu_us)} |")
+        print(
+            f"| {label} | {_spread(run.rates)} | {run.failed} | {_spread(run.cpu_us)}"
+            f" | {_spread(run.backend_us)} | {_spread(run.client_us)} |"
+        )
     print("\n| ratio | per round |")
     print("|---|---:|")
     for label, top, bottom in (
@@ -546,6 +637,8 @@ def _render(results: Results, args: argparse.Namespace, parts: set[str]) -> None
         ("HTTP/2 HAProxy / direct", "h2-haproxy", "h2-direct"),
         ("HTTP/2 Tulle / direct", "h2-tulle", "h2-direct"),
         ("gRPC two mTLS hops / direct", "grpc-mtls-2", "grpc-direct"),
+        ("gRPC two mTLS hops / direct on one connection", "grpc-mtls-2", "grpc-direct-1"),
+        ("gRPC direct, one connection / two", "grpc-direct-1", "grpc-direct"),
         ("gRPC two plaintext hops / direct", "grpc-plain-2", "grpc-direct"),
         ("gRPC two hops mTLS / plaintext", "grpc-mtls-2", "grpc-plain-2"),
         ("two hops mTLS / plaintext", "mtls-2", "plain-2"),
@@ -553,6 +646,19 @@ def _render(results: Results, args: argparse.Namespace, parts: set[str]) -> None
         value = _ratio(results, top, bottom)
         if value != "-":
             print(f"| {label} | {value} |")
+    for label, cheaper, dearer, of in (
+        (
+            "gRPC machine CPU per call, direct / two mTLS hops",
+            "grpc-direct", "grpc-mtls-2", Run.machine_us,
+        ),
+        (
+            "two hops proxy CPU per request, plaintext / mTLS",
+            "plain-2", "mtls-2", lambda run: run.cpu_us,
+        ),
+    ):  # fmt: skip
+        value = _cost_ratio(results, cheaper, dearer, of)
+        if value != "-":
+            print(f"| {label} (CPU) | {value} |")
     rss = results.rss
     line = f"\nTulle RSS: idle {rss.get('idle', 0):.1f} MiB"
     if "loaded" in rss:
