@@ -294,7 +294,7 @@ def backend(tree: Path, protocol: str) -> Iterator[int]:
     listener.bind((LOOPBACK, 0))
     listener.listen(64)
     stop = threading.Event()
-    serve = serve_h2c if protocol == "http2" else serve_nginx_like
+    serve = serve_h2c if protocol in ("http2", "grpc") else serve_nginx_like
     thread = threading.Thread(target=serve, args=(listener, stop), daemon=True)
     thread.start()
     try:
