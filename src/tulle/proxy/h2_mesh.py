@@ -30,7 +30,7 @@ from tulle.core.retry import STATUS
 from tulle.net.mtls import ALPN_H2, transport_peer_identity
 from tulle.proxy.context import ProxyContext
 from tulle.proxy.errors import ProxyError, Refused
-from tulle.proxy.http2.dispatch import Pending, Routed
+from tulle.proxy.http2.dispatch import Pending, Routed, StreamEdits
 from tulle.proxy.http2.server import H2ServerProtocol, H2Service
 from tulle.proxy.metrics import fault_labels
 from tulle.proxy.plan import WAIT, RequestPlan
@@ -310,17 +310,29 @@ class MeshDispatcher:
             call.peer_id = (endpoint.identity or "") if ssl_context is not None else ""
         route = call.route
         timeout = route.timeout_s if route is not None else 0.0
+        edits = None
+        span = call.span
+        if (
+            span is not None
+            or delay_s
+            or call.drop_header is not None
+            or call.claim_headers is not None
+        ):
+            # Only a stream a traffic feature touches pays for these.
+            edits = StreamEdits(
+                delay_s,
+                span.decision.forward if span is not None else None,
+                call.drop_header,
+                call.claim_headers,
+            )
         return Routed(
             endpoint.address,
             ssl_context=ssl_context,
             server_hostname=None,
             expected_identity=endpoint.identity if ssl_context is not None else None,
             timeout_s=timeout or ctx.plan.response_s or None,
-            delay_s=delay_s,
             call=call,
-            traceparent=call.span.decision.forward if call.span is not None else None,
-            drop_header=call.drop_header,
-            claim_headers=call.claim_headers,
+            edits=edits,
         )
 
 

@@ -28,7 +28,6 @@ from typing import cast
 import h2.exceptions
 from h2.errors import ErrorCodes
 
-from tulle.codec.http2 import with_traceparent
 from tulle.core.discovery import Address
 from tulle.net.dial import DialFailed, dial
 from tulle.net.mtls import verify_identity
@@ -129,16 +128,9 @@ class H2ClientConnection(H2Peer):
         headers = stream.request_headers
         if headers is None:
             return True
-        routed = stream.routed
-        if routed.drop_header is not None:
-            headers = [h for h in headers if h[0] != routed.drop_header]
-        if routed.traceparent is not None:
-            headers = with_traceparent(headers, routed.traceparent)
-        claims = routed.claim_headers
-        if claims is not None:
-            strip = claims[0]
-            headers = [h for h in headers if h[0] not in strip]
-            headers.extend(claims[1])
+        edits = stream.routed.edits
+        if edits is not None:
+            headers = edits.request_headers(headers)
         end = stream.request.end and not stream.request.chunks and stream.request.trailers is None
         try:
             stream_id = self.h2.send_request(headers, end)

@@ -21,7 +21,7 @@ from collections.abc import Awaitable, Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
-from tulle.codec.http2 import Header
+from tulle.codec.http2 import Header, with_traceparent
 from tulle.core.discovery import Address
 from tulle.core.outcome import Outcome
 from tulle.proxy.errors import ProxyError, Refused
@@ -95,6 +95,17 @@ class Routed:
     timeout_s: float | None = None
     # The stream's request plan (None: `done` alone is told how it ended).
     call: Call | None = None
+    # What traffic features change on the way upstream; None (nearly every
+    # stream): nothing, for one test (docs/benchmarks.md, issue 16).
+    edits: StreamEdits | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class StreamEdits:
+    """A routed stream's changes made by traffic features, built only for a
+    stream that one of them touches (a `Routed` field each would cost every
+    stream a keyword argument and a frozen-field store)."""
+
     # An injected delay: the stream waits this long before it goes upstream.
     delay_s: float = 0.0
     # Distributed tracing: the `traceparent` sent upstream in place of the
@@ -105,6 +116,20 @@ class Routed:
     # Inbound JWT: request headers (and trailers) dropped, then headers added
     # (verified claims). None: unchanged.
     claim_headers: tuple[tuple[bytes, ...], tuple[tuple[bytes, bytes], ...]] | None = None
+
+    def request_headers(self, headers: Sequence[Header]) -> Sequence[Header]:
+        """The headers sent upstream."""
+        if self.drop_header is not None:
+            headers = [h for h in headers if h[0] != self.drop_header]
+        if self.traceparent is not None:
+            headers = with_traceparent(headers, self.traceparent)
+        claims = self.claim_headers
+        if claims is not None:
+            strip = claims[0]
+            kept = [h for h in headers if h[0] not in strip]
+            kept.extend(claims[1])
+            headers = kept
+        return headers
 
 
 @dataclass(frozen=True, slots=True)

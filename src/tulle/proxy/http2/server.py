@@ -391,10 +391,11 @@ class H2ServerProtocol(H2Peer):
             self._pending_routes.add(task)
             task.add_done_callback(self._pending_routes.discard)
             return True
-        if routed.delay_s > 0.0:
+        edits = routed.edits
+        if edits is not None and edits.delay_s > 0.0:
             # An injected delay (a route's fault): the stream waits, its
             # request body held within flow control, as a pending one does.
-            self._loop.call_later(routed.delay_s, self._attach_delayed, stream)
+            self._loop.call_later(edits.delay_s, self._attach_delayed, stream)
             return True
         self.pool.attach(stream)
         return True

@@ -327,10 +327,11 @@ class ProxyStream:
         if self.closed:
             return
         self.request.end = True
-        claims = self.routed.claim_headers
-        if trailers and claims is not None:
+        edits = self.routed.edits
+        if trailers and edits is not None and edits.claim_headers is not None:
             # Inbound JWT: a caller's claim header in the trailers goes too.
-            trailers = [t for t in trailers if t[0] not in claims[0]] or None
+            strip = edits.claim_headers[0]
+            trailers = [t for t in trailers if t[0] not in strip] or None
         self.request.trailers = trailers
         self.pump_request()
 
