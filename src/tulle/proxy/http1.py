@@ -273,6 +273,9 @@ class UpstreamConn(asyncio.Protocol):
             self.transport.abort()
 
 
+# The most common status line, not formatted per response.
+_STATUS_200_OK = b"HTTP/1.1 200 OK\r\n"
+
 # Exchange states
 _ROUTING, _WAITING, _SENT, _DONE = 0, 1, 2, 3
 
@@ -730,7 +733,10 @@ class Exchange(RequestPlan):
         server = self.server
         out = server.out
         reason = head.reason or REASONS.get(status, b"")
-        out.append(b"HTTP/1.1 %d %s\r\n" % (status, reason))
+        if status == 200 and reason == b"OK":
+            out.append(_STATUS_200_OK)
+        else:
+            out.append(b"HTTP/1.1 %d %s\r\n" % (status, reason))
         client = self.head
         out.append(head.end_to_end_block())
         if self.attempts > 1:
@@ -1295,10 +1301,15 @@ class Http1Server(asyncio.Protocol):
             out.clear()
 
     def flush_all(self) -> None:
+        # The emptiness checks inline: after most reads both sides have
+        # already written, and two calls per request are worth saving.
         ex = self.current
-        if ex is not None and ex.conn is not None:
-            ex.conn.flush()
-        self.flush()
+        if ex is not None:
+            conn = ex.conn
+            if conn is not None and conn.out:
+                conn.flush()
+        if self.out:
+            self.flush()
 
     def exchange_done(self, ex: Exchange, keep_connection: bool = False) -> None:
         if ex is not self.current:
