@@ -69,6 +69,8 @@ step "pip install -e '.[dev]'" python3 -m pip install -q --disable-pip-version-c
 # anywhere); the suite must exercise it, so its absence here is an error.
 step "native HTTP/2 codec built" python3 -c \
   'from tulle.proxy.http2.codec import CODEC, CODEC_DETAIL; assert CODEC == "nghttp2", CODEC_DETAIL'
+step "native HTTP/1 head scanner built" python3 -c \
+  'from tulle.codec.http1 import SCAN_REQUEST; assert SCAN_REQUEST is not None, "tulle.codec._h1native"'
 
 # The Kubernetes tests' API server and etcd: built once (minutes of CPU), then cached.
 if [ -d tests/integration/kubernetes ] && [ -f scripts/k8s_fixture.sh ]; then
