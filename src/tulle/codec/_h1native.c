@@ -6,11 +6,12 @@
  * narrow, well-formed subset of what llhttp accepts, and for that subset
  * return what the callback parser would have produced, in one tuple:
  *
- *   request:  (end, method, target, headers, forwarded, specials)
- *   response: (end, status, reason, headers, forwarded, content_length)
+ *   request:  (end, method, target, fields, forwarded, specials)
+ *   response: (end, status, reason, fields, forwarded, content_length)
  *
- * `end` is the offset just past the blank line; `headers` the (name, value)
- * pairs in arrival order; `forwarded` the header lines the proxy passes on,
+ * `end` is the offset just past the blank line; `fields` every field line as
+ * it came (split into pairs by tulle.codec.http1 only when asked for: most
+ * requests never look at them); `forwarded` the header lines the proxy passes on,
  * byte for byte ("Name: value\r\n" each: lines of any other shape are not in
  * the subset, so this equals what re-encoding would write); `specials` the
  * request's (lower-case name, value) pairs for Host, tulle-hops and
@@ -155,33 +156,16 @@ static int forwarded_kind(int kind) {
     return kind == K_PLAIN || kind == K_HOST || kind == K_CLIENT_ID;
 }
 
-/* headers list and forwarded bytes; NULL on a Python error. */
+/* The field lines and the forwarded ones (the same object when nothing is
+ * removed); -1 on a Python error. */
 static int build_fields(const unsigned char *buf, const Field *fields, int n, Py_ssize_t start,
-                        Py_ssize_t stop, PyObject **headers_out, PyObject **forwarded_out) {
-    PyObject *headers = PyList_New(n);
-    if (headers == NULL) return -1;
+                        Py_ssize_t stop, PyObject **fields_out, PyObject **forwarded_out) {
+    PyObject *all_lines = PyBytes_FromStringAndSize((const char *)buf + start, stop - start);
+    if (all_lines == NULL) return -1;
     Py_ssize_t kept = 0;
     int all = 1;
     for (int i = 0; i < n; i++) {
         const Field *f = &fields[i];
-        PyObject *pair = PyTuple_New(2);
-        if (pair == NULL) {
-            Py_DECREF(headers);
-            return -1;
-        }
-        PyList_SET_ITEM(headers, i, pair);
-        PyObject *name = PyBytes_FromStringAndSize((const char *)buf + f->name, f->name_len);
-        if (name == NULL) {
-            Py_DECREF(headers);
-            return -1;
-        }
-        PyTuple_SET_ITEM(pair, 0, name);
-        PyObject *value = PyBytes_FromStringAndSize((const char *)buf + f->value, f->value_len);
-        if (value == NULL) {
-            Py_DECREF(headers);
-            return -1;
-        }
-        PyTuple_SET_ITEM(pair, 1, value);
         if (forwarded_kind(f->kind))
             kept += f->name_len + f->value_len + 4;
         else
@@ -189,27 +173,42 @@ static int build_fields(const unsigned char *buf, const Field *fields, int n, Py
     }
     PyObject *forwarded;
     if (all) {
-        forwarded = PyBytes_FromStringAndSize((const char *)buf + start, stop - start);
+        Py_INCREF(all_lines);
+        forwarded = all_lines;
     } else {
         forwarded = PyBytes_FromStringAndSize(NULL, kept);
-        if (forwarded != NULL) {
-            char *out = PyBytes_AS_STRING(forwarded);
-            for (int i = 0; i < n; i++) {
-                const Field *f = &fields[i];
-                if (!forwarded_kind(f->kind)) continue;
-                Py_ssize_t line = f->name_len + f->value_len + 4;
-                memcpy(out, buf + f->name, line);
-                out += line;
-            }
+        if (forwarded == NULL) {
+            Py_DECREF(all_lines);
+            return -1;
+        }
+        char *out = PyBytes_AS_STRING(forwarded);
+        for (int i = 0; i < n; i++) {
+            const Field *f = &fields[i];
+            if (!forwarded_kind(f->kind)) continue;
+            Py_ssize_t line = f->name_len + f->value_len + 4;
+            memcpy(out, buf + f->name, line);
+            out += line;
         }
     }
-    if (forwarded == NULL) {
-        Py_DECREF(headers);
-        return -1;
-    }
-    *headers_out = headers;
+    *fields_out = all_lines;
     *forwarded_out = forwarded;
     return 0;
+}
+
+/* A 6-tuple of new references (stolen), or NULL if any is NULL (all released). */
+static PyObject *pack6(PyObject *a, PyObject *b, PyObject *c, PyObject *d, PyObject *e,
+                       PyObject *f) {
+    PyObject *items[6] = {a, b, c, d, e, f};
+    PyObject *result = NULL;
+    int ok = 1;
+    for (int i = 0; i < 6; i++) ok = ok && items[i] != NULL;
+    if (ok) result = PyTuple_New(6);
+    if (result == NULL) {
+        for (int i = 0; i < 6; i++) Py_XDECREF(items[i]);
+        return NULL;
+    }
+    for (int i = 0; i < 6; i++) PyTuple_SET_ITEM(result, i, items[i]);
+    return result;
 }
 
 static int parse_args(PyObject *const *args, Py_ssize_t nargs, const unsigned char **buf,
@@ -256,8 +255,8 @@ static PyObject *scan_request(PyObject *self, PyObject *const *args, Py_ssize_t 
     Py_ssize_t end;
     int n = scan_fields(buf, p, len, 1, fields, &end, &counted, max_head);
     if (n < 0) Py_RETURN_NONE;
-    PyObject *headers, *forwarded;
-    if (build_fields(buf, fields, n, p, end - 2, &headers, &forwarded) < 0) return NULL;
+    PyObject *lines, *forwarded;
+    if (build_fields(buf, fields, n, p, end - 2, &lines, &forwarded) < 0) return NULL;
     PyObject *specials = PyList_New(0);
     if (specials == NULL) goto fail;
     for (int i = 0; i < n; i++) {
@@ -273,10 +272,12 @@ static PyObject *scan_request(PyObject *self, PyObject *const *args, Py_ssize_t 
         }
         Py_DECREF(pair);
     }
-    return Py_BuildValue("(nOy#NNN)", end, METHODS[method], (const char *)buf + target, target_len,
-                         headers, forwarded, specials);
+    Py_INCREF(METHODS[method]);
+    return pack6(PyLong_FromSsize_t(end), METHODS[method],
+                 PyBytes_FromStringAndSize((const char *)buf + target, target_len), lines, forwarded,
+                 specials);
 fail:
-    Py_DECREF(headers);
+    Py_DECREF(lines);
     Py_DECREF(forwarded);
     return NULL;
 }
@@ -323,17 +324,18 @@ static PyObject *scan_response(PyObject *self, PyObject *const *args, Py_ssize_t
         }
     }
     if (content_length < 0) Py_RETURN_NONE;
-    PyObject *headers, *forwarded;
-    if (build_fields(buf, fields, n, p, end - 2, &headers, &forwarded) < 0) return NULL;
-    return Py_BuildValue("(niy#NNL)", end, status, (const char *)buf + reason, reason_len, headers,
-                         forwarded, content_length);
+    PyObject *lines, *forwarded;
+    if (build_fields(buf, fields, n, p, end - 2, &lines, &forwarded) < 0) return NULL;
+    return pack6(PyLong_FromSsize_t(end), PyLong_FromLong(status),
+                 PyBytes_FromStringAndSize((const char *)buf + reason, reason_len), lines, forwarded,
+                 PyLong_FromLongLong(content_length));
 }
 
 static PyMethodDef module_methods[] = {
     {"scan_request", (PyCFunction)(void (*)(void))scan_request, METH_FASTCALL,
-     "scan_request(data, pos, max_head) -> (end, method, target, headers, forwarded, specials) or None"},
+     "scan_request(data, pos, max_head) -> (end, method, target, fields, forwarded, specials) or None"},
     {"scan_response", (PyCFunction)(void (*)(void))scan_response, METH_FASTCALL,
-     "scan_response(data, pos, max_head) -> (end, status, reason, headers, forwarded, content_length) or None"},
+     "scan_response(data, pos, max_head) -> (end, status, reason, fields, forwarded, content_length) or None"},
     {NULL, NULL, 0, NULL},
 };
 

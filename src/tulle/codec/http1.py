@@ -124,11 +124,12 @@ class MessageHead:
 
     __slots__ = (
         "_encoded",
+        "_headers",
         "chunked",
         "connection_tokens",
         "content_length",
+        "fields",
         "forwarded",
-        "headers",
         "keep_alive",
         "trailers",
         "transfer_encoding",
@@ -137,7 +138,11 @@ class MessageHead:
     )
 
     # Subclasses set every slot in their own __init__ (one call per head less).
-    headers: list[tuple[bytes, bytes]]
+    # Original-case (name, value) pairs in arrival order, hop-by-hop included:
+    # `_headers`, or, from the scanner, None until asked for, then split out of
+    # `fields` (every field line as it came, b"Name: value\r\n" each).
+    fields: bytes
+    _headers: list[tuple[bytes, bytes]] | None
     # The end-to-end headers, already encoded as b"Name: value\r\n" lines: one
     # bytes `forwarded` from the scanner (`_encoded` None until someone asks
     # for `encoded`), else the list built line by line by the llhttp path.
@@ -151,6 +156,24 @@ class MessageHead:
     keep_alive: bool
     version: bytes
     trailers: list[tuple[bytes, bytes]] | None
+
+    @property
+    def headers(self) -> list[tuple[bytes, bytes]]:
+        """Every header as (name, value), in arrival order (editable)."""
+        pairs = self._headers
+        if pairs is None:
+            pairs = []
+            # Scanned lines are exactly `name ": " value` and a name holds no
+            # colon, so the first ": " is the separator.
+            for line in self.fields.split(b"\r\n")[:-1]:
+                name, _, value = line.partition(b": ")
+                pairs.append((name, value))
+            self._headers = pairs
+        return pairs
+
+    @headers.setter
+    def headers(self, pairs: list[tuple[bytes, bytes]]) -> None:
+        self._headers = pairs
 
     @property
     def encoded(self) -> list[bytes]:
@@ -200,8 +223,8 @@ class RequestHead(MessageHead):
     __slots__ = ("expect_continue", "has_client_id", "hops", "host", "method", "target")
 
     def __init__(self) -> None:
-        # Original-case (name, value) pairs in arrival order, hop-by-hop included.
-        self.headers = []
+        self._headers = []
+        self.fields = b""
         self.forwarded = b""
         self._encoded = []
         self.content_length = None
@@ -226,7 +249,8 @@ class ResponseHead(MessageHead):
     __slots__ = ("reason", "status")
 
     def __init__(self) -> None:
-        self.headers = []
+        self._headers = []
+        self.fields = b""
         self.forwarded = b""
         self._encoded = []
         self.content_length = None
@@ -399,8 +423,8 @@ class RequestDecoder:
                 if got is None:
                     break
                 head = RequestHead()
-                pos, head.method, head.target, head.headers, head.forwarded, specials = got
-                head._encoded = None
+                pos, head.method, head.target, head.fields, head.forwarded, specials = got
+                head._encoded = head._headers = None
                 self._head = head
                 self.messages_begun += 1
                 for lname, value in specials:
@@ -471,7 +495,7 @@ class RequestDecoder:
         self._head_bytes += len(name) + len(value) + 4
         if self._head_bytes > self._max_head:
             raise Http1Error(431, "header-too-large", "request header section too large")
-        head.headers.append((name, value))
+        head._headers.append((name, value))  # type: ignore[union-attr]
         lname = name.lower()
         if lname not in _NOT_FORWARDED_REQ:
             head._encoded.append(name + b": " + value + b"\r\n")  # type: ignore[union-attr]
@@ -589,8 +613,8 @@ class ResponseDecoder:
                 if got is None:
                     break
                 head = ResponseHead()
-                end, head.status, head.reason, head.headers, head.forwarded, length = got
-                head._encoded = None
+                end, head.status, head.reason, head.fields, head.forwarded, length = got
+                head._encoded = head._headers = None
                 head.content_length = length
                 self._head = head
                 self._in_body = True
@@ -676,7 +700,7 @@ class ResponseDecoder:
                 _note_special(head, lname, value)
         else:
             head._encoded.append(name + b": " + value + b"\r\n")  # type: ignore[union-attr]
-        head.headers.append((name, value))
+        head._headers.append((name, value))  # type: ignore[union-attr]
 
     def on_headers_complete(self) -> None:
         head = self._head
