@@ -33,6 +33,7 @@
  */
 #define PY_SSIZE_T_CLEAN
 #include <Python.h>
+#include <stdint.h>
 #include <string.h>
 
 /* More field lines than this: left to llhttp (no limit of its own). */
@@ -108,6 +109,28 @@ static int response_kind(const unsigned char *s, Py_ssize_t n) {
 
 #undef IS
 
+/* Whether all 8 bytes of `w` are in 0x20-0x7e (exact, borrows and carries
+ * only ever add a flag where a byte is already out of range). A tab, also
+ * allowed in values, sends the caller to the byte loop. */
+static inline int visible8(uint64_t w) {
+    const uint64_t ones = 0x0101010101010101ULL, highs = 0x8080808080808080ULL;
+    uint64_t below = (w - 0x20 * ones) & ~w & highs;
+    uint64_t above = ((w + ones) | w) & highs;
+    return (below | above) == 0;
+}
+
+/* The end of the run of field-value bytes (VCHAR, SP, HTAB) from `p`. */
+static Py_ssize_t value_end(const unsigned char *buf, Py_ssize_t p, Py_ssize_t len) {
+    while (len - p >= 8) {
+        uint64_t w;
+        memcpy(&w, buf + p, 8);
+        if (!visible8(w)) break;
+        p += 8;
+    }
+    while (p < len && VCHAR[buf[p]]) p++;
+    return p;
+}
+
 typedef struct {
     Py_ssize_t name, name_len, value, value_len;
     int kind;
@@ -133,7 +156,7 @@ static int scan_fields(const unsigned char *buf, Py_ssize_t p, Py_ssize_t len, i
         if (name_len == 0 || p + 2 >= len || buf[p] != ':' || buf[p + 1] != ' ') return -1;
         p += 2;
         Py_ssize_t value = p;
-        while (p < len && VCHAR[buf[p]]) p++;
+        p = value_end(buf, p, len);
         Py_ssize_t value_len = p - value;
         if (value_len == 0 || p + 1 >= len || buf[p] != '\r' || buf[p + 1] != '\n') return -1;
         unsigned char first = buf[value], last = buf[p - 1];
