@@ -47,6 +47,7 @@ class H2Call(RequestPlan):
     __slots__ = (
         "dispatcher",
         "drop_header",
+        "edits",
         "grpc",
         "method",
         "mirrored",
@@ -72,6 +73,8 @@ class H2Call(RequestPlan):
         self.drop_header: bytes | None = None
         # Whether the route's mirror takes a copy of this stream (`copy`).
         self.mirrored = False
+        # What the features above change upstream (`attempt`); None: nothing.
+        self.edits: StreamEdits | None = None
 
     # -- the stream's Call --------------------------------------------------------
     def hold_headers(self) -> bool:
@@ -310,7 +313,6 @@ class MeshDispatcher:
             call.peer_id = (endpoint.identity or "") if ssl_context is not None else ""
         route = call.route
         timeout = route.timeout_s if route is not None else 0.0
-        edits = None
         span = call.span
         if (
             span is not None
@@ -319,12 +321,15 @@ class MeshDispatcher:
             or call.claim_headers is not None
         ):
             # Only a stream a traffic feature touches pays for these.
-            edits = StreamEdits(
+            call.edits = StreamEdits(
                 delay_s,
                 span.decision.forward if span is not None else None,
                 call.drop_header,
                 call.claim_headers,
             )
+        else:
+            # (A retry after an injected delay goes without it.)
+            call.edits = None
         return Routed(
             endpoint.address,
             ssl_context=ssl_context,
@@ -332,7 +337,6 @@ class MeshDispatcher:
             expected_identity=endpoint.identity if ssl_context is not None else None,
             timeout_s=timeout or ctx.plan.response_s or None,
             call=call,
-            edits=edits,
         )
 
 

@@ -128,9 +128,9 @@ class H2ClientConnection(H2Peer):
         headers = stream.request_headers
         if headers is None:
             return True
-        edits = stream.routed.edits
-        if edits is not None:
-            headers = edits.request_headers(headers)
+        call = stream.call
+        if call is not None and call.edits is not None:
+            headers = call.edits.request_headers(headers)
         end = stream.request.end and not stream.request.chunks and stream.request.trailers is None
         try:
             stream_id = self.h2.send_request(headers, end)

@@ -43,6 +43,9 @@ class Call(Protocol):
     replay_limit: int
     # Whether the request is copied to a mirror once the stream is over (`copy`).
     mirrored: bool
+    # What traffic features change on the way upstream for the current
+    # attempt; None (nearly every stream): nothing, for one test.
+    edits: StreamEdits | None
 
     def hold_headers(self) -> bool:
         """Whether a gRPC response's headers wait for its first message or its
@@ -94,17 +97,16 @@ class Routed:
     # The route's timeout; the proxy applies the smaller of this and grpc-timeout.
     timeout_s: float | None = None
     # The stream's request plan (None: `done` alone is told how it ended).
+    # Traffic features' changes to the stream are its `edits`, not fields
+    # here: a field of this frozen class costs every stream a keyword
+    # argument and a store, used or not (docs/benchmarks.md, issue 16).
     call: Call | None = None
-    # What traffic features change on the way upstream; None (nearly every
-    # stream): nothing, for one test (docs/benchmarks.md, issue 16).
-    edits: StreamEdits | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class StreamEdits:
-    """A routed stream's changes made by traffic features, built only for a
-    stream that one of them touches (a `Routed` field each would cost every
-    stream a keyword argument and a frozen-field store)."""
+    """A routed stream's changes made by traffic features (`Call.edits`),
+    built only for a stream that one of them touches."""
 
     # An injected delay: the stream waits this long before it goes upstream.
     delay_s: float = 0.0

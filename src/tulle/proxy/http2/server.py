@@ -391,7 +391,8 @@ class H2ServerProtocol(H2Peer):
             self._pending_routes.add(task)
             task.add_done_callback(self._pending_routes.discard)
             return True
-        edits = routed.edits
+        call = routed.call
+        edits = call.edits if call is not None else None
         if edits is not None and edits.delay_s > 0.0:
             # An injected delay (a route's fault): the stream waits, its
             # request body held within flow control, as a pending one does.

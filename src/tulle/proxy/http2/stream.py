@@ -327,11 +327,12 @@ class ProxyStream:
         if self.closed:
             return
         self.request.end = True
-        edits = self.routed.edits
-        if trailers and edits is not None and edits.claim_headers is not None:
-            # Inbound JWT: a caller's claim header in the trailers goes too.
-            strip = edits.claim_headers[0]
-            trailers = [t for t in trailers if t[0] not in strip] or None
+        if trailers and self.call is not None:
+            edits = self.call.edits
+            if edits is not None and edits.claim_headers is not None:
+                # Inbound JWT: a caller's claim header in the trailers goes too.
+                strip = edits.claim_headers[0]
+                trailers = [t for t in trailers if t[0] not in strip] or None
         self.request.trailers = trailers
         self.pump_request()
 

@@ -81,6 +81,7 @@ class StubCall:
         self.refuse = refuse
         self.replay_limit = 1024
         self.mirrored = False
+        self.edits = None
         self.copies: list[tuple[object, list[bytes] | None, object]] = []
         self.asked: list[tuple[int, int, int, bool, bool]] = []
         self.ended_with: list[tuple[int, int | None, Outcome, str]] = []
