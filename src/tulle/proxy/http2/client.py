@@ -85,6 +85,7 @@ class H2ClientConnection(H2Peer):
 
     def __init__(self, pool: H2ClientPool, key: PoolKey) -> None:
         self.pool = pool
+        self.outbox = pool.outbox
         self.key = key
         self.h2 = new_codec(client_side=True, limits=pool.settings.limits)
         self.transport: asyncio.Transport | None = None
@@ -143,14 +144,11 @@ class H2ClientConnection(H2Peer):
         if stream_id >= _LAST_STREAM_ID - 2:
             self._stop_accepting()
         self.streams[stream_id] = stream
-        self.pool.outbox.add(self)
+        self.mark_dirty()
         stream.bind_upstream(self, stream_id)
         return True
 
     # -- UpSide ----------------------------------------------------------------
-    def mark_dirty(self) -> None:
-        self.pool.outbox.add(self)
-
     def release_stream(self, stream_id: int) -> None:
         if self.streams.pop(stream_id, None) is None:
             return

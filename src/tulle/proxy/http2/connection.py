@@ -68,6 +68,14 @@ class H2Peer(asyncio.Protocol):
     transport: asyncio.Transport | None
     dirty: bool
     writable: bool = True
+    # The outbox this peer is flushed by (set by each subclass's __init__).
+    outbox: Outbox
+
+    def mark_dirty(self) -> None:
+        # `Outbox.add`, inlined: called several times per stream and frame.
+        if not self.dirty:
+            self.dirty = True
+            self.outbox.peers.append(self)
 
     def flush_now(self) -> None:
         data = self.h2.data_to_send()
@@ -95,23 +103,24 @@ class H2Peer(asyncio.Protocol):
 class Outbox:
     """Connections written to during the current callback, flushed once at its end."""
 
-    __slots__ = ("_dirty",)
+    __slots__ = ("peers",)
 
     def __init__(self) -> None:
-        self._dirty: list[H2Peer] = []
+        # Appended to by `H2Peer.mark_dirty` (a peer whose `dirty` was False).
+        self.peers: list[H2Peer] = []
 
     def add(self, peer: H2Peer) -> None:
         if not peer.dirty:
             peer.dirty = True
-            self._dirty.append(peer)
+            self.peers.append(peer)
 
     def flush(self) -> None:
-        dirty = self._dirty
+        dirty = self.peers
         # Flushing can mark more peers dirty only through callbacks, never
         # re-entrantly, so one pass over a swapped list is enough.
         while dirty:
-            self._dirty = []
+            self.peers = []
             for peer in dirty:
                 peer.dirty = False
                 peer.flush_now()
-            dirty = self._dirty
+            dirty = self.peers

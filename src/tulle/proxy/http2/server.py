@@ -143,7 +143,7 @@ class H2ServerProtocol(H2Peer):
         self._initial_data = initial_data
         self._guard = FloodGuard(flood_limits)
         self._loop = asyncio.get_running_loop()
-        self._outbox = pool.outbox
+        self.outbox = self._outbox = pool.outbox
         # Set by shutdown(): streams above this id are refused.
         self._last_accepted: int | None = None
         self._peer_going_away = False
@@ -165,9 +165,6 @@ class H2ServerProtocol(H2Peer):
         self.on_refused: Callable[[str], None] | None = None
 
     # -- DownSide ----------------------------------------------------------------
-    def mark_dirty(self) -> None:
-        self._outbox.add(self)
-
     def forget_stream(self, stream_id: int) -> None:
         self._heads.pop(stream_id, None)
         if self.streams.pop(stream_id, None) is not None:

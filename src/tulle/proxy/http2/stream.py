@@ -124,6 +124,9 @@ class DownSide(Protocol):
     @property
     def writable(self) -> bool: ...
 
+    # True while queued in the outbox: `mark_dirty` is then a no-op, skipped.
+    dirty: bool
+
     def mark_dirty(self) -> None: ...
     def forget_stream(self, stream_id: int) -> None: ...
 
@@ -135,6 +138,8 @@ class UpSide(Protocol):
     def h2(self) -> H2Codec: ...
     @property
     def writable(self) -> bool: ...
+
+    dirty: bool
 
     def mark_dirty(self) -> None: ...
     def release_stream(self, stream_id: int) -> None: ...
@@ -359,10 +364,13 @@ class ProxyStream:
         except H2Error:
             # The upstream stream closed under us (its reset is on the way).
             return
-        up.mark_dirty()
+        if not up.dirty:
+            up.mark_dirty()
         if sent:
-            self.down.h2.acknowledge_received_data(sent, self.down_id)
-            self.down.mark_dirty()
+            down = self.down
+            down.h2.acknowledge_received_data(sent, self.down_id)
+            if not down.dirty:
+                down.mark_dirty()
 
     # -- upstream side -----------------------------------------------------------
     def on_response_headers(self, headers: list[Header], end_stream: bool) -> None:
@@ -479,11 +487,13 @@ class ProxyStream:
             sent = pump(self.response, down.h2, self.down_id)
         except H2Error:
             return
-        down.mark_dirty()
+        if not down.dirty:
+            down.mark_dirty()
         up = self.up
         if sent and up is not None:
             up.h2.acknowledge_received_data(sent, self.up_id)
-            up.mark_dirty()
+            if not up.dirty:
+                up.mark_dirty()
         if self.response.end_sent:
             self._response_complete()
 
@@ -567,18 +577,21 @@ class ProxyStream:
             self._deadline.cancel()
             self._deadline = None
         # Give back the window of whatever was queued and will never be sent.
-        flow = self.request.drop()
-        if flow:
-            self.down.h2.acknowledge_received_data(flow, self.down_id)
-            self.down.mark_dirty()
+        if self.request.chunks:
+            flow = self.request.drop()
+            if flow:
+                self.down.h2.acknowledge_received_data(flow, self.down_id)
+                self.down.mark_dirty()
         up = self.up
         if up is not None:
-            flow = self.response.drop()
-            if flow:
-                # Valid on a closed stream too: it frees the connection window.
-                up.h2.acknowledge_received_data(flow, self.up_id)
+            if self.response.chunks:
+                flow = self.response.drop()
+                if flow:
+                    # Valid on a closed stream too: it frees the connection window.
+                    up.h2.acknowledge_received_data(flow, self.up_id)
             up.release_stream(self.up_id)
-            up.mark_dirty()
+            if not up.dirty:
+                up.mark_dirty()
             self.up = None
             self.up_open = False
         self.down.forget_stream(self.down_id)
@@ -681,11 +694,13 @@ class ProxyStream:
         self.down.mark_dirty()
 
     def _send_down_headers(self, headers: list[Header], end_stream: bool) -> None:
+        down = self.down
         try:
-            self.down.h2.send_headers(self.down_id, headers, end_stream=end_stream)
+            down.h2.send_headers(self.down_id, headers, end_stream=end_stream)
         except H2Error:
             return
-        self.down.mark_dirty()
+        if not down.dirty:
+            down.mark_dirty()
 
 
 def with_grpc_timeout(headers: Sequence[Header], remaining_s: float) -> Sequence[Header]:

@@ -52,6 +52,7 @@ class Side:
 
     def __init__(self, conn: h2.connection.H2Connection) -> None:
         self.h2 = conn
+        self.dirty = False
         self.writable = True
         self.released: list[int] = []
 
