@@ -41,6 +41,7 @@ enum {
     EV_SETTINGS = 10, /* (0, initial_window_changed, None) */
     EV_GOAWAY = 11,   /* (last_stream_id, error_code, None) */
     EV_EMPTY_DATA = 12, /* (sid, None, None) */
+    EV_DATA_END = 13, /* (sid, data, flow): EV_DATA, then EV_END, in one event */
 };
 
 /* CONTINUATION frames one header block may take (h2 has no limit; nghttp2
@@ -298,6 +299,35 @@ static int headers_event(Session *self, const nghttp2_frame *frame, Stream *st) 
     return 0;
 }
 
+/* A DATA frame ending its stream whose last chunk is the batch's last event:
+ * that event becomes EV_DATA_END, so Python hands the chunk and the end on
+ * at once (one pump, and the end goes out with the DATA, not in a frame of
+ * its own). 1 when folded; 0 when EV_END must follow (no chunk in this batch:
+ * an empty or padding-only frame, or one split across two reads). */
+static int fold_data_end(Session *self, int32_t sid) {
+    Py_ssize_t n = PyList_GET_SIZE(self->events);
+    if (n == 0)
+        return 0;
+    PyObject *last = PyList_GET_ITEM(self->events, n - 1);
+    if (PyLong_AsLong(PyTuple_GET_ITEM(last, 0)) != EV_DATA ||
+        PyLong_AsLong(PyTuple_GET_ITEM(last, 1)) != sid)
+        return 0;
+    PyObject *kind = PyLong_FromLong(EV_DATA_END);
+    if (kind == NULL) {
+        PyErr_Clear();
+        return 0;
+    }
+    if (Py_REFCNT(last) == 1) {
+        /* Only the list holds the tuple made by push_event: reuse it. */
+        PyObject *old = PyTuple_GET_ITEM(last, 0);
+        PyTuple_SET_ITEM(last, 0, kind);
+        Py_DECREF(old);
+        return 1;
+    }
+    Py_DECREF(kind);
+    return 0;
+}
+
 static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *ud) {
     Session *self = ud;
     int32_t sid = frame->hd.stream_id;
@@ -310,6 +340,8 @@ static int on_frame_recv(nghttp2_session *s, const nghttp2_frame *frame, void *u
         return 0;
     case NGHTTP2_DATA:
         if (frame->hd.flags & NGHTTP2_FLAG_END_STREAM) {
+            if (fold_data_end(self, sid))
+                return 0;
             if (push_event(self, EV_END, sid, NULL, NULL) < 0)
                 return NGHTTP2_ERR_CALLBACK_FAILURE;
         } else if (frame->hd.length == 0) {

@@ -36,6 +36,7 @@ from tulle.proxy.http2.dispatch import H2Counters
 
 from .codec import (
     DATA,
+    DATA_END,
     END,
     GOAWAY,
     INFORMATIONAL,
@@ -212,6 +213,12 @@ class H2ClientConnection(H2Peer):
                     stream.on_response_data(a, b)
                 elif b:
                     # Late data for a stream already given up: free the window.
+                    self.h2.acknowledge_received_data(b, stream_id)
+            elif kind == DATA_END:
+                stream = streams.get(stream_id)
+                if stream is not None:
+                    stream.on_response_data(a, b, True)
+                elif b:
                     self.h2.acknowledge_received_data(b, stream_id)
             elif kind == RESPONSE:
                 stream = streams.get(stream_id)

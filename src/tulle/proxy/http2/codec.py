@@ -21,6 +21,7 @@ Events, by kind:
 | INFORMATIONAL | stream | headers (1xx) | False |
 | TRAILERS | stream | headers | None |
 | DATA | stream | bytes | flow-controlled length |
+| DATA_END | stream | bytes | flow-controlled length: DATA, then END, as one event |
 | END | stream (the peer ended its side) | None | None |
 | RESET | stream | error code | None |
 | WINDOW | stream, or 0 for the connection | None | None |
@@ -56,6 +57,9 @@ PING = 9
 SETTINGS = 10
 GOAWAY = 11
 EMPTY_DATA = 12
+# A DATA frame with END_STREAM whose bytes came in this read: handled in one
+# step (one pump; the end leaves with the DATA, not as an empty frame after it).
+DATA_END = 13
 
 Event = tuple[int, int, Any, Any]
 

@@ -23,6 +23,7 @@ from tulle.codec.http2 import Header
 
 from .codec import (
     DATA,
+    DATA_END,
     EMPTY_DATA,
     END,
     GOAWAY,
@@ -124,12 +125,18 @@ class PyH2Codec:
 
     def receive_data(self, data: bytes | memoryview) -> list[Event]:
         out: list[Event] = []
+        folded: ev.StreamEnded | None = None  # the StreamEnded a DATA_END stands for
         for event in self.conn.receive_data(data):
             if isinstance(event, ev.DataReceived):
                 if not event.data and event.stream_ended is None:
                     out.append((EMPTY_DATA, event.stream_id, None, None))
                     if event.flow_controlled_length:
                         out.append((DATA, event.stream_id, b"", event.flow_controlled_length))
+                elif event.data and event.stream_ended is not None:
+                    folded = event.stream_ended
+                    out.append(
+                        (DATA_END, event.stream_id, event.data, event.flow_controlled_length)
+                    )
                 else:
                     out.append((DATA, event.stream_id, event.data, event.flow_controlled_length))
             elif isinstance(event, ev.RequestReceived):
@@ -141,7 +148,8 @@ class PyH2Codec:
                     (RESPONSE, event.stream_id, event.headers, event.stream_ended is not None)
                 )
             elif isinstance(event, ev.StreamEnded):
-                out.append((END, event.stream_id, None, None))
+                if event is not folded:
+                    out.append((END, event.stream_id, None, None))
             elif isinstance(event, ev.TrailersReceived):
                 out.append((TRAILERS, event.stream_id, event.headers, None))
             elif isinstance(event, ev.InformationalResponseReceived):

@@ -67,6 +67,7 @@ from tulle.proxy.errors import ProxyError, Refused
 from .client import H2ClientPool
 from .codec import (
     DATA,
+    DATA_END,
     EMPTY_DATA,
     END,
     GOAWAY,
@@ -238,6 +239,12 @@ class H2ServerProtocol(H2Peer):
                 stream = streams.get(stream_id)
                 if stream is not None:
                     stream.on_request_data(a, b)
+                elif b:
+                    self.h2.acknowledge_received_data(b, stream_id)
+            elif kind == DATA_END:
+                stream = streams.get(stream_id)
+                if stream is not None:
+                    stream.on_request_data(a, b, True)
                 elif b:
                     self.h2.acknowledge_received_data(b, stream_id)
             elif kind == REQUEST:

@@ -307,7 +307,8 @@ class ProxyStream:
         self.pump_request()
 
     # -- client side ------------------------------------------------------------
-    def on_request_data(self, data: bytes, flow: int) -> None:
+    def on_request_data(self, data: bytes, flow: int, end: bool = False) -> None:
+        """DATA from the client; `end`: the frame ended the request (codec's DATA_END)."""
         if self.closed:
             return
         if not data:
@@ -315,9 +316,16 @@ class ProxyStream:
             if flow:
                 self.down.h2.acknowledge_received_data(flow, self.down_id)
                 self.down.mark_dirty()
+            if end:
+                self.on_request_end(None)
             return
-        self.request.chunks.append((data, flow))
-        self.request.buffered += len(data)
+        request = self.request
+        request.chunks.append((data, flow))
+        request.buffered += len(data)
+        if end:
+            # As `on_request_end(None)`: no trailers to edit, one pump for both.
+            request.end = True
+            request.trailers = None
         replay = self.replay
         if replay is not None:
             self.replay_bytes += len(data)
@@ -355,12 +363,15 @@ class ProxyStream:
 
     def pump_request(self) -> None:
         up = self.up
-        if up is None or not self.up_open or self.closed or self.request.end_sent:
+        request = self.request
+        if up is None or not self.up_open or self.closed or request.end_sent:
             return
+        if not request.chunks and not request.end:
+            return  # nothing to send yet (a body still to come)
         if not up.writable:
             return  # resumed by the connection's writable_again()
         try:
-            sent = pump(self.request, up.h2, self.up_id)
+            sent = pump(request, up.h2, self.up_id)
         except H2Error:
             # The upstream stream closed under us (its reset is on the way).
             return
@@ -403,7 +414,8 @@ class ProxyStream:
         if end_stream:
             self._response_complete()
 
-    def on_response_data(self, data: bytes, flow: int) -> None:
+    def on_response_data(self, data: bytes, flow: int, end: bool = False) -> None:
+        """DATA from the upstream; `end`: the frame ended the response (codec's DATA_END)."""
         up = self.up
         if self.closed or up is None:
             return
@@ -411,11 +423,18 @@ class ProxyStream:
             if flow:
                 up.h2.acknowledge_received_data(flow, self.up_id)
                 up.mark_dirty()
+            if end:
+                self.on_response_end(None)
             return
         if self.held is not None:
             self._release_held()
-        self.response.chunks.append((data, flow))
-        self.response.buffered += len(data)
+        response = self.response
+        response.chunks.append((data, flow))
+        response.buffered += len(data)
+        if end and not response.end:
+            # As `on_response_end(None)` (the held headers went just above).
+            response.end = True
+            response.trailers = None
         self.pump_response()
 
     def on_response_end(self, trailers: list[Header] | None) -> None:

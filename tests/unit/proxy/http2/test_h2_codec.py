@@ -23,6 +23,7 @@ from hypothesis import strategies as st
 from tulle.proxy.http2 import codec as codec_module
 from tulle.proxy.http2.codec import (
     DATA,
+    DATA_END,
     EMPTY_DATA,
     END,
     REQUEST,
@@ -94,7 +95,9 @@ def test_request_in_response_out_in_order(kind: str) -> None:
     events = server.receive_data(peer.data_to_send())
     request = [e for e in events if e[0] == REQUEST]
     assert request and request[0][1] == 1 and request[0][3] is False
-    assert (DATA, 1, b"body", 4) in events and (END, 1, None, None) in events
+    # DATA with END_STREAM is one event, DATA_END: no END of its own follows.
+    assert (DATA_END, 1, b"body", 4) in events
+    assert [e for e in events if e[0] in (DATA, END)] == []
     server.acknowledge_received_data(4, 1)
     server.send_headers(1, [(b":status", b"200")])
     server.send_data(1, b"hello")
@@ -102,6 +105,26 @@ def test_request_in_response_out_in_order(kind: str) -> None:
     got = peer.receive_data(server.data_to_send())
     names = [type(e).__name__ for e in got if not isinstance(e, h2.events.RemoteSettingsChanged)]
     assert names[-4:] == ["ResponseReceived", "DataReceived", "TrailersReceived", "StreamEnded"]
+
+
+def test_data_then_an_empty_end_stays_data_and_end(kind: str) -> None:
+    """Only DATA whose bytes end the stream fold: an empty DATA frame ending it,
+    after DATA in the same read, is DATA then END (for the same stream only)."""
+    server = make(kind, client_side=False)
+    peer = h2_peer(client_side=True)
+    peer.send_headers(1, [(b":method", b"POST"), *REQUEST_HEADERS[1:]])
+    peer.send_headers(3, [(b":method", b"POST"), *REQUEST_HEADERS[1:]])
+    peer.send_data(1, b"one")
+    peer.send_data(3, b"three", end_stream=True)
+    peer.send_data(1, b"", end_stream=True)
+    events = server.receive_data(peer.data_to_send())
+    # (h2 also reports the empty frame as DATA of b"", which the proxy ignores.)
+    body = [e for e in events if e[0] in (DATA, DATA_END, END) and e[2] != b""]
+    assert body == [
+        (DATA, 1, b"one", 3),
+        (DATA_END, 3, b"three", 5),
+        (END, 1, None, None),
+    ]
 
 
 def test_a_reset_leaves_after_the_answer_asked_for_before_it(kind: str) -> None:
