@@ -98,7 +98,12 @@ class H2ClientConnection(H2Peer):
         self.closed = False
         # Why the TLS peer was refused (wrong ALPN or identity), before any byte went out.
         self.peer_problem: str | None = None
+        self._loop = asyncio.get_running_loop()
+        # The idle timer is lazy: armed once, it is not moved per stream. When it
+        # fires it closes the connection only if it has been without streams
+        # since `_idle_since` for the whole timeout; else it re-arms for the rest.
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
 
     # -- capacity ------------------------------------------------------------
     @property
@@ -112,7 +117,7 @@ class H2ClientConnection(H2Peer):
         return len(self.streams) + len(self.waiting)
 
     def enqueue(self, stream: ProxyStream) -> None:
-        self._cancel_idle()
+        # (No idle timer to cancel: it finds the stream when it fires.)
         if self.transport is not None and len(self.streams) < self.capacity and not self.waiting:
             self._start(stream)
         else:
@@ -325,9 +330,11 @@ class H2ClientConnection(H2Peer):
             self.transport.close()
 
     def _arm_idle(self) -> None:
-        self._cancel_idle()
-        loop = asyncio.get_running_loop()
-        self._idle_timer = loop.call_later(self.pool.settings.idle_timeout_s, self._idle_expired)
+        """The connection has no stream from now on (see `_idle_since`)."""
+        self._idle_since = now = self._loop.time()
+        if self._idle_timer is None:
+            timeout = self.pool.settings.idle_timeout_s
+            self._idle_timer = self._loop.call_at(now + timeout, self._idle_expired)
 
     def _cancel_idle(self) -> None:
         if self._idle_timer is not None:
@@ -336,8 +343,14 @@ class H2ClientConnection(H2Peer):
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
-        if not self.streams and not self.waiting:
-            self._close()
+        if self.streams or self.waiting:
+            return  # busy: re-armed when its last stream ends
+        until = self._idle_since + self.pool.settings.idle_timeout_s
+        if until > self._loop.time():
+            # A stream came and went since the timer was set: idle for less.
+            self._idle_timer = self._loop.call_at(until, self._idle_expired)
+            return
+        self._close()
 
     # -- connecting ---------------------------------------------------------------
     async def connect(self) -> None:

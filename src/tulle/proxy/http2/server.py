@@ -153,7 +153,11 @@ class H2ServerProtocol(H2Peer):
         self._closed: asyncio.Future[None] = self._loop.create_future()
         # A connection without streams for this long is closed (GOAWAY NO_ERROR).
         self._idle_timeout_s = idle_timeout_s
+        # Lazy, as `H2ClientConnection`'s: not moved per stream; when it fires it
+        # closes only a connection without streams since `_idle_since` for the
+        # whole timeout, and re-arms for the rest otherwise.
         self._idle_timer: asyncio.TimerHandle | None = None
+        self._idle_since = 0.0
         self._pending_routes: set[asyncio.Task[None]] = set()
         # Called once with this protocol when the connection is gone (H2Service's registry).
         self.on_closed: Callable[[H2ServerProtocol], None] | None = None
@@ -544,16 +548,25 @@ class H2ServerProtocol(H2Peer):
         await asyncio.shield(self._closed)
 
     def _arm_idle(self) -> None:
-        if self._idle_timeout_s is None:
+        """The connection has no stream from now on (see `_idle_since`)."""
+        timeout = self._idle_timeout_s
+        if timeout is None:
             return
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-        self._idle_timer = self._loop.call_later(self._idle_timeout_s, self._idle_expired)
+        self._idle_since = now = self._loop.time()
+        if self._idle_timer is None:
+            self._idle_timer = self._loop.call_at(now + timeout, self._idle_expired)
 
     def _idle_expired(self) -> None:
         self._idle_timer = None
-        if not self.streams:
-            self._close(ErrorCodes.NO_ERROR)
+        timeout = self._idle_timeout_s
+        if self.streams or timeout is None:
+            return  # busy: re-armed when its last stream ends
+        until = self._idle_since + timeout
+        if until > self._loop.time():
+            # A stream came and went since the timer was set: idle for less.
+            self._idle_timer = self._loop.call_at(until, self._idle_expired)
+            return
+        self._close(ErrorCodes.NO_ERROR)
 
     def _grace_expired(self) -> None:
         self._force_close = None

@@ -274,6 +274,33 @@ def test_idle_connection_is_closed_with_goaway() -> None:
     asyncio.run(scenario())
 
 
+def test_idle_timeout_counts_from_the_last_stream_end() -> None:
+    """The idle timer is not moved per stream: firing after a stream ended in
+    the meantime, it waits out the rest of the timeout from that end."""
+
+    async def scenario() -> None:
+        loop = asyncio.get_running_loop()
+        peer = client()
+        protocol = H2ServerProtocol(
+            StaticDispatcher({}), H2ClientPool(), initial_data=peer.data_to_send(),
+            idle_timeout_s=0.3,
+        )  # fmt: skip
+        transport = FakeTransport()
+        protocol.connection_made(transport)  # type: ignore[arg-type]
+        await asyncio.sleep(0.15)
+        assert not transport.closed
+        # What `forget_stream` does when the connection's last stream ends.
+        protocol._arm_idle()
+        last_end = loop.time()
+        deadline = last_end + 10
+        while not transport.closed and loop.time() < deadline:
+            await asyncio.sleep(0.01)
+        assert transport.closed
+        assert loop.time() - last_end >= 0.29
+
+    asyncio.run(scenario())
+
+
 def test_a_refused_path_is_answered_400_bad_path_before_routing() -> None:
     async def scenario() -> None:
         peer = h2.connection.H2Connection(
