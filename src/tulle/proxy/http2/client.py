@@ -94,6 +94,7 @@ class H2ClientConnection(H2Peer):
         self.streams: dict[int, ProxyStream] = {}
         self.waiting: deque[ProxyStream] = deque()
         self.settings_seen = False  # the peer's first SETTINGS (its stream limit) arrived
+        self.capacity = _ASSUMED_PEER_STREAMS
         self.accepting = True  # may take new streams (no GOAWAY, ids left)
         self.closed = False
         # Why the TLS peer was refused (wrong ALPN or identity), before any byte went out.
@@ -106,11 +107,8 @@ class H2ClientConnection(H2Peer):
         self._idle_since = 0.0
 
     # -- capacity ------------------------------------------------------------
-    @property
-    def capacity(self) -> int:
-        if not self.settings_seen:
-            return _ASSUMED_PEER_STREAMS
-        return min(self.h2.peer_max_concurrent_streams, 1 << 16)
+    # `capacity` (set in __init__, then at each of the peer's SETTINGS): the
+    # streams this connection may carry; an attribute, read for every stream.
 
     @property
     def load(self) -> int:
@@ -270,6 +268,8 @@ class H2ClientConnection(H2Peer):
     # -- events ------------------------------------------------------------------
     def _settings_changed(self, window_changed: bool) -> None:
         self.settings_seen = True
+        # The peer's stream limit changes only with its SETTINGS.
+        self.capacity = min(self.h2.peer_max_concurrent_streams, 1 << 16)
         if window_changed:
             self._window_opened(0)
         self._start_waiting()

@@ -304,7 +304,9 @@ class ProxyStream:
         self.up_id = up_id
         self.up_open = True
         self.request_headers = None
-        self.pump_request()
+        request = self.request
+        if request.chunks or (request.end and not request.end_sent):
+            self.pump_request()
 
     # -- client side ------------------------------------------------------------
     def on_request_data(self, data: bytes, flow: int, end: bool = False) -> None:
