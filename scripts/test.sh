@@ -16,3 +16,17 @@ if ! types=$(python3 -m mypy src 2>&1); then echo "$types"; exit 1; fi
 echo "$types" | tail -n 1
 echo "tests: pytest"
 python3 -m pytest -q "$@"
+if [ "$#" -eq 0 ]; then
+  # The native codecs are optional: a machine without a compiler runs the
+  # pure-Python ones. The unit tests run both; these run the HTTP/2 and the
+  # HTTP/1 wire tests again through real proxies on the fallbacks.
+  echo "tests: the pure-Python codecs (TULLE_H2_CODEC=python TULLE_H1_SCANNER=python)"
+  TULLE_H2_CODEC=python TULLE_H1_SCANNER=python python3 -m pytest -q \
+    tests/integration/http2 \
+    tests/integration/proxy/test_proxy_bad_input.py \
+    tests/integration/proxy/test_proxy_bodies.py \
+    tests/integration/proxy/test_proxy_cut_responses.py \
+    tests/integration/proxy/test_proxy_headers.py \
+    tests/integration/proxy/test_proxy_http1_rules.py \
+    tests/integration/proxy/test_proxy_keepalive.py
+fi
