@@ -48,6 +48,7 @@ from .codec import (
     Event,
 )
 from .connection import H2Limits, H2Peer, Outbox, new_codec
+from .idle import IdleTimer
 from .stream import ProxyStream
 
 _log = logging.getLogger(__name__)
@@ -100,11 +101,12 @@ class H2ClientConnection(H2Peer):
         # Why the TLS peer was refused (wrong ALPN or identity), before any byte went out.
         self.peer_problem: str | None = None
         self._loop = asyncio.get_running_loop()
-        # The idle timer is lazy: armed once, it is not moved per stream. When it
-        # fires it closes the connection only if it has been without streams
-        # since `_idle_since` for the whole timeout; else it re-arms for the rest.
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._idle_since = 0.0
+        self._idle = IdleTimer(
+            self._loop,
+            pool.settings.idle_timeout_s,
+            lambda: bool(self.streams or self.waiting),
+            self._close,
+        )
 
     # -- capacity ------------------------------------------------------------
     # `capacity` (set in __init__, then at each of the peer's SETTINGS): the
@@ -115,7 +117,7 @@ class H2ClientConnection(H2Peer):
         return len(self.streams) + len(self.waiting)
 
     def enqueue(self, stream: ProxyStream) -> None:
-        # (No idle timer to cancel: it finds the stream when it fires.)
+        # (No idle timer to cancel: it finds the stream when it fires, tulle.proxy.http2.idle.)
         if self.transport is not None and len(self.streams) < self.capacity and not self.waiting:
             self._start(stream)
         else:
@@ -162,7 +164,7 @@ class H2ClientConnection(H2Peer):
             if not self.accepting:
                 self._close()
             else:
-                self._arm_idle()
+                self._idle.arm()
 
     # -- asyncio.Protocol ------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -255,7 +257,7 @@ class H2ClientConnection(H2Peer):
         if self.transport is not None:
             self.pool.counters.upstream_connections_open -= 1
         self.transport = None
-        self._cancel_idle()
+        self._idle.cancel()
         self.pool.forget(self)
         self.closed = True
         self.accepting = False
@@ -322,35 +324,12 @@ class H2ClientConnection(H2Peer):
     def _close(self) -> None:
         self._stop_accepting()
         self.closed = True
-        self._cancel_idle()
+        self._idle.cancel()
         if self.transport is not None:
             with contextlib.suppress(h2.exceptions.ProtocolError):
                 self.h2.close_connection()
             self.flush_now()
             self.transport.close()
-
-    def _arm_idle(self) -> None:
-        """The connection has no stream from now on (see `_idle_since`)."""
-        self._idle_since = now = self._loop.time()
-        if self._idle_timer is None:
-            timeout = self.pool.settings.idle_timeout_s
-            self._idle_timer = self._loop.call_at(now + timeout, self._idle_expired)
-
-    def _cancel_idle(self) -> None:
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
-
-    def _idle_expired(self) -> None:
-        self._idle_timer = None
-        if self.streams or self.waiting:
-            return  # busy: re-armed when its last stream ends
-        until = self._idle_since + self.pool.settings.idle_timeout_s
-        if until > self._loop.time():
-            # A stream came and went since the timer was set: idle for less.
-            self._idle_timer = self._loop.call_at(until, self._idle_expired)
-            return
-        self._close()
 
     # -- connecting ---------------------------------------------------------------
     async def connect(self) -> None:

@@ -81,6 +81,7 @@ from .codec import (
 )
 from .connection import H2Limits, H2Peer, goaway_frame, new_codec
 from .dispatch import Dispatcher, H2Counters, Pending, Routed
+from .idle import IdleTimer
 from .stream import ProxyStream, error_response
 
 _log = logging.getLogger(__name__)
@@ -152,12 +153,12 @@ class H2ServerProtocol(H2Peer):
         self._force_close: asyncio.TimerHandle | None = None
         self._closed: asyncio.Future[None] = self._loop.create_future()
         # A connection without streams for this long is closed (GOAWAY NO_ERROR).
-        self._idle_timeout_s = idle_timeout_s
-        # Lazy, as `H2ClientConnection`'s: not moved per stream; when it fires it
-        # closes only a connection without streams since `_idle_since` for the
-        # whole timeout, and re-arms for the rest otherwise.
-        self._idle_timer: asyncio.TimerHandle | None = None
-        self._idle_since = 0.0
+        self._idle = IdleTimer(
+            self._loop,
+            idle_timeout_s,
+            lambda: bool(self.streams),
+            lambda: self._close(ErrorCodes.NO_ERROR),
+        )
         self._pending_routes: set[asyncio.Task[None]] = set()
         # Called once with this protocol when the connection is gone (H2Service's registry).
         self.on_closed: Callable[[H2ServerProtocol], None] | None = None
@@ -180,7 +181,7 @@ class H2ServerProtocol(H2Peer):
                 if self._last_accepted is not None or self._peer_going_away:
                     self._close(ErrorCodes.NO_ERROR)
                 else:
-                    self._arm_idle()
+                    self._idle.arm()
 
     # -- asyncio.Protocol --------------------------------------------------------
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
@@ -188,7 +189,7 @@ class H2ServerProtocol(H2Peer):
         self.transport = cast(asyncio.Transport, transport)
         self.counters.connections_open += 1
         self.counters.connections_total += 1
-        self._arm_idle()
+        self._idle.arm()
         self.mark_dirty()
         data, self._initial_data = self._initial_data, b""
         if data:
@@ -306,8 +307,7 @@ class H2ServerProtocol(H2Peer):
         self.streams.clear()
         if self._force_close is not None:
             self._force_close.cancel()
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
+        self._idle.cancel()
         if not self._closed.done():
             self._closed.set_result(None)
         if self.on_closed is not None:
@@ -381,9 +381,6 @@ class H2ServerProtocol(H2Peer):
         )
         self.streams[stream_id] = stream
         self.counters.streams_open += 1
-        if self._idle_timer is not None:
-            self._idle_timer.cancel()
-            self._idle_timer = None
         timeout = head.grpc_timeout_s
         if routed.timeout_s is not None and (timeout is None or routed.timeout_s < timeout):
             timeout = routed.timeout_s
@@ -546,27 +543,6 @@ class H2ServerProtocol(H2Peer):
 
     async def wait_closed(self) -> None:
         await asyncio.shield(self._closed)
-
-    def _arm_idle(self) -> None:
-        """The connection has no stream from now on (see `_idle_since`)."""
-        timeout = self._idle_timeout_s
-        if timeout is None:
-            return
-        self._idle_since = now = self._loop.time()
-        if self._idle_timer is None:
-            self._idle_timer = self._loop.call_at(now + timeout, self._idle_expired)
-
-    def _idle_expired(self) -> None:
-        self._idle_timer = None
-        timeout = self._idle_timeout_s
-        if self.streams or timeout is None:
-            return  # busy: re-armed when its last stream ends
-        until = self._idle_since + timeout
-        if until > self._loop.time():
-            # A stream came and went since the timer was set: idle for less.
-            self._idle_timer = self._loop.call_at(until, self._idle_expired)
-            return
-        self._close(ErrorCodes.NO_ERROR)
 
     def _grace_expired(self) -> None:
         self._force_close = None

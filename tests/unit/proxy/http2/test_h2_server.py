@@ -290,7 +290,7 @@ def test_idle_timeout_counts_from_the_last_stream_end() -> None:
         await asyncio.sleep(0.15)
         assert not transport.closed
         # What `forget_stream` does when the connection's last stream ends.
-        protocol._arm_idle()
+        protocol._idle.arm()
         last_end = loop.time()
         deadline = last_end + 10
         while not transport.closed and loop.time() < deadline:
